@@ -1,0 +1,433 @@
+using System.Diagnostics.Metrics;
+using Native.Interop;
+
+namespace Native.PageTable;
+
+/// <summary>
+/// A simulated SMP machine: physical memory in native page frames, a kernel page table and
+/// per-process user page tables of raw PTE words, one software TLB per CPU, IPI mailboxes for
+/// shootdowns, and kernel threads that run on the CPUs as real host threads pinned to real cores.
+/// <para>
+/// <c>Dispose</c> returns every native byte. Kernel threads must have exited first.
+/// </para>
+/// </summary>
+public sealed unsafe partial class Machine : IDisposable
+{
+    private readonly NativeLedger _ledger = new();
+    private readonly CpuCounters _counters;
+    private readonly CpuShared* _shared;
+    private readonly Cpu[] _cpus;
+    private readonly Dictionary<object, List<KernelThread>> _sleepQueues = new(ReferenceEqualityComparer.Instance);
+    private readonly Lock _sleepLock = new();
+    private readonly List<KernelThread> _threads = [];
+    private readonly List<IContextSwitchHook> _hooks = [];
+    private readonly List<string> _warnings = [];
+    private readonly Meter _meter;
+    private IContextSwitchHook[] _hookSnapshot = [];
+    private int _nextThreadId;
+    private int _nextPid;
+    private volatile bool _disposed;
+
+    /// <summary>Boots a machine with <paramref name="options"/> (the default machine when null).</summary>
+    public Machine(MachineOptions? options = null)
+    {
+        Options = options ?? new MachineOptions();
+        if (Options.Cpus < 1 || Options.Cpus > MachineOptions.MaxCpus)
+        {
+            throw new ArgumentOutOfRangeException(nameof(options), Options.Cpus, $"a machine has 1 to {MachineOptions.MaxCpus} CPUs");
+        }
+
+        try
+        {
+            Cost = new CostTicks(Options.Cost);
+            Physical = new PhysicalMemory(this, _ledger, Options.PhysicalMemoryBytes);
+            Layout = new VmLayout(
+                Options.EffectiveSfBufWindowPages,
+                Options.KernelMapPages,
+                Options.KernelMemoryPages,
+                Options.Flavor == MachineFlavor.Amd64 ? Physical.Bytes : 0);
+            KernelPmap = new KernelPmap(this, _ledger, Layout.KernelPages);
+            _counters = new CpuCounters(_ledger, Options.Cpus);
+            _shared = (CpuShared*)_ledger.AllocZeroed((nuint)(sizeof(CpuShared) * Options.Cpus), 128);
+            AllCpusMask = Options.Cpus == 64 ? ulong.MaxValue : (1UL << Options.Cpus) - 1;
+            _cpus = new Cpu[Options.Cpus];
+            for (int i = 0; i < Options.Cpus; i++)
+            {
+                var tlb = new Tlb(_ledger, Options.TlbEntries, Options.TlbWays);
+                _cpus[i] = new Cpu(this, i, tlb, _counters, _shared + i, Physical.FrameAddress(0));
+            }
+
+            SmpIpiMutex = new KMutex("smp_ipi_mtx", spinOnly: true);
+            KernelMap = new KvaArena(this, Layout.KernelMap);
+            KernelMemory = new KernelMemory(this, Layout.KernelMemory);
+            Scheduler = CreateScheduler();
+            _meter = MachineMetrics.Create(this);
+        }
+        catch
+        {
+            _ledger.FreeAll();
+            throw;
+        }
+    }
+
+    /// <summary>The configuration this machine was booted with.</summary>
+    public MachineOptions Options { get; }
+
+    /// <summary>Physical memory and the page descriptors.</summary>
+    public PhysicalMemory Physical { get; }
+
+    /// <summary>The virtual address map.</summary>
+    public VmLayout Layout { get; }
+
+    /// <summary>The kernel page table.</summary>
+    public KernelPmap KernelPmap { get; }
+
+    /// <summary>The <c>kernel_map</c> arena the original mechanisms allocate KVA from.</summary>
+    public KvaArena KernelMap { get; }
+
+    /// <summary>Permanently mapped kernel memory.</summary>
+    public KernelMemory KernelMemory { get; }
+
+    /// <summary>The simulated CPUs.</summary>
+    public IReadOnlyList<Cpu> Cpus => _cpus;
+
+    /// <summary>cpumask with every CPU's bit (<c>all_cpus</c>).</summary>
+    public ulong AllCpusMask { get; }
+
+    /// <summary>The global shootdown lock the original kernels used (<c>smp_ipi_mtx</c>), a spin mutex.</summary>
+    public KMutex SmpIpiMutex { get; }
+
+    /// <summary>Warnings about the configuration (for example, CPUs left unpinned).</summary>
+    public IReadOnlyList<string> Warnings => _warnings;
+
+    /// <summary>True when kernel threads are pinned to host cores.</summary>
+    public bool PinsHostThreads => Scheduler.PinsHostThreads;
+
+    /// <summary>Native bytes the machine holds; zero after <see cref="Dispose"/>.</summary>
+    public long NativeBytes => _ledger.OutstandingBytes;
+
+    /// <summary>The CPU of the calling kernel thread; throws when called from elsewhere.</summary>
+    public Cpu CurrentCpu
+    {
+        get
+        {
+            var td = KernelThread.CurrentOrNull;
+            if (td == null || !ReferenceEquals(td.Machine, this))
+            {
+                ThrowIfDisposed();
+                throw new InvalidOperationException("this operation must run on a kernel thread of this machine (Machine.StartThread or Machine.Run)");
+            }
+
+            return td.Cpu ?? throw new InvalidOperationException($"{td} holds no CPU");
+        }
+    }
+
+    internal CostTicks Cost { get; }
+
+    internal Scheduler Scheduler { get; }
+
+    internal static MachineEventSource Trace => MachineEventSource.Log;
+
+    /// <summary>The host core simulated CPU <paramref name="cpu"/> runs on, or -1 when threads are unpinned.</summary>
+    public int HostCoreOf(int cpu) => PinsHostThreads ? Scheduler.HostCoreOf(cpu) : -1;
+
+    /// <summary>A snapshot of every counter, per CPU.</summary>
+    public CounterSnapshot Counters()
+    {
+        ThrowIfDisposed();
+        var values = new long[Options.Cpus, CounterNames.Count];
+        for (int cpu = 0; cpu < Options.Cpus; cpu++)
+        {
+            for (int c = 0; c < CounterNames.Count; c++)
+            {
+                values[cpu, c] = _counters.Read(cpu, (Counter)c);
+            }
+        }
+
+        return new CounterSnapshot(values);
+    }
+
+    /// <summary>Creates a process address space with an empty user page table.</summary>
+    public VmSpace CreateVmSpace()
+    {
+        ThrowIfDisposed();
+        return new VmSpace(this, Interlocked.Increment(ref _nextPid), new UserPmap(this, _ledger));
+    }
+
+    /// <summary>
+    /// Starts a kernel thread on a dedicated host thread. It runs on <paramref name="cpu"/> if
+    /// that CPU is free (or any CPU when -1), bound to it when <paramref name="bound"/>.
+    /// </summary>
+    public KernelThread StartThread(string name, Action body, int cpu = -1, bool bound = false, VmSpace? vmspace = null)
+    {
+        ThrowIfDisposed();
+        ArgumentNullException.ThrowIfNull(body);
+        if (cpu < -1 || cpu >= Options.Cpus)
+        {
+            throw new ArgumentOutOfRangeException(nameof(cpu), cpu, $"the machine has CPUs 0 to {Options.Cpus - 1}");
+        }
+
+        if (bound && cpu < 0)
+        {
+            throw new ArgumentException("a bound thread needs a CPU", nameof(bound));
+        }
+
+        var td = new KernelThread(this, Interlocked.Increment(ref _nextThreadId), name, body, cpu, bound, vmspace);
+        lock (_threads)
+        {
+            _threads.Add(td);
+        }
+
+        td.Start();
+        return td;
+    }
+
+    /// <summary>Runs <paramref name="body"/> on a kernel thread bound to <paramref name="cpu"/> and waits for it; rethrows its exception.</summary>
+    public void Run(int cpu, Action body, VmSpace? vmspace = null) =>
+        StartThread($"run-cpu{cpu}", body, cpu, bound: true, vmspace).Join();
+
+    /// <summary>Registers hooks called on every context switch and migration.</summary>
+    public void AddContextSwitchHook(IContextSwitchHook hook)
+    {
+        ArgumentNullException.ThrowIfNull(hook);
+        lock (_hooks)
+        {
+            _hooks.Add(hook);
+            _hookSnapshot = [.. _hooks];
+        }
+    }
+
+    /// <summary>
+    /// <c>msleep</c>: sleeps on <paramref name="channel"/>, giving the CPU up. If
+    /// <paramref name="interlock"/> is given it is released atomically with going to sleep and
+    /// retaken before returning. Returns why the sleep ended; a cancelled sleep (PCATCH) returns
+    /// <see cref="SleepResult.Interrupted"/>.
+    /// </summary>
+    public SleepResult Sleep(object channel, KMutex? interlock = null, TimeSpan? timeout = null, CancellationToken cancellation = default)
+    {
+        ArgumentNullException.ThrowIfNull(channel);
+        var td = KernelThread.Current;
+        var cpu = td.Cpu ?? throw new InvalidOperationException($"{td} holds no CPU");
+        if (cancellation.IsCancellationRequested)
+        {
+            return SleepResult.Interrupted;
+        }
+
+        lock (_sleepLock)
+        {
+            if (!_sleepQueues.TryGetValue(channel, out var queue))
+            {
+                queue = [];
+                _sleepQueues.Add(channel, queue);
+            }
+
+            td.Wakeup.Reset();
+            td.SleepChannel = channel;
+            queue.Add(td);
+        }
+
+        // Queued before the interlock is dropped: a wakeup after the unlock cannot be lost.
+        interlock?.Unlock();
+        cpu.Count(Counter.Sleeps);
+        Trace.Sleep(td.Id, cpu.Id);
+        Scheduler.Release(td);
+
+        try
+        {
+            td.Wakeup.Wait(timeout ?? Timeout.InfiniteTimeSpan, cancellation);
+        }
+        catch (OperationCanceledException)
+        {
+            // Decided below, under the lock: a wakeup may have dequeued us first.
+        }
+
+        SleepResult result;
+        lock (_sleepLock)
+        {
+            if (td.SleepChannel == null)
+            {
+                result = SleepResult.Woken; // a wakeup dequeued us, even if a cancel raced it
+            }
+            else
+            {
+                Dequeue(td);
+                result = cancellation.IsCancellationRequested ? SleepResult.Interrupted : SleepResult.TimedOut;
+            }
+        }
+
+        Scheduler.Acquire(td);
+        interlock?.Lock();
+        return result;
+    }
+
+    /// <summary><c>wakeup</c>: wakes every thread sleeping on <paramref name="channel"/>; returns how many.</summary>
+    public int Wakeup(object channel) => WakeupCore(channel, int.MaxValue);
+
+    /// <summary><c>wakeup_one</c>: wakes the longest sleeper on <paramref name="channel"/>; returns 0 or 1.</summary>
+    public int WakeupOne(object channel) => WakeupCore(channel, 1);
+
+    /// <summary>Kernel threads that have not exited.</summary>
+    public IReadOnlyList<KernelThread> LiveThreads()
+    {
+        lock (_threads)
+        {
+            return _threads.Where(t => !t.HasExited).ToArray();
+        }
+    }
+
+    /// <summary>Frees every native byte. Throws if kernel threads are still running.</summary>
+    public void Dispose()
+    {
+        if (_disposed)
+        {
+            return;
+        }
+
+        var live = LiveThreads();
+        if (live.Count > 0)
+        {
+            throw new InvalidOperationException(
+                $"{live.Count} kernel thread(s) still running ({string.Join(", ", live.Select(t => t.Name))}); join them before disposing the machine");
+        }
+
+        _disposed = true;
+        _meter.Dispose();
+        _ledger.FreeAll();
+    }
+
+    /// <summary>One line per fact of the configuration.</summary>
+    public string Describe()
+    {
+        var pin = PinsHostThreads
+            ? string.Join(", ", Enumerable.Range(0, Options.Cpus).Select(c => $"cpu{c}->core{HostCoreOf(c)}"))
+            : "unpinned";
+        return string.Join(Environment.NewLine,
+            $"cpus            {Options.Cpus} ({pin})",
+            $"flavor          {Options.Flavor}{(Options.Flavor == MachineFlavor.Amd64 ? $" (direct map at 0x{VmLayout.DMAP_BASE:x}, {Layout.DirectMapBytes >> 20} MiB)" : " (no direct map)")}",
+            $"physical memory {Physical.Bytes >> 20} MiB, {Physical.FrameCount} frames of {Pte.PageSize} B",
+            $"tlb             {Options.TlbEntries} entries, {Options.TlbWays}-way, per cpu",
+            $"maxusers        {Options.MaxUsers} (nsfbufs default {Options.DefaultNsfbufs})",
+            $"kva             {Layout.SfBufWindow}",
+            $"                {Layout.KernelMap}",
+            $"                {Layout.KernelMemory}",
+            $"checked mode    {(Options.Checked ? "on (stale-translation oracle)" : "off")}",
+            $"cost profile    {Options.Cost}");
+    }
+
+    internal void ThrowIfDisposed() => ObjectDisposedException.ThrowIf(_disposed, this);
+
+    internal Cpu CpuAt(int id) => _cpus[id];
+
+    internal CpuShared* SharedOf(int cpu) => _shared + cpu;
+
+    /// <summary>The PTE word the MMU walks for <paramref name="va"/> on <paramref name="cpu"/>, or null.</summary>
+    internal ulong* PteAddress(Cpu cpu, ulong va)
+    {
+        if (va >= VmLayout.KERNBASE)
+        {
+            return KernelPmap.Vtopte(va);
+        }
+
+        return VmLayout.IsUser(va) && cpu.LoadedPmap is { } pmap ? pmap.PteAddress(va) : null;
+    }
+
+    internal long ReadCounter(int cpu, Counter counter) => _counters.Read(cpu, counter);
+
+    internal void OnSwitchIn(Cpu cpu, KernelThread td, int migratedFrom)
+    {
+        foreach (var hook in _hookSnapshot)
+        {
+            hook.SwitchIn(cpu, td, migratedFrom);
+        }
+    }
+
+    internal void OnSwitchOut(Cpu cpu, KernelThread td)
+    {
+        foreach (var hook in _hookSnapshot)
+        {
+            hook.SwitchOut(cpu, td);
+        }
+    }
+
+    internal void ThreadExited(KernelThread td) => Wakeup(td);
+
+    private Scheduler CreateScheduler()
+    {
+        int[] hostCores = HostCpu.IsPinningAvailable ? HostCpu.AllowedCpus() : [];
+        bool pin = Options.PinThreads;
+        if (pin && hostCores.Length == 0)
+        {
+            _warnings.Add("thread pinning is unavailable on this platform: kernel threads run unpinned");
+            pin = false;
+        }
+        else if (pin && Options.Cpus > hostCores.Length)
+        {
+            _warnings.Add($"{Options.Cpus} simulated CPUs on {hostCores.Length} host cores: kernel threads run unpinned");
+            pin = false;
+        }
+
+        return new Scheduler(this, Options.Cpus, hostCores.Length == 0 ? [0] : hostCores, pin);
+    }
+
+    private int WakeupCore(object channel, int max)
+    {
+        ArgumentNullException.ThrowIfNull(channel);
+        int woken = 0;
+        lock (_sleepLock)
+        {
+            if (_sleepQueues.TryGetValue(channel, out var queue))
+            {
+                while (woken < max && queue.Count > 0)
+                {
+                    var td = queue[0];
+                    Dequeue(td);
+                    td.Wakeup.Set();
+                    woken++;
+                }
+            }
+        }
+
+        if (woken > 0 && KernelThread.CurrentOrNull is { Cpu: { } cpu } self && ReferenceEquals(self.Machine, this))
+        {
+            cpu.Count(Counter.Wakeups, woken);
+        }
+
+        return woken;
+    }
+
+    private void Dequeue(KernelThread td)
+    {
+        var channel = td.SleepChannel!;
+        var queue = _sleepQueues[channel];
+        queue.Remove(td);
+        if (queue.Count == 0)
+        {
+            _sleepQueues.Remove(channel);
+        }
+
+        td.SleepChannel = null;
+    }
+}
+
+/// <summary>Why <see cref="Machine.Sleep"/> returned.</summary>
+public enum SleepResult
+{
+    /// <summary>A wakeup on the channel.</summary>
+    Woken,
+
+    /// <summary>The cancellation token fired (PCATCH and a signal: EINTR).</summary>
+    Interrupted,
+
+    /// <summary>The timeout elapsed (EWOULDBLOCK).</summary>
+    TimedOut,
+}
+
+/// <summary>Called on the switching thread at every context switch; keep it short.</summary>
+public interface IContextSwitchHook
+{
+    /// <summary><paramref name="thread"/> starts running on <paramref name="cpu"/>; <paramref name="migratedFrom"/> is its previous CPU on a migration, else -1.</summary>
+    void SwitchIn(Cpu cpu, KernelThread thread, int migratedFrom);
+
+    /// <summary><paramref name="thread"/> is about to give <paramref name="cpu"/> up.</summary>
+    void SwitchOut(Cpu cpu, KernelThread thread);
+}

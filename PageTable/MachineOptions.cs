@@ -1,0 +1,63 @@
+namespace Native.PageTable;
+
+/// <summary>Which architecture's kernel address space the machine imitates.</summary>
+public enum MachineFlavor
+{
+    /// <summary>amd64: all of physical memory is permanently mapped by the direct map.</summary>
+    Amd64,
+
+    /// <summary>i386: no direct map; every kernel access to an arbitrary page needs an ephemeral mapping.</summary>
+    I386,
+}
+
+/// <summary>The configuration of a simulated machine. The defaults are the embedded default machine.</summary>
+public sealed record MachineOptions
+{
+    /// <summary>Most CPUs a cpumask word can name here (two bits of the mailbox word are flags).</summary>
+    public const int MaxCpus = 62;
+
+    /// <summary>Simulated CPUs (default 2). More than the host has is allowed, unpinned, with a warning.</summary>
+    public int Cpus { get; init; } = 2;
+
+    /// <summary>Physical memory in bytes (default 512 MiB; touched lazily).</summary>
+    public ulong PhysicalMemoryBytes { get; init; } = 512UL << 20;
+
+    /// <summary>amd64 (with a direct map) or i386 (without).</summary>
+    public MachineFlavor Flavor { get; init; } = MachineFlavor.Amd64;
+
+    /// <summary>TLB entries per CPU (default 64).</summary>
+    public int TlbEntries { get; init; } = 64;
+
+    /// <summary>TLB associativity (default 4 ways).</summary>
+    public int TlbWays { get; init; } = 4;
+
+    /// <summary>Pages of the sf_buf window; null means FreeBSD's <c>nsfbufs</c> for this memory size.</summary>
+    public int? SfBufWindowPages { get; init; }
+
+    /// <summary>Pages of the <c>kernel_map</c> arena (default 8192 = 32 MiB).</summary>
+    public int KernelMapPages { get; init; } = 8192;
+
+    /// <summary>Pages of permanently mapped kernel memory (default 16384 = 64 MiB).</summary>
+    public int KernelMemoryPages { get; init; } = 16384;
+
+    /// <summary>Checked mode: the stale-translation oracle and caller checks on every access (default on).</summary>
+    public bool Checked { get; init; } = true;
+
+    /// <summary>Pin kernel threads to host cores (default on, where the host allows it).</summary>
+    public bool PinThreads { get; init; } = true;
+
+    /// <summary>The cost profile (default <see cref="CostModel.Zero"/>).</summary>
+    public CostModel Cost { get; init; } = CostModel.Zero;
+
+    /// <summary>How long a shootdown waits for acknowledgements before it reports a stuck CPU.</summary>
+    public TimeSpan ShootdownWatchdog { get; init; } = TimeSpan.FromSeconds(30);
+
+    /// <summary>FreeBSD's <c>maxusers</c> for this memory: physical MiB / 2, clamped to [32, 384].</summary>
+    public int MaxUsers => (int)Math.Clamp(PhysicalMemoryBytes / (2UL << 20), 32, 384);
+
+    /// <summary>FreeBSD's default <c>nsfbufs = 512 + 16 * maxusers</c>.</summary>
+    public int DefaultNsfbufs => 512 + (16 * MaxUsers);
+
+    /// <summary>The sf_buf window size in effect.</summary>
+    public int EffectiveSfBufWindowPages => SfBufWindowPages ?? DefaultNsfbufs;
+}

@@ -1,0 +1,142 @@
+namespace Native.PageTable;
+
+/// <summary>
+/// The kernel's page table (<c>kernel_pmap</c>): one flat native array of PTE words covering
+/// every page-mapped kernel region, so <c>vtopte(va)</c> is an index. Kernel PTEs carry
+/// <c>PG_G</c>. The operations keep FreeBSD's names and semantics; all run on the calling
+/// kernel thread's CPU and count there.
+/// </summary>
+public sealed unsafe class KernelPmap
+{
+    private const ulong KernelFlags = Pte.PG_V | Pte.PG_RW | Pte.PG_G;
+
+    private readonly Machine _machine;
+    private readonly ulong* _ptes;
+    private readonly int _pages;
+
+    internal KernelPmap(Machine machine, NativeLedger ledger, int pages)
+    {
+        _machine = machine;
+        _pages = pages;
+        _ptes = (ulong*)ledger.AllocZeroed((nuint)pages * sizeof(ulong));
+    }
+
+    /// <summary><c>vtopte</c>: the PTE word of a kernel address, or null outside the kernel regions.</summary>
+    internal ulong* Vtopte(ulong va)
+    {
+        ulong index = (va - VmLayout.KERNBASE) >> Pte.PageShift;
+        return index < (ulong)_pages ? _ptes + index : null;
+    }
+
+    /// <summary>The current PTE of a kernel page (0 when unmapped).</summary>
+    public ulong ReadPte(ulong va) => Volatile.Read(ref *Require(va));
+
+    /// <summary>
+    /// <c>pmap_kenter</c>: maps <paramref name="page"/> at <paramref name="va"/> with
+    /// <c>PG_A</c> clear. No invalidation: the caller knows no TLB holds the old translation, or
+    /// invalidates itself.
+    /// </summary>
+    public void KEnter(ulong va, VmPage page) => ExchangePte(va, Pte.Make(Checked(page), KernelFlags));
+
+    /// <summary><c>pmap_kremove</c>: unmaps a kernel page, without invalidation.</summary>
+    public void KRemove(ulong va) => ExchangePte(va, 0);
+
+    /// <summary>
+    /// Replaces a kernel PTE atomically and returns the old one, so a concurrent MMU walk
+    /// setting <c>PG_A</c> cannot slip between the read and the write.
+    /// </summary>
+    public ulong ExchangePte(ulong va, ulong pte)
+    {
+        ulong* ptep = Require(va);
+        var cpu = _machine.CurrentCpu;
+        if (Pte.IsValid(pte))
+        {
+            _machine.Physical.CheckFrame(Pte.Frame(pte));
+        }
+
+        ulong old = Interlocked.Exchange(ref *ptep, pte);
+        cpu.Count(Pte.IsValid(pte) ? Counter.KernelPteWrites : Counter.KernelPteClears);
+        CostTicks.Charge(_machine.Cost.PteWrite);
+        return old;
+    }
+
+    /// <summary>
+    /// <c>pmap_qenter</c>: maps <paramref name="pages"/> at consecutive pages from
+    /// <paramref name="va"/>, then invalidates the range locally and on every other CPU.
+    /// </summary>
+    public void QEnter(ulong va, ReadOnlySpan<VmPage> pages)
+    {
+        for (int i = 0; i < pages.Length; i++)
+        {
+            KEnter(va + ((ulong)i << Pte.PageShift), pages[i]);
+        }
+
+        InvalidateRange(va, pages.Length);
+    }
+
+    /// <summary><c>pmap_qremove</c>: unmaps <paramref name="count"/> pages, then the same invalidation.</summary>
+    public void QRemove(ulong va, int count)
+    {
+        for (int i = 0; i < count; i++)
+        {
+            KRemove(va + ((ulong)i << Pte.PageShift));
+        }
+
+        InvalidateRange(va, count);
+    }
+
+    /// <summary><c>pmap_invalidate_page(kernel_pmap, va)</c>: local <c>invlpg</c> plus a broadcast shootdown.</summary>
+    public void InvalidatePage(ulong va)
+    {
+        Require(va);
+        var cpu = _machine.CurrentCpu;
+        cpu.InvalidateLocal(va >> Pte.PageShift);
+        cpu.ShootdownAllButSelf(ShootdownKind.Page, va & ~Pte.PageMask);
+    }
+
+    /// <summary><c>pmap_invalidate_range</c>: local <c>invlpg</c> per page plus a broadcast range shootdown.</summary>
+    public void InvalidateRange(ulong va, int count)
+    {
+        if (count <= 0)
+        {
+            return;
+        }
+
+        Require(va);
+        Require(va + ((ulong)(count - 1) << Pte.PageShift));
+        var cpu = _machine.CurrentCpu;
+        ulong first = va >> Pte.PageShift;
+        for (int i = 0; i < count; i++)
+        {
+            cpu.InvalidateLocal(first + (ulong)i);
+        }
+
+        cpu.ShootdownAllButSelf(ShootdownKind.Range, va & ~Pte.PageMask, count);
+    }
+
+    /// <summary><c>pmap_invalidate_all</c>: flush locally and on every other CPU.</summary>
+    public void InvalidateAll()
+    {
+        var cpu = _machine.CurrentCpu;
+        cpu.FlushLocal();
+        cpu.ShootdownAllButSelf(ShootdownKind.All);
+    }
+
+    private uint Checked(VmPage page)
+    {
+        _machine.Physical.CheckFrame(page.Frame);
+        return page.Frame;
+    }
+
+    private ulong* Require(ulong va)
+    {
+        _machine.ThrowIfDisposed();
+        if ((va & Pte.PageMask) != 0)
+        {
+            throw new ArgumentException($"kernel address 0x{va:x} is not page aligned", nameof(va));
+        }
+
+        ulong* ptep = Vtopte(va);
+        return ptep != null ? ptep : throw new ArgumentOutOfRangeException(nameof(va), $"0x{va:x} is not in a page-mapped kernel region");
+    }
+}

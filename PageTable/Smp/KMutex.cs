@@ -1,0 +1,142 @@
+namespace Native.PageTable;
+
+/// <summary>
+/// A kernel mutex (FreeBSD's <c>mtx</c>). Contended, it spins while servicing its CPU's
+/// mailbox (a spinning CPU still takes IPIs), then blocks on a turnstile with its CPU given up
+/// (published idle) until the owner releases it. A spin mutex (<c>MTX_SPIN</c>, like
+/// <c>smp_ipi_mtx</c>) never blocks.
+/// <para>Counts acquisitions and contended acquisitions on the acquiring CPU.</para>
+/// </summary>
+public sealed class KMutex
+{
+    private const int SpinsBeforeBlocking = 4000;
+
+    private readonly Lock _turnstileLock = new();
+    private readonly Queue<KernelThread> _blocked = new();
+    private readonly bool _spinOnly;
+    private int _owner;
+    private int _waiters;
+
+    /// <summary>Creates a mutex named <paramref name="name"/>.</summary>
+    public KMutex(string name, bool spinOnly = false)
+    {
+        Name = name;
+        _spinOnly = spinOnly;
+    }
+
+    /// <summary>The lock's name, for messages.</summary>
+    public string Name { get; }
+
+    /// <summary>True when the calling kernel thread owns the mutex (<c>mtx_owned</c>).</summary>
+    public bool IsOwned => KernelThread.CurrentOrNull is { } td && Volatile.Read(ref _owner) == td.Id;
+
+    /// <summary><c>mtx_lock</c>.</summary>
+    public void Lock()
+    {
+        var td = KernelThread.Current;
+        var cpu = td.Cpu ?? throw new InvalidOperationException($"{td} holds no CPU");
+        if (Interlocked.CompareExchange(ref _owner, td.Id, 0) == 0)
+        {
+            cpu.Count(Counter.LockAcquisitions);
+            return;
+        }
+
+        if (Volatile.Read(ref _owner) == td.Id)
+        {
+            throw new LockRecursionException($"{td} already holds {Name}");
+        }
+
+        cpu.Count(Counter.LockContentions);
+        LockContended(td);
+        td.Cpu!.Count(Counter.LockAcquisitions);
+    }
+
+    /// <summary><c>mtx_trylock</c>: true when acquired without waiting.</summary>
+    public bool TryLock()
+    {
+        var td = KernelThread.Current;
+        if (Interlocked.CompareExchange(ref _owner, td.Id, 0) != 0)
+        {
+            return false;
+        }
+
+        td.Cpu!.Count(Counter.LockAcquisitions);
+        return true;
+    }
+
+    /// <summary><c>mtx_unlock</c>; releasing a mutex the caller does not own throws.</summary>
+    public void Unlock()
+    {
+        var td = KernelThread.Current;
+        if (Volatile.Read(ref _owner) != td.Id)
+        {
+            throw new SynchronizationLockException($"{td} does not own {Name}");
+        }
+
+        // Full fence before reading _waiters: a blocker increments _waiters before its last
+        // attempt, so either it sees the mutex free or we see it waiting.
+        Interlocked.Exchange(ref _owner, 0);
+        if (Volatile.Read(ref _waiters) > 0)
+        {
+            lock (_turnstileLock)
+            {
+                if (_blocked.TryDequeue(out var next))
+                {
+                    Interlocked.Decrement(ref _waiters);
+                    next.Wakeup.Set();
+                }
+            }
+        }
+    }
+
+    /// <summary>Throws unless the calling thread owns the mutex (<c>mtx_assert(MA_OWNED)</c>).</summary>
+    public void AssertOwned()
+    {
+        if (!IsOwned)
+        {
+            throw new SynchronizationLockException($"{Name} is not owned by the calling thread");
+        }
+    }
+
+    private void LockContended(KernelThread td)
+    {
+        var spin = default(SpinWait);
+        while (true)
+        {
+            for (int i = 0; i < SpinsBeforeBlocking || _spinOnly; i++)
+            {
+                td.Cpu!.Poll();
+                if (Volatile.Read(ref _owner) == 0 && Interlocked.CompareExchange(ref _owner, td.Id, 0) == 0)
+                {
+                    return;
+                }
+
+                spin.SpinOnce(sleep1Threshold: -1);
+            }
+
+            bool blocked;
+            lock (_turnstileLock)
+            {
+                Interlocked.Increment(ref _waiters);
+                if (Interlocked.CompareExchange(ref _owner, td.Id, 0) == 0)
+                {
+                    Interlocked.Decrement(ref _waiters);
+                    return;
+                }
+
+                td.Wakeup.Reset();
+                _blocked.Enqueue(td);
+                blocked = true;
+            }
+
+            if (blocked)
+            {
+                // Block like a turnstile: give the CPU up so shootdowns do not wait for us.
+                td.Cpu!.Count(Counter.Sleeps);
+                td.Machine.Scheduler.Release(td);
+                td.Wakeup.Wait();
+                td.Machine.Scheduler.Acquire(td);
+            }
+        }
+    }
+}

@@ -1,0 +1,212 @@
+using System.Runtime.ExceptionServices;
+
+namespace Native.PageTable;
+
+/// <summary>
+/// A kernel thread: a dedicated host thread (never a thread-pool thread) that runs on a
+/// simulated CPU while it holds it, pinned to host core <c>cpu % hostCores</c>.
+/// <para>
+/// It gives its CPU up only in the kernel's wait primitives (<c>msleep</c>, a blocked mutex,
+/// <see cref="Yield"/>) and at exit, and takes one again afterwards: the same CPU when it is
+/// pinned (<see cref="SchedPin"/>) or bound, possibly another one otherwise (a migration).
+/// </para>
+/// </summary>
+[System.Diagnostics.CodeAnalysis.SuppressMessage("Reliability", "CA1001", Justification =
+    "Its wait handles live as long as the thread object; the slim events allocate a kernel handle only if a wait blocks long.")]
+public sealed class KernelThread
+{
+    [ThreadStatic]
+    private static KernelThread? t_current;
+
+    private readonly Action _body;
+    private readonly Thread _host;
+    private readonly ManualResetEventSlim _exited = new(false);
+    private volatile bool _hasExited;
+
+    internal KernelThread(Machine machine, int id, string name, Action body, int preferredCpu, bool bound, VmSpace? vmspace)
+    {
+        Machine = machine;
+        Id = id;
+        Name = name;
+        _body = body;
+        LastCpu = preferredCpu;
+        BoundCpu = bound ? preferredCpu : -1;
+        VmSpace = vmspace;
+        _host = new Thread(Main) { IsBackground = true, Name = name };
+    }
+
+    /// <summary>The running kernel thread; throws when the caller is not one.</summary>
+    public static KernelThread Current => t_current ?? throw new InvalidOperationException(
+        "this code must run on a kernel thread (Machine.StartThread or Machine.Run)");
+
+    /// <summary>The running kernel thread, or null.</summary>
+    public static KernelThread? CurrentOrNull => t_current;
+
+    /// <summary>The machine the thread runs on.</summary>
+    public Machine Machine { get; }
+
+    /// <summary>Thread id, unique per machine, from 1.</summary>
+    public int Id { get; }
+
+    /// <summary>Thread name.</summary>
+    public string Name { get; }
+
+    /// <summary>The CPU the thread holds, or null while it sleeps or waits for a CPU.</summary>
+    public Cpu? Cpu { get; internal set; }
+
+    /// <summary>The CPU it ran on last (or was asked to start on); -1 for none.</summary>
+    public int LastCpu { get; internal set; }
+
+    /// <summary>The CPU it is bound to (<c>sched_bind</c>), or -1.</summary>
+    public int BoundCpu { get; }
+
+    /// <summary>Nesting depth of <see cref="SchedPin"/>.</summary>
+    public int PinCount { get; private set; }
+
+    /// <summary>True when the thread may not migrate: pinned or bound.</summary>
+    public bool IsPinned => PinCount > 0 || BoundCpu >= 0;
+
+    /// <summary>The user address space the thread runs in, or null for a pure kernel thread.</summary>
+    public VmSpace? VmSpace { get; private set; }
+
+    /// <summary>Host CPU the host thread is pinned to, or -1.</summary>
+    public int HostCore { get; internal set; } = -1;
+
+    /// <summary>True once the body has returned or thrown.</summary>
+    public bool HasExited => _hasExited;
+
+    /// <summary>The exception the body ended with, if any.</summary>
+    public Exception? Fault { get; private set; }
+
+    internal SemaphoreSlim CpuGranted { get; } = new(0);
+
+    internal ManualResetEventSlim Wakeup { get; } = new(false);
+
+    internal int GrantedCpu { get; set; } = -1;
+
+    /// <summary>True once the thread has held a CPU (a first start on a CPU is not a migration).</summary>
+    internal bool HasRun { get; set; }
+
+    /// <summary>Sleep bookkeeping, guarded by the machine's sleep-queue lock.</summary>
+    internal object? SleepChannel { get; set; }
+
+    /// <summary>The CPU the scheduler must give this thread, or -1 for any.</summary>
+    internal int RequiredCpu => BoundCpu >= 0 ? BoundCpu : PinCount > 0 ? LastCpu : -1;
+
+    /// <summary><c>sched_pin</c>: the thread stays on its current CPU until the matching <see cref="SchedUnpin"/>.</summary>
+    public void SchedPin()
+    {
+        RequireSelf();
+        PinCount++;
+    }
+
+    /// <summary><c>sched_unpin</c>.</summary>
+    public void SchedUnpin()
+    {
+        RequireSelf();
+        if (PinCount == 0)
+        {
+            throw new InvalidOperationException($"{Name}: sched_unpin without sched_pin");
+        }
+
+        PinCount--;
+    }
+
+    /// <summary>Gives the CPU up and takes one again (another thread may run in between).</summary>
+    public void Yield()
+    {
+        RequireSelf();
+        Machine.Scheduler.Release(this);
+        Machine.Scheduler.Acquire(this);
+    }
+
+    /// <summary>
+    /// Switches the thread to another user address space (or none): loads its page table on
+    /// this CPU, which drops the CPU's non-global TLB entries.
+    /// </summary>
+    public void SwitchVmSpace(VmSpace? vmspace)
+    {
+        RequireSelf();
+        VmSpace = vmspace;
+        Scheduler.LoadAddressSpace(Cpu!, this);
+    }
+
+    /// <summary>
+    /// Waits for the thread to end and rethrows the exception its body ended with. From a kernel
+    /// thread this sleeps (releasing the CPU); from any other thread it blocks.
+    /// </summary>
+    public void Join(TimeSpan? timeout = null)
+    {
+        var limit = timeout ?? Timeout.InfiniteTimeSpan;
+        var self = CurrentOrNull;
+        if (ReferenceEquals(self, this))
+        {
+            throw new InvalidOperationException($"{Name} cannot join itself");
+        }
+
+        if (self != null && self.Machine == Machine)
+        {
+            // Sleep in short slices: the exit wakeup may come between the check and the sleep.
+            var deadline = limit == Timeout.InfiniteTimeSpan ? DateTime.MaxValue : DateTime.UtcNow + limit;
+            while (!_hasExited)
+            {
+                if (DateTime.UtcNow >= deadline)
+                {
+                    throw new TimeoutException($"{Name} did not exit within {limit}");
+                }
+
+                Machine.Sleep(this, timeout: TimeSpan.FromMilliseconds(10));
+            }
+        }
+        else if (!_exited.Wait(limit))
+        {
+            throw new TimeoutException($"{Name} did not exit within {limit}");
+        }
+
+        if (Fault != null)
+        {
+            ExceptionDispatchInfo.Capture(Fault).Throw();
+        }
+    }
+
+    /// <summary>Renders as <c>name (tid N)</c>.</summary>
+    public override string ToString() => $"{Name} (tid {Id})";
+
+    internal void Start() => _host.Start();
+
+    private void Main()
+    {
+        t_current = this;
+        try
+        {
+            Machine.Scheduler.Acquire(this);
+            try
+            {
+                _body();
+            }
+            finally
+            {
+                Machine.Scheduler.Release(this);
+            }
+        }
+        catch (Exception ex)
+        {
+            Fault = ex;
+        }
+        finally
+        {
+            t_current = null;
+            _hasExited = true;
+            _exited.Set();
+            Machine.ThreadExited(this);
+        }
+    }
+
+    private void RequireSelf()
+    {
+        if (!ReferenceEquals(t_current, this))
+        {
+            throw new InvalidOperationException($"only {Name} itself may do this");
+        }
+    }
+}
