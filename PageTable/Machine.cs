@@ -124,6 +124,8 @@ public sealed unsafe partial class Machine : IDisposable
 
     internal CostTicks Cost { get; }
 
+    internal NativeLedger Ledger => _ledger;
+
     internal Scheduler Scheduler { get; }
 
     internal static MachineEventSource Trace => MachineEventSource.Log;
@@ -265,6 +267,18 @@ public sealed unsafe partial class Machine : IDisposable
 
     /// <summary><c>wakeup_one</c>: wakes the longest sleeper on <paramref name="channel"/>; returns 0 or 1.</summary>
     public int WakeupOne(object channel) => WakeupCore(channel, 1);
+
+    /// <summary>Kernel threads asleep in <see cref="Sleep"/> right now, on any channel.</summary>
+    public int SleepingThreads
+    {
+        get
+        {
+            lock (_sleepLock)
+            {
+                return _sleepQueues.Values.Sum(q => q.Count);
+            }
+        }
+    }
 
     /// <summary>Kernel threads that have not exited.</summary>
     public IReadOnlyList<KernelThread> LiveThreads()

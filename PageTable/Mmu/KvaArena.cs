@@ -39,8 +39,13 @@ public sealed class KvaArena
     /// Allocates <paramref name="pages"/> contiguous pages. Returns the address, or 0 when
     /// <paramref name="wait"/> is false and there is no room, or when the wait is cancelled.
     /// </summary>
-    public ulong Alloc(int pages, bool wait, CancellationToken cancellation = default)
+    public ulong Alloc(int pages, bool wait, CancellationToken cancellation = default) =>
+        Alloc(pages, wait, out _, cancellation);
+
+    /// <summary>As <see cref="Alloc(int, bool, CancellationToken)"/>; <paramref name="slept"/> tells whether the caller had to wait.</summary>
+    public ulong Alloc(int pages, bool wait, out bool slept, CancellationToken cancellation = default)
     {
+        slept = false;
         _machine.ThrowIfDisposed();
         if (pages <= 0 || pages > Region.Pages)
         {
@@ -68,6 +73,7 @@ public sealed class KvaArena
                 }
 
                 Waits++;
+                slept = true;
                 if (_machine.Sleep(this, _lock, cancellation: cancellation) == SleepResult.Interrupted)
                 {
                     return 0;

@@ -1,0 +1,144 @@
+using System.Diagnostics.Metrics;
+using Native.PageTable;
+
+namespace Native.SfBufNative;
+
+/// <summary>
+/// The sf_buf interface: <c>sf_buf_alloc</c>, <c>sf_buf_kva</c>, <c>sf_buf_page</c>,
+/// <c>sf_buf_free</c>. Each mapping strategy is a sealed subclass, chosen by name
+/// (<see cref="Create"/>). Subsystems talk to this class only.
+/// <para>
+/// The caller holds (wires) the page for as long as it holds the sf_buf. Alloc returns
+/// <see cref="SfBuf.None"/>, not an exception, for <see cref="SfBufFlags.NoWait"/> with the pool
+/// exhausted and for <see cref="SfBufFlags.Catch"/> when the wait is cancelled. Misuse (double
+/// free, a foreign handle, an unwired page, <see cref="SfBufFlags.CpuPrivate"/> without a pin)
+/// throws in checked mode.
+/// </para>
+/// </summary>
+public abstract class SfBufMapper : IDisposable
+{
+    /// <summary>The original mechanisms: per-use KVA, <c>pmap_qenter</c>/<c>pmap_qremove</c> with broadcast shootdowns.</summary>
+    public const string Original = "original";
+
+    /// <summary>FreeBSD's 2006 i386 algorithm: a cache of mappings with CPU masks.</summary>
+    public const string I386 = "sfbuf-i386";
+
+    /// <summary>The amd64 direct map.</summary>
+    public const string Amd64 = "sfbuf-amd64";
+
+    private static int s_nextId;
+    private readonly Meter _meter;
+    private long _allocFail;
+
+    /// <summary>Initialises the common part.</summary>
+    private protected SfBufMapper(Machine machine)
+    {
+        Machine = machine ?? throw new ArgumentNullException(nameof(machine));
+        Id = Interlocked.Increment(ref s_nextId);
+        Checked = machine.Options.Checked;
+        _meter = SfBufMetrics.Create(this);
+    }
+
+    /// <summary>The strategies, by name, in the order results list them.</summary>
+    public static IReadOnlyList<string> StrategyNames { get; } = [Original, I386, Amd64];
+
+    /// <summary>The strategy's name.</summary>
+    public abstract string Name { get; }
+
+    /// <summary>The machine it maps on.</summary>
+    public Machine Machine { get; }
+
+    /// <summary>Checked mode (from the machine): misuse is detected and reported.</summary>
+    protected bool Checked { get; }
+
+    /// <summary>Unique id, stamped into handles.</summary>
+    internal int Id { get; }
+
+    /// <summary>Creates the strategy called <paramref name="name"/> on <paramref name="machine"/>.</summary>
+    /// <param name="name">One of <see cref="StrategyNames"/>.</param>
+    /// <param name="machine">The machine.</param>
+    /// <param name="nsfbufs">Pool size for pooled strategies; null means the machine's sf_buf window (FreeBSD's default).</param>
+    public static SfBufMapper Create(string name, Machine machine, int? nsfbufs = null) => name switch
+    {
+        Original => new OriginalMapper(machine),
+        I386 => new I386Mapper(machine, nsfbufs),
+        Amd64 => new DirectMapMapper(machine),
+        _ => throw new ArgumentException($"unknown sf_buf strategy '{name}'; known: {string.Join(", ", StrategyNames)}", nameof(name)),
+    };
+
+    /// <summary>
+    /// <c>sf_buf_alloc</c>: a kernel virtual address for <paramref name="page"/>. Returns
+    /// <see cref="SfBuf.None"/> for NoWait with the pool exhausted, or Catch with the wait cancelled.
+    /// </summary>
+    public abstract SfBuf Alloc(VmPage page, SfBufFlags flags = SfBufFlags.Default, CancellationToken cancellation = default);
+
+    /// <summary><c>sf_buf_free</c>: drops one reference to the mapping (never the page).</summary>
+    public abstract void Free(SfBuf sf);
+
+    /// <summary><c>sf_buf_kva</c>.</summary>
+    public static ulong Kva(SfBuf sf) => sf.Kva;
+
+    /// <summary><c>sf_buf_page</c>.</summary>
+    public static VmPage Page(SfBuf sf) => sf.Page;
+
+    /// <summary>The statistics now.</summary>
+    public abstract SfBufStats Stats();
+
+    /// <summary>Counts a caller's failed allocation (<c>sfstat.sf_allocfail</c>), as sendfile does.</summary>
+    public void RecordAllocFail() => Interlocked.Increment(ref _allocFail);
+
+    /// <summary>Releases the strategy's instruments.</summary>
+    public void Dispose()
+    {
+        Dispose(true);
+        GC.SuppressFinalize(this);
+    }
+
+    /// <summary>Renders as the strategy's name.</summary>
+    public override string ToString() => Name;
+
+    /// <summary>The value of <see cref="RecordAllocFail"/>'s counter.</summary>
+    protected long AllocFailCount => Volatile.Read(ref _allocFail);
+
+    /// <summary>Disposes the meter.</summary>
+    protected virtual void Dispose(bool disposing)
+    {
+        if (disposing)
+        {
+            _meter.Dispose();
+        }
+    }
+
+    /// <summary>Checked-mode validation shared by the strategies: the page is wired or held; CpuPrivate is pinned.</summary>
+    private protected void CheckAlloc(VmPage page, SfBufFlags flags)
+    {
+        if (!Checked)
+        {
+            return;
+        }
+
+        if (!Machine.Physical.IsWiredOrHeld(page))
+        {
+            throw new InvalidOperationException($"sf_buf_alloc of {page}, which is neither wired nor held: the caller must hold the page");
+        }
+
+        if ((flags & SfBufFlags.CpuPrivate) != 0 && !KernelThread.Current.IsPinned)
+        {
+            throw new InvalidOperationException($"SFB_CPUPRIVATE from {KernelThread.Current}, which is not pinned (sched_pin first)");
+        }
+    }
+
+    /// <summary>Refuses a handle this mapper did not make.</summary>
+    private protected void CheckOwner(SfBuf sf)
+    {
+        if (sf.IsNone)
+        {
+            throw new ArgumentException("sf_buf_free of no sf_buf", nameof(sf));
+        }
+
+        if (sf.Mapper != Id)
+        {
+            throw new ArgumentException($"{sf} was not allocated by this {Name} mapper", nameof(sf));
+        }
+    }
+}

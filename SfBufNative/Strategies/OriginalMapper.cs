@@ -1,0 +1,134 @@
+using Native.PageTable;
+
+namespace Native.SfBufNative;
+
+/// <summary>
+/// <c>original</c>: the mechanisms the paper replaced. Every allocation takes a page of KVA
+/// from the <c>kernel_map</c> arena (waiting, or failing, when it is full), maps the page with
+/// <c>pmap_qenter</c> (PTE write, local <c>invlpg</c>, broadcast shootdown to every other CPU under
+/// <c>smp_ipi_mtx</c>, wait for every acknowledgement); Free undoes it with <c>pmap_qremove</c>
+/// (the same invalidation) and frees the KVA. Nothing is cached and <see cref="SfBufFlags.CpuPrivate"/>
+/// changes nothing: the original code had no private mappings.
+/// <para>
+/// The range primitives (<see cref="KvaAlloc"/>, <see cref="QEnter"/>, <see cref="QRemove"/>,
+/// <see cref="KvaFree"/>) let subsystems rebuild their own historical patterns (a per-pipe
+/// window, <c>exec_map</c>, <c>pager_map</c>).
+/// </para>
+/// </summary>
+public sealed unsafe class OriginalMapper : SfBufMapper
+{
+    private readonly KvaArena _arena;
+    private readonly int* _tags;
+    private int _nextTag;
+    private int _used;
+    private int _peak;
+    private long _allocWait;
+    private long _misses;
+    private long _failures;
+
+    internal OriginalMapper(Machine machine)
+        : base(machine)
+    {
+        _arena = machine.KernelMap;
+
+        // One tag per kernel_map page: the handle carries it, so a double free or a stale handle
+        // is caught even after the address has been handed to someone else.
+        _tags = (int*)machine.Ledger.AllocZeroed((nuint)_arena.Region.Pages * sizeof(int));
+    }
+
+    /// <inheritdoc/>
+    public override string Name => Original;
+
+    /// <inheritdoc/>
+    public override SfBuf Alloc(VmPage page, SfBufFlags flags = SfBufFlags.Default, CancellationToken cancellation = default)
+    {
+        Machine.Physical.CheckFrame(page.Frame);
+        CheckAlloc(page, flags);
+        ulong va = KvaAlloc(1, flags, cancellation);
+        if (va == 0)
+        {
+            return SfBuf.None;
+        }
+
+        Machine.KernelPmap.QEnter(va, new ReadOnlySpan<VmPage>(in page));
+        int tag = Interlocked.Increment(ref _nextTag) & int.MaxValue;
+        tag = tag == 0 ? 1 : tag;
+        Volatile.Write(ref _tags[PageIndex(va)], tag);
+        Interlocked.Increment(ref _misses);
+        int used = Interlocked.Increment(ref _used);
+        for (int peak = Volatile.Read(ref _peak); used > peak; peak = Volatile.Read(ref _peak))
+        {
+            if (Interlocked.CompareExchange(ref _peak, used, peak) == peak)
+            {
+                break;
+            }
+        }
+
+        return new SfBuf(va, page, tag, Id);
+    }
+
+    /// <inheritdoc/>
+    public override void Free(SfBuf sf)
+    {
+        CheckOwner(sf);
+        if (!_arena.Region.Contains(sf.Kva))
+        {
+            throw new ArgumentException($"{sf} is not a kernel_map address", nameof(sf));
+        }
+
+        if (Interlocked.CompareExchange(ref _tags[PageIndex(sf.Kva)], 0, sf.Slot) != sf.Slot)
+        {
+            throw new InvalidOperationException($"double free of {sf} (or a stale handle: the address is no longer this allocation)");
+        }
+
+        QRemove(sf.Kva, 1);
+        KvaFree(sf.Kva, 1);
+        Interlocked.Decrement(ref _used);
+    }
+
+    /// <summary>
+    /// Allocates <paramref name="pages"/> of KVA from <c>kernel_map</c> with the flag semantics of
+    /// Alloc: NoWait fails at once when full, Catch waits cancellably, Default waits. 0 on failure.
+    /// </summary>
+    public ulong KvaAlloc(int pages, SfBufFlags flags = SfBufFlags.Default, CancellationToken cancellation = default)
+    {
+        bool wait = (flags & SfBufFlags.NoWait) == 0;
+        var token = (flags & SfBufFlags.Catch) != 0 ? cancellation : CancellationToken.None;
+        ulong va = _arena.Alloc(pages, wait, out bool slept, token);
+        if (slept)
+        {
+            Interlocked.Increment(ref _allocWait);
+        }
+
+        if (va == 0)
+        {
+            Interlocked.Increment(ref _failures);
+        }
+
+        return va;
+    }
+
+    /// <summary>Returns KVA to <c>kernel_map</c> and wakes its waiters.</summary>
+    public void KvaFree(ulong va, int pages) => _arena.Free(va, pages);
+
+    /// <summary><c>pmap_qenter</c>: map pages at <paramref name="va"/>; local and broadcast invalidation.</summary>
+    public void QEnter(ulong va, ReadOnlySpan<VmPage> pages) => Machine.KernelPmap.QEnter(va, pages);
+
+    /// <summary><c>pmap_qremove</c>: unmap pages at <paramref name="va"/>; local and broadcast invalidation.</summary>
+    public void QRemove(ulong va, int pages) => Machine.KernelPmap.QRemove(va, pages);
+
+    /// <inheritdoc/>
+    public override SfBufStats Stats() => new()
+    {
+        Strategy = Name,
+        Nsfbufs = _arena.Region.Pages,
+        NsfbufsUsed = Volatile.Read(ref _used),
+        NsfbufsPeak = Volatile.Read(ref _peak),
+        AllocWait = Volatile.Read(ref _allocWait),
+        AllocFail = AllocFailCount,
+        Misses = Volatile.Read(ref _misses),
+        Failures = Volatile.Read(ref _failures),
+    };
+
+    private int PageIndex(ulong va) => (int)((va - _arena.Region.Start) >> Pte.PageShift);
+}
