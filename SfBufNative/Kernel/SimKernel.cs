@@ -1,0 +1,72 @@
+using Native.PageTable;
+
+namespace Native.SfBufNative.Kernel;
+
+/// <summary>
+/// The kernel the subsystems run in: a machine, its sf_buf strategy, and the historical
+/// mechanisms the original kernels used (submaps of <c>kernel_map</c> such as <c>exec_map</c>
+/// and <c>pager_map</c>), which subsystems rebuild when the strategy is <c>original</c>.
+/// </summary>
+public sealed class SimKernel : IDisposable
+{
+    /// <summary>Pages of the <c>exec_map</c> submap (FreeBSD sized it for a few concurrent execs).</summary>
+    public const int ExecMapPages = 16;
+
+    /// <summary>Pages of the <c>pager_map</c> submap.</summary>
+    public const int PagerMapPages = 32;
+
+    private readonly Lazy<KvaArena> _execMap;
+    private readonly Lazy<KvaArena> _pagerMap;
+
+    /// <summary>Boots a kernel on <paramref name="machine"/> with the sf_buf strategy called <paramref name="strategy"/>.</summary>
+    public SimKernel(Machine machine, string strategy, int? nsfbufs = null)
+    {
+        Machine = machine ?? throw new ArgumentNullException(nameof(machine));
+        SfBufs = SfBufMapper.Create(strategy, machine, nsfbufs);
+        _execMap = new(() => Submap("exec_map", ExecMapPages));
+        _pagerMap = new(() => Submap("pager_map", PagerMapPages));
+    }
+
+    /// <summary>The machine.</summary>
+    public Machine Machine { get; }
+
+    /// <summary>The sf_buf interface; subsystems use only this for ephemeral mappings.</summary>
+    public SfBufMapper SfBufs { get; }
+
+    /// <summary>The strategy's name.</summary>
+    public string Strategy => SfBufs.Name;
+
+    /// <summary>True when subsystems must rebuild the pre-sf_buf mechanisms.</summary>
+    public bool IsOriginal => SfBufs is OriginalMapper;
+
+    /// <summary>The original strategy's range primitives; throws for the other strategies.</summary>
+    public OriginalMapper Original => SfBufs as OriginalMapper
+        ?? throw new InvalidOperationException($"the {Strategy} kernel has no original mechanisms");
+
+    /// <summary>True when the direct map gives every page a KVA (amd64): no sf_buf is needed at all.</summary>
+    public bool HasDirectMap => SfBufs is DirectMapMapper;
+
+    /// <summary><c>exec_map</c>: the submap execve took image-header KVA from (original kernels only); carved lazily.</summary>
+    public KvaArena ExecMap => _execMap.Value;
+
+    /// <summary><c>pager_map</c>: the submap the vnode pager mapped pages in (original kernels only); carved lazily.</summary>
+    public KvaArena PagerMap => _pagerMap.Value;
+
+    /// <summary>The calling kernel thread's CPU.</summary>
+    public Cpu Cpu => Machine.CurrentCpu;
+
+    /// <summary>Releases the sf_buf strategy.</summary>
+    public void Dispose() => SfBufs.Dispose();
+
+    /// <summary>Carves a submap out of <c>kernel_map</c>; must run on a kernel thread.</summary>
+    private KvaArena Submap(string name, int pages)
+    {
+        ulong va = Machine.KernelMap.Alloc(pages, wait: false);
+        if (va == 0)
+        {
+            throw new InvalidOperationException($"kernel_map has no room for {name} ({pages} pages)");
+        }
+
+        return new KvaArena(Machine, new KvaRegion(name, va, pages));
+    }
+}
