@@ -17,6 +17,7 @@ public sealed class SimKernel : IDisposable
 
     private readonly Lazy<KvaArena> _execMap;
     private readonly Lazy<KvaArena> _pagerMap;
+    private long _pagesIn;
 
     /// <summary>Boots a kernel on <paramref name="machine"/> with the sf_buf strategy called <paramref name="strategy"/>.</summary>
     public SimKernel(Machine machine, string strategy, int? nsfbufs = null)
@@ -52,8 +53,16 @@ public sealed class SimKernel : IDisposable
     /// <summary><c>pager_map</c>: the submap the vnode pager mapped pages in (original kernels only); carved lazily.</summary>
     public KvaArena PagerMap => _pagerMap.Value;
 
+    /// <summary>Pages the vnode pager has read in.</summary>
+    public long PagesIn => Interlocked.Read(ref _pagesIn);
+
+    /// <summary>The simulated file system.</summary>
+    public SimFileSystem FileSystem { get; } = new();
+
     /// <summary>The calling kernel thread's CPU.</summary>
     public Cpu Cpu => Machine.CurrentCpu;
+
+    internal void CountPageIn() => Interlocked.Increment(ref _pagesIn);
 
     /// <summary>Releases the sf_buf strategy.</summary>
     public void Dispose() => SfBufs.Dispose();
