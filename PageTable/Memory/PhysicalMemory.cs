@@ -134,6 +134,25 @@ public sealed unsafe class PhysicalMemory
     /// <summary>Holds a page (<c>vm_page_hold</c>): a lighter, transient reference.</summary>
     public void Hold(VmPage page) => Increment(page, ref Descriptor(page), ref Descriptor(page).HoldCount, "hold");
 
+    /// <summary>Holds a page unless it is free (a racing unmap freed it); false then, and nothing changed.</summary>
+    public bool TryHold(VmPage page)
+    {
+        ref var d = ref Descriptor(page);
+        if ((Volatile.Read(ref d.Flags) & (uint)VmPageFlags.Free) != 0)
+        {
+            return false;
+        }
+
+        Interlocked.Increment(ref d.HoldCount);
+        if ((Volatile.Read(ref d.Flags) & (uint)VmPageFlags.Free) != 0)
+        {
+            Interlocked.Decrement(ref d.HoldCount);
+            return false;
+        }
+
+        return true;
+    }
+
     /// <summary>Drops one hold (<c>vm_page_unhold</c>).</summary>
     public void Unhold(VmPage page) => Decrement(page, ref Descriptor(page).HoldCount, "held");
 

@@ -76,6 +76,9 @@ public static class Errno
     /// <summary>Success.</summary>
     public const int OK = 0;
 
+    /// <summary>No such file or directory.</summary>
+    public const int ENOENT = 2;
+
     /// <summary>Interrupted system call.</summary>
     public const int EINTR = 4;
 

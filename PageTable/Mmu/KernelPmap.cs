@@ -136,7 +136,10 @@ public sealed unsafe class KernelPmap
             throw new ArgumentException($"kernel address 0x{va:x} is not page aligned", nameof(va));
         }
 
+        // Guard pages between the regions stay unmapped so that overruns fault.
         ulong* ptep = Vtopte(va);
-        return ptep != null ? ptep : throw new ArgumentOutOfRangeException(nameof(va), $"0x{va:x} is not in a page-mapped kernel region");
+        return ptep != null && _machine.Layout.IsKernelRegion(va)
+            ? ptep
+            : throw new ArgumentOutOfRangeException(nameof(va), $"0x{va:x} is not in a page-mapped kernel region");
     }
 }

@@ -100,6 +100,35 @@ public sealed unsafe class UserPmap
         return Pte.IsValid(pte) ? new VmPage(Pte.Frame(pte)) : null;
     }
 
+    /// <summary>
+    /// <c>pmap_extract_and_hold</c>: the page mapped at <paramref name="va"/>, held for the
+    /// caller, or null when nothing is mapped. The hold and the PTE are checked against each
+    /// other, so a concurrent unmap either happens first (null) or cannot free the page.
+    /// </summary>
+    public VmPage? ExtractAndHold(ulong va)
+    {
+        while (true)
+        {
+            ulong* ptep = PteAddress(va & ~Pte.PageMask);
+            ulong pte = ptep == null ? 0 : Volatile.Read(ref *ptep);
+            if (!Pte.IsValid(pte))
+            {
+                return null;
+            }
+
+            var page = new VmPage(Pte.Frame(pte));
+            if (_machine.Physical.TryHold(page))
+            {
+                if (((Volatile.Read(ref *ptep) ^ pte) & (Pte.PG_FRAME | Pte.PG_V)) == 0)
+                {
+                    return page;
+                }
+
+                _machine.Physical.Unhold(page);
+            }
+        }
+    }
+
     internal void Activate(int cpu) => Interlocked.Or(ref _active, 1UL << cpu);
 
     internal void Deactivate(int cpu) => Interlocked.And(ref _active, ~(1UL << cpu));

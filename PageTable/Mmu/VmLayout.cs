@@ -65,6 +65,9 @@ public sealed class VmLayout
     /// <summary>Bytes covered by the direct map; 0 on the i386 flavour, which has none.</summary>
     public ulong DirectMapBytes { get; }
 
+    /// <summary>True when <paramref name="va"/> lies in one of the page-mapped kernel regions (guard pages excluded).</summary>
+    public bool IsKernelRegion(ulong va) => SfBufWindow.Contains(va) || KernelMap.Contains(va) || KernelMemory.Contains(va);
+
     /// <summary>True when <paramref name="va"/> is a user address.</summary>
     public static bool IsUser(ulong va) => va >= UserMin && va < UserMax;
 

@@ -294,7 +294,10 @@ public sealed unsafe partial class Cpu
     private void CheckCaller()
     {
         _machine.ThrowIfDisposed();
-        if (_checked && !ReferenceEquals(KernelThread.CurrentOrNull, Owner))
+
+        // An idle CPU has no owner, and neither does a host thread: both null must not match.
+        var caller = KernelThread.CurrentOrNull;
+        if (_checked && (caller == null || !ReferenceEquals(caller, Owner)))
         {
             throw new InvalidOperationException(
                 $"cpu {Id} is held by {Owner?.Name ?? "no thread"}, not by the calling thread ({KernelThread.CurrentOrNull?.Name ?? "not a kernel thread"})");
