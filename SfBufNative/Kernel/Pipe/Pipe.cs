@@ -378,7 +378,7 @@ public sealed class Pipe
         for (int i = 0; i < npages; i++)
         {
             // pmap_extract_and_hold: an unmapped user page fails the write with EFAULT.
-            if (pmap.Extract(first + ((ulong)i << Pte.PageShift)) is not { } page)
+            if (pmap.ExtractAndHold(first + ((ulong)i << Pte.PageShift)) is not { } page)
             {
                 for (int j = 0; j < i; j++)
                 {
@@ -388,7 +388,6 @@ public sealed class Pipe
                 return Errno.EFAULT;
             }
 
-            _kernel.Machine.Physical.Hold(page);
             _directPages[i] = page;
         }
 

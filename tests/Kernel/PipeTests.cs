@@ -1,0 +1,117 @@
+using System.Security.Cryptography;
+using Native.PageTable;
+using Native.SfBufNative;
+using Native.SfBufNative.Kernel;
+using NUnit.Framework;
+
+namespace Native.Tests.Kernel;
+
+[TestFixtureSource(nameof(Cases))]
+[NonParallelizable]
+public sealed class PipeTests
+{
+    private const ulong UserBuffer = 0x1000_0000;
+
+    private readonly string _strategy;
+    private readonly int _cpus;
+
+    public PipeTests(string strategy, int cpus)
+    {
+        _strategy = strategy;
+        _cpus = cpus;
+    }
+
+    public static IEnumerable<TestFixtureData> Cases() =>
+        from s in SfBufMapper.StrategyNames
+        from c in new[] { 1, 2 }
+        select new TestFixtureData(s, c).SetArgDisplayNames(s, $"{c}cpu");
+
+    [Test]
+    public void BytesCrossThePipeIntactMixingBufferedAndDirectWrites()
+    {
+        using var machine = new Native.PageTable.Machine(new MachineOptions { Cpus = _cpus, PhysicalMemoryBytes = 64UL << 20 });
+        using var kernel = new SimKernel(machine, _strategy);
+        const long total = 8L << 20;
+        int[] sizes = [100, 4096, 8192, 65536, 70000, 12000, 1];
+        using var writtenHash = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
+        using var readHash = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
+        long readBytes = 0;
+        Pipe pipe = null!;
+        VmSpace writerSpace = null!;
+        VmSpace readerSpace = null!;
+        machine.Run(0, () =>
+        {
+            pipe = Pipe.Create(kernel);
+            writerSpace = machine.CreateVmSpace();
+            readerSpace = machine.CreateVmSpace();
+            writerSpace.MapAnonymous(UserBuffer, 128 << 10);
+            readerSpace.MapAnonymous(UserBuffer, 128 << 10);
+        });
+
+        var before = machine.Counters();
+        var writer = machine.StartThread("writer", () =>
+        {
+            var cpu = machine.CurrentCpu;
+            var chunk = new byte[70000];
+            long sent = 0;
+            for (int i = 0; sent < total; i++)
+            {
+                int n = (int)Math.Min(sizes[i % sizes.Length], total - sent);
+                Random.Shared.NextBytes(chunk.AsSpan(0, n));
+                writtenHash.AppendData(chunk.AsSpan(0, n));
+                Assert.That(cpu.CopyOut(chunk.AsSpan(0, n), UserBuffer), Is.Zero);
+                var uio = new Uio(UserBuffer, n, UioSegment.UserSpace, UioDirection.Write);
+                Assert.That(pipe.Write(uio), Is.Zero);
+                Assert.That(uio.Resid, Is.Zero);
+                sent += n;
+            }
+
+            pipe.CloseWrite();
+        }, cpu: 0, bound: true, vmspace: writerSpace);
+        var reader = machine.StartThread("reader", () =>
+        {
+            var cpu = machine.CurrentCpu;
+            var chunk = new byte[50000];
+            while (true)
+            {
+                var uio = new Uio(UserBuffer, chunk.Length, UioSegment.UserSpace, UioDirection.Read);
+                Assert.That(pipe.Read(uio), Is.Zero);
+                int n = (int)(chunk.Length - uio.Resid);
+                if (n == 0)
+                {
+                    break;
+                }
+
+                Assert.That(cpu.CopyIn(UserBuffer, chunk.AsSpan(0, n)), Is.Zero);
+                readHash.AppendData(chunk.AsSpan(0, n));
+                readBytes += n;
+            }
+
+            pipe.CloseRead();
+        }, cpu: _cpus - 1, bound: true, vmspace: readerSpace);
+        writer.Join();
+        reader.Join();
+        var d = machine.Counters() - before;
+
+        Assert.That(readBytes, Is.EqualTo(total));
+        Assert.That(readHash.GetHashAndReset(), Is.EqualTo(writtenHash.GetHashAndReset()), "SHA-256 of the bytes read equals that of the bytes written");
+        Assert.That(d[Counter.StaleAccesses], Is.Zero);
+        Assert.That(pipe.DirectWrites, Is.GreaterThan(0));
+        Assert.That(pipe.BufferedWrites, Is.GreaterThan(0));
+        if (_strategy == SfBufMapper.I386)
+        {
+            Assert.That(d[Counter.IpisSent], Is.Zero, "private mappings send no IPI");
+        }
+
+        if (_strategy == SfBufMapper.Amd64)
+        {
+            Assert.That(d[Counter.KernelPteWrites], Is.Zero);
+        }
+
+        if (_strategy == SfBufMapper.Original)
+        {
+            // qenter + qremove per direct write, and one more when the destroyed pipe's buffer is unmapped.
+            Assert.That(d[Counter.ShootdownRounds], Is.EqualTo(_cpus > 1 ? (2 * pipe.DirectWrites) + 1 : 0));
+        }
+    }
+}
