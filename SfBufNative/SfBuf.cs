@@ -26,12 +26,13 @@ public enum SfBufFlags
 /// </summary>
 public readonly struct SfBuf : IEquatable<SfBuf>
 {
-    internal SfBuf(ulong kva, VmPage page, int slot, int mapper)
+    internal SfBuf(ulong kva, VmPage page, int slot, int mapper, int generation = 0)
     {
         Kva = kva;
         Page = page;
         Slot = slot;
         Mapper = mapper;
+        Generation = generation;
     }
 
     /// <summary>"No sf_buf" (FreeBSD's NULL).</summary>
@@ -52,6 +53,9 @@ public readonly struct SfBuf : IEquatable<SfBuf>
     /// <summary>Id of the mapper that made the handle, to refuse foreign handles.</summary>
     internal int Mapper { get; }
 
+    /// <summary>The slot's mapping generation when the handle was made, to refuse handles from before a recycle.</summary>
+    internal int Generation { get; }
+
     /// <summary>Equality of all fields.</summary>
     public static bool operator ==(SfBuf left, SfBuf right) => left.Equals(right);
 
@@ -59,13 +63,13 @@ public readonly struct SfBuf : IEquatable<SfBuf>
     public static bool operator !=(SfBuf left, SfBuf right) => !left.Equals(right);
 
     /// <inheritdoc/>
-    public bool Equals(SfBuf other) => Kva == other.Kva && Page == other.Page && Slot == other.Slot && Mapper == other.Mapper;
+    public bool Equals(SfBuf other) => Kva == other.Kva && Page == other.Page && Slot == other.Slot && Mapper == other.Mapper && Generation == other.Generation;
 
     /// <inheritdoc/>
     public override bool Equals(object? obj) => obj is SfBuf other && Equals(other);
 
     /// <inheritdoc/>
-    public override int GetHashCode() => HashCode.Combine(Kva, Page, Slot, Mapper);
+    public override int GetHashCode() => HashCode.Combine(Kva, Page, Slot, Mapper, Generation);
 
     /// <summary>Renders as <c>sf_buf kva 0x... page 0x...</c>.</summary>
     public override string ToString() => IsNone ? "no sf_buf" : $"sf_buf kva 0x{Kva:x} {Page}";

@@ -12,7 +12,10 @@ namespace Native.SfBufNative;
 /// <see cref="SfBuf.None"/>, not an exception, for <see cref="SfBufFlags.NoWait"/> with the pool
 /// exhausted and for <see cref="SfBufFlags.Catch"/> when the wait is cancelled. Misuse (double
 /// free, a foreign handle, an unwired page, <see cref="SfBufFlags.CpuPrivate"/> without a pin)
-/// throws in checked mode.
+/// throws in checked mode. A stale handle, from before its sf_buf was recycled, is refused too;
+/// one of several references to the same live mapping freed twice cannot be told apart from the
+/// other reference's free (FreeBSD cannot either), so that is caught only when the count would drop
+/// below zero.
 /// </para>
 /// </summary>
 public abstract class SfBufMapper : IDisposable

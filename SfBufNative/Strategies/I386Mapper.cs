@@ -120,7 +120,7 @@ public sealed unsafe partial class I386Mapper : SfBufMapper
             }
 
             Shootdown(td, i, (flags & SfBufFlags.CpuPrivate) != 0);
-            return new SfBuf(_window.PageAddress(i), page, i, Id);
+            return new SfBuf(_window.PageAddress(i), page, i, Id, _entries[i].Generation);
         }
         finally
         {
@@ -141,7 +141,7 @@ public sealed unsafe partial class I386Mapper : SfBufMapper
         try
         {
             SfBufEntry* e = _entries + sf.Slot;
-            if (e->HasPage == 0 || e->Frame != sf.Page.Frame)
+            if (e->HasPage == 0 || e->Frame != sf.Page.Frame || e->Generation != sf.Generation)
             {
                 throw new InvalidOperationException($"stale handle {sf}: the sf_buf now maps another page (double free?)");
             }
@@ -227,6 +227,7 @@ public sealed unsafe partial class I386Mapper : SfBufMapper
 
         e->Frame = frame;
         e->HasPage = 1;
+        e->Generation++;
         e->RefCount = 1;
         HashInsert(i);
         CountUse();
@@ -376,5 +377,7 @@ internal struct SfBufEntry
     public int FreeNext;
     public int FreePrev;
     public int HasPage;
-    public int Reserved;
+
+    /// <summary>Bumped at every recycle: handles from an earlier mapping of this slot are stale.</summary>
+    public int Generation;
 }

@@ -5,6 +5,8 @@ using NUnit.Framework;
 
 namespace Native.Tests.Conformance;
 
+using SfBuf = Native.SfBufNative.SfBuf;
+
 /// <summary>
 /// The sf_buf contract, written once and run against every strategy on 1 and 2 CPUs with the
 /// stale-translation oracle on. Every test ends with no stale access on the machine.

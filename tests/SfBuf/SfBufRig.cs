@@ -1,0 +1,148 @@
+using System.Runtime.InteropServices;
+using Native.PageTable;
+using Native.SfBufNative;
+using SimMachine = Native.PageTable.Machine;
+
+namespace Native.Tests.SfBuf;
+
+/// <summary>Small machines, stamped pages, busy CPUs and TLB probes shared by the sf_buf unit tests.</summary>
+internal static class SfBufRig
+{
+    /// <summary>How long a test waits for another thread before it calls it a hang (never a timing assertion).</summary>
+    public static readonly TimeSpan Patience = TimeSpan.FromSeconds(30);
+
+    /// <summary>A small machine: 32 MiB, a 64-page sf_buf window, 256 pages of kernel_map, 64 pages of kmem.</summary>
+    public static MachineOptions Small(int cpus = 2, MachineFlavor flavor = MachineFlavor.I386, int windowPages = 64, int kernelMapPages = 256) => new()
+    {
+        Cpus = cpus,
+        PhysicalMemoryBytes = 32UL << 20,
+        Flavor = flavor,
+        SfBufWindowPages = windowPages,
+        KernelMapPages = kernelMapPages,
+        KernelMemoryPages = 64,
+        ShootdownWatchdog = TimeSpan.FromSeconds(20),
+    };
+
+    /// <summary>An sfbuf-i386 mapper of <paramref name="nsfbufs"/> sf_bufs.</summary>
+    public static I386Mapper I386(SimMachine m, int nsfbufs) => (I386Mapper)SfBufMapper.Create(SfBufMapper.I386, m, nsfbufs);
+
+    /// <summary>The value every word of a stamped page holds: a tag and the frame number.</summary>
+    public static ulong Stamp(VmPage page) => 0x5f5f_0000_0000_0000UL | page.Frame;
+
+    /// <summary>A zeroed wired page whose every 64-bit word is <see cref="Stamp"/> (written physically).</summary>
+    public static VmPage NewPage(SimMachine m)
+    {
+        var page = m.Physical.Alloc(AllocFlags.Zero | AllocFlags.Wired);
+        MemoryMarshal.Cast<byte, ulong>(m.Physical.PhysicalBytes(page)).Fill(Stamp(page));
+        return page;
+    }
+
+    /// <summary><paramref name="count"/> stamped wired pages.</summary>
+    public static VmPage[] NewPages(SimMachine m, int count)
+    {
+        var pages = new VmPage[count];
+        for (int i = 0; i < count; i++)
+        {
+            pages[i] = NewPage(m);
+        }
+
+        return pages;
+    }
+
+    /// <summary>Blocks the (non-kernel) calling thread until <paramref name="condition"/> holds.</summary>
+    public static void WaitUntil(Func<bool> condition, string what)
+    {
+        if (!SpinWait.SpinUntil(condition, Patience))
+        {
+            throw new TimeoutException($"timed out waiting until {what}");
+        }
+    }
+
+    /// <summary>Spins on the calling kernel thread's CPU, servicing its mailbox, until <paramref name="condition"/> holds.</summary>
+    public static void SpinOnCpu(SimMachine m, Func<bool> condition, string what)
+    {
+        var deadline = DateTime.UtcNow + Patience;
+        while (!condition())
+        {
+            m.CurrentCpu.Poll();
+            if (DateTime.UtcNow > deadline)
+            {
+                throw new TimeoutException($"timed out spinning until {what}");
+            }
+
+            Thread.Yield();
+        }
+    }
+
+    /// <summary>Joins every thread, then throws what any of them ended with (all of them, so none is left running).</summary>
+    public static void JoinAll(IEnumerable<KernelThread> threads, TimeSpan patience)
+    {
+        var faults = new List<Exception>();
+        foreach (var thread in threads)
+        {
+            try
+            {
+                thread.Join(patience);
+            }
+            catch (Exception e)
+            {
+                faults.Add(e);
+            }
+        }
+
+        if (faults.Count > 0)
+        {
+            throw new AggregateException(faults);
+        }
+    }
+
+    /// <summary>
+    /// The frame <paramref name="cpu"/>'s TLB maps <paramref name="va"/> to, or -1 when it holds no
+    /// entry. Only for a CPU no thread is running on (its TLB is written by its owner alone).
+    /// </summary>
+    public static unsafe long CachedFrame(Cpu cpu, ulong va)
+    {
+        TlbEntry* e = cpu.Tlb.Lookup(va >> Pte.PageShift);
+        return e == null ? -1 : Pte.Frame(e->Pte);
+    }
+}
+
+/// <summary>
+/// Kernel threads bound to some CPUs that do nothing but answer IPIs (<see cref="Cpu.Poll"/>)
+/// until disposed, so those CPUs are running, not idle: a shootdown interrupts them (IpisSent,
+/// IpisReceived) instead of deferring a flush.
+/// </summary>
+internal sealed class BusyCpus : IDisposable
+{
+    private readonly List<KernelThread> _threads = [];
+    private volatile bool _stop;
+    private int _running;
+
+    public BusyCpus(SimMachine m, IEnumerable<int> cpus)
+    {
+        foreach (int cpu in cpus)
+        {
+            _threads.Add(m.StartThread($"busy-cpu{cpu}", () =>
+            {
+                Interlocked.Increment(ref _running);
+                var self = m.CurrentCpu;
+                while (!_stop)
+                {
+                    self.Poll();
+                    Thread.Yield();
+                }
+            }, cpu, bound: true));
+        }
+
+        SfBufRig.WaitUntil(() => Volatile.Read(ref _running) == _threads.Count, "every busy CPU runs its thread");
+    }
+
+    public void Dispose()
+    {
+        _stop = true;
+        foreach (var thread in _threads)
+        {
+            thread.Join(SfBufRig.Patience);
+        }
+    }
+}
