@@ -465,6 +465,7 @@ public sealed unsafe partial class Cpu
         Volatile.Write(ref request->AcksRemaining, count);
 
         int sent = 0;
+        int deferred = 0;
         ulong mine = Mask;
         for (ulong rest = targets; rest != 0; rest &= rest - 1)
         {
@@ -478,6 +479,8 @@ public sealed unsafe partial class Cpu
                     if (Interlocked.CompareExchange(ref target->State, s | FlushPending, s) == s)
                     {
                         Count(Counter.IdleTargetsDeferred);
+                        CostTicks.Charge(_cost.IpiSend);
+                        deferred++;
                         Interlocked.Decrement(ref request->AcksRemaining);
                         break;
                     }
@@ -492,7 +495,14 @@ public sealed unsafe partial class Cpu
             }
         }
 
+        // The simulation never waits for an idle CPU, but the kernels it models did: an idle CPU
+        // halts with interrupts on and takes the IPI. The cost model charges that round trip.
         long deliveredAt = sent > 0 ? start + _cost.IpiDelivery : 0;
+        if (deferred > 0)
+        {
+            deliveredAt = Math.Max(deliveredAt, start + _cost.IpiDelivery + _cost.IpiHandler);
+        }
+
         var spin = default(SpinWait);
         while (Volatile.Read(ref request->AcksRemaining) != 0 || Stopwatch.GetTimestamp() < deliveredAt)
         {

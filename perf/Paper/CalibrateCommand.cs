@@ -1,0 +1,208 @@
+using System.CommandLine;
+using System.Diagnostics;
+using Native.Interop;
+using Native.PageTable;
+using Spectre.Console;
+
+namespace Native.Perf.Paper;
+
+/// <summary>
+/// <c>perf calibrate</c>: measures this host's TLB costs as well as user space allows and writes
+/// the <c>host</c> cost profile.
+/// <list type="bullet">
+/// <item>Remote shootdown: <c>mprotect</c> of a touched page while another thread of this process
+/// runs on a second core (the host kernel must IPI it), against the same with no second thread.</item>
+/// <item>Local invalidation: <c>mprotect</c> with no other thread, less a null system call.</item>
+/// <item>Page walk: reading one line per page in random page order over 256 MiB (TLB misses)
+/// against the same over 64 pages (TLB hits); an upper bound, since it includes cache misses.</item>
+/// </list>
+/// </summary>
+internal static class CalibrateCommand
+{
+    public static Command Create()
+    {
+        var iterations = new Option<int>("--iterations") { Description = "mprotect pairs per measurement", DefaultValueFactory = _ => 200_000 };
+        var command = new Command("calibrate", "Measure the host's shootdown, invalidation and page-walk costs and write the host cost profile.") { iterations };
+        command.SetAction(parse => Run(parse.GetRequiredValue(iterations)));
+        return command;
+    }
+
+    private static unsafe int Run(int iterations)
+    {
+        if (!HostCpu.IsPinningAvailable)
+        {
+            AnsiConsole.MarkupLine("[red bold]error:[/] calibration needs thread pinning (Linux)");
+            return 1;
+        }
+
+        int[] cores = HostCpu.AllowedCpus();
+        double nullSyscall = OnCore(cores[0], () => Time(iterations, () => HostMemory.NullSyscall()));
+        double local = OnCore(cores[0], () => MprotectPair(iterations, remoteCore: -1));
+        double? remote = cores.Length >= 2 ? OnCore(cores[0], () => MprotectPair(iterations, remoteCore: cores[1])) : null;
+        double walk = OnCore(cores[0], PageWalk);
+
+        double localInvalidate = Math.Max(1, (local / 2) - nullSyscall);
+        AnsiConsole.MarkupLine("[bold]Host measurements[/] (ns)");
+        AnsiConsole.WriteLine($"null system call                 {nullSyscall,10:0.0}");
+        AnsiConsole.WriteLine($"mprotect, no other thread        {local / 2,10:0.0}   (local invalidation ~ {localInvalidate:0.0})");
+        if (remote is double r)
+        {
+            AnsiConsole.WriteLine($"mprotect, thread on core {cores[1],-3}     {r / 2,10:0.0}   (remote shootdown ~ {(r - local) / 2:0.0})");
+        }
+        else
+        {
+            AnsiConsole.WriteLine("remote shootdown                 cannot be measured: this host gives the process one core");
+        }
+
+        AnsiConsole.WriteLine($"page walk (upper bound)          {walk,10:0.0}");
+
+        // The round trip is split the way the default profile splits it (send, delivery, handler);
+        // the host shows only the sum.
+        var baseline = CostModel.Default;
+        double roundTrip = remote is double rt ? Math.Max(0, (rt - local) / 2) : baseline.IpiSendNs + baseline.IpiDeliveryNs + baseline.IpiHandlerNs;
+        double split = baseline.IpiSendNs + baseline.IpiDeliveryNs + baseline.IpiHandlerNs;
+        var host = new CostModel(
+            "host",
+            Math.Round(localInvalidate, 1),
+            Math.Round(4 * localInvalidate, 1),
+            Math.Round(walk, 1),
+            baseline.PteWriteNs,
+            Math.Round(roundTrip * baseline.IpiSendNs / split, 1),
+            Math.Round(roundTrip * baseline.IpiDeliveryNs / split, 1),
+            Math.Round(roundTrip * baseline.IpiHandlerNs / split, 1),
+            $"perf calibrate on {Environment.MachineName}, {DateTime.UtcNow:yyyy-MM-dd}: invlpg = mprotect - null syscall; full flush = 4 x invlpg (derived); "
+            + $"walk = random-page read over 256 MiB - over 64 pages (upper bound); PTE write from the default profile; "
+            + (remote is null ? "one core: IPI costs copied from the default profile" : "IPI round trip = mprotect with a thread on another core - without, split like the default profile"));
+        CostProfiles.SaveHost(host);
+        AnsiConsole.WriteLine($"profile        {host}");
+        AnsiConsole.WriteLine($"wrote          {CostProfiles.HostProfilePath} (use: perf paper --cost host)");
+        return 0;
+    }
+
+    /// <summary>ns per mprotect pair (read-only, then read-write and a write), optionally with a thread spinning on another core.</summary>
+    private static unsafe double MprotectPair(int iterations, int remoteCore)
+    {
+        nuint size = (nuint)Pte.PageSize;
+        byte* page = HostMemory.Map(size);
+        var stop = false;
+        Thread? spinner = null;
+        try
+        {
+            page[0] = 1;
+            if (remoteCore >= 0)
+            {
+                var started = new ManualResetEventSlim();
+                spinner = new Thread(() =>
+                {
+                    HostCpu.PinCurrentThread(remoteCore);
+                    started.Set();
+
+                    // Stay on the core in this address space so the host must shoot it down.
+                    while (!Volatile.Read(ref stop))
+                    {
+                        Thread.SpinWait(64);
+                    }
+                })
+                { IsBackground = true, Name = "calibrate-remote" };
+                spinner.Start();
+                started.Wait();
+            }
+
+            return Time(iterations, () =>
+            {
+                HostMemory.Protect(page, size, HostMemory.PROT_READ);
+                HostMemory.Protect(page, size, HostMemory.PROT_READ | HostMemory.PROT_WRITE);
+                page[0]++;
+            });
+        }
+        finally
+        {
+            Volatile.Write(ref stop, true);
+            spinner?.Join();
+            HostMemory.Unmap(page, size);
+        }
+    }
+
+    private static unsafe double PageWalk()
+    {
+        const int largePages = 65536;
+        const int smallPages = 64;
+        const int reads = 2_000_000;
+        nuint bytes = (nuint)largePages * (nuint)Pte.PageSize;
+        byte* region = HostMemory.Map(bytes);
+        try
+        {
+            HostMemory.NoHugePages(region, bytes);
+            for (nuint i = 0; i < bytes; i += (nuint)Pte.PageSize)
+            {
+                region[i] = 1;
+            }
+
+            double Measure(int pages)
+            {
+                var order = new int[reads];
+                var rng = new Random(1);
+                for (int i = 0; i < reads; i++)
+                {
+                    order[i] = rng.Next(pages);
+                }
+
+                long sum = 0;
+                var clock = Stopwatch.StartNew();
+                foreach (int p in order)
+                {
+                    sum += region[(nuint)p * (nuint)Pte.PageSize];
+                }
+
+                clock.Stop();
+                GC.KeepAlive(sum);
+                return clock.Elapsed.TotalNanoseconds / reads;
+            }
+
+            Measure(smallPages);
+            return Math.Max(0, Measure(largePages) - Measure(smallPages));
+        }
+        finally
+        {
+            HostMemory.Unmap(region, bytes);
+        }
+    }
+
+    private static double Time(int iterations, Action op)
+    {
+        for (int i = 0; i < iterations / 10; i++)
+        {
+            op();
+        }
+
+        var clock = Stopwatch.StartNew();
+        for (int i = 0; i < iterations; i++)
+        {
+            op();
+        }
+
+        return clock.Elapsed.TotalNanoseconds / iterations;
+    }
+
+    private static T OnCore<T>(int core, Func<T> body)
+    {
+        T result = default!;
+        Exception? failure = null;
+        var thread = new Thread(() =>
+        {
+            try
+            {
+                HostCpu.PinCurrentThread(core);
+                result = body();
+            }
+            catch (Exception ex)
+            {
+                failure = ex;
+            }
+        })
+        { Name = "calibrate" };
+        thread.Start();
+        thread.Join();
+        return failure == null ? result : throw new InvalidOperationException($"calibration failed: {failure.Message}", failure);
+    }
+}

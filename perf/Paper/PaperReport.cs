@@ -1,0 +1,190 @@
+using System.Globalization;
+using System.Text;
+using System.Text.Json;
+using Native.SfBufNative;
+using Spectre.Console;
+
+namespace Native.Perf.Paper;
+
+/// <summary>Renders <c>perf paper</c>'s rows: the terminal tables, the paper comparison, the checks, JSON and CSV.</summary>
+internal static class PaperReport
+{
+    private static readonly JsonSerializerOptions s_json = new() { WriteIndented = true };
+
+    private static readonly (string Key, string Header)[] s_perUnit =
+    [
+        ("pte_writes", "PTE wr"),
+        ("local_invalidations", "invlpg"),
+        ("shootdowns", "shootdn"),
+        ("ipis_sent", "IPIs"),
+        ("tlb_misses", "TLB miss"),
+        ("sfbuf_hits", "hits"),
+        ("sfbuf_misses", "misses"),
+        ("sfbuf_waits", "waits"),
+        ("sfbuf_fails", "fails"),
+        ("stale_accesses", "stale"),
+    ];
+
+    /// <summary>One table per experiment: throughput and per-MB (or per-op) counts, side by side.</summary>
+    public static void PrintTables(IReadOnlyList<PaperRow> rows)
+    {
+        foreach (var group in rows.GroupBy(r => r.Experiment))
+        {
+            var first = group.First();
+            bool lru = first.Experiment == "lru";
+            var table = new Table().Border(TableBorder.Rounded)
+                .Title($"[bold]{first.Experiment}[/] ({(lru ? "per op" : $"per {first.Unit}")}, cost profile {Markup.Escape(first.CostProfile)})")
+                .AddColumn("strategy").AddColumn(new TableColumn("cpus").RightAligned());
+            if (lru)
+            {
+                table.AddColumn(new TableColumn("working set").RightAligned()).AddColumn(new TableColumn("hit rate").RightAligned());
+            }
+
+            table.AddColumn(new TableColumn(first.Bytes > 0 ? "MB/s" : "ops/s").RightAligned());
+            foreach (var (_, header) in s_perUnit)
+            {
+                table.AddColumn(new TableColumn(header).RightAligned());
+            }
+
+            foreach (var row in group)
+            {
+                var cells = new List<string> { row.Strategy, row.Cpus.ToString(CultureInfo.InvariantCulture) };
+                if (lru)
+                {
+                    cells.Add($"{row.Params["working_set_pages"]} ({(double)row.Params["fraction_of_pool"]:0.##}x)");
+                    cells.Add(row.Params["hit_rate"] is double rate ? $"{rate:P1}" : "n/a");
+                }
+
+                cells.Add(row.Bytes > 0 ? row.MbPerS.ToString("N0", CultureInfo.InvariantCulture) : row.OpsPerS.ToString("N0", CultureInfo.InvariantCulture));
+                foreach (var (key, _) in s_perUnit)
+                {
+                    cells.Add(PerUnit(row, key));
+                }
+
+                table.AddRow(cells.Select(c => new Text(c)));
+            }
+
+            AnsiConsole.Write(table);
+        }
+    }
+
+    /// <summary>The paper's comparison: speedup over <c>original</c> and how far IPIs fell, per experiment and CPU count.</summary>
+    public static void PrintComparison(IReadOnlyList<PaperRow> rows)
+    {
+        var table = new Table().Border(TableBorder.Rounded).Title("[bold]sf_buf against the original mechanisms[/]")
+            .AddColumn("experiment").AddColumn(new TableColumn("cpus").RightAligned())
+            .AddColumn(new TableColumn("sfbuf-i386 speedup").RightAligned())
+            .AddColumn(new TableColumn("sfbuf-amd64 speedup").RightAligned())
+            .AddColumn(new TableColumn("i386 IPIs vs original").RightAligned())
+            .AddColumn(new TableColumn("amd64 IPIs vs original").RightAligned());
+        foreach (var group in rows.Where(r => r.Experiment is not ("lru" or "memcpy")).GroupBy(r => (r.Experiment, r.Cpus)))
+        {
+            var original = group.FirstOrDefault(r => r.Strategy == SfBufMapper.Original);
+            if (original is null)
+            {
+                continue;
+            }
+
+            var i386 = group.FirstOrDefault(r => r.Strategy == SfBufMapper.I386);
+            var amd64 = group.FirstOrDefault(r => r.Strategy == SfBufMapper.Amd64);
+            table.AddRow(
+                group.Key.Experiment,
+                group.Key.Cpus.ToString(CultureInfo.InvariantCulture),
+                Speedup(i386, original),
+                Speedup(amd64, original),
+                IpiChange(i386, original),
+                IpiChange(amd64, original));
+        }
+
+        AnsiConsole.Write(table);
+    }
+
+    /// <summary>
+    /// The invariants every run must show; returns the violations (empty when all hold).
+    /// </summary>
+    public static List<string> Check(IReadOnlyList<PaperRow> rows)
+    {
+        var problems = new List<string>();
+        foreach (var r in rows)
+        {
+            string where = $"{r.Experiment}/{r.Strategy}/{r.Cpus}cpu";
+            if (r["stale_accesses"] != 0)
+            {
+                problems.Add($"{where}: {r["stale_accesses"]} stale accesses");
+            }
+
+            if (r.Strategy == SfBufMapper.Amd64 && (r["pte_writes"] != 0 || r["shootdowns"] != 0))
+            {
+                problems.Add($"{where}: the direct map wrote {r["pte_writes"]} kernel PTEs and sent {r["shootdowns"]} shootdowns");
+            }
+
+            if (r.Strategy == SfBufMapper.I386 && r.Experiment is "pipe" or "pipe-huge" or "md-seq" or "md-rand" or "ptrace-word" or "ptrace-page"
+                && r["ipis_sent"] != 0)
+            {
+                problems.Add($"{where}: private mappings sent {r["ipis_sent"]} IPIs");
+            }
+
+            if (r.Strategy == SfBufMapper.Original && r.Cpus > 1)
+            {
+                long mappings = r.Experiment is "pipe" or "pipe-huge" ? Convert.ToInt64(r.Params["direct_writes"], CultureInfo.InvariantCulture) : r["sfbuf_misses"];
+                if (r["shootdowns"] < 2 * mappings)
+                {
+                    problems.Add($"{where}: {r["shootdowns"]} shootdown rounds for {mappings} mappings (expected at least 2 each)");
+                }
+            }
+        }
+
+        foreach (var cpus in rows.Where(r => r.Experiment == "sendfile-hot").Select(r => r.Cpus).Distinct())
+        {
+            var i386 = rows.FirstOrDefault(r => r.Experiment == "sendfile-hot" && r.Cpus == cpus && r.Strategy == SfBufMapper.I386);
+            var original = rows.FirstOrDefault(r => r.Experiment == "sendfile-hot" && r.Cpus == cpus && r.Strategy == SfBufMapper.Original);
+            if (i386 != null && original != null && i386["shootdowns"] / i386.Units > 0.01 * (original["shootdowns"] / original.Units))
+            {
+                problems.Add($"sendfile-hot/{cpus}cpu: sfbuf-i386 sent more than 1% of original's shootdowns per MB");
+            }
+        }
+
+        return problems;
+    }
+
+    public static void WriteJson(string path, IReadOnlyList<PaperRow> rows) =>
+        File.WriteAllText(path, JsonSerializer.Serialize(rows, s_json));
+
+    public static void WriteCsv(string path, IReadOnlyList<PaperRow> rows)
+    {
+        var text = new StringBuilder();
+        text.Append("experiment,strategy,cpus,cost_profile,params,seconds,bytes,ops,mb_per_s,ops_per_s,")
+            .AppendLine(string.Join(',', PaperRow.CounterKeys));
+        foreach (var r in rows)
+        {
+            string parameters = string.Join(';', r.Params.Select(p => $"{p.Key}={Convert.ToString(p.Value, CultureInfo.InvariantCulture)}"));
+            text.Append(CultureInfo.InvariantCulture, $"{r.Experiment},{r.Strategy},{r.Cpus},{r.CostProfile},\"{parameters}\",{r.Seconds:0.######},{r.Bytes},{r.Ops},{r.MbPerS:0.###},{r.OpsPerS:0.###},")
+                .AppendLine(string.Join(',', PaperRow.CounterKeys.Select(k => r[k].ToString(CultureInfo.InvariantCulture))));
+        }
+
+        File.WriteAllText(path, text.ToString());
+    }
+
+    private static string PerUnit(PaperRow row, string key)
+    {
+        double v = row[key] / row.Units;
+        return v == 0 ? "0" : v >= 100 ? v.ToString("N0", CultureInfo.InvariantCulture) : v.ToString("0.###", CultureInfo.InvariantCulture);
+    }
+
+    private static double Throughput(PaperRow r) => r.Bytes > 0 ? r.MbPerS : r.OpsPerS;
+
+    private static string Speedup(PaperRow? candidate, PaperRow original) =>
+        candidate is null || Throughput(original) <= 0 ? "-" : $"{Throughput(candidate) / Throughput(original):0.00}x";
+
+    private static string IpiChange(PaperRow? candidate, PaperRow original)
+    {
+        if (candidate is null)
+        {
+            return "-";
+        }
+
+        double before = original["ipis_sent"] / original.Units;
+        double after = candidate["ipis_sent"] / candidate.Units;
+        return before == 0 ? (after == 0 ? "none either way" : $"{after:0.###}/unit") : $"-{1 - (after / before):P0}";
+    }
+}
