@@ -15,8 +15,9 @@ public sealed class SimKernel : IDisposable
     /// <summary>Pages of the <c>pager_map</c> submap.</summary>
     public const int PagerMapPages = 32;
 
-    private readonly Lazy<KvaArena> _execMap;
-    private readonly Lazy<KvaArena> _pagerMap;
+    private readonly Lock _submapLock = new();
+    private KvaArena? _execMap;
+    private KvaArena? _pagerMap;
     private long _pagesIn;
 
     /// <summary>Boots a kernel on <paramref name="machine"/> with the sf_buf strategy called <paramref name="strategy"/>.</summary>
@@ -24,8 +25,6 @@ public sealed class SimKernel : IDisposable
     {
         Machine = machine ?? throw new ArgumentNullException(nameof(machine));
         SfBufs = SfBufMapper.Create(strategy, machine, nsfbufs);
-        _execMap = new(() => Submap("exec_map", ExecMapPages));
-        _pagerMap = new(() => Submap("pager_map", PagerMapPages));
     }
 
     /// <summary>The machine.</summary>
@@ -48,10 +47,10 @@ public sealed class SimKernel : IDisposable
     public bool HasDirectMap => SfBufs is DirectMapMapper;
 
     /// <summary><c>exec_map</c>: the submap execve took image-header KVA from (original kernels only); carved lazily.</summary>
-    public KvaArena ExecMap => _execMap.Value;
+    public KvaArena ExecMap => Submap(ref _execMap, "exec_map", ExecMapPages);
 
     /// <summary><c>pager_map</c>: the submap the vnode pager mapped pages in (original kernels only); carved lazily.</summary>
-    public KvaArena PagerMap => _pagerMap.Value;
+    public KvaArena PagerMap => Submap(ref _pagerMap, "pager_map", PagerMapPages);
 
     /// <summary>Pages the vnode pager has read in.</summary>
     public long PagesIn => Interlocked.Read(ref _pagesIn);
@@ -67,15 +66,29 @@ public sealed class SimKernel : IDisposable
     /// <summary>Releases the sf_buf strategy.</summary>
     public void Dispose() => SfBufs.Dispose();
 
-    /// <summary>Carves a submap out of <c>kernel_map</c>; must run on a kernel thread.</summary>
-    private KvaArena Submap(string name, int pages)
+    /// <summary>
+    /// Carves a submap out of <c>kernel_map</c> on first use (on a kernel thread), waiting for room
+    /// if kernel_map is momentarily full; a failure is not remembered, the next use tries again.
+    /// </summary>
+    private KvaArena Submap(ref KvaArena? submap, string name, int pages)
     {
-        ulong va = Machine.KernelMap.Alloc(pages, wait: false);
-        if (va == 0)
+        if (Volatile.Read(ref submap) is { } existing)
         {
-            throw new InvalidOperationException($"kernel_map has no room for {name} ({pages} pages)");
+            return existing;
         }
 
-        return new KvaArena(Machine, new KvaRegion(name, va, pages));
+        ulong va = Machine.KernelMap.Alloc(pages, wait: true);
+        lock (_submapLock)
+        {
+            if (submap == null)
+            {
+                Volatile.Write(ref submap, new KvaArena(Machine, new KvaRegion(name, va, pages)));
+                return submap;
+            }
+        }
+
+        // Another thread carved it meanwhile: give our pages back.
+        Machine.KernelMap.Free(va, pages);
+        return submap;
     }
 }

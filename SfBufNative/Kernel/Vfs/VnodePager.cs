@@ -50,12 +50,25 @@ public static class VnodePager
         }
     }
 
-    /// <summary>Frees the vnode's cached pages that nobody wires or holds; returns how many.</summary>
+    /// <summary>
+    /// Frees the vnode's cached pages that nobody wires or holds; returns how many. Runs under the
+    /// vnode lock, so a concurrent <see cref="GetPage"/> either wires a page first or misses it.
+    /// </summary>
     public static int Evict(SimKernel kernel, Vnode vnode)
     {
         ArgumentNullException.ThrowIfNull(kernel);
         ArgumentNullException.ThrowIfNull(vnode);
-        var pages = vnode.TakeUnused(kernel.Machine.Physical);
+        List<VmPage> pages;
+        vnode.Lock.Lock();
+        try
+        {
+            pages = vnode.TakeUnused(kernel.Machine.Physical);
+        }
+        finally
+        {
+            vnode.Lock.Unlock();
+        }
+
         foreach (var page in pages)
         {
             kernel.Machine.Physical.Free(page);
@@ -108,13 +121,15 @@ public static class VnodePager
         try
         {
             int count = vnode.ReadBacking(index << Pte.PageShift, data.AsSpan(0, Pte.PageSize));
-            var cpu = kernel.Cpu;
+
+            // The CPU is read after the mapping is made: either allocation may sleep, and an
+            // unpinned thread can wake up on another CPU.
             if (kernel.IsOriginal)
             {
                 // vm_pager_map_page: pager_map KVA + pmap_kenter; unmap with a global invalidation.
                 ulong va = kernel.PagerMap.Alloc(1, wait: true);
                 kernel.Machine.KernelPmap.KEnter(va, page);
-                Fill(cpu, va, data, count);
+                Fill(kernel.Cpu, va, data, count);
                 kernel.Machine.KernelPmap.KRemove(va);
                 kernel.Machine.KernelPmap.InvalidatePage(va);
                 kernel.PagerMap.Free(va, 1);
@@ -124,7 +139,7 @@ public static class VnodePager
                 var sf = kernel.SfBufs.Alloc(page, SfBufFlags.Default);
                 try
                 {
-                    Fill(cpu, sf.Kva, data, count);
+                    Fill(kernel.Cpu, sf.Kva, data, count);
                 }
                 finally
                 {
