@@ -16,7 +16,7 @@ namespace Native.PageTable;
 public sealed class KernelThread
 {
     [ThreadStatic]
-    private static KernelThread? t_current;
+    private static KernelThread? s_current;
 
     private readonly Action _body;
     private readonly Thread _host;
@@ -36,11 +36,11 @@ public sealed class KernelThread
     }
 
     /// <summary>The running kernel thread; throws when the caller is not one.</summary>
-    public static KernelThread Current => t_current ?? throw new InvalidOperationException(
+    public static KernelThread Current => s_current ?? throw new InvalidOperationException(
         "this code must run on a kernel thread (Machine.StartThread or Machine.Run)");
 
     /// <summary>The running kernel thread, or null.</summary>
-    public static KernelThread? CurrentOrNull => t_current;
+    public static KernelThread? CurrentOrNull => s_current;
 
     /// <summary>The machine the thread runs on.</summary>
     public Machine Machine { get; }
@@ -176,7 +176,7 @@ public sealed class KernelThread
 
     private void Main()
     {
-        t_current = this;
+        s_current = this;
         try
         {
             Machine.Scheduler.Acquire(this);
@@ -195,7 +195,7 @@ public sealed class KernelThread
         }
         finally
         {
-            t_current = null;
+            s_current = null;
             _hasExited = true;
             _exited.Set();
             Machine.ThreadExited(this);
@@ -204,7 +204,7 @@ public sealed class KernelThread
 
     private void RequireSelf()
     {
-        if (!ReferenceEquals(t_current, this))
+        if (!ReferenceEquals(s_current, this))
         {
             throw new InvalidOperationException($"only {Name} itself may do this");
         }
