@@ -330,6 +330,9 @@ public sealed unsafe partial class Machine : IDisposable
 
     internal void ThrowIfDisposed() => ObjectDisposedException.ThrowIf(_disposed, this);
 
+    /// <summary>True once disposed; read on every memory access, so a plain volatile field.</summary>
+    internal bool IsDisposed => _disposed;
+
     internal Cpu CpuAt(int id) => _cpus[id];
 
     internal CpuShared* SharedOf(int cpu) => _shared + cpu;

@@ -1,5 +1,3 @@
-using System.Runtime.CompilerServices;
-
 namespace Native.PageTable;
 
 /// <summary>
@@ -28,8 +26,8 @@ internal sealed unsafe class CpuCounters
 
     public int Cpus { get; }
 
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public void Add(int cpu, Counter counter, long delta = 1) => _base[(cpu * _strideLongs) + (int)counter] += delta;
+    /// <summary>The first counter of <paramref name="cpu"/>'s block: its owner increments through it directly.</summary>
+    public long* BlockOf(int cpu) => _base + (cpu * _strideLongs);
 
     public long Read(int cpu, Counter counter) => Volatile.Read(ref _base[(cpu * _strideLongs) + (int)counter]);
 

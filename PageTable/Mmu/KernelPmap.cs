@@ -28,8 +28,15 @@ public sealed unsafe class KernelPmap
         return index < (ulong)_pages ? _ptes + index : null;
     }
 
-    /// <summary>The current PTE of a kernel page (0 when unmapped).</summary>
-    public ulong ReadPte(ulong va) => Volatile.Read(ref *Require(va));
+    /// <summary>The current PTE of a kernel page (0 when unmapped, guard pages included).</summary>
+    public ulong ReadPte(ulong va)
+    {
+        _machine.ThrowIfDisposed();
+        ulong* ptep = Vtopte(va & ~Pte.PageMask);
+        return ptep != null
+            ? Volatile.Read(ref *ptep)
+            : throw new ArgumentOutOfRangeException(nameof(va), $"0x{va:x} is not a page-mapped kernel address");
+    }
 
     /// <summary>
     /// <c>pmap_kenter</c>: maps <paramref name="page"/> at <paramref name="va"/> with

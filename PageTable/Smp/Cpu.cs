@@ -25,7 +25,7 @@ public sealed unsafe partial class Cpu
 
     private readonly Machine _machine;
     private readonly Tlb _tlb;
-    private readonly CpuCounters _counters;
+    private readonly long* _counters;
     private readonly CpuShared* _shared;
     private readonly byte* _frames;
     private readonly ulong _dmapBytes;
@@ -38,7 +38,7 @@ public sealed unsafe partial class Cpu
         _machine = machine;
         Id = id;
         _tlb = tlb;
-        _counters = counters;
+        _counters = counters.BlockOf(id);
         _shared = shared;
         _frames = frames;
         _dmapBytes = machine.Layout.DirectMapBytes;
@@ -72,7 +72,7 @@ public sealed unsafe partial class Cpu
     // ---------------------------------------------------------------- counting
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    internal void Count(Counter counter, long delta = 1) => _counters.Add(Id, counter, delta);
+    internal void Count(Counter counter, long delta = 1) => _counters[(int)counter] += delta;
 
     // ---------------------------------------------------------------- memory access
 
@@ -80,6 +80,14 @@ public sealed unsafe partial class Cpu
     public void Read(ulong va, Span<byte> destination)
     {
         CheckCaller();
+        int first = Pte.PageSize - (int)(va & Pte.PageMask);
+        if (destination.Length <= first)
+        {
+            // Within one page: one translation, one copy.
+            new ReadOnlySpan<byte>(Translate(va, write: false), destination.Length).CopyTo(destination);
+            return;
+        }
+
         int done = 0;
         while (done < destination.Length)
         {
@@ -94,6 +102,13 @@ public sealed unsafe partial class Cpu
     public void Write(ulong va, ReadOnlySpan<byte> source)
     {
         CheckCaller();
+        int first = Pte.PageSize - (int)(va & Pte.PageMask);
+        if (source.Length <= first)
+        {
+            source.CopyTo(new Span<byte>(Translate(va, write: true), source.Length));
+            return;
+        }
+
         int done = 0;
         while (done < source.Length)
         {
@@ -291,16 +306,30 @@ public sealed unsafe partial class Cpu
         }
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private void CheckCaller()
     {
-        _machine.ThrowIfDisposed();
+        // Always: after Dispose the frames are freed, so an access would touch freed memory.
+        if (_machine.IsDisposed)
+        {
+            _machine.ThrowIfDisposed();
+        }
 
+        if (_checked)
+        {
+            CheckOwner();
+        }
+    }
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private void CheckOwner()
+    {
         // An idle CPU has no owner, and neither does a host thread: both null must not match.
         var caller = KernelThread.CurrentOrNull;
-        if (_checked && (caller == null || !ReferenceEquals(caller, Owner)))
+        if (caller == null || !ReferenceEquals(caller, Owner))
         {
             throw new InvalidOperationException(
-                $"cpu {Id} is held by {Owner?.Name ?? "no thread"}, not by the calling thread ({KernelThread.CurrentOrNull?.Name ?? "not a kernel thread"})");
+                $"cpu {Id} is held by {Owner?.Name ?? "no thread"}, not by the calling thread ({caller?.Name ?? "not a kernel thread"})");
         }
     }
 

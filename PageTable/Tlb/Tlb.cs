@@ -44,6 +44,12 @@ internal sealed unsafe class Tlb
     {
         ulong tag = vpn + 1;
         TlbEntry* e = _entries + ((int)(vpn & _setMask) * _ways);
+        if (_ways == 4)
+        {
+            // The default geometry, unrolled: the lookup is on every memory access.
+            return e[0].Tag == tag ? e : e[1].Tag == tag ? e + 1 : e[2].Tag == tag ? e + 2 : e[3].Tag == tag ? e + 3 : null;
+        }
+
         for (int w = 0; w < _ways; w++, e++)
         {
             if (e->Tag == tag)
