@@ -32,7 +32,12 @@ public sealed unsafe class KernelPmap
     public ulong ReadPte(ulong va)
     {
         _machine.ThrowIfDisposed();
-        ulong* ptep = Vtopte(va & ~Pte.PageMask);
+        if ((va & Pte.PageMask) != 0)
+        {
+            throw new ArgumentException($"kernel address 0x{va:x} is not page aligned", nameof(va));
+        }
+
+        ulong* ptep = Vtopte(va);
         return ptep != null
             ? Volatile.Read(ref *ptep)
             : throw new ArgumentOutOfRangeException(nameof(va), $"0x{va:x} is not a page-mapped kernel address");
