@@ -15,6 +15,10 @@ namespace Native.PageTable;
     "Its wait handles live as long as the thread object; the slim events allocate a kernel handle only if a wait blocks long.")]
 public sealed class KernelThread
 {
+    // A woken sleeper spins this long on its host core before it blocks in the host kernel: an
+    // idle CPU polling for work, which keeps host wakeup latency out of cross-CPU handoffs.
+    private const int SleepSpins = 2047;
+
     [ThreadStatic]
     private static KernelThread? s_current;
 
@@ -80,7 +84,7 @@ public sealed class KernelThread
 
     internal SemaphoreSlim CpuGranted { get; } = new(0);
 
-    internal ManualResetEventSlim Wakeup { get; } = new(false);
+    internal ManualResetEventSlim Wakeup { get; } = new(false, SleepSpins);
 
     internal int GrantedCpu { get; set; } = -1;
 

@@ -38,6 +38,13 @@ internal sealed class KernelServer : IDisposable
     /// <summary>Runs <paramref name="work"/> on the server's CPU and waits for it; rethrows what it threw.</summary>
     public void Run(Action<Cpu> work)
     {
+        Start(work);
+        Wait();
+    }
+
+    /// <summary>Posts <paramref name="work"/> to the server's CPU without waiting (pair with <see cref="Wait"/>).</summary>
+    public void Start(Action<Cpu> work)
+    {
         ObjectDisposedException.ThrowIf(_stopping, this);
         _work = work;
         _fault = null;
@@ -45,6 +52,11 @@ internal sealed class KernelServer : IDisposable
 
         // A full fence: the server sees _work, _fault and the reset once it sees the new ticket.
         Interlocked.Exchange(ref _request, ++_posted);
+    }
+
+    /// <summary>Waits for the posted work; rethrows what it threw.</summary>
+    public void Wait()
+    {
         _done.Wait();
         if (_fault is { } fault)
         {

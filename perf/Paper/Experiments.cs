@@ -48,7 +48,7 @@ internal static unsafe class Experiments
     /// <summary>The default pool: FreeBSD's nsfbufs for the default machine.</summary>
     private static int Nsfbufs(Trial t) => t.Machine.Options.EffectiveSfBufWindowPages;
 
-    private static long PipeBytes(Trial t) => t.Quick ? 16L << 20 : 256L << 20;
+    private static long PipeBytes(Trial t) => t.Quick ? 16L << 20 : 1L << 30;
 
     /// <summary>
     /// lmbench bw_pipe: the writer writes 64 KiB chunks from one reused buffer, the reader reads
@@ -58,7 +58,7 @@ internal static unsafe class Experiments
     private static PaperRow Pipe(Trial t, bool huge)
     {
         var m = t.Machine;
-        long total = huge && !t.Quick ? 512L << 20 : PipeBytes(t);
+        long total = PipeBytes(t);
         long window = huge ? (2L * Nsfbufs(t) * Pte.PageSize + Chunk - 1) / Chunk * Chunk : Chunk;
         SfBufNative.Kernel.Pipe pipe = null!;
         VmSpace writerSpace = null!, readerSpace = null!;
@@ -121,7 +121,7 @@ internal static unsafe class Experiments
     {
         var m = t.Machine;
         long diskBytes = t.Quick ? 8L << 20 : 32L << 20;
-        long perWorker = random ? (t.Quick ? 8L << 20 : 64L << 20) : (t.Quick ? 16L << 20 : 256L << 20);
+        long perWorker = random ? (t.Quick ? 8L << 20 : 128L << 20) : (t.Quick ? 16L << 20 : 512L << 20);
         int request = random ? Pte.PageSize : Chunk;
         var disks = new MemoryDisk[t.Cpus];
         var buffers = new ulong[t.Cpus];
@@ -188,7 +188,7 @@ internal static unsafe class Experiments
     {
         var m = t.Machine;
         long fileBytes = hot ? Math.Min(4L << 20, Nsfbufs(t) * (long)Pte.PageSize / 2) : 2L * Nsfbufs(t) * Pte.PageSize;
-        long total = hot ? (t.Quick ? 32L << 20 : 512L << 20) : (t.Quick ? fileBytes : 4 * fileBytes);
+        long total = hot ? (t.Quick ? 32L << 20 : 1L << 30) : (t.Quick ? fileBytes : 8 * fileBytes);
         var contents = new byte[fileBytes];
         new Random(42).NextBytes(contents);
         var file = t.Kernel.FileSystem.AddFile(hot ? "hot" : "cold", contents);
@@ -234,7 +234,7 @@ internal static unsafe class Experiments
     private static PaperRow Exec(Trial t)
     {
         var m = t.Machine;
-        int perCpu = t.Quick ? 100 : 1000;
+        int perCpu = t.Quick ? 100 : 2000;
         if (!File.Exists(ExecImage))
         {
             return t.Row("exec", 0, 0, new Dictionary<string, object> { ["skipped"] = $"{ExecImage} is missing" });
