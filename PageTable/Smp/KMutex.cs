@@ -31,9 +31,11 @@ public sealed class KMutex
     public bool IsOwned => KernelThread.CurrentOrNull is { } td && Volatile.Read(ref _owner) == td.Id;
 
     /// <summary><c>mtx_lock</c>.</summary>
-    public void Lock()
+    public void Lock() => Lock(KernelThread.Current);
+
+    /// <summary><c>mtx_lock</c> by <paramref name="td"/>, which must be the calling kernel thread (saves a thread-local lookup).</summary>
+    internal void Lock(KernelThread td)
     {
-        var td = KernelThread.Current;
         var cpu = td.Cpu ?? throw new InvalidOperationException($"{td} holds no CPU");
         if (Interlocked.CompareExchange(ref _owner, td.Id, 0) == 0)
         {
@@ -65,9 +67,11 @@ public sealed class KMutex
     }
 
     /// <summary><c>mtx_unlock</c>; releasing a mutex the caller does not own throws.</summary>
-    public void Unlock()
+    public void Unlock() => Unlock(KernelThread.Current);
+
+    /// <summary><c>mtx_unlock</c> by <paramref name="td"/>, which must be the calling kernel thread.</summary>
+    internal void Unlock(KernelThread td)
     {
-        var td = KernelThread.Current;
         if (Volatile.Read(ref _owner) != td.Id)
         {
             throw new SynchronizationLockException($"{td} does not own {Name}");

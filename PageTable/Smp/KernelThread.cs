@@ -104,6 +104,12 @@ public sealed class KernelThread
         PinCount++;
     }
 
+    /// <summary><c>sched_pin</c> from code that already knows it runs as this thread (no check).</summary>
+    internal void PinSelf() => PinCount++;
+
+    /// <summary><c>sched_unpin</c> from code that already knows it runs as this thread (no check).</summary>
+    internal void UnpinSelf() => PinCount--;
+
     /// <summary><c>sched_unpin</c>.</summary>
     public void SchedUnpin()
     {

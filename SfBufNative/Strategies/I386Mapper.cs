@@ -81,7 +81,7 @@ public sealed unsafe partial class I386Mapper : SfBufMapper
         CheckAlloc(page, flags);
         var td = KernelThread.Current;
         var token = (flags & SfBufFlags.Catch) != 0 ? cancellation : CancellationToken.None;
-        _lock.Lock();
+        _lock.Lock(td);
         try
         {
             int i;
@@ -124,7 +124,7 @@ public sealed unsafe partial class I386Mapper : SfBufMapper
         }
         finally
         {
-            _lock.Unlock();
+            _lock.Unlock(td);
         }
     }
 
@@ -137,7 +137,8 @@ public sealed unsafe partial class I386Mapper : SfBufMapper
             throw new ArgumentException($"{sf} is not an sf_buf of this pool", nameof(sf));
         }
 
-        _lock.Lock();
+        var td = KernelThread.Current;
+        _lock.Lock(td);
         try
         {
             SfBufEntry* e = _entries + sf.Slot;
@@ -164,7 +165,7 @@ public sealed unsafe partial class I386Mapper : SfBufMapper
         }
         finally
         {
-            _lock.Unlock();
+            _lock.Unlock(td);
         }
     }
 
@@ -251,7 +252,7 @@ public sealed unsafe partial class I386Mapper : SfBufMapper
     {
         SfBufEntry* e = _entries + i;
         ulong kva = _window.PageAddress(i);
-        td.SchedPin();
+        td.PinSelf();
         try
         {
             var cpu = td.Cpu!;
@@ -273,7 +274,7 @@ public sealed unsafe partial class I386Mapper : SfBufMapper
         }
         finally
         {
-            td.SchedUnpin();
+            td.UnpinSelf();
         }
     }
 

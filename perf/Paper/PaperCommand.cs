@@ -41,11 +41,12 @@ internal static class PaperCommand
         var json = new Option<FileInfo?>("--json") { Description = "Write the rows as JSON" };
         var csv = new Option<FileInfo?>("--csv") { Description = "Write the rows as CSV" };
         var plot = new Option<DirectoryInfo?>("--plot") { Description = "Write PNG charts into this directory" };
+        var markdown = new Option<FileInfo?>("--markdown") { Description = "Write a Markdown results table" };
         var unchecked_ = new Option<bool>("--unchecked") { Description = "Turn the stale-translation oracle off (stale_accesses is then not measured)" };
 
         var command = new Command("paper", "Reproduce the paper's evaluation: every experiment x strategy x CPU count.")
         {
-            quick, cpus, strategies, experiments, cost, json, csv, plot, unchecked_,
+            quick, cpus, strategies, experiments, cost, json, csv, plot, markdown, unchecked_,
         };
         command.SetAction(parse =>
         {
@@ -59,7 +60,7 @@ internal static class PaperCommand
                 }
 
                 var settings = new PaperSettings(CostProfiles.Load(parse.GetRequiredValue(cost)), parse.GetValue(quick), !parse.GetValue(unchecked_));
-                return Run(settings, names, chosen, parse.GetRequiredValue(cpus), parse.GetValue(json), parse.GetValue(csv), parse.GetValue(plot));
+                return Run(settings, names, chosen, parse.GetRequiredValue(cpus), new Outputs(parse.GetValue(json), parse.GetValue(csv), parse.GetValue(plot), parse.GetValue(markdown)));
             }
             catch (ArgumentException ex)
             {
@@ -76,8 +77,9 @@ internal static class PaperCommand
         return command;
     }
 
-    private static int Run(PaperSettings settings, string[] experiments, string[] strategies, int[] cpuCounts, FileInfo? json, FileInfo? csv, DirectoryInfo? plot)
+    private static int Run(PaperSettings settings, string[] experiments, string[] strategies, int[] cpuCounts, Outputs outputs)
     {
+        var (json, csv, plot, markdown) = outputs;
         var defaults = new MachineOptions();
         AnsiConsole.MarkupLine($"[bold]perf paper[/]{(settings.Quick ? " --quick" : string.Empty)}: {experiments.Length} experiments x {strategies.Length} strategies x cpus {string.Join(",", cpuCounts)}");
         AnsiConsole.WriteLine($"machine: default ({defaults.PhysicalMemoryBytes >> 20} MiB, {defaults.TlbEntries}-entry {defaults.TlbWays}-way TLBs, nsfbufs {defaults.DefaultNsfbufs}), "
@@ -126,6 +128,12 @@ internal static class PaperCommand
             AnsiConsole.WriteLine($"wrote {csv.FullName}");
         }
 
+        if (markdown != null)
+        {
+            PaperReport.WriteMarkdown(markdown.FullName, rows);
+            AnsiConsole.WriteLine($"wrote {markdown.FullName}");
+        }
+
         if (plot != null)
         {
             foreach (var file in Charts.Write(plot.FullName, rows))
@@ -172,3 +180,6 @@ internal static class PaperCommand
 
 /// <summary>An experiment threw; carries which one.</summary>
 internal sealed class ExperimentFailedException(string message, Exception inner) : Exception(message, inner);
+
+/// <summary>The files <c>perf paper</c> writes besides the terminal output.</summary>
+internal sealed record Outputs(FileInfo? Json, FileInfo? Csv, DirectoryInfo? Plot, FileInfo? Markdown);

@@ -147,6 +147,65 @@ internal static class PaperReport
         return problems;
     }
 
+    /// <summary>
+    /// A Markdown summary: throughput and shootdowns/IPIs per unit for every experiment, strategy
+    /// and CPU count (the README's results table), then the LRU hit rates.
+    /// </summary>
+    public static void WriteMarkdown(string path, IReadOnlyList<PaperRow> rows)
+    {
+        var strategies = rows.Select(r => r.Strategy).Distinct().ToList();
+        var cpus = rows.Select(r => r.Cpus).Distinct().Order().ToList();
+        var text = new StringBuilder();
+        text.Append("| experiment | unit |");
+        foreach (var c in cpus)
+        {
+            foreach (var s in strategies)
+            {
+                text.Append(CultureInfo.InvariantCulture, $" {s} {c}cpu |");
+            }
+        }
+
+        text.AppendLine();
+        text.Append("|---|---|").AppendLine(string.Concat(Enumerable.Repeat("---:|", cpus.Count * strategies.Count)));
+        foreach (var group in rows.Where(r => r.Experiment != "lru").GroupBy(r => r.Experiment))
+        {
+            var first = group.First();
+            text.Append(CultureInfo.InvariantCulture, $"| {group.Key} | {(first.Bytes > 0 ? "MiB/s" : "ops/s")}<br>shootdowns / IPIs per {first.Unit} |");
+            foreach (var c in cpus)
+            {
+                foreach (var s in strategies)
+                {
+                    var r = group.FirstOrDefault(x => x.Cpus == c && x.Strategy == s);
+                    text.Append(r == null
+                        ? " - |"
+                        : string.Create(CultureInfo.InvariantCulture, $" {Throughput(r):N0}<br>{Fmt(r["shootdowns"] / r.Units)} / {Fmt(r["ipis_sent"] / r.Units)} |"));
+                }
+            }
+
+            text.AppendLine();
+        }
+
+        var lru = rows.Where(r => r.Experiment == "lru" && r.Params["hit_rate"] is double).ToList();
+        if (lru.Count > 0)
+        {
+            text.AppendLine().AppendLine("| LRU: working set / nsfbufs | " + string.Join(" | ", lru.Select(r => (r.Strategy, r.Cpus)).Distinct().Select(k => $"{k.Strategy} {k.Cpus}cpu hits")) + " |");
+            text.AppendLine("|---|" + string.Concat(Enumerable.Repeat("---:|", lru.Select(r => (r.Strategy, r.Cpus)).Distinct().Count())));
+            foreach (var f in lru.Select(r => (double)r.Params["fraction_of_pool"]).Distinct().Order())
+            {
+                text.Append(CultureInfo.InvariantCulture, $"| {f:0.##} |");
+                foreach (var key in lru.Select(r => (r.Strategy, r.Cpus)).Distinct())
+                {
+                    var r = lru.FirstOrDefault(x => x.Strategy == key.Strategy && x.Cpus == key.Cpus && (double)x.Params["fraction_of_pool"] == f);
+                    text.Append(r == null ? " - |" : string.Create(CultureInfo.InvariantCulture, $" {(double)r.Params["hit_rate"]:P1} |"));
+                }
+
+                text.AppendLine();
+            }
+        }
+
+        File.WriteAllText(path, text.ToString());
+    }
+
     public static void WriteJson(string path, IReadOnlyList<PaperRow> rows) =>
         File.WriteAllText(path, JsonSerializer.Serialize(rows, s_json));
 
@@ -170,6 +229,8 @@ internal static class PaperReport
         double v = row[key] / row.Units;
         return v == 0 ? "0" : v >= 100 ? v.ToString("N0", CultureInfo.InvariantCulture) : v.ToString("0.###", CultureInfo.InvariantCulture);
     }
+
+    private static string Fmt(double v) => v == 0 ? "0" : v >= 100 ? v.ToString("N0", CultureInfo.InvariantCulture) : v.ToString("0.##", CultureInfo.InvariantCulture);
 
     private static double Throughput(PaperRow r) => r.Bytes > 0 ? r.MbPerS : r.OpsPerS;
 

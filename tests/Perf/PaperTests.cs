@@ -119,6 +119,13 @@ public sealed class PaperTests
             }
 
             Assert.That(File.ReadAllLines(csv), Has.Length.EqualTo(Rows().Count + 1));
+            string markdown = Path.Combine(dir.FullName, "out.md");
+            PaperReport.WriteMarkdown(markdown, Rows());
+            var lines = File.ReadAllLines(markdown);
+            foreach (var experiment in Experiments.Names.Where(e => e != "lru"))
+            {
+                Assert.That(lines.Count(l => l.StartsWith($"| {experiment} |", StringComparison.Ordinal)), Is.EqualTo(1), experiment);
+            }
         }
         finally
         {
