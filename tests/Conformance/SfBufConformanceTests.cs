@@ -11,45 +11,32 @@ using SfBuf = Native.SfBufNative.SfBuf;
 /// The sf_buf contract, written once and run against every strategy on 1 and 2 CPUs with the
 /// stale-translation oracle on. Every test ends with no stale access on the machine.
 /// </summary>
-[TestFixtureSource(nameof(Cases))]
+[TestFixtureSource(typeof(StrategyFixture), nameof(StrategyFixture.StrategiesAndCpus))]
 [NonParallelizable]
-public sealed class SfBufConformanceTests
+public sealed class SfBufConformanceTests(string strategy, int cpus) : StrategyFixture(strategy, cpus)
 {
     private const int PoolPages = 8;
 
-    private readonly string _strategy;
-    private readonly int _cpus;
     private Native.PageTable.Machine _machine = null!;
     private SfBufMapper _mapper = null!;
 
-    public SfBufConformanceTests(string strategy, int cpus)
-    {
-        _strategy = strategy;
-        _cpus = cpus;
-    }
+    private bool HasPool => Strategy != SfBufMapper.Amd64;
 
-    public static IEnumerable<TestFixtureData> Cases() =>
-        from s in SfBufMapper.StrategyNames
-        from c in new[] { 1, 2 }
-        select new TestFixtureData(s, c).SetArgDisplayNames(s, $"{c}cpu");
-
-    private bool HasPool => _strategy != SfBufMapper.Amd64;
-
-    private int OtherCpu => _cpus > 1 ? 1 : 0;
+    private int OtherCpu => Cpus > 1 ? 1 : 0;
 
     [SetUp]
     public void BootMachine()
     {
         _machine = new Native.PageTable.Machine(new MachineOptions
         {
-            Cpus = _cpus,
+            Cpus = Cpus,
             PhysicalMemoryBytes = 32UL << 20,
             SfBufWindowPages = PoolPages,
             KernelMapPages = PoolPages,
             KernelMemoryPages = 64,
             Checked = true,
         });
-        _mapper = SfBufMapper.Create(_strategy, _machine);
+        _mapper = SfBufMapper.Create(Strategy, _machine);
     }
 
     [TearDown]
@@ -312,7 +299,7 @@ public sealed class SfBufConformanceTests
     [Test]
     public void AHandleFromAnotherMapperIsRefused()
     {
-        using var other = SfBufMapper.Create(_strategy, _machine);
+        using var other = SfBufMapper.Create(Strategy, _machine);
         var page = AllocPage();
         _machine.Run(0, () =>
         {

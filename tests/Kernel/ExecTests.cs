@@ -12,28 +12,14 @@ using SimMachine = Native.PageTable.Machine;
 
 namespace Native.Tests.Kernel;
 
-[TestFixtureSource(nameof(Cases))]
+[TestFixtureSource(typeof(StrategyFixture), nameof(StrategyFixture.StrategiesAndCpus))]
 [NonParallelizable]
-public sealed partial class ExecTests
+public sealed partial class ExecTests(string strategy, int cpus) : StrategyFixture(strategy, cpus)
 {
     private const ulong MarkerVa = 0x1000_0000;
     private const string HostTrue = "/bin/true";
 
     private static readonly byte[] s_marker = Encoding.ASCII.GetBytes("the calling process, before execve");
-
-    private readonly string _strategy;
-    private readonly int _cpus;
-
-    public ExecTests(string strategy, int cpus)
-    {
-        _strategy = strategy;
-        _cpus = cpus;
-    }
-
-    public static IEnumerable<TestFixtureData> Cases() =>
-        from s in SfBufMapper.StrategyNames
-        from c in new[] { 1, 2 }
-        select new TestFixtureData(s, c).SetArgDisplayNames(s, $"{c}cpu");
 
     public static IEnumerable<string> HostBinaries() => [HostTrue, "/bin/ls", "/usr/bin/env"];
 
@@ -48,7 +34,7 @@ public sealed partial class ExecTests
         var layout = Layout(elf.Loads, bias);
 
         using var machine = NewMachine();
-        using var kernel = new SimKernel(machine, _strategy);
+        using var kernel = new SimKernel(machine, Strategy);
         kernel.FileSystem.AddHostFile(path, path);
         var run = ExecIn(machine, kernel, path, newCaller: true, layout.Pages);
 
@@ -86,7 +72,7 @@ public sealed partial class ExecTests
         var elf = ReadElf(RequireHostFile(HostTrue));
         var layout = Layout(elf.Loads, Exec.PieBase);
         using var machine = NewMachine();
-        using var kernel = new SimKernel(machine, _strategy);
+        using var kernel = new SimKernel(machine, Strategy);
         kernel.FileSystem.AddHostFile(HostTrue, HostTrue);
         ExecRun first = null!;
         ExecRun second = null!;
@@ -112,7 +98,7 @@ public sealed partial class ExecTests
         byte[] file = File.ReadAllBytes(HostTrue);
         var layout = Layout(elf.Loads, Exec.PieBase);
         using var machine = NewMachine();
-        using var kernel = new SimKernel(machine, _strategy);
+        using var kernel = new SimKernel(machine, Strategy);
         kernel.FileSystem.AddHostFile(HostTrue, HostTrue);
         var run = ExecIn(machine, kernel, HostTrue, newCaller: false, layout.Pages);
 
@@ -142,7 +128,7 @@ public sealed partial class ExecTests
         var loads = LoadsOf(file);
         var layout = Layout(loads, 0);
         using var machine = NewMachine();
-        using var kernel = new SimKernel(machine, _strategy);
+        using var kernel = new SimKernel(machine, Strategy);
         kernel.FileSystem.AddFile("/static", file);
         var run = ExecIn(machine, kernel, "/static", newCaller: true, layout.Pages);
 
@@ -161,7 +147,7 @@ public sealed partial class ExecTests
         var (edit, because) = s_malformed[name];
         byte[] file = edit(File.ReadAllBytes(RequireHostFile(HostTrue)));
         using var machine = NewMachine();
-        using var kernel = new SimKernel(machine, _strategy);
+        using var kernel = new SimKernel(machine, Strategy);
         kernel.FileSystem.AddFile("/bad", file);
         var run = ExecIn(machine, kernel, "/bad", newCaller: true, []);
 
@@ -179,7 +165,7 @@ public sealed partial class ExecTests
         var p = Phdr(file, LoadIndexes(file).Last());
         BinaryPrimitives.WriteUInt64LittleEndian(p[40..], 1UL << 32); // p_memsz: 4 GiB of .bss
         using var machine = NewMachine();
-        using var kernel = new SimKernel(machine, _strategy);
+        using var kernel = new SimKernel(machine, Strategy);
         kernel.FileSystem.AddFile("/huge", file);
         var run = ExecIn(machine, kernel, "/huge", newCaller: true, []);
 
@@ -193,7 +179,7 @@ public sealed partial class ExecTests
     public void ExecOfAMissingFileIsEnoent()
     {
         using var machine = NewMachine();
-        using var kernel = new SimKernel(machine, _strategy);
+        using var kernel = new SimKernel(machine, Strategy);
         var run = ExecIn(machine, kernel, "/no/such/file", newCaller: true, []);
 
         Assert.That(run.Error, Is.EqualTo(Errno.ENOENT));
@@ -208,7 +194,7 @@ public sealed partial class ExecTests
         byte[] file = File.ReadAllBytes(HostTrue);
         var expected = ExpectedImage(elf.Loads, Exec.PieBase, file);
         using var machine = NewMachine();
-        using var kernel = new SimKernel(machine, _strategy);
+        using var kernel = new SimKernel(machine, Strategy);
         kernel.FileSystem.AddHostFile(HostTrue, HostTrue);
         var before = machine.Counters();
         var runs = new List<ExecRun>[4];
@@ -237,7 +223,7 @@ public sealed partial class ExecTests
             Assert.That(run.Image, Is.EqualTo(expected));
         }
 
-        if (_strategy == SfBufMapper.Amd64)
+        if (Strategy == SfBufMapper.Amd64)
         {
             Assert.That(d[Counter.KernelPteWrites], Is.Zero);
         }
@@ -255,13 +241,13 @@ public sealed partial class ExecTests
             Assert.That(d[Counter.UserPteWrites], Is.EqualTo(run.Result!.MappedPages), "one user PTE per page of the new image and stack");
         }
 
-        if (_cpus == 1)
+        if (Cpus == 1)
         {
             Assert.That(d[Counter.ShootdownRounds], Is.Zero, "a uniprocessor has nobody to shoot down");
         }
 
         int headerMappings = firstPageMapped ? 1 : 0;
-        switch (_strategy)
+        switch (Strategy)
         {
             case SfBufMapper.Amd64:
                 Assert.That(d[Counter.KernelPteWrites], Is.Zero, "the direct map needs no kernel PTE");
@@ -273,7 +259,7 @@ public sealed partial class ExecTests
                 // user page per page copy.
                 Assert.That(d[Counter.KernelPteWrites], Is.EqualTo(headerMappings + pagesIn + (2 * copies)));
                 Assert.That(d[Counter.KernelPteClears], Is.EqualTo(headerMappings + pagesIn + (2 * copies)));
-                if (_cpus > 1)
+                if (Cpus > 1)
                 {
                     // qenter + qremove of the header (2), the pager's global invalidation per
                     // page-in (1), qenter + qremove of two mappings per page copy (4).
@@ -351,7 +337,7 @@ public sealed partial class ExecTests
 
     // ------------------------------------------------------------------ running an exec
 
-    private SimMachine NewMachine() => new(new MachineOptions { Cpus = _cpus, PhysicalMemoryBytes = 64UL << 20 });
+    private SimMachine NewMachine() => new(new MachineOptions { Cpus = Cpus, PhysicalMemoryBytes = 64UL << 20 });
 
     /// <summary>Runs one exec on a thread bound to CPU 0, in a fresh caller process or in none.</summary>
     private static ExecRun ExecIn(SimMachine machine, SimKernel kernel, string path, bool newCaller, IEnumerable<ulong> imagePages)

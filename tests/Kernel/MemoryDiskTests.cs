@@ -6,34 +6,20 @@ using NUnit.Framework;
 
 namespace Native.Tests.Kernel;
 
-[TestFixtureSource(nameof(Cases))]
+[TestFixtureSource(typeof(StrategyFixture), nameof(StrategyFixture.StrategiesAndCpus))]
 [NonParallelizable]
-public sealed class MemoryDiskTests
+public sealed class MemoryDiskTests(string strategy, int cpus) : StrategyFixture(strategy, cpus)
 {
     private const int Sector = MemoryDisk.DEV_BSIZE;
     private const int SequentialRequest = 64 << 10;
     private const int RandomRequest = 4 << 10;
     private static readonly TimeSpan s_patience = TimeSpan.FromSeconds(60);
 
-    private readonly string _strategy;
-    private readonly int _cpus;
-
-    public MemoryDiskTests(string strategy, int cpus)
-    {
-        _strategy = strategy;
-        _cpus = cpus;
-    }
-
-    public static IEnumerable<TestFixtureData> Cases() =>
-        from s in SfBufMapper.StrategyNames
-        from c in new[] { 1, 2 }
-        select new TestFixtureData(s, c).SetArgDisplayNames(s, $"{c}cpu");
-
     [Test]
     public void SequentialWritesThenReadsMatchTheReferenceAndUnwrittenSectorsReadAsZeroes()
     {
         using var machine = NewMachine();
-        using var kernel = new SimKernel(machine, _strategy);
+        using var kernel = new SimKernel(machine, Strategy);
         const long diskBytes = 2L << 20;
 
         // Not a whole number of pages: the last write ends three sectors into a page.
@@ -62,7 +48,7 @@ public sealed class MemoryDiskTests
                 writeRequests++;
             }
         });
-        machine.Run(_cpus - 1, () =>
+        machine.Run(Cpus - 1, () =>
         {
             for (long off = 0; off < diskBytes; off += SequentialRequest)
             {
@@ -94,7 +80,7 @@ public sealed class MemoryDiskTests
     public void RandomSectorAlignedRequestsMatchTheReference()
     {
         using var machine = NewMachine();
-        using var kernel = new SimKernel(machine, _strategy);
+        using var kernel = new SimKernel(machine, Strategy);
         const long diskBytes = 4L << 20;
         var model = new DiskModel(diskBytes);
         var random = new Random(2);
@@ -118,7 +104,7 @@ public sealed class MemoryDiskTests
                 mapped += WriteRandom(machine, md, model, random, off, RandomRequest, writeBuffer, failures);
             }
         });
-        machine.Run(_cpus - 1, () =>
+        machine.Run(Cpus - 1, () =>
         {
             for (int i = 0; i < 300; i++)
             {
@@ -154,7 +140,7 @@ public sealed class MemoryDiskTests
     public void AWriterAndAReaderRunningAtOnceOnDisjointHalvesBothSeeTheReference()
     {
         using var machine = NewMachine();
-        using var kernel = new SimKernel(machine, _strategy);
+        using var kernel = new SimKernel(machine, Strategy);
         const long diskBytes = 2L << 20;
         const long half = diskBytes / 2;
         var model = new DiskModel(diskBytes);
@@ -203,7 +189,7 @@ public sealed class MemoryDiskTests
             {
                 readerMapped += ReadAndCompare(machine, md, readerModel, off, RandomRequest, readBuffer, failures);
             }
-        }, cpu: _cpus - 1, bound: true);
+        }, cpu: Cpus - 1, bound: true);
         writer.Join(s_patience);
         reader.Join(s_patience);
         var d = machine.Counters() - before;
@@ -212,7 +198,7 @@ public sealed class MemoryDiskTests
         AssertCounts(d, writerMapped + readerMapped);
 
         // Everything, after both: the writer's half as written, the reader's half untouched.
-        machine.Run(_cpus - 1, () =>
+        machine.Run(Cpus - 1, () =>
         {
             for (long off = 0; off < diskBytes; off += SequentialRequest)
             {
@@ -234,7 +220,7 @@ public sealed class MemoryDiskTests
     public void BadRequestsFailWithEinvalAndChangeNothing()
     {
         using var machine = NewMachine();
-        using var kernel = new SimKernel(machine, _strategy);
+        using var kernel = new SimKernel(machine, Strategy);
         const long diskBytes = 1L << 20;
         const int bufferBytes = 2 * Pte.PageSize;
         var model = new DiskModel(diskBytes);
@@ -274,7 +260,7 @@ public sealed class MemoryDiskTests
         int freeFrames = machine.Physical.FreePages;
         var before = machine.Counters();
         var results = new List<string>();
-        machine.Run(_cpus - 1, () =>
+        machine.Run(Cpus - 1, () =>
         {
             var cpu = machine.CurrentCpu;
             var pattern = new byte[bufferBytes];
@@ -331,7 +317,7 @@ public sealed class MemoryDiskTests
     public void BadGeometryIsRefusedAtCreation()
     {
         using var machine = NewMachine();
-        using var kernel = new SimKernel(machine, _strategy);
+        using var kernel = new SimKernel(machine, Strategy);
         Assert.That(() => MemoryDisk.Create(kernel, 0), Throws.InstanceOf<ArgumentOutOfRangeException>());
         Assert.That(() => MemoryDisk.Create(kernel, -Sector), Throws.InstanceOf<ArgumentOutOfRangeException>());
         Assert.That(() => MemoryDisk.Create(kernel, Sector + 1), Throws.InstanceOf<ArgumentOutOfRangeException>());
@@ -345,7 +331,7 @@ public sealed class MemoryDiskTests
     public void DestroyFreesEveryPageTheDiskAllocated()
     {
         using var machine = NewMachine();
-        using var kernel = new SimKernel(machine, _strategy);
+        using var kernel = new SimKernel(machine, Strategy);
         const long diskBytes = 1L << 20;
         var model = new DiskModel(diskBytes);
         var failures = new ConcurrentQueue<string>();
@@ -379,7 +365,7 @@ public sealed class MemoryDiskTests
     }
 
     private Native.PageTable.Machine NewMachine() =>
-        new(new MachineOptions { Cpus = _cpus, PhysicalMemoryBytes = 64UL << 20 });
+        new(new MachineOptions { Cpus = Cpus, PhysicalMemoryBytes = 64UL << 20 });
 
     private static ulong KernelBuffer(Native.PageTable.Machine machine, long bytes)
     {
@@ -433,11 +419,11 @@ public sealed class MemoryDiskTests
     {
         Assert.That(mappedPages, Is.GreaterThan(0));
         Assert.That(d[Counter.StaleAccesses], Is.Zero);
-        switch (_strategy)
+        switch (Strategy)
         {
             case SfBufMapper.Original:
                 // pmap_qenter and pmap_qremove each broadcast once per mapped page.
-                Assert.That(d[Counter.ShootdownRounds], Is.EqualTo(_cpus > 1 ? 2 * mappedPages : 0));
+                Assert.That(d[Counter.ShootdownRounds], Is.EqualTo(Cpus > 1 ? 2 * mappedPages : 0));
                 Assert.That(d[Counter.KernelPteWrites], Is.EqualTo(mappedPages));
                 break;
             case SfBufMapper.I386:

@@ -6,31 +6,17 @@ using NUnit.Framework;
 
 namespace Native.Tests.Kernel;
 
-[TestFixtureSource(nameof(Cases))]
+[TestFixtureSource(typeof(StrategyFixture), nameof(StrategyFixture.StrategiesAndCpus))]
 [NonParallelizable]
-public sealed class PipeTests
+public sealed class PipeTests(string strategy, int cpus) : StrategyFixture(strategy, cpus)
 {
     private const ulong UserBuffer = 0x1000_0000;
-
-    private readonly string _strategy;
-    private readonly int _cpus;
-
-    public PipeTests(string strategy, int cpus)
-    {
-        _strategy = strategy;
-        _cpus = cpus;
-    }
-
-    public static IEnumerable<TestFixtureData> Cases() =>
-        from s in SfBufMapper.StrategyNames
-        from c in new[] { 1, 2 }
-        select new TestFixtureData(s, c).SetArgDisplayNames(s, $"{c}cpu");
 
     [Test]
     public void WritingWithoutAReaderFailsWithEpipe()
     {
-        using var machine = new Native.PageTable.Machine(new MachineOptions { Cpus = _cpus, PhysicalMemoryBytes = 32UL << 20 });
-        using var kernel = new SimKernel(machine, _strategy);
+        using var machine = new Native.PageTable.Machine(new MachineOptions { Cpus = Cpus, PhysicalMemoryBytes = 32UL << 20 });
+        using var kernel = new SimKernel(machine, Strategy);
         var space = Space(machine);
         int small = -1;
         int large = -1;
@@ -53,8 +39,8 @@ public sealed class PipeTests
     [Test]
     public void AReaderSeesEndOfFileAfterTheWriterClosesAndTheDataIsDrained()
     {
-        using var machine = new Native.PageTable.Machine(new MachineOptions { Cpus = _cpus, PhysicalMemoryBytes = 32UL << 20 });
-        using var kernel = new SimKernel(machine, _strategy);
+        using var machine = new Native.PageTable.Machine(new MachineOptions { Cpus = Cpus, PhysicalMemoryBytes = 32UL << 20 });
+        using var kernel = new SimKernel(machine, Strategy);
         var space = Space(machine);
         var moved = new List<long>();
         machine.Run(0, () =>
@@ -78,8 +64,8 @@ public sealed class PipeTests
     [Test]
     public void AnInterruptedDirectWriteClonesTheRestIntoThePipeBufferAndNothingIsLost()
     {
-        using var machine = new Native.PageTable.Machine(new MachineOptions { Cpus = _cpus, PhysicalMemoryBytes = 32UL << 20 });
-        using var kernel = new SimKernel(machine, _strategy);
+        using var machine = new Native.PageTable.Machine(new MachineOptions { Cpus = Cpus, PhysicalMemoryBytes = 32UL << 20 });
+        using var kernel = new SimKernel(machine, Strategy);
         var writerSpace = Space(machine);
         var readerSpace = Space(machine);
         var data = new byte[40000];
@@ -104,7 +90,7 @@ public sealed class PipeTests
         writer.Join(TimeSpan.FromSeconds(20));
 
         var received = new List<byte>();
-        machine.Run(_cpus - 1, () =>
+        machine.Run(Cpus - 1, () =>
         {
             var chunk = new byte[8192];
             while (true)
@@ -134,8 +120,8 @@ public sealed class PipeTests
     [Test]
     public void BytesCrossThePipeIntactMixingBufferedAndDirectWrites()
     {
-        using var machine = new Native.PageTable.Machine(new MachineOptions { Cpus = _cpus, PhysicalMemoryBytes = 64UL << 20 });
-        using var kernel = new SimKernel(machine, _strategy);
+        using var machine = new Native.PageTable.Machine(new MachineOptions { Cpus = Cpus, PhysicalMemoryBytes = 64UL << 20 });
+        using var kernel = new SimKernel(machine, Strategy);
         const long total = 64L << 20;
         int[] sizes = [100, 4096, 8192, 65536, 70000, 12000, 1];
         using var writtenHash = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
@@ -193,7 +179,7 @@ public sealed class PipeTests
             }
 
             pipe.CloseRead();
-        }, cpu: _cpus - 1, bound: true, vmspace: readerSpace);
+        }, cpu: Cpus - 1, bound: true, vmspace: readerSpace);
         writer.Join();
         reader.Join();
         var d = machine.Counters() - before;
@@ -203,20 +189,20 @@ public sealed class PipeTests
         Assert.That(d[Counter.StaleAccesses], Is.Zero);
         Assert.That(pipe.DirectWrites, Is.GreaterThan(0));
         Assert.That(pipe.BufferedWrites, Is.GreaterThan(0));
-        if (_strategy == SfBufMapper.I386)
+        if (Strategy == SfBufMapper.I386)
         {
             Assert.That(d[Counter.IpisSent], Is.Zero, "private mappings send no IPI");
         }
 
-        if (_strategy == SfBufMapper.Amd64)
+        if (Strategy == SfBufMapper.Amd64)
         {
             Assert.That(d[Counter.KernelPteWrites], Is.Zero);
         }
 
-        if (_strategy == SfBufMapper.Original)
+        if (Strategy == SfBufMapper.Original)
         {
             // qenter + qremove per direct write, and one more when the destroyed pipe's buffer is unmapped.
-            Assert.That(d[Counter.ShootdownRounds], Is.EqualTo(_cpus > 1 ? (2 * pipe.DirectWrites) + 1 : 0));
+            Assert.That(d[Counter.ShootdownRounds], Is.EqualTo(Cpus > 1 ? (2 * pipe.DirectWrites) + 1 : 0));
         }
     }
 

@@ -6,9 +6,9 @@ using NUnit.Framework;
 
 namespace Native.Tests.Kernel;
 
-[TestFixtureSource(nameof(Cases))]
+[TestFixtureSource(typeof(StrategyFixture), nameof(StrategyFixture.StrategiesAndCpus))]
 [NonParallelizable]
-public sealed class PtraceTests
+public sealed class PtraceTests(string strategy, int cpus) : StrategyFixture(strategy, cpus)
 {
     private const ulong TargetBase = 0x4000_0000;
     private const int TargetPages = 8;
@@ -17,24 +17,10 @@ public sealed class PtraceTests
     private const ulong TracerBuffer = 0x1000_0000;
     private const int TracerBytes = 8 * Pte.PageSize;
 
-    private readonly string _strategy;
-    private readonly int _cpus;
-
-    public PtraceTests(string strategy, int cpus)
-    {
-        _strategy = strategy;
-        _cpus = cpus;
-    }
-
-    public static IEnumerable<TestFixtureData> Cases() =>
-        from s in SfBufMapper.StrategyNames
-        from c in new[] { 1, 2 }
-        select new TestFixtureData(s, c).SetArgDisplayNames(s, $"{c}cpu");
-
     [Test]
     public void BulkReadsAcrossPageBoundariesReturnTheTargetsBytes()
     {
-        using var rig = new Rig(_cpus, _strategy);
+        using var rig = new Rig(Cpus, Strategy);
         (ulong Offset, long Length)[] requests =
         [
             (0x800, 3 * Pte.PageSize),          // three pages' worth from mid-page: four pages
@@ -76,7 +62,7 @@ public sealed class PtraceTests
     [Test]
     public void BulkWritesAcrossPageBoundariesAreVisibleInTheTarget()
     {
-        using var rig = new Rig(_cpus, _strategy);
+        using var rig = new Rig(Cpus, Strategy);
         var random = new Random(11);
         (ulong Offset, int Length)[] requests =
         [
@@ -119,7 +105,7 @@ public sealed class PtraceTests
     [Test]
     public void PeekAndPokeWordsReadAndWriteTheTarget()
     {
-        using var rig = new Rig(_cpus, _strategy);
+        using var rig = new Rig(Cpus, Strategy);
 
         // Aligned words on several pages, and an unaligned one that straddles pages 2 and 3.
         ulong[] offsets = [0, 8, Pte.PageSize - 8, (2 * Pte.PageSize) + 0x100, (3 * Pte.PageSize) - 4, (TargetPages * Pte.PageSize) - 8];
@@ -167,7 +153,7 @@ public sealed class PtraceTests
     [Test]
     public void UnmappedTargetAddressesFailWithEfaultAndChangeNothing()
     {
-        using var rig = new Rig(_cpus, _strategy);
+        using var rig = new Rig(Cpus, Strategy);
         const ulong hole = TargetBase + TargetBytes; // nothing is mapped from here on
         var results = new List<string>();
         var tracerBytes = new byte[TracerBytes];
@@ -220,7 +206,7 @@ public sealed class PtraceTests
     [Test]
     public void ARequestThatRunsIntoAHoleMovesThePagesBeforeItAndStops()
     {
-        using var rig = new Rig(_cpus, _strategy);
+        using var rig = new Rig(Cpus, Strategy);
         const ulong start = TargetBase + TargetBytes - 100; // 100 bytes before the hole
         var data = new byte[300];
         new Random(13).NextBytes(data);
@@ -260,7 +246,7 @@ public sealed class PtraceTests
     [Test]
     public void APokeIntoAReadOnlyMappingIsAllowedAsPtraceOverridesTheProtection()
     {
-        using var rig = new Rig(_cpus, _strategy);
+        using var rig = new Rig(Cpus, Strategy);
         int error = -1;
         ulong value = 0;
         rig.AsTracer(_ =>
@@ -273,7 +259,7 @@ public sealed class PtraceTests
 
         var seen = new byte[8];
         int targetWrite = -1;
-        rig.Machine.Run(_cpus - 1, () =>
+        rig.Machine.Run(Cpus - 1, () =>
         {
             var cpu = rig.Machine.CurrentCpu;
             Assert.That(cpu.CopyIn(ReadOnlyPage + 0x40, seen), Is.Zero);
@@ -289,11 +275,11 @@ public sealed class PtraceTests
     private void AssertCounts(CounterSnapshot d, long mappedPages)
     {
         Assert.That(d[Counter.StaleAccesses], Is.Zero);
-        switch (_strategy)
+        switch (Strategy)
         {
             case SfBufMapper.Original:
                 // pmap_qenter and pmap_qremove of the per-call kernel_map page broadcast once each per page.
-                Assert.That(d[Counter.ShootdownRounds], Is.EqualTo(_cpus > 1 ? 2 * mappedPages : 0));
+                Assert.That(d[Counter.ShootdownRounds], Is.EqualTo(Cpus > 1 ? 2 * mappedPages : 0));
                 Assert.That(d[Counter.KernelPteWrites], Is.EqualTo(mappedPages));
                 break;
             case SfBufMapper.I386:

@@ -7,9 +7,9 @@ using SimMachine = Native.PageTable.Machine;
 
 namespace Native.Tests.Kernel;
 
-[TestFixtureSource(nameof(Cases))]
+[TestFixtureSource(typeof(StrategyFixture), nameof(StrategyFixture.StrategiesAndCpus))]
 [NonParallelizable]
-public sealed class SendfileTests
+public sealed class SendfileTests(string strategy, int cpus) : StrategyFixture(strategy, cpus)
 {
     /// <summary>sf_bufs in the pool: the sf_buf window for sfbuf-i386, free kernel_map pages for original.</summary>
     private const int Pool = 64;
@@ -19,27 +19,13 @@ public sealed class SendfileTests
     /// <summary>How long a test waits for a kernel thread before calling it a hang (never a timing assertion).</summary>
     private static readonly TimeSpan s_patience = TimeSpan.FromSeconds(60);
 
-    private readonly string _strategy;
-    private readonly int _cpus;
-
-    public SendfileTests(string strategy, int cpus)
-    {
-        _strategy = strategy;
-        _cpus = cpus;
-    }
-
-    public static IEnumerable<TestFixtureData> Cases() =>
-        from s in SfBufMapper.StrategyNames
-        from c in new[] { 1, 2 }
-        select new TestFixtureData(s, c).SetArgDisplayNames(s, $"{c}cpu");
-
-    private bool IsPooled => _strategy != SfBufMapper.Amd64;
+    private bool IsPooled => Strategy != SfBufMapper.Amd64;
 
     [Test]
     public void AFileLargerThanThePoolReachesTheNicIntact()
     {
         using var machine = NewMachine();
-        using var kernel = new SimKernel(machine, _strategy);
+        using var kernel = new SimKernel(machine, Strategy);
         var bytes = new byte[2 << 20];
         new Random(2005).NextBytes(bytes);
         var file = kernel.FileSystem.AddFile("big", bytes);
@@ -68,17 +54,17 @@ public sealed class SendfileTests
             Assert.That(d[Counter.KernelPteWrites], Is.Zero);
         }
 
-        if (_strategy == SfBufMapper.I386)
+        if (Strategy == SfBufMapper.I386)
         {
             Assert.That(stats.Recycles, Is.GreaterThan(0));
         }
 
-        if (_strategy == SfBufMapper.Original)
+        if (Strategy == SfBufMapper.Original)
         {
             // Per page: the page-in's pager_map unmap (one global invalidation), then sendfile's
             // pmap_qenter and pmap_qremove: three broadcasts on SMP, none on one CPU.
             long pages = bytes.Length / Pte.PageSize;
-            Assert.That(d[Counter.ShootdownRounds], Is.EqualTo(_cpus > 1 ? 3 * pages : 0));
+            Assert.That(d[Counter.ShootdownRounds], Is.EqualTo(Cpus > 1 ? 3 * pages : 0));
         }
     }
 
@@ -86,20 +72,20 @@ public sealed class SendfileTests
     public void TwoSendersOfTheSameFileShareItsPagesAndBothArriveIntact()
     {
         using var machine = NewMachine();
-        using var kernel = new SimKernel(machine, _strategy);
+        using var kernel = new SimKernel(machine, Strategy);
         var bytes = new byte[Pool * Pte.PageSize * 2];
         new Random(11).NextBytes(bytes);
         var file = kernel.FileSystem.AddFile("shared", bytes);
         var sockets = new[] { new Socket(kernel), new Socket(kernel) };
 
         // Each sender's NIC runs on the other sender's CPU when there are two.
-        var nics = new[] { Nic.Start(kernel, sockets[0], _cpus - 1), Nic.Start(kernel, sockets[1], 0) };
+        var nics = new[] { Nic.Start(kernel, sockets[0], Cpus - 1), Nic.Start(kernel, sockets[1], 0) };
         var errors = new int[] { -1, -1 };
         var senders = Enumerable.Range(0, 2).Select(i => machine.StartThread($"sendfile{i}", () =>
         {
             errors[i] = Sendfile.Send(kernel, file, sockets[i], 0, 0, CancellationToken.None, out _);
             sockets[i].Close();
-        }, cpu: i % _cpus, bound: true)).ToArray();
+        }, cpu: i % Cpus, bound: true)).ToArray();
         foreach (var td in senders)
         {
             td.Join(s_patience);
@@ -122,7 +108,7 @@ public sealed class SendfileTests
     public void AStoppedNicTransmitsWhatIsQueuedAndExits()
     {
         using var machine = NewMachine();
-        using var kernel = new SimKernel(machine, _strategy);
+        using var kernel = new SimKernel(machine, Strategy);
         var bytes = new byte[5 * Pte.PageSize];
         new Random(12).NextBytes(bytes);
         var file = kernel.FileSystem.AddFile("f", bytes);
@@ -144,7 +130,7 @@ public sealed class SendfileTests
     public void ARangeOfARealHostFileReachesTheNicIntact()
     {
         using var machine = NewMachine();
-        using var kernel = new SimKernel(machine, _strategy);
+        using var kernel = new SimKernel(machine, Strategy);
         string host = typeof(object).Assembly.Location;
         byte[] contents = File.ReadAllBytes(host);
         var file = kernel.FileSystem.AddHostFile("corelib", host);
@@ -168,7 +154,7 @@ public sealed class SendfileTests
     public void AHotFileSmallerThanThePoolNeedsNoNewMappingsAfterTheFirstPass()
     {
         using var machine = NewMachine();
-        using var kernel = new SimKernel(machine, _strategy);
+        using var kernel = new SimKernel(machine, Strategy);
         const int pages = Pool / 2;
         const int passes = 4;
         var bytes = new byte[pages * Pte.PageSize];
@@ -209,7 +195,7 @@ public sealed class SendfileTests
         Assert.That(nic.Sha256, Is.EqualTo(expected.GetHashAndReset()));
         Assert.That(whole[Counter.StaleAccesses], Is.Zero);
         long steadyPages = (long)pages * (passes - 1);
-        if (_strategy == SfBufMapper.I386)
+        if (Strategy == SfBufMapper.I386)
         {
             // Every page's sf_buf stays cached, and its cpumask already names every CPU.
             Assert.That(steady[Counter.ShootdownRounds], Is.Zero);
@@ -218,10 +204,10 @@ public sealed class SendfileTests
             Assert.That(steady[Counter.LocalInvalidations], Is.Zero);
             Assert.That(kernel.SfBufs.Stats().Hits - hitsAfterFirst, Is.EqualTo(steadyPages));
         }
-        else if (_strategy == SfBufMapper.Original)
+        else if (Strategy == SfBufMapper.Original)
         {
             // pmap_qenter at sf_buf_alloc and pmap_qremove in sf_buf_mext, each a broadcast.
-            Assert.That(steady[Counter.ShootdownRounds], Is.EqualTo(_cpus > 1 ? 2 * steadyPages : 0));
+            Assert.That(steady[Counter.ShootdownRounds], Is.EqualTo(Cpus > 1 ? 2 * steadyPages : 0));
             Assert.That(steady[Counter.KernelPteWrites], Is.EqualTo(steadyPages));
             Assert.That(steady[Counter.KernelPteClears], Is.EqualTo(steadyPages));
         }
@@ -241,7 +227,7 @@ public sealed class SendfileTests
     public void ACaughtSignalWhileThePoolIsExhaustedReturnsEintrAndCountsAnAllocFail([Values] bool signalledBeforeTheCall)
     {
         using var machine = NewMachine();
-        using var kernel = new SimKernel(machine, _strategy);
+        using var kernel = new SimKernel(machine, Strategy);
         var bytes = new byte[(Pool + 16) * Pte.PageSize];
         new Random(6).NextBytes(bytes);
         var file = kernel.FileSystem.AddFile("stalled", bytes);
@@ -250,7 +236,7 @@ public sealed class SendfileTests
         // every sf_buf. The page cache is warmed first, so that only sf_buf_alloc can sleep.
         var so = new Socket(kernel, 2 * bytes.Length);
         machine.Run(0, () => WarmPageCache(kernel, file));
-        int pool = _strategy == SfBufMapper.Original ? machine.KernelMap.FreePages : Pool;
+        int pool = Strategy == SfBufMapper.Original ? machine.KernelMap.FreePages : Pool;
         Assert.That(pool, Is.EqualTo(Pool), "the pool the test means to exhaust");
 
         using var signal = new CancellationTokenSource();
@@ -308,7 +294,7 @@ public sealed class SendfileTests
     public void SendfileBeyondEofIsAnErrorAndChangesNothing(long offset, long length)
     {
         using var machine = NewMachine();
-        using var kernel = new SimKernel(machine, _strategy);
+        using var kernel = new SimKernel(machine, Strategy);
         var file = kernel.FileSystem.AddFile("small", new byte[10_000]);
         var so = new Socket(kernel);
         var before = machine.Counters();
@@ -334,7 +320,7 @@ public sealed class SendfileTests
     public void SendfileOfNothingAtEofSucceedsAndQueuesNothing()
     {
         using var machine = NewMachine();
-        using var kernel = new SimKernel(machine, _strategy);
+        using var kernel = new SimKernel(machine, Strategy);
         var file = kernel.FileSystem.AddFile("small", new byte[10_000]);
         var so = new Socket(kernel);
         int error = -1;
@@ -351,7 +337,7 @@ public sealed class SendfileTests
     public void APlainSendCopiesThroughClustersAndArrivesIntact()
     {
         using var machine = NewMachine();
-        using var kernel = new SimKernel(machine, _strategy);
+        using var kernel = new SimKernel(machine, Strategy);
         VmSpace space = null!;
         machine.Run(0, () =>
         {
@@ -403,7 +389,7 @@ public sealed class SendfileTests
     public void ASendOnAClosedSocketIsEpipeAndQueuesNothing()
     {
         using var machine = NewMachine();
-        using var kernel = new SimKernel(machine, _strategy);
+        using var kernel = new SimKernel(machine, Strategy);
         var file = kernel.FileSystem.AddFile("f", new byte[3 * Pte.PageSize]);
         var so = new Socket(kernel);
         int fileError = -1;
@@ -427,9 +413,9 @@ public sealed class SendfileTests
     /// </summary>
     private SimMachine NewMachine() => new(new MachineOptions
     {
-        Cpus = _cpus,
+        Cpus = Cpus,
         PhysicalMemoryBytes = 64UL << 20,
-        Flavor = _strategy == SfBufMapper.Amd64 ? MachineFlavor.Amd64 : MachineFlavor.I386,
+        Flavor = Strategy == SfBufMapper.Amd64 ? MachineFlavor.Amd64 : MachineFlavor.I386,
         SfBufWindowPages = Pool,
         KernelMapPages = Pool + SimKernel.PagerMapPages,
         KernelMemoryPages = 1024,

@@ -6,9 +6,9 @@ using SimMachine = Native.PageTable.Machine;
 
 namespace Native.Tests.Kernel;
 
-[TestFixtureSource(nameof(Cases))]
+[TestFixtureSource(typeof(StrategyFixture), nameof(StrategyFixture.StrategiesAndCpus))]
 [NonParallelizable]
-public sealed class VnodePagerTests
+public sealed class VnodePagerTests(string strategy, int cpus) : StrategyFixture(strategy, cpus)
 {
     private const ulong UserBuffer = 0x1000_0000;
     private const string HostLs = "/bin/ls";
@@ -16,20 +16,7 @@ public sealed class VnodePagerTests
     /// <summary>Five whole pages and a partial sixth.</summary>
     private const int GeneratedSize = (5 * Pte.PageSize) + 1234;
 
-    private readonly string _strategy;
-    private readonly int _cpus;
     private string _generated = null!;
-
-    public VnodePagerTests(string strategy, int cpus)
-    {
-        _strategy = strategy;
-        _cpus = cpus;
-    }
-
-    public static IEnumerable<TestFixtureData> Cases() =>
-        from s in SfBufMapper.StrategyNames
-        from c in new[] { 1, 2 }
-        select new TestFixtureData(s, c).SetArgDisplayNames(s, $"{c}cpu");
 
     [OneTimeSetUp]
     public void CreateGeneratedFile()
@@ -61,7 +48,7 @@ public sealed class VnodePagerTests
         const int start = 1000;
         const byte untouched = 0xEE;
         using var machine = NewMachine();
-        using var kernel = new SimKernel(machine, _strategy);
+        using var kernel = new SimKernel(machine, Strategy);
         var vnode = kernel.FileSystem.AddHostFile("/generated", _generated);
         int error = -1;
         Uio uio = null!;
@@ -103,7 +90,7 @@ public sealed class VnodePagerTests
         byte[] host = File.ReadAllBytes(_generated);
         int tail = host.Length % Pte.PageSize;
         using var machine = NewMachine();
-        using var kernel = new SimKernel(machine, _strategy);
+        using var kernel = new SimKernel(machine, Strategy);
         var vnode = kernel.FileSystem.AddHostFile("/generated", _generated);
         var page = default(VmPage);
         int error = -1;
@@ -146,7 +133,7 @@ public sealed class VnodePagerTests
     public void ReadAtOrPastEofMovesNothingAndSucceeds()
     {
         using var machine = NewMachine();
-        using var kernel = new SimKernel(machine, _strategy);
+        using var kernel = new SimKernel(machine, Strategy);
         var vnode = kernel.FileSystem.AddHostFile("/generated", _generated);
         var results = new List<(int Error, long Resid, long Offset)>();
         CounterSnapshot d = null!;
@@ -175,7 +162,7 @@ public sealed class VnodePagerTests
     public void GetPagePastEofIsEinval()
     {
         using var machine = NewMachine();
-        using var kernel = new SimKernel(machine, _strategy);
+        using var kernel = new SimKernel(machine, Strategy);
         var vnode = kernel.FileSystem.AddHostFile("/generated", _generated);
         var empty = kernel.FileSystem.AddFile("/empty", []);
         var errors = new List<int>();
@@ -203,7 +190,7 @@ public sealed class VnodePagerTests
     {
         byte[] host = File.ReadAllBytes(path);
         using var machine = NewMachine();
-        using var kernel = new SimKernel(machine, _strategy);
+        using var kernel = new SimKernel(machine, Strategy);
         var vnode = kernel.FileSystem.AddHostFile("/file", path);
         var passes = new List<ReadPass>();
         machine.Run(0, () =>
@@ -248,12 +235,12 @@ public sealed class VnodePagerTests
     private void AssertReadCounts(CounterSnapshot d, long pagesIn, long chunks)
     {
         Assert.That(d[Counter.StaleAccesses], Is.Zero);
-        if (_cpus == 1)
+        if (Cpus == 1)
         {
             Assert.That(d[Counter.ShootdownRounds], Is.Zero);
         }
 
-        switch (_strategy)
+        switch (Strategy)
         {
             case SfBufMapper.Amd64:
                 Assert.That(d[Counter.KernelPteWrites], Is.Zero, "the direct map needs no kernel PTE");
@@ -264,7 +251,7 @@ public sealed class VnodePagerTests
                 // the copy: a kernel_map page with pmap_qenter + pmap_qremove per piece.
                 Assert.That(d[Counter.KernelPteWrites], Is.EqualTo(pagesIn + chunks));
                 Assert.That(d[Counter.KernelPteClears], Is.EqualTo(pagesIn + chunks));
-                if (_cpus > 1)
+                if (Cpus > 1)
                 {
                     Assert.That(d[Counter.ShootdownRounds], Is.EqualTo(pagesIn + (2 * chunks)));
                 }
@@ -277,7 +264,7 @@ public sealed class VnodePagerTests
         }
     }
 
-    private SimMachine NewMachine() => new(new MachineOptions { Cpus = _cpus, PhysicalMemoryBytes = 64UL << 20 });
+    private SimMachine NewMachine() => new(new MachineOptions { Cpus = Cpus, PhysicalMemoryBytes = 64UL << 20 });
 
     private static string RequireHostFile(string path)
     {
