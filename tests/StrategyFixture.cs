@@ -1,3 +1,4 @@
+using Native.PageTable;
 using Native.SfBufNative;
 using NUnit.Framework;
 
@@ -20,4 +21,32 @@ public abstract class StrategyFixture(string strategy, int cpus)
         from s in SfBufMapper.StrategyNames
         from c in new[] { 1, 2 }
         select new TestFixtureData(s, c).SetArgDisplayNames(s, $"{c}cpu");
+
+    /// <summary>
+    /// The counts a private sf_buf user (md, ptrace, uiomove_fromphys) must show for
+    /// <paramref name="mappedPages"/> page mappings: <c>original</c> broadcasts at qenter and at
+    /// qremove of every page; <c>sfbuf-i386</c> sends no IPI; the direct map writes no PTE.
+    /// </summary>
+    protected void AssertPrivateUserCounts(CounterSnapshot d, long mappedPages)
+    {
+        ArgumentNullException.ThrowIfNull(d);
+        Assert.That(mappedPages, Is.GreaterThan(0));
+        Assert.That(d[Counter.StaleAccesses], Is.Zero);
+        switch (Strategy)
+        {
+            case SfBufMapper.Original:
+                Assert.That(d[Counter.ShootdownRounds], Is.EqualTo(Cpus > 1 ? 2 * mappedPages : 0));
+                Assert.That(d[Counter.KernelPteWrites], Is.EqualTo(mappedPages));
+                break;
+            case SfBufMapper.I386:
+                Assert.That(d[Counter.IpisSent], Is.Zero, "private mappings send no IPI");
+                Assert.That(d[Counter.ShootdownRounds], Is.Zero);
+                break;
+            case SfBufMapper.Amd64:
+                Assert.That(d[Counter.KernelPteWrites], Is.Zero, "the direct map writes no PTE");
+                Assert.That(d[Counter.KernelPteClears], Is.Zero);
+                Assert.That(d[Counter.ShootdownRounds], Is.Zero);
+                break;
+        }
+    }
 }

@@ -119,26 +119,26 @@ internal static class PaperCommand
         if (json != null)
         {
             PaperReport.WriteJson(json.FullName, rows);
-            AnsiConsole.WriteLine($"wrote {json.FullName}");
+            AnsiConsole.WriteLine($"wrote {Shown(json.FullName)}");
         }
 
         if (csv != null)
         {
             PaperReport.WriteCsv(csv.FullName, rows);
-            AnsiConsole.WriteLine($"wrote {csv.FullName}");
+            AnsiConsole.WriteLine($"wrote {Shown(csv.FullName)}");
         }
 
         if (markdown != null)
         {
             PaperReport.WriteMarkdown(markdown.FullName, rows);
-            AnsiConsole.WriteLine($"wrote {markdown.FullName}");
+            AnsiConsole.WriteLine($"wrote {Shown(markdown.FullName)}");
         }
 
         if (plot != null)
         {
             foreach (var file in Charts.Write(plot.FullName, rows))
             {
-                AnsiConsole.WriteLine($"wrote {file}");
+                AnsiConsole.WriteLine($"wrote {Shown(file)}");
             }
         }
 
@@ -154,6 +154,9 @@ internal static class PaperCommand
         AnsiConsole.MarkupLine("[green]all invariants hold[/] (0 stale accesses; direct map: 0 PTE writes, 0 shootdowns; i386 private users: 0 IPIs; original: >= 2 shootdowns per mapping on SMP; hot sendfile: i386 <= 1% of original's shootdowns)");
         return 0;
     }
+
+    /// <summary>A written file's path relative to the working directory, as the user named it.</summary>
+    private static string Shown(string path) => Path.GetRelativePath(Environment.CurrentDirectory, path);
 
     private static string[] Expand(string[] names)
     {

@@ -1,6 +1,5 @@
 using System.Collections.Concurrent;
 using Native.PageTable;
-using Native.SfBufNative;
 using Native.SfBufNative.Kernel;
 using NUnit.Framework;
 
@@ -66,7 +65,7 @@ public sealed class MemoryDiskTests(string strategy, int cpus) : StrategyFixture
         Assert.That(mapped, Is.EqualTo(385 + 385), "each written page is mapped once by the writes and once by the reads");
         Assert.That(md.PagesMapped, Is.EqualTo(mapped));
         Assert.That(md.PagesZeroFilled, Is.EqualTo(512 - 385), "the unwritten pages are zero-filled without a mapping");
-        AssertCounts(d, mapped);
+        AssertPrivateUserCounts(d, mapped);
 
         machine.Run(0, () =>
         {
@@ -126,7 +125,7 @@ public sealed class MemoryDiskTests(string strategy, int cpus) : StrategyFixture
         Assert.That(md.Writes, Is.EqualTo(300));
         Assert.That(md.Reads, Is.EqualTo(300 + (diskBytes / SequentialRequest)));
         Assert.That(md.PagesMapped, Is.EqualTo(mapped));
-        AssertCounts(d, mapped);
+        AssertPrivateUserCounts(d, mapped);
 
         machine.Run(0, () =>
         {
@@ -195,7 +194,7 @@ public sealed class MemoryDiskTests(string strategy, int cpus) : StrategyFixture
         var d = machine.Counters() - before;
 
         Assert.That(failures, Is.Empty);
-        AssertCounts(d, writerMapped + readerMapped);
+        AssertPrivateUserCounts(d, writerMapped + readerMapped);
 
         // Everything, after both: the writer's half as written, the reader's half untouched.
         machine.Run(Cpus - 1, () =>
@@ -413,29 +412,6 @@ public sealed class MemoryDiskTests(string strategy, int cpus) : StrategyFixture
         }
 
         return model.PagesPresent(offset, length);
-    }
-
-    private void AssertCounts(CounterSnapshot d, long mappedPages)
-    {
-        Assert.That(mappedPages, Is.GreaterThan(0));
-        Assert.That(d[Counter.StaleAccesses], Is.Zero);
-        switch (Strategy)
-        {
-            case SfBufMapper.Original:
-                // pmap_qenter and pmap_qremove each broadcast once per mapped page.
-                Assert.That(d[Counter.ShootdownRounds], Is.EqualTo(Cpus > 1 ? 2 * mappedPages : 0));
-                Assert.That(d[Counter.KernelPteWrites], Is.EqualTo(mappedPages));
-                break;
-            case SfBufMapper.I386:
-                Assert.That(d[Counter.IpisSent], Is.Zero, "private mappings send no IPI");
-                Assert.That(d[Counter.ShootdownRounds], Is.Zero);
-                break;
-            case SfBufMapper.Amd64:
-                Assert.That(d[Counter.KernelPteWrites], Is.Zero, "the direct map writes no PTE");
-                Assert.That(d[Counter.KernelPteClears], Is.Zero);
-                Assert.That(d[Counter.ShootdownRounds], Is.Zero);
-                break;
-        }
     }
 
     /// <summary>The disk as a byte array, and which of its pages have been written.</summary>

@@ -1,6 +1,5 @@
 using System.Buffers.Binary;
 using Native.PageTable;
-using Native.SfBufNative;
 using Native.SfBufNative.Kernel;
 using NUnit.Framework;
 
@@ -54,7 +53,7 @@ public sealed class PtraceTests(string strategy, int cpus) : StrategyFixture(str
 
         long pages = requests.Sum(r => PagesSpanned(TargetBase + r.Offset, r.Length));
         Assert.That(pages, Is.EqualTo(4 + 1 + 2 + 6 + 1));
-        AssertCounts(d, pages);
+        AssertPrivateUserCounts(d, pages);
         Assert.That(rig.Machine.KernelMap.FreePages, Is.EqualTo(kernelMapFree), "the per-call kernel_map page is freed");
         rig.AssertNoHolds();
     }
@@ -98,7 +97,7 @@ public sealed class PtraceTests(string strategy, int cpus) : StrategyFixture(str
         Assert.That(rig.ReadTargetAsTarget(), Is.EqualTo(rig.Reference), "the target sees the new bytes and nothing else changed");
         long pages = requests.Sum(r => PagesSpanned(TargetBase + r.Offset, r.Length));
         Assert.That(pages, Is.EqualTo(4 + 2 + 1));
-        AssertCounts(d, pages);
+        AssertPrivateUserCounts(d, pages);
         rig.AssertNoHolds();
     }
 
@@ -145,7 +144,7 @@ public sealed class PtraceTests(string strategy, int cpus) : StrategyFixture(str
         Assert.That(rig.ReadTargetAsTarget(), Is.EqualTo(rig.Reference), "the target sees the poked words and nothing else changed");
         long pages = 3 * offsets.Sum(o => PagesSpanned(TargetBase + o, sizeof(ulong)));
         Assert.That(pages, Is.EqualTo(3 * 7));
-        AssertCounts(d, pages);
+        AssertPrivateUserCounts(d, pages);
         Assert.That(rig.Ptrace.ScratchPages, Is.EqualTo(1));
         rig.AssertNoHolds();
     }
@@ -239,7 +238,7 @@ public sealed class PtraceTests(string strategy, int cpus) : StrategyFixture(str
         Assert.That(readBack.AsSpan(0, 100).ToArray(), Is.EqualTo(data.AsSpan(0, 100).ToArray()));
         Assert.That(readBack.AsSpan(100).ToArray(), Is.All.Zero, "nothing past the hole was written to the tracer");
         Assert.That(rig.ReadTargetAsTarget(), Is.EqualTo(rig.Reference));
-        AssertCounts(d, 3);
+        AssertPrivateUserCounts(d, 3);
         rig.AssertNoHolds();
     }
 
@@ -271,28 +270,6 @@ public sealed class PtraceTests(string strategy, int cpus) : StrategyFixture(str
 
     private static long PagesSpanned(ulong address, long length) =>
         (long)(((address + (ulong)length - 1) >> Pte.PageShift) - (address >> Pte.PageShift) + 1);
-
-    private void AssertCounts(CounterSnapshot d, long mappedPages)
-    {
-        Assert.That(d[Counter.StaleAccesses], Is.Zero);
-        switch (Strategy)
-        {
-            case SfBufMapper.Original:
-                // pmap_qenter and pmap_qremove of the per-call kernel_map page broadcast once each per page.
-                Assert.That(d[Counter.ShootdownRounds], Is.EqualTo(Cpus > 1 ? 2 * mappedPages : 0));
-                Assert.That(d[Counter.KernelPteWrites], Is.EqualTo(mappedPages));
-                break;
-            case SfBufMapper.I386:
-                Assert.That(d[Counter.IpisSent], Is.Zero, "private mappings send no IPI");
-                Assert.That(d[Counter.ShootdownRounds], Is.Zero);
-                break;
-            case SfBufMapper.Amd64:
-                Assert.That(d[Counter.KernelPteWrites], Is.Zero, "the direct map writes no PTE");
-                Assert.That(d[Counter.KernelPteClears], Is.Zero);
-                Assert.That(d[Counter.ShootdownRounds], Is.Zero);
-                break;
-        }
-    }
 
     /// <summary>
     /// A machine with a target process (eight pages of known bytes, then a hole, plus a read-only
