@@ -304,6 +304,7 @@ public sealed unsafe partial class Machine : IDisposable
                 $"{live.Count} kernel thread(s) still running ({string.Join(", ", live.Select(t => t.Name))}); join them before disposing the machine");
         }
 
+        MachineMetrics.Retire(this);
         _disposed = true;
         _meter.Dispose();
         _ledger.FreeAll();

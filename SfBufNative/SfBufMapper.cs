@@ -108,6 +108,7 @@ public abstract class SfBufMapper : IDisposable
     {
         if (disposing)
         {
+            SfBufMetrics.Retire(this);
             _meter.Dispose();
         }
     }

@@ -94,8 +94,9 @@ public sealed unsafe class PhysicalMemory
     }
 
     /// <summary>
-    /// Returns a page to the free queue. Freeing a free page, or a page that is still wired or
-    /// held, throws: it would let two owners share a frame.
+    /// Returns a page to the free queue. Freeing a free page, or a wired one, throws: it would let
+    /// two owners share a frame. A page that is only held (a ptrace or a direct pipe write has
+    /// it) is freed when the last hold is dropped, as FreeBSD's <c>PG_UNHOLDFREE</c> does.
     /// </summary>
     public void Free(VmPage page)
     {
@@ -103,26 +104,50 @@ public sealed unsafe class PhysicalMemory
         ref var d = ref Descriptor(page);
         lock (_freeLock)
         {
-            if ((d.Flags & (uint)VmPageFlags.Free) != 0)
+            if ((d.Flags & (uint)(VmPageFlags.Free | VmPageFlags.UnholdFree)) != 0)
             {
                 throw new InvalidOperationException($"{page} is already free (double free)");
             }
 
-            // Publish Free before reading the counts; Increment bumps its count before reading
-            // Free. Both are full fences, so a racing wire and free cannot both miss each other.
-            Interlocked.Or(ref d.Flags, (uint)VmPageFlags.Free);
-            if (Volatile.Read(ref d.WireCount) != 0 || Volatile.Read(ref d.HoldCount) != 0)
+            if (Volatile.Read(ref d.WireCount) != 0)
             {
-                Interlocked.And(ref d.Flags, ~(uint)VmPageFlags.Free);
-                throw new InvalidOperationException($"{page} is still wired ({d.WireCount}) or held ({d.HoldCount}); unwire it first");
+                throw new InvalidOperationException($"{page} is still wired ({d.WireCount}); unwire it first");
             }
 
-            d.Flags = (uint)VmPageFlags.Free;
-            d.Object = 0;
-            d.NextFree = _freeHead;
-            _freeHead = page.Frame;
-            _freeCount++;
+            // Publish the flag before reading the hold count; Unhold drops its count before
+            // reading the flag. Both are full fences, so one of them frees the page.
+            Interlocked.Or(ref d.Flags, (uint)VmPageFlags.UnholdFree);
+            if (Volatile.Read(ref d.HoldCount) == 0)
+            {
+                Enqueue(page, ref d);
+            }
         }
+    }
+
+    /// <summary>Drops one hold (<c>vm_page_unhold</c>); frees the page if it was freed while held.</summary>
+    public void Unhold(VmPage page)
+    {
+        ref var d = ref Descriptor(page);
+        Decrement(page, ref d.HoldCount, "held");
+        if (Volatile.Read(ref d.HoldCount) == 0 && (Volatile.Read(ref d.Flags) & (uint)VmPageFlags.UnholdFree) != 0)
+        {
+            lock (_freeLock)
+            {
+                if ((d.Flags & (uint)VmPageFlags.UnholdFree) != 0 && Volatile.Read(ref d.HoldCount) == 0)
+                {
+                    Enqueue(page, ref d);
+                }
+            }
+        }
+    }
+
+    private void Enqueue(VmPage page, ref VmPageDescriptor d)
+    {
+        d.Flags = (uint)VmPageFlags.Free;
+        d.Object = 0;
+        d.NextFree = _freeHead;
+        _freeHead = page.Frame;
+        _freeCount++;
     }
 
     /// <summary>Wires a page (<c>vm_page_wire</c>): it cannot be freed or paged out until unwired.</summary>
@@ -138,23 +163,22 @@ public sealed unsafe class PhysicalMemory
     public bool TryHold(VmPage page)
     {
         ref var d = ref Descriptor(page);
-        if ((Volatile.Read(ref d.Flags) & (uint)VmPageFlags.Free) != 0)
+        const uint gone = (uint)(VmPageFlags.Free | VmPageFlags.UnholdFree);
+        if ((Volatile.Read(ref d.Flags) & gone) != 0)
         {
             return false;
         }
 
         Interlocked.Increment(ref d.HoldCount);
-        if ((Volatile.Read(ref d.Flags) & (uint)VmPageFlags.Free) != 0)
+        if ((Volatile.Read(ref d.Flags) & gone) != 0)
         {
-            Interlocked.Decrement(ref d.HoldCount);
+            Unhold(page);
             return false;
         }
 
         return true;
     }
 
-    /// <summary>Drops one hold (<c>vm_page_unhold</c>).</summary>
-    public void Unhold(VmPage page) => Decrement(page, ref Descriptor(page).HoldCount, "held");
 
     /// <summary>The page's wire count.</summary>
     public int WireCount(VmPage page) => Volatile.Read(ref Descriptor(page).WireCount);
@@ -166,7 +190,7 @@ public sealed unsafe class PhysicalMemory
     public bool IsWiredOrHeld(VmPage page) => WireCount(page) > 0 || HoldCount(page) > 0;
 
     /// <summary>True when the page is on the free queue.</summary>
-    public bool IsFree(VmPage page) => (Volatile.Read(ref Descriptor(page).Flags) & (uint)VmPageFlags.Free) != 0;
+    public bool IsFree(VmPage page) => (Volatile.Read(ref Descriptor(page).Flags) & (uint)(VmPageFlags.Free | VmPageFlags.UnholdFree)) != 0;
 
     /// <summary>Records the VM object and offset a page-cache page belongs to.</summary>
     public void SetOwner(VmPage page, ulong objectId, ulong offset)
@@ -216,7 +240,7 @@ public sealed unsafe class PhysicalMemory
 
     private static void RequireAllocated(VmPage page, ref VmPageDescriptor d, string verb)
     {
-        if ((Volatile.Read(ref d.Flags) & (uint)VmPageFlags.Free) != 0)
+        if ((Volatile.Read(ref d.Flags) & (uint)(VmPageFlags.Free | VmPageFlags.UnholdFree)) != 0)
         {
             throw new InvalidOperationException($"cannot {verb} {page}: it is free");
         }
@@ -240,7 +264,7 @@ public sealed unsafe class PhysicalMemory
         }
 
         // A Free racing with us published its flag first: undo, the page is gone.
-        if ((Volatile.Read(ref d.Flags) & (uint)VmPageFlags.Free) != 0)
+        if ((Volatile.Read(ref d.Flags) & (uint)(VmPageFlags.Free | VmPageFlags.UnholdFree)) != 0)
         {
             Interlocked.Decrement(ref count);
             throw new InvalidOperationException($"cannot {verb} {page}: it is free");

@@ -27,6 +27,9 @@ public enum VmPageFlags : uint
 
     /// <summary>Belongs to a VM object (the page cache).</summary>
     Owned = 2,
+
+    /// <summary>Freed while held: goes to the free queue when the last hold is dropped (<c>PG_UNHOLDFREE</c>).</summary>
+    UnholdFree = 4,
 }
 
 /// <summary>The native descriptor of one physical page (FreeBSD's <c>struct vm_page</c>).</summary>

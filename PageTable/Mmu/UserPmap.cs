@@ -17,7 +17,8 @@ public sealed unsafe class UserPmap
     private readonly nint* _directory;
     private readonly Lock _growLock = new();
     private ulong _active;
-    private bool _destroyed;
+    private volatile bool _destroyed;
+    private int _foreignUsers;
 
     internal UserPmap(Machine machine, NativeLedger ledger)
     {
@@ -107,25 +108,35 @@ public sealed unsafe class UserPmap
     /// </summary>
     public VmPage? ExtractAndHold(ulong va)
     {
-        while (true)
+        // Other processes' threads (ptrace) look pages up here without having the table loaded:
+        // they count themselves in, so Destroy waits for them before freeing the table.
+        Interlocked.Increment(ref _foreignUsers);
+        try
         {
-            ulong* ptep = PteAddress(va & ~Pte.PageMask);
-            ulong pte = ptep == null ? 0 : Volatile.Read(ref *ptep);
-            if (!Pte.IsValid(pte))
+            while (true)
             {
-                return null;
-            }
-
-            var page = new VmPage(Pte.Frame(pte));
-            if (_machine.Physical.TryHold(page))
-            {
-                if (((Volatile.Read(ref *ptep) ^ pte) & (Pte.PG_FRAME | Pte.PG_V)) == 0)
+                ulong* ptep = PteAddress(va & ~Pte.PageMask);
+                ulong pte = ptep == null ? 0 : Volatile.Read(ref *ptep);
+                if (!Pte.IsValid(pte))
                 {
-                    return page;
+                    return null;
                 }
 
-                _machine.Physical.Unhold(page);
+                var page = new VmPage(Pte.Frame(pte));
+                if (_machine.Physical.TryHold(page))
+                {
+                    if (((Volatile.Read(ref *ptep) ^ pte) & (Pte.PG_FRAME | Pte.PG_V)) == 0)
+                    {
+                        return page;
+                    }
+
+                    _machine.Physical.Unhold(page);
+                }
             }
+        }
+        finally
+        {
+            Interlocked.Decrement(ref _foreignUsers);
         }
     }
 
@@ -141,7 +152,23 @@ public sealed unsafe class UserPmap
             return;
         }
 
+        // Clear every PTE, then refuse new walks, then wait out lookups already inside.
+        for (int i = 0; i < DirectoryEntries; i++)
+        {
+            if (_directory[i] != 0)
+            {
+                new Span<ulong>((void*)_directory[i], PtesPerPage).Clear();
+            }
+        }
+
         _destroyed = true;
+        Interlocked.MemoryBarrier(); // the flag must be visible before the count is read
+        var spin = default(SpinWait);
+        while (Volatile.Read(ref _foreignUsers) != 0)
+        {
+            spin.SpinOnce();
+        }
+
         for (int i = 0; i < DirectoryEntries; i++)
         {
             if (_directory[i] != 0)

@@ -99,14 +99,15 @@ public sealed class VmSpace
 
         cpu.Shootdown(active, ShootdownKind.All);
 
+        // The page table goes before the frames: nobody may find a frame through it once the
+        // frame is back on the free queue (a racing ptrace's pmap_extract_and_hold, say).
+        Pmap.Destroy();
         foreach (uint frame in frames)
         {
             var page = new VmPage(frame);
             _machine.Physical.Unwire(page);
             _machine.Physical.Free(page);
         }
-
-        Pmap.Destroy();
     }
 
     private void ReleaseOwned(VmPage page)

@@ -213,7 +213,7 @@ public sealed unsafe partial class Cpu
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     internal byte* Translate(ulong va, bool write)
     {
-        Poll();
+        PollPoint();
 
         // The direct map uses 1 GiB pages that are written once at boot and never change, so
         // their translations are permanently resident: no walk, nothing to go stale.
@@ -385,10 +385,18 @@ public sealed unsafe partial class Cpu
 
     /// <summary>
     /// A poll point: services this CPU's mailbox if any shootdown is waiting. Kernel code that
-    /// loops without touching memory calls it, as a real CPU takes interrupts.
+    /// loops without touching memory calls it, as a real CPU takes interrupts. Only the thread
+    /// holding the CPU may (checked mode refuses anyone else: servicing writes this CPU's TLB).
     /// </summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public void Poll()
+    {
+        CheckCaller();
+        PollPoint();
+    }
+
+    /// <summary>The poll point of the machine's own wait loops and memory accesses (no caller check).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal void PollPoint()
     {
         if ((Volatile.Read(ref _shared->State) & MailMask) != 0)
         {
@@ -535,7 +543,7 @@ public sealed unsafe partial class Cpu
         var spin = default(SpinWait);
         while (Volatile.Read(ref request->AcksRemaining) != 0 || Stopwatch.GetTimestamp() < deliveredAt)
         {
-            Poll();
+            PollPoint();
             spin.SpinOnce(sleep1Threshold: -1);
             if (spin.Count % 1024 == 0 && Stopwatch.GetTimestamp() - start > _watchdogTicks)
             {

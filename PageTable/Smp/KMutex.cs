@@ -109,7 +109,7 @@ public sealed class KMutex
         {
             for (int i = 0; i < SpinsBeforeBlocking || _spinOnly; i++)
             {
-                td.Cpu!.Poll();
+                td.Cpu!.PollPoint();
                 if (Volatile.Read(ref _owner) == 0 && Interlocked.CompareExchange(ref _owner, td.Id, 0) == 0)
                 {
                     return;

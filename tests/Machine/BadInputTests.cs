@@ -130,24 +130,31 @@ public sealed class BadInputTests
     }
 
     [Test]
-    public void FreeingAWiredOrHeldPageThrowsAndKeepsItAllocated()
+    public void FreeingAWiredPageThrowsAndAHeldPageIsFreedWhenItsLastHoldIsDropped()
     {
         using var m = new SimMachine(Sim.Small());
         var wired = m.Physical.Alloc(AllocFlags.Wired);
         var held = m.Physical.Alloc();
         m.Physical.Hold(held);
+        int freeBefore = m.Physical.FreePages;
 
         Assert.That(() => m.Physical.Free(wired), Throws.InvalidOperationException.With.Message.Contains("wired"));
-        Assert.That(() => m.Physical.Free(held), Throws.InvalidOperationException);
         Assert.That(m.Physical.IsFree(wired), Is.False);
-        Assert.That(m.Physical.IsFree(held), Is.False);
+
+        // PG_UNHOLDFREE: the free is deferred, the page cannot be held again, and it reaches
+        // the free queue with the last unhold.
+        m.Physical.Free(held);
+        Assert.That(m.Physical.FreePages, Is.EqualTo(freeBefore), "still held: not on the free queue yet");
+        Assert.That(m.Physical.TryHold(held), Is.False, "a page being freed cannot be held again");
+        Assert.That(() => m.Physical.Free(held), Throws.InvalidOperationException, "freed twice");
+        m.Physical.Unhold(held);
+        Assert.That(m.Physical.FreePages, Is.EqualTo(freeBefore + 1));
 
         m.Physical.Unwire(wired);
-        m.Physical.Unhold(held);
         m.Physical.Free(wired);
-        m.Physical.Free(held);
         Assert.That(() => m.Physical.Unwire(wired), Throws.InvalidOperationException);
         Assert.That(m.Physical.IsFree(wired), Is.True);
+        Assert.That(m.Physical.IsFree(held), Is.True);
     }
 
     [Test]

@@ -21,7 +21,8 @@ public sealed class MetricsTests
         using var listener = new MeterListener();
         listener.InstrumentPublished = (instrument, l) =>
         {
-            if (instrument.Meter.Name != "SfBufNative")
+            // Per-machine instruments only; the process totals are covered below.
+            if (instrument.Meter.Name != "SfBufNative" || !instrument.Name.StartsWith("machine.", StringComparison.Ordinal))
             {
                 return;
             }
@@ -133,5 +134,48 @@ public sealed class MetricsTests
                 _events.Add(eventData);
             }
         }
+    }
+
+    [Test]
+    public void ProcessTotalsKeepADisposedMachinesCounts()
+    {
+        long Total()
+        {
+            long sum = 0;
+            using var listener = new MeterListener();
+            listener.InstrumentPublished = (instrument, l) =>
+            {
+                if (instrument.Meter.Name == "SfBufNative" && instrument.Name == "total.tlb_misses")
+                {
+                    l.EnableMeasurementEvents(instrument);
+                }
+            };
+            listener.SetMeasurementEventCallback<long>((_, value, _, _) => sum += value);
+            listener.Start();
+            listener.RecordObservableInstruments();
+            return sum;
+        }
+
+        // Booting one machine first guarantees the process-wide instruments exist.
+        using (new SimMachine(Sim.Small()))
+        {
+        }
+
+        long before = Total();
+        long misses;
+        using (var m = new SimMachine(Sim.Small()))
+        {
+            var page = Sim.NewPage(m, 7);
+            ulong va = m.Layout.KernelMap.Start;
+            m.Run(0, () =>
+            {
+                m.KernelPmap.KEnter(va, page);
+                m.CurrentCpu.ReadUInt64(va);
+            });
+            misses = m.Counters()[Counter.TlbMisses];
+        }
+
+        Assert.That(misses, Is.GreaterThan(0));
+        Assert.That(Total() - before, Is.EqualTo(misses), "the disposed machine's misses stay in the process total");
     }
 }
