@@ -24,6 +24,7 @@ internal static class Program
         {
             Paper.PaperCommand.Create(),
             Paper.CalibrateCommand.Create(),
+            Paper.PlotCommand.Create(),
             MachineCommand.Create(),
             BenchCommand.Create(),
         };

@@ -1,4 +1,3 @@
-using System.Globalization;
 using Native.SfBufNative;
 using ScottPlot;
 
@@ -59,7 +58,14 @@ internal static class Charts
                 var row = rows.FirstOrDefault(r => r.Cpus == cpuCounts[g] && r.Strategy == strategies[s]);
                 if (row != null)
                 {
-                    bars.Add(new Bar { Position = center + s, Value = value(row), FillColor = s_palette.GetColor(s) });
+                    double v = value(row);
+                    bars.Add(new Bar
+                    {
+                        Position = center + s,
+                        Value = v,
+                        FillColor = s_palette.GetColor(s),
+                        Label = v.ToString(v >= 100 ? "N0" : "0.#", System.Globalization.CultureInfo.InvariantCulture),
+                    });
                 }
             }
         }
@@ -120,12 +126,12 @@ internal static class Charts
         var plot = new Plot();
         int cpus = rows.Min(r => r.Cpus);
         int i = 0;
-        foreach (var group in rows.Where(r => r.Cpus == cpus && r.Params["hit_rate"] is double).GroupBy(r => r.Strategy))
+        foreach (var group in rows.Where(r => r.Cpus == cpus && Number(r.Params["hit_rate"]) is not null).GroupBy(r => r.Strategy))
         {
-            var points = group.OrderBy(r => (double)r.Params["fraction_of_pool"]).ToList();
+            var points = group.OrderBy(r => Number(r.Params["fraction_of_pool"])).ToList();
             var line = plot.Add.Scatter(
-                points.Select(r => (double)r.Params["fraction_of_pool"]).ToArray(),
-                points.Select(r => 100 * (double)r.Params["hit_rate"]).ToArray(),
+                points.Select(r => Number(r.Params["fraction_of_pool"])!.Value).ToArray(),
+                points.Select(r => 100 * Number(r.Params["hit_rate"])!.Value).ToArray(),
                 s_palette.GetColor(i++));
             line.LegendText = group.Key;
         }
@@ -140,6 +146,12 @@ internal static class Charts
         return path;
     }
 
-    /// <summary>Formats a number for labels.</summary>
-    public static string Label(double value) => value.ToString("0.##", CultureInfo.InvariantCulture);
+    /// <summary>A parameter as a number (rows read back from JSON hold whole numbers as longs), or null.</summary>
+    private static double? Number(object? value) => value switch
+    {
+        double d => d,
+        long l => l,
+        int n => n,
+        _ => null,
+    };
 }

@@ -134,6 +134,30 @@ public sealed class PaperTests
     }
 
     [Test]
+    public void ASavedRunReadsBackAndRendersTheSameCharts()
+    {
+        var dir = Directory.CreateTempSubdirectory("replot");
+        try
+        {
+            string json = Path.Combine(dir.FullName, "out.json");
+            PaperReport.WriteJson(json, Rows());
+            var back = PlotCommand.Load(json);
+            Assert.That(back, Has.Count.EqualTo(Rows().Count));
+            Assert.That(back.Select(r => (r.Experiment, r.Strategy, r.Cpus, r.Bytes, r.Ops)), Is.EqualTo(Rows().Select(r => (r.Experiment, r.Strategy, r.Cpus, r.Bytes, r.Ops))));
+            Assert.That(back.Select(r => r["ipis_sent"]), Is.EqualTo(Rows().Select(r => r["ipis_sent"])));
+
+            var fresh = Charts.Write(Path.Combine(dir.FullName, "fresh"), Rows());
+            var replotted = Charts.Write(Path.Combine(dir.FullName, "replotted"), back);
+            Assert.That(replotted.Select(Path.GetFileName), Is.EqualTo(fresh.Select(Path.GetFileName)));
+            Assert.That(File.ReadAllBytes(replotted.Single(f => f.EndsWith("lru.png", StringComparison.Ordinal))), Is.EqualTo(File.ReadAllBytes(fresh.Single(f => f.EndsWith("lru.png", StringComparison.Ordinal)))));
+        }
+        finally
+        {
+            dir.Delete(recursive: true);
+        }
+    }
+
+    [Test]
     public void ChartsRenderToPngHeadless()
     {
         var dir = Directory.CreateTempSubdirectory("charts");
