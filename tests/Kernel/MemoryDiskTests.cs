@@ -27,12 +27,7 @@ public sealed class MemoryDiskTests(string strategy, int cpus) : StrategyFixture
         var random = new Random(1);
         MemoryDisk md = null!;
         ulong writeBuffer = 0, readBuffer = 0;
-        machine.Run(0, () =>
-        {
-            md = MemoryDisk.Create(kernel, diskBytes);
-            writeBuffer = KernelBuffer(machine, SequentialRequest);
-            readBuffer = KernelBuffer(machine, SequentialRequest);
-        });
+        machine.Run(0, () => (md, writeBuffer, readBuffer) = NewDisk(machine, kernel, diskBytes));
 
         var failures = new ConcurrentQueue<string>();
         long mapped = 0;
@@ -67,12 +62,7 @@ public sealed class MemoryDiskTests(string strategy, int cpus) : StrategyFixture
         Assert.That(md.PagesZeroFilled, Is.EqualTo(512 - 385), "the unwritten pages are zero-filled without a mapping");
         AssertPrivateUserCounts(d, mapped);
 
-        machine.Run(0, () =>
-        {
-            md.Destroy();
-            machine.KernelMemory.Free(writeBuffer, SequentialRequest);
-            machine.KernelMemory.Free(readBuffer, SequentialRequest);
-        });
+        Teardown(machine, md, writeBuffer, readBuffer);
     }
 
     [Test]
@@ -85,12 +75,7 @@ public sealed class MemoryDiskTests(string strategy, int cpus) : StrategyFixture
         var random = new Random(2);
         MemoryDisk md = null!;
         ulong writeBuffer = 0, readBuffer = 0;
-        machine.Run(0, () =>
-        {
-            md = MemoryDisk.Create(kernel, diskBytes);
-            writeBuffer = KernelBuffer(machine, SequentialRequest);
-            readBuffer = KernelBuffer(machine, SequentialRequest);
-        });
+        machine.Run(0, () => (md, writeBuffer, readBuffer) = NewDisk(machine, kernel, diskBytes));
 
         var failures = new ConcurrentQueue<string>();
         long mapped = 0;
@@ -127,12 +112,7 @@ public sealed class MemoryDiskTests(string strategy, int cpus) : StrategyFixture
         Assert.That(md.PagesMapped, Is.EqualTo(mapped));
         AssertPrivateUserCounts(d, mapped);
 
-        machine.Run(0, () =>
-        {
-            md.Destroy();
-            machine.KernelMemory.Free(writeBuffer, SequentialRequest);
-            machine.KernelMemory.Free(readBuffer, SequentialRequest);
-        });
+        Teardown(machine, md, writeBuffer, readBuffer);
     }
 
     [Test]
@@ -207,12 +187,7 @@ public sealed class MemoryDiskTests(string strategy, int cpus) : StrategyFixture
         Assert.That(failures, Is.Empty);
         Assert.That(md.PagesAllocated, Is.EqualTo(model.PagesWritten));
 
-        machine.Run(0, () =>
-        {
-            md.Destroy();
-            machine.KernelMemory.Free(writeBuffer, SequentialRequest);
-            machine.KernelMemory.Free(readBuffer, SequentialRequest);
-        });
+        Teardown(machine, md, writeBuffer, readBuffer);
     }
 
     [Test]
@@ -365,6 +340,18 @@ public sealed class MemoryDiskTests(string strategy, int cpus) : StrategyFixture
 
     private Native.PageTable.Machine NewMachine() =>
         new(new MachineOptions { Cpus = Cpus, PhysicalMemoryBytes = 64UL << 20 });
+
+    /// <summary>A disk and a write and a read buffer of one sequential request each (on a kernel thread).</summary>
+    private static (MemoryDisk Disk, ulong Write, ulong Read) NewDisk(Native.PageTable.Machine machine, SimKernel kernel, long diskBytes) =>
+        (MemoryDisk.Create(kernel, diskBytes), KernelBuffer(machine, SequentialRequest), KernelBuffer(machine, SequentialRequest));
+
+    private static void Teardown(Native.PageTable.Machine machine, MemoryDisk md, ulong writeBuffer, ulong readBuffer) =>
+        machine.Run(0, () =>
+        {
+            md.Destroy();
+            machine.KernelMemory.Free(writeBuffer, SequentialRequest);
+            machine.KernelMemory.Free(readBuffer, SequentialRequest);
+        });
 
     private static ulong KernelBuffer(Native.PageTable.Machine machine, long bytes)
     {
