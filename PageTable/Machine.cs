@@ -40,12 +40,14 @@ public sealed unsafe partial class Machine : IDisposable
         try
         {
             Cost = new CostTicks(Options.Cost);
+            Host = Options.Backend == MachineBackend.Host ? HostMmu.Create(Options) : null;
             Physical = new PhysicalMemory(this, _ledger, Options.PhysicalMemoryBytes);
             Layout = new VmLayout(
                 Options.EffectiveSfBufWindowPages,
                 Options.KernelMapPages,
                 Options.KernelMemoryPages,
                 Options.Flavor == MachineFlavor.Amd64 ? Physical.Bytes : 0);
+            Host?.ReserveKernel(Layout);
             KernelPmap = new KernelPmap(this, _ledger, Layout.KernelPages);
             _counters = new CpuCounters(_ledger, Options.Cpus);
             _shared = (CpuShared*)_ledger.AllocZeroed((nuint)(sizeof(CpuShared) * Options.Cpus), 128);
@@ -61,11 +63,17 @@ public sealed unsafe partial class Machine : IDisposable
             KernelMap = new KvaArena(this, Layout.KernelMap);
             KernelMemory = new KernelMemory(this, Layout.KernelMemory);
             Scheduler = CreateScheduler();
+            if (Host != null)
+            {
+                AddContextSwitchHook(Host.Flushes);
+            }
+
             _meter = MachineMetrics.Create(this);
         }
         catch
         {
             _ledger.FreeAll();
+            Host?.Dispose();
             throw;
         }
     }
@@ -124,6 +132,9 @@ public sealed unsafe partial class Machine : IDisposable
 
     internal CostTicks Cost { get; }
 
+    /// <summary>The host backend's machine-dependent layer, or null on the simulated backend.</summary>
+    internal HostMmu? Host { get; }
+
     internal NativeLedger Ledger => _ledger;
 
     internal Scheduler Scheduler { get; }
@@ -132,6 +143,16 @@ public sealed unsafe partial class Machine : IDisposable
 
     /// <summary>The host core simulated CPU <paramref name="cpu"/> runs on, or -1 when threads are unpinned.</summary>
     public int HostCoreOf(int cpu) => PinsHostThreads ? Scheduler.HostCoreOf(cpu) : -1;
+
+    /// <summary>Which backend carries out memory management.</summary>
+    public MachineBackend Backend => Options.Backend;
+
+    /// <summary>What the host backend has done (remaps, the host kernel's TLB flushes); throws on the simulated backend.</summary>
+    public HostMmuCounts HostCounts()
+    {
+        ThrowIfDisposed();
+        return Host?.Counts() ?? throw new InvalidOperationException("this machine runs on the simulated backend; it has no host counts");
+    }
 
     /// <summary>A snapshot of every counter, per CPU.</summary>
     public CounterSnapshot Counters()
@@ -308,6 +329,7 @@ public sealed unsafe partial class Machine : IDisposable
         _disposed = true;
         _meter.Dispose();
         _ledger.FreeAll();
+        Host?.Dispose();
     }
 
     /// <summary>One line per fact of the configuration.</summary>
@@ -317,6 +339,7 @@ public sealed unsafe partial class Machine : IDisposable
             ? string.Join(", ", Enumerable.Range(0, Options.Cpus).Select(c => $"cpu{c}->core{HostCoreOf(c)}"))
             : "unpinned";
         return string.Join(Environment.NewLine,
+            $"backend         {(Host != null ? "host MMU (memfd physical memory, mmap(MAP_FIXED) remaps, the host kernel's shootdowns)" : "simulated")}",
             $"cpus            {Options.Cpus} ({pin})",
             $"flavor          {Options.Flavor}{(Options.Flavor == MachineFlavor.Amd64 ? $" (direct map at 0x{VmLayout.DMAP_BASE:x}, {Layout.DirectMapBytes >> 20} MiB)" : " (no direct map)")}",
             $"physical memory {Physical.Bytes >> 20} MiB, {Physical.FrameCount} frames of {Pte.PageSize} B",

@@ -46,6 +46,12 @@ public sealed record MachineOptions
     /// <summary>Pin kernel threads to host cores (default on, where the host allows it).</summary>
     public bool PinThreads { get; init; } = true;
 
+    /// <summary>
+    /// The backend (default <see cref="MachineBackend.Simulated"/>). <see cref="MachineBackend.Host"/>
+    /// needs Linux x64, at most one CPU per host core, pinned threads and the zero cost profile.
+    /// </summary>
+    public MachineBackend Backend { get; init; } = MachineBackend.Simulated;
+
     /// <summary>The cost profile (default <see cref="CostModel.Zero"/>).</summary>
     public CostModel Cost { get; init; } = CostModel.Zero;
 

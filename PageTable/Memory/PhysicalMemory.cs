@@ -31,7 +31,8 @@ public sealed unsafe class PhysicalMemory
 
         _machine = machine;
         FrameCount = checked((uint)(bytes / (ulong)Pte.PageSize));
-        _frames = (byte*)ledger.Alloc((nuint)bytes, (nuint)Pte.PageSize);
+        // On the host backend the frames are the memfd's pages, as its direct map shows them.
+        _frames = machine.Host is { } host ? host.DirectMap : (byte*)ledger.Alloc((nuint)bytes, (nuint)Pte.PageSize);
         _pages = (VmPageDescriptor*)ledger.AllocZeroed((nuint)(FrameCount * (ulong)sizeof(VmPageDescriptor)));
 
         // Low frames first, so small tests touch little memory.

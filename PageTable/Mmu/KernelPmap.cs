@@ -6,7 +6,7 @@ namespace Native.PageTable;
 /// <c>PG_G</c>. The operations keep FreeBSD's names and semantics; all run on the calling
 /// kernel thread's CPU and count there.
 /// </summary>
-public sealed unsafe class KernelPmap
+public sealed unsafe partial class KernelPmap
 {
     private const ulong KernelFlags = Pte.PG_V | Pte.PG_RW | Pte.PG_G;
 
@@ -19,6 +19,7 @@ public sealed unsafe class KernelPmap
         _machine = machine;
         _pages = pages;
         _ptes = (ulong*)ledger.AllocZeroed((nuint)pages * sizeof(ulong));
+        _host = machine.Host;
     }
 
     /// <summary><c>vtopte</c>: the PTE word of a kernel address, or null outside the kernel regions.</summary>
@@ -66,7 +67,7 @@ public sealed unsafe class KernelPmap
             _machine.Physical.CheckFrame(Pte.Frame(pte));
         }
 
-        ulong old = Interlocked.Exchange(ref *ptep, pte);
+        ulong old = _host == null ? Interlocked.Exchange(ref *ptep, pte) : HostExchange(va, ptep, pte);
         cpu.Count(Pte.IsValid(pte) ? Counter.KernelPteWrites : Counter.KernelPteClears);
         CostTicks.Charge(_machine.Cost.PteWrite);
         return old;
@@ -89,9 +90,16 @@ public sealed unsafe class KernelPmap
     /// <summary><c>pmap_qremove</c>: unmaps <paramref name="count"/> pages, then the same invalidation.</summary>
     public void QRemove(ulong va, int count)
     {
-        for (int i = 0; i < count; i++)
+        if (_host != null)
         {
-            KRemove(va + ((ulong)i << Pte.PageShift));
+            HostQRemove(va, count);
+        }
+        else
+        {
+            for (int i = 0; i < count; i++)
+            {
+                KRemove(va + ((ulong)i << Pte.PageShift));
+            }
         }
 
         InvalidateRange(va, count);

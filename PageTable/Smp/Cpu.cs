@@ -45,6 +45,7 @@ public sealed unsafe partial class Cpu
         _checked = machine.Options.Checked;
         _cost = machine.Cost;
         _watchdogTicks = (long)(machine.Options.ShootdownWatchdog.TotalSeconds * Stopwatch.Frequency);
+        _host = machine.Host;
     }
 
     /// <summary>The CPU number (cpuid), 0-based.</summary>
@@ -221,6 +222,11 @@ public sealed unsafe partial class Cpu
         if (dmapOffset < _dmapBytes)
         {
             return _frames + dmapOffset;
+        }
+
+        if (_host != null)
+        {
+            return HostTranslate(va, write);
         }
 
         ulong vpn = va >> Pte.PageShift;
@@ -463,6 +469,11 @@ public sealed unsafe partial class Cpu
         if (kind == ShootdownKind.Range && pages <= 0)
         {
             throw new ArgumentOutOfRangeException(nameof(pages), pages, "a range shootdown needs at least one page");
+        }
+
+        if (_host != null)
+        {
+            return HostShootdown(targets);
         }
 
         if (serialize)

@@ -20,6 +20,10 @@ internal sealed record PaperRow
     [JsonPropertyName("cost_profile")]
     public required string CostProfile { get; init; }
 
+    /// <summary>The machine backend the row was measured on: <see cref="SimulatedBackend"/> or <see cref="HostBackend"/>.</summary>
+    [JsonPropertyName("backend")]
+    public string Backend { get; init; } = SimulatedBackend;
+
     [JsonPropertyName("params")]
     public required IReadOnlyDictionary<string, object> Params { get; init; }
 
@@ -41,6 +45,12 @@ internal sealed record PaperRow
 
     [JsonPropertyName("counters")]
     public required IReadOnlyDictionary<string, long> Counters { get; init; }
+
+    /// <summary>The <see cref="Backend"/> of rows from the simulated machine.</summary>
+    public const string SimulatedBackend = "simulated";
+
+    /// <summary>The <see cref="Backend"/> of rows measured on the host's MMU (<c>perf real</c>).</summary>
+    public const string HostBackend = "host";
 
     /// <summary>A counter by schema name (0 when absent).</summary>
     public long this[string counter] => Counters.GetValueOrDefault(counter);

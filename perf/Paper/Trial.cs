@@ -16,14 +16,16 @@ internal sealed class Trial : IDisposable
     private CounterSnapshot? _after;
     private SfBufStats? _sfBefore;
     private SfBufStats? _sfAfter;
+    private readonly HostWindow? _host;
 
     public Trial(PaperSettings settings, string strategy, int cpus)
     {
         Settings = settings;
         Strategy = strategy;
         Cpus = cpus;
-        Machine = new Machine(new MachineOptions { Cpus = cpus, Cost = settings.Cost, Checked = settings.Checked });
+        Machine = new Machine(new MachineOptions { Cpus = cpus, Cost = settings.Cost, Checked = settings.Checked, Backend = settings.Backend });
         Kernel = new SimKernel(Machine, strategy);
+        _host = settings.Backend == MachineBackend.Host ? new HostWindow(Machine) : null;
     }
 
     public PaperSettings Settings { get; }
@@ -46,6 +48,7 @@ internal sealed class Trial : IDisposable
     {
         _sfBefore = Kernel.SfBufs.Stats();
         _before = Machine.Counters();
+        _host?.Begin();
         _clock.Restart();
     }
 
@@ -53,6 +56,7 @@ internal sealed class Trial : IDisposable
     public void End()
     {
         _clock.Stop();
+        _host?.End();
         _after = Machine.Counters();
         _sfAfter = Kernel.SfBufs.Stats();
     }
@@ -84,6 +88,7 @@ internal sealed class Trial : IDisposable
             ["lock_contentions"] = d[Counter.LockContentions],
             ["stale_accesses"] = Machine.Counters()[Counter.StaleAccesses],
         };
+        _host?.AddCounters(counters);
 
         return new PaperRow
         {
@@ -91,6 +96,7 @@ internal sealed class Trial : IDisposable
             Strategy = Strategy,
             Cpus = Cpus,
             CostProfile = Settings.Cost.Name,
+            Backend = Settings.Backend == MachineBackend.Host ? PaperRow.HostBackend : PaperRow.SimulatedBackend,
             Params = parameters,
             Seconds = _clock.Elapsed.TotalSeconds,
             Bytes = bytes,
@@ -115,5 +121,5 @@ internal sealed class Trial : IDisposable
     }
 }
 
-/// <summary>What <c>perf paper</c> was asked for.</summary>
-internal sealed record PaperSettings(CostModel Cost, bool Quick, bool Checked);
+/// <summary>What <c>perf paper</c> (or <c>perf real</c>, on the host backend) was asked for.</summary>
+internal sealed record PaperSettings(CostModel Cost, bool Quick, bool Checked, MachineBackend Backend = MachineBackend.Simulated);

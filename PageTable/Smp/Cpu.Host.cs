@@ -1,0 +1,72 @@
+using System.Numerics;
+using System.Runtime.CompilerServices;
+
+namespace Native.PageTable;
+
+/// <summary>The CPU's side of the host backend (<see cref="MachineBackend.Host"/>): translation by the host MMU, shootdowns by the host kernel.</summary>
+public sealed unsafe partial class Cpu
+{
+    // Null on the simulated backend: its paths test this one field and go on unchanged.
+    private readonly HostMmu? _host;
+
+    /// <summary>
+    /// Translation on the host backend. Kernel addresses are translated by the host MMU (the
+    /// address returned is the host address of the kernel page, so the access itself goes
+    /// through the real TLB); user addresses are walked in the simulated user page table on
+    /// every access and never cached, so a user remap cannot leave a stale software entry.
+    /// The PTE word is checked first, so an access to an unmapped page is a clean
+    /// <see cref="PageFaultException"/>, and <c>PG_A</c> (and <c>PG_M</c>) are set in it as the
+    /// walk would, which keeps the strategies' accessed-bit bookkeeping meaningful.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private byte* HostTranslate(ulong va, bool write)
+    {
+        ulong* ptep = _machine.PteAddress(this, va);
+        if (ptep == null)
+        {
+            Count(Counter.PageFaults);
+            throw new PageFaultException(Id, va, write, "no page table covers this address");
+        }
+
+        ulong pte;
+        while (true)
+        {
+            pte = Volatile.Read(ref *ptep);
+            if (!Pte.IsValid(pte))
+            {
+                Count(Counter.PageFaults);
+                throw new PageFaultException(Id, va, write, "the PTE is not valid");
+            }
+
+            if (write && (pte & Pte.PG_RW) == 0)
+            {
+                Count(Counter.PageFaults);
+                throw new PageFaultException(Id, va, write, "the page is mapped read-only");
+            }
+
+            ulong used = pte | Pte.PG_A | (write ? Pte.PG_M : 0);
+            if (used == pte || Interlocked.CompareExchange(ref *ptep, used, pte) == pte)
+            {
+                break;
+            }
+        }
+
+        return va >= VmLayout.KERNBASE
+            ? _host!.KernelAddress(va)
+            : _frames + (pte & Pte.PG_FRAME) + (va & Pte.PageMask);
+    }
+
+    /// <summary>
+    /// A shootdown on the host backend: the host kernel has already flushed every CPU that may
+    /// cache the old translation, inside the <c>mmap</c> that changed it, whatever
+    /// <paramref name="targets"/> says. The round the strategy asked for is counted; nothing is
+    /// posted to the simulated mailboxes and nothing is waited for.
+    /// </summary>
+    private int HostShootdown(ulong targets)
+    {
+        int count = BitOperations.PopCount(targets);
+        Count(Counter.ShootdownRounds);
+        Count(Counter.IpiTargets, count);
+        return count;
+    }
+}

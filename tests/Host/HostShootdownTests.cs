@@ -1,0 +1,179 @@
+using System.Runtime.InteropServices;
+using Native.PageTable;
+using Native.SfBufNative;
+using NUnit.Framework;
+using SimMachine = Native.PageTable.Machine;
+
+namespace Native.Tests.Host;
+
+/// <summary>
+/// The strategies' shootdown behaviour on the real MMU, from the host kernel's own counts
+/// (<c>tlb:tlb_flush</c> in our kernel threads): a producer on CPU 0 maps pages and a consumer on
+/// CPU 1 reads every word of each through the sf_buf's address before the producer frees it.
+/// Counts only, never times.
+/// </summary>
+[TestFixture]
+[NonParallelizable]
+public sealed class HostShootdownTests
+{
+    private const int Words = Pte.PageSize / sizeof(ulong);
+
+    [Test]
+    public void CachedHitsMakeNoRemapsAndTheHostSendsNoShootdown()
+    {
+        HostGate.RequireFlushCounts();
+        var run = Handoff(SfBufMapper.I386, pages: 4, rounds: 20_000, poolPages: 64);
+
+        Assert.That(run.Mismatches, Is.Zero);
+        Assert.That(run.Stats.Hits, Is.EqualTo(run.Rounds), "after the warm-up pass over the pages, every allocation is a hit");
+        Assert.That(run.Host.Remaps, Is.Zero, "a hit changes no mapping");
+        Assert.That(run.Host.RemoteFlushesSent, Is.Zero, "and the host kernel flushes no other CPU");
+        Assert.That(run.Host.RemoteFlushesReceived, Is.Zero);
+        Assert.That(run.Sim[Counter.ShootdownRounds], Is.Zero, "the strategy asked for none either");
+    }
+
+    [Test]
+    public void TheDirectMapMakesNoRemapsAndTheHostSendsNoShootdown()
+    {
+        HostGate.RequireFlushCounts();
+        var run = Handoff(SfBufMapper.Amd64, pages: 64, rounds: 20_000, poolPages: 64);
+
+        Assert.That(run.Mismatches, Is.Zero);
+        Assert.That(run.Host.Remaps, Is.Zero);
+        Assert.That(run.Host.RemoteFlushesSent, Is.Zero);
+        Assert.That(run.Host.RemoteFlushesReceived, Is.Zero);
+    }
+
+    [Test]
+    public void OriginalWithARunningConsumerShootsDownAtLeastOncePerMapping()
+    {
+        HostGate.RequireFlushCounts();
+        const int rounds = 2000;
+        var run = Handoff(SfBufMapper.Original, pages: 64, rounds: rounds, poolPages: 64);
+
+        Assert.That(run.Mismatches, Is.Zero);
+        Assert.That(run.Host.Maps, Is.EqualTo(rounds), "pmap_qenter: one mmap per mapping");
+        Assert.That(run.Host.Unmaps, Is.EqualTo(rounds), "pmap_qremove: one re-reservation per mapping");
+        Assert.That(run.Sim[Counter.ShootdownRounds], Is.EqualTo(2 * rounds), "the strategy asked for two broadcast rounds per mapping");
+        Assert.That(run.Host.RemoteFlushesSent, Is.GreaterThanOrEqualTo(rounds),
+            "the consumer's core had used every mapping, so the host kernel flushed it at every unmap");
+        TestContext.Out.WriteLine($"original, {rounds} mappings: {run.Host.RemoteFlushesSent} remote flushes sent, {run.Host.RemoteFlushesReceived} received");
+    }
+
+    [Test]
+    public void SfBufMissesWithARunningConsumerShootDownAtEveryRecycle()
+    {
+        HostGate.RequireFlushCounts();
+        const int rounds = 2000;
+
+        // Twice as many pages as sf_bufs: every allocation recycles a slot the consumer has used.
+        var run = Handoff(SfBufMapper.I386, pages: 32, rounds: rounds, poolPages: 16);
+
+        Assert.That(run.Mismatches, Is.Zero);
+        Assert.That(run.Stats.Hits, Is.Zero);
+        Assert.That(run.Host.Maps, Is.EqualTo(rounds), "one remap per miss");
+        Assert.That(run.Host.Unmaps, Is.Zero, "a recycled sf_buf is remapped in place, never unmapped");
+        Assert.That(run.Host.RemoteFlushesSent, Is.GreaterThanOrEqualTo(rounds - 16), "every recycle of a used slot flushed the consumer's core");
+    }
+
+    /// <summary>
+    /// The producer on CPU 0 allocates a shared sf_buf for page <c>i % pages</c>; the consumer on
+    /// CPU 1 reads every word through its address and checks them; then the producer frees it.
+    /// The first pass over the pages is a warm-up outside the counted window.
+    /// </summary>
+    private static HandoffResult Handoff(string strategy, int pages, int rounds, int poolPages)
+    {
+        using var m = new SimMachine(HostGate.Small() with { SfBufWindowPages = poolPages, KernelMapPages = poolPages });
+        using var mapper = SfBufMapper.Create(strategy, m);
+        var frames = new VmPage[pages];
+        for (int p = 0; p < pages; p++)
+        {
+            frames[p] = m.Physical.Alloc(AllocFlags.Wired);
+            var words = MemoryMarshal.Cast<byte, ulong>(m.Physical.PhysicalBytes(frames[p]));
+            for (int w = 0; w < Words; w++)
+            {
+                words[w] = Pattern(p, w);
+            }
+        }
+
+        long offered = -1, consumed = -1, mismatches = 0;
+        ulong kva = 0;
+        var consumer = m.StartThread("consumer", () =>
+        {
+            var cpu = m.CurrentCpu;
+            Span<byte> buffer = stackalloc byte[Pte.PageSize];
+            var words = MemoryMarshal.Cast<byte, ulong>(buffer);
+            for (long seen = -1; ;)
+            {
+                long i = Volatile.Read(ref offered);
+                if (i == seen)
+                {
+                    continue;
+                }
+
+                if (i == long.MaxValue)
+                {
+                    return;
+                }
+
+                cpu.Read(Volatile.Read(ref kva), buffer);
+                int p = (int)(i % pages);
+                for (int w = 0; w < Words; w++)
+                {
+                    mismatches += words[w] != Pattern(p, w) ? 1 : 0;
+                }
+
+                seen = i;
+                Volatile.Write(ref consumed, i);
+            }
+        }, cpu: 1, bound: true);
+
+        HostMmuCounts? host = null;
+        CounterSnapshot? sim = null;
+        SfBufStats? stats = null;
+        try
+        {
+            m.Run(0, () =>
+            {
+                HostMmuCounts hostBefore = null!;
+                CounterSnapshot simBefore = null!;
+                SfBufStats statsBefore = null!;
+                for (long i = 0; i < pages + rounds; i++)
+                {
+                    if (i == pages)
+                    {
+                        hostBefore = m.HostCounts();
+                        simBefore = m.Counters();
+                        statsBefore = mapper.Stats();
+                    }
+
+                    var sf = mapper.Alloc(frames[i % pages]);
+                    Volatile.Write(ref kva, sf.Kva);
+                    Volatile.Write(ref offered, i);
+                    while (Volatile.Read(ref consumed) != i && !consumer.HasExited)
+                    {
+                        Thread.SpinWait(1);
+                    }
+
+                    mapper.Free(sf);
+                }
+
+                host = m.HostCounts() - hostBefore;
+                sim = m.Counters() - simBefore;
+                var after = mapper.Stats();
+                stats = after with { Hits = after.Hits - statsBefore.Hits, Misses = after.Misses - statsBefore.Misses };
+            });
+        }
+        finally
+        {
+            Volatile.Write(ref offered, long.MaxValue);
+            consumer.Join(TimeSpan.FromMinutes(5));
+        }
+
+        return new HandoffResult(rounds, Interlocked.Read(ref mismatches), host!, sim!, stats!);
+    }
+
+    private static ulong Pattern(int page, int word) => ((ulong)(page + 1) << 40) ^ (ulong)word ^ 0x00c0_ffee_0000_0000;
+
+    private sealed record HandoffResult(int Rounds, long Mismatches, HostMmuCounts Host, CounterSnapshot Sim, SfBufStats Stats);
+}
