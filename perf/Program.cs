@@ -25,6 +25,7 @@ internal static class Program
             Paper.PaperCommand.Create(),
             Paper.CalibrateCommand.Create(),
             Paper.PlotCommand.Create(),
+            Real.RealCommand.Create(),
             MachineCommand.Create(),
             BenchCommand.Create(),
         };

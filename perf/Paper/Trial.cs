@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using Native.PageTable;
+using Native.Perf.Real;
 using Native.SfBufNative;
 using Native.SfBufNative.Kernel;
 

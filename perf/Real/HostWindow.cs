@@ -1,6 +1,6 @@
 using Native.PageTable;
 
-namespace Native.Perf.Paper;
+namespace Native.Perf.Real;
 
 /// <summary>
 /// A trial's measurement window on the host backend: the remaps the machine made and the TLB
