@@ -2,6 +2,7 @@ using System.CommandLine;
 using System.Diagnostics;
 using Native.Interop;
 using Native.PageTable;
+using Native.Perf.Real;
 using Spectre.Console;
 
 namespace Native.Perf.Paper;
@@ -10,8 +11,9 @@ namespace Native.Perf.Paper;
 /// <c>perf calibrate</c>: measures this host's TLB costs as well as user space allows and writes
 /// the <c>host</c> cost profile.
 /// <list type="bullet">
-/// <item>Remote shootdown: <c>mprotect</c> of a touched page while another thread of this process
-/// runs on a second core (the host kernel must IPI it), against the same with no second thread.</item>
+/// <item>Remote shootdown: the host backend's own remap of a used kernel page
+/// (<see cref="RemapProbe"/>) with a kernel thread of the machine running on a second core (the
+/// host kernel must shoot it down), against the same with that core idle.</item>
 /// <item>Local invalidation: <c>mprotect</c> with no other thread, less a null system call.</item>
 /// <item>Page walk: reading one line per page in random page order over 256 MiB (TLB misses)
 /// against the same over 64 pages (TLB hits); an upper bound, since it includes cache misses.</item>
@@ -37,29 +39,33 @@ internal static class CalibrateCommand
 
         int[] cores = HostCpu.AllowedCpus();
         double nullSyscall = OnCore(cores[0], () => Time(iterations, () => HostMemory.NullSyscall()));
-        double local = OnCore(cores[0], () => MprotectPair(iterations, remoteCore: -1));
-        double? remote = cores.Length >= 2 ? OnCore(cores[0], () => MprotectPair(iterations, remoteCore: cores[1])) : null;
+        double local = OnCore(cores[0], () => MprotectPair(iterations));
+        var remap = RemapProbe.Measure();
+        double? roundTripNs = CrossCoreRoundTrip.Measure();
         double walk = OnCore(cores[0], PageWalk);
 
         double localInvalidate = Math.Max(1, (local / 2) - nullSyscall);
         AnsiConsole.MarkupLine("[bold]Host measurements[/] (ns)");
         AnsiConsole.WriteLine($"null system call                 {nullSyscall,10:0.0}");
         AnsiConsole.WriteLine($"mprotect, no other thread        {local / 2,10:0.0}   (local invalidation ~ {localInvalidate:0.0})");
-        if (remote is double r)
+        if (remap is { } rc)
         {
-            AnsiConsole.WriteLine($"mprotect, thread on core {cores[1],-3}     {r / 2,10:0.0}   (remote shootdown ~ {(r - local) / 2:0.0})");
+            AnsiConsole.WriteLine($"host-backend remap, core 1 idle  {rc.AloneNs,10:0.0}   (remote flushes per remap {Flushes(rc.FlushesPerRemapAlone)})");
+            AnsiConsole.WriteLine($"host-backend remap, core 1 busy  {rc.WithPeerNs,10:0.0}   (remote flushes per remap {Flushes(rc.FlushesPerRemapWithPeer)}; remote shootdown ~ {rc.ShootdownNs:0.0})");
         }
         else
         {
-            AnsiConsole.WriteLine("remote shootdown                 cannot be measured: this host gives the process one core");
+            AnsiConsole.WriteLine($"remote shootdown                 cannot be measured: {(HostBackend.IsAvailable ? "this host gives the process one core" : HostBackend.UnavailableReason)}");
         }
+
+        AnsiConsole.WriteLine($"cross-core round trip            {(roundTripNs is double rt0 ? rt0.ToString("0.0", System.Globalization.CultureInfo.InvariantCulture) : "n/a"),10}");
 
         AnsiConsole.WriteLine($"page walk (upper bound)          {walk,10:0.0}");
 
         // The round trip is split the way the default profile splits it (send, delivery, handler);
         // the host shows only the sum.
         var baseline = CostModel.Default;
-        double roundTrip = remote is double rt ? Math.Max(0, (rt - local) / 2) : baseline.IpiSendNs + baseline.IpiDeliveryNs + baseline.IpiHandlerNs;
+        double roundTrip = remap is { } measured ? measured.ShootdownNs : baseline.IpiSendNs + baseline.IpiDeliveryNs + baseline.IpiHandlerNs;
         double split = baseline.IpiSendNs + baseline.IpiDeliveryNs + baseline.IpiHandlerNs;
         var host = new CostModel(
             "host",
@@ -72,42 +78,23 @@ internal static class CalibrateCommand
             Math.Round(roundTrip * baseline.IpiHandlerNs / split, 1),
             $"perf calibrate on {Environment.MachineName}, {DateTime.UtcNow:yyyy-MM-dd}: invlpg = mprotect - null syscall; full flush = 4 x invlpg (derived); "
             + $"walk = random-page read over 256 MiB - over 64 pages (upper bound); PTE write from the default profile; "
-            + (remote is null ? "one core: IPI costs copied from the default profile" : "IPI round trip = mprotect with a thread on another core - without, split like the default profile"));
+            + (remap is null
+                ? "no second core or no host backend: IPI costs copied from the default profile"
+                : $"IPI round trip = host-backend remap of a used kernel page with a kernel thread running on another core ({remap.WithPeerNs:0} ns) - with that core idle ({remap.AloneNs:0} ns), split like the default profile"));
         CostProfiles.SaveHost(host);
         AnsiConsole.WriteLine($"profile        {host}");
         AnsiConsole.WriteLine($"wrote          {CostProfiles.HostProfilePath} (use: perf paper --cost host)");
         return 0;
     }
 
-    /// <summary>ns per mprotect pair (read-only, then read-write and a write), optionally with a thread spinning on another core.</summary>
-    private static unsafe double MprotectPair(int iterations, int remoteCore)
+    /// <summary>ns per mprotect pair (read-only, then read-write and a write) with no other thread of ours running.</summary>
+    private static unsafe double MprotectPair(int iterations)
     {
         nuint size = (nuint)Pte.PageSize;
         byte* page = HostMemory.Map(size);
-        var stop = false;
-        Thread? spinner = null;
         try
         {
             page[0] = 1;
-            if (remoteCore >= 0)
-            {
-                var started = new ManualResetEventSlim();
-                spinner = new Thread(() =>
-                {
-                    HostCpu.PinCurrentThread(remoteCore);
-                    started.Set();
-
-                    // Stay on the core in this address space so the host must shoot it down.
-                    while (!Volatile.Read(ref stop))
-                    {
-                        Thread.SpinWait(64);
-                    }
-                })
-                { IsBackground = true, Name = "calibrate-remote" };
-                spinner.Start();
-                started.Wait();
-            }
-
             return Time(iterations, () =>
             {
                 HostMemory.Protect(page, size, HostMemory.PROT_READ);
@@ -117,11 +104,11 @@ internal static class CalibrateCommand
         }
         finally
         {
-            Volatile.Write(ref stop, true);
-            spinner?.Join();
             HostMemory.Unmap(page, size);
         }
     }
+
+    private static string Flushes(double perRemap) => perRemap < 0 ? "uncounted" : perRemap.ToString("0.00", System.Globalization.CultureInfo.InvariantCulture);
 
     private static unsafe double PageWalk()
     {
