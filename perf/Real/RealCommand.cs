@@ -53,10 +53,11 @@ internal static class RealCommand
         var markdown = new Option<FileInfo?>("--markdown") { Description = "Write the summary (and the comparison) as Markdown" };
         var plot = new Option<DirectoryInfo?>("--plot") { Description = "Write PNG charts into this directory" };
         var unchecked_ = new Option<bool>("--unchecked") { Description = "Turn checked mode's caller checks off" };
+        var from = new Option<FileInfo?>("--rows") { Description = "Summarise the rows of an earlier perf real --json instead of measuring" };
 
         var command = new Command("real", "Run the experiments on the host's MMU (real TLB shootdowns): every strategy x CPU count, repeated trials.")
         {
-            quick, trials, cpus, strategies, experiments, simulated, json, markdown, plot, unchecked_,
+            quick, trials, cpus, strategies, experiments, simulated, json, markdown, plot, unchecked_, from,
         };
         command.SetAction(parse =>
         {
@@ -81,9 +82,28 @@ internal static class RealCommand
                     throw new ArgumentException("--trials must be at least 1");
                 }
 
+                var outputs = new Outputs(parse.GetValue(json), null, parse.GetValue(plot), parse.GetValue(markdown));
+                if (parse.GetValue(from) is { } saved)
+                {
+                    var rows = PlotCommand.Load(saved.FullName);
+                    var trialRoundTrips = rows.Select(r => Convert.ToDouble(r.Params.GetValueOrDefault("round_trip_ns", -1.0), System.Globalization.CultureInfo.InvariantCulture))
+                        .Where(v => v > 0).Order().ToList();
+                    var info = new RealRunInfo(
+                        $"rows of {saved.Name}",
+                        "as recorded",
+                        "as recorded",
+                        saved.LastWriteTimeUtc,
+                        trialRoundTrips.Count > 0 ? trialRoundTrips[0] : null,
+                        trialRoundTrips.Count > 0 ? trialRoundTrips[^1] : null,
+                        "as recorded",
+                        "as recorded",
+                        rows.Select(RealSummary.Repetition).Distinct().Count(),
+                        isQuick);
+                    return Report(info, rows, parse.GetValue(simulated), outputs, elapsed: null);
+                }
+
                 var settings = new PaperSettings(CostModel.Zero, isQuick, !parse.GetValue(unchecked_), MachineBackend.Host);
-                return Run(settings, n, names, chosen, parse.GetRequiredValue(cpus), parse.GetValue(simulated),
-                    parse.GetValue(json), parse.GetValue(markdown), parse.GetValue(plot));
+                return Run(settings, n, names, chosen, parse.GetRequiredValue(cpus), parse.GetValue(simulated), outputs);
             }
             catch (ArgumentException ex)
             {
@@ -161,8 +181,7 @@ internal static class RealCommand
         trials,
         quick);
 
-    private static int Run(PaperSettings settings, int trials, string[] experiments, string[] strategies, int[] cpuCounts,
-        FileInfo? simulatedFile, FileInfo? json, FileInfo? markdown, DirectoryInfo? plot)
+    private static int Run(PaperSettings settings, int trials, string[] experiments, string[] strategies, int[] cpuCounts, FileInfo? simulatedFile, Outputs outputs)
     {
         if (!HostBackend.IsAvailable)
         {
@@ -170,7 +189,6 @@ internal static class RealCommand
             return Unavailable;
         }
 
-        var simulated = simulatedFile == null ? null : PlotCommand.Load(simulatedFile.FullName);
         var runnable = cpuCounts.Where(c => c >= 1 && c <= HostBackend.HostCores).Distinct().Order().ToArray();
         foreach (int c in cpuCounts.Except(runnable))
         {
@@ -204,8 +222,20 @@ internal static class RealCommand
                 task.Increment(1);
             });
         double? roundTripEnd = CrossCoreRoundTrip.Measure();
+        if (outputs.Json != null)
+        {
+            // Written first: a run is too long to lose to a later failure.
+            File.WriteAllText(outputs.Json.FullName, JsonSerializer.Serialize(rows, s_json));
+            AnsiConsole.WriteLine($"wrote {Shown(outputs.Json.FullName)}");
+        }
 
-        var info = Describe(trials, settings.Quick, roundTripStart, roundTripEnd);
+        return Report(Describe(trials, settings.Quick, roundTripStart, roundTripEnd), rows, simulatedFile, outputs with { Json = null }, clock.Elapsed);
+    }
+
+    /// <summary>Prints and writes the summaries of <paramref name="rows"/>; non-zero when an invariant fails.</summary>
+    private static int Report(RealRunInfo info, List<PaperRow> rows, FileInfo? simulatedFile, Outputs outputs, TimeSpan? elapsed)
+    {
+        var (json, _, plot, markdown) = outputs;
         foreach (var line in info.Lines())
         {
             AnsiConsole.WriteLine(line);
@@ -213,7 +243,7 @@ internal static class RealCommand
 
         var cells = RealSummary.Cells(rows);
         RealReport.PrintTables(cells);
-        var comparison = simulated == null ? null : RealReport.Compare(cells, simulated);
+        var comparison = simulatedFile == null ? null : RealReport.Compare(cells, PlotCommand.Load(simulatedFile.FullName));
         if (comparison != null)
         {
             RealReport.PrintComparison(comparison);
@@ -240,7 +270,7 @@ internal static class RealCommand
         }
 
         var problems = RealSummary.Check(rows);
-        AnsiConsole.WriteLine($"{rows.Count} trials in {clock.Elapsed.TotalSeconds:0.0} s");
+        AnsiConsole.WriteLine($"{rows.Count} trials{(elapsed is { } e ? $" in {e.TotalSeconds:0.0} s" : string.Empty)}");
         if (problems.Count > 0)
         {
             AnsiConsole.MarkupLine("[red bold]invariant violations:[/]");

@@ -23,7 +23,9 @@ internal sealed record RealRunInfo(
     {
         yield return $"host            {Host}: {Cpu}, {Kernel}";
         yield return $"date            {Date:yyyy-MM-dd HH:mm} UTC{(Quick ? ", --quick" : string.Empty)}, {Trials} trial(s) per cell, strategies interleaved";
-        yield return $"round trip      {Ns(RoundTripStartNs)} before, {Ns(RoundTripEndNs)} after (cache line between two pinned host cores)";
+        yield return Host.StartsWith("rows of ", StringComparison.Ordinal)
+            ? $"round trip      {Ns(RoundTripStartNs)} to {Ns(RoundTripEndNs)} over the trials"
+            : $"round trip      {Ns(RoundTripStartNs)} before, {Ns(RoundTripEndNs)} after (cache line between two pinned host cores)";
         yield return $"flush counts    {FlushCounting}";
         yield return $"TLB interrupts  {TlbInterrupts}";
     }
@@ -89,14 +91,17 @@ internal static class RealReport
             .AddColumn(new TableColumn("original: sim shootdowns / host flushes per unit").RightAligned());
         foreach (var c in comparison)
         {
-            table.AddRow(
+            string[] cells =
+            [
                 c.Experiment,
                 c.Cpus.ToString(CultureInfo.InvariantCulture),
                 c.Strategy,
                 $"{c.Simulated:0.00}x",
                 SpeedupText(c.Measured),
                 $"{c.Factor:0.00}{(c.Agrees ? string.Empty : "  differs > 1.5x")}",
-                $"{Fmt(c.SimulatedShootdowns)} / {Fmt(c.HostFlushes)}");
+                $"{Fmt(c.SimulatedShootdowns)} / {Fmt(c.HostFlushes)}",
+            ];
+            table.AddRow(cells.Select(t => new Text(t)));
         }
 
         AnsiConsole.Write(table);

@@ -114,6 +114,8 @@ public sealed class RealTests
             string markdown = Path.Combine(dir, "real.md");
             RealReport.WriteMarkdown(markdown, RealCommand.Describe(1, true, 100, 110), cells, comparison);
             Assert.That(File.ReadAllText(markdown), Does.Contain("| pipe | 2 | sfbuf-i386 |").And.Contain("round trip      100 ns before, 110 ns after"));
+            RealReport.PrintTables(cells);
+            RealReport.PrintComparison(comparison);
             var charts = RealCharts.Write(dir, cells, comparison);
             Assert.That(charts, Has.Count.EqualTo(2 + 2));
             Assert.That(charts.Select(f => new FileInfo(f).Length), Is.All.GreaterThan(0));
