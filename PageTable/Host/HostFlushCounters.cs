@@ -29,8 +29,10 @@ internal sealed class HostFlushCounters : IContextSwitchHook, IDisposable
     [ThreadStatic]
     private static HostFlushCounters? s_openedFor;
 
-    private readonly List<(TracepointCounter Sent, TracepointCounter Received)> _threads = [];
+    private readonly List<(KernelThread Thread, TracepointCounter Sent, TracepointCounter Received)> _threads = [];
     private readonly Lock _lock = new();
+    private long _exitedSent;
+    private long _exitedReceived;
     private string? _failure;
     private bool _disposed;
 
@@ -50,8 +52,8 @@ internal sealed class HostFlushCounters : IContextSwitchHook, IDisposable
 
         lock (_lock)
         {
-            long sent = 0, received = 0;
-            foreach (var (s, r) in _threads)
+            long sent = _exitedSent, received = _exitedReceived;
+            foreach (var (_, s, r) in _threads)
             {
                 sent += s.Read();
                 received += r.Read();
@@ -65,7 +67,7 @@ internal sealed class HostFlushCounters : IContextSwitchHook, IDisposable
     {
         if (!ReferenceEquals(s_openedFor, this))
         {
-            OpenForThisThread();
+            OpenForThisThread(thread);
         }
     }
 
@@ -78,7 +80,7 @@ internal sealed class HostFlushCounters : IContextSwitchHook, IDisposable
         lock (_lock)
         {
             _disposed = true;
-            foreach (var (s, r) in _threads)
+            foreach (var (_, s, r) in _threads)
             {
                 s.Dispose();
                 r.Dispose();
@@ -88,7 +90,7 @@ internal sealed class HostFlushCounters : IContextSwitchHook, IDisposable
         }
     }
 
-    private void OpenForThisThread()
+    private void OpenForThisThread(KernelThread thread)
     {
         s_openedFor = this;
         var (id, unavailable) = s_tracepoint.Value;
@@ -111,7 +113,22 @@ internal sealed class HostFlushCounters : IContextSwitchHook, IDisposable
                     return;
                 }
 
-                _threads.Add((sent, received));
+                // Keep two descriptors per live thread only: fold the final counts of threads that
+                // have exited (a machine may run thousands of short ones) and close theirs.
+                for (int i = _threads.Count - 1; i >= 0; i--)
+                {
+                    var (done, s, r) = _threads[i];
+                    if (done.HasExited)
+                    {
+                        _exitedSent += s.Read();
+                        _exitedReceived += r.Read();
+                        s.Dispose();
+                        r.Dispose();
+                        _threads.RemoveAt(i);
+                    }
+                }
+
+                _threads.Add((thread, sent, received));
             }
         }
         catch (HostMemoryException ex)

@@ -20,6 +20,9 @@ internal sealed class HostWindow(Machine machine)
 
     public void Begin()
     {
+        // A first call compiles HostCounts, and installing compiled code remaps the runtime's code
+        // pages (a host flush) after the counters were read: not in the window.
+        _ = machine.HostCounts() - machine.HostCounts();
         _interruptsBefore = HostInterrupts.ReadTlbShootdowns();
         _before = machine.HostCounts();
     }

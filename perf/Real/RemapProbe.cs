@@ -74,6 +74,7 @@ internal static class RemapProbe
                     cpu.ReadUInt64(slot);
                 }
 
+                _ = m.HostCounts() - m.HostCounts(); // compiled outside the window
                 var before = m.HostCounts();
                 long start = Stopwatch.GetTimestamp();
                 for (int i = 0; i < remaps; i++)
