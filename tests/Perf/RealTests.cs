@@ -79,7 +79,7 @@ public sealed class RealTests
     public void TheExperimentsRunOnTheHostMmuAndKeepTheRunsInvariants()
     {
         var rows = HostRows();
-        Assert.That(rows, Has.Count.EqualTo(2 * 3 * 2));
+        Assert.That(rows, Has.Count.EqualTo(2 * SfBufMapper.StrategyNames.Count * 2));
         Assert.That(rows.Select(r => r.Backend), Is.All.EqualTo(PaperRow.HostBackend));
         Assert.That(RealSummary.Check(rows), Is.Empty);
         Assert.That(rows.Where(r => r.Strategy == SfBufMapper.Amd64).Select(r => r["host_remaps"]), Is.All.Zero);
