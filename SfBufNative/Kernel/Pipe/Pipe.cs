@@ -290,7 +290,22 @@ public sealed class Pipe
             }
         }
 
-        int error = BuildWriteBuffer(uio, out long size);
+        // pipe_build_write_buffer runs with the pipe mutex dropped, as in FreeBSD: holding the
+        // pages (and, originally, mapping the window with its shootdown) must not stall the
+        // reader. The writer flag keeps other writers out; readers look at a direct write only
+        // once it is published below.
+        _mtx.Unlock();
+        int error;
+        long size;
+        try
+        {
+            error = BuildWriteBuffer(uio, out size);
+        }
+        finally
+        {
+            _mtx.Lock();
+        }
+
         if (error != Errno.OK)
         {
             return error;
@@ -332,8 +347,20 @@ public sealed class Pipe
             _kernel.Machine.Sleep(this, _mtx, cancellation: CancellationToken.None);
         }
 
-        DestroyWriteBuffer();
+        // Withdrawn under the mutex, then torn down without it (pipe_destroy_write_buffer ran
+        // unlocked too): no reader starts on it once it is withdrawn.
         _directActive = false;
+        _directCnt = 0;
+        _mtx.Unlock();
+        try
+        {
+            DestroyWriteBuffer();
+        }
+        finally
+        {
+            _mtx.Lock();
+        }
+
         _kernel.Machine.Wakeup(this);
         return error;
     }
