@@ -245,8 +245,14 @@ public sealed unsafe class OriginalMapper : SfBufMapper
         {
             if (_poolPages == 0)
             {
+                // sf_buf_init took it at boot; here kernel_map must have room at first use.
                 int n = Machine.Options.EffectiveSfBufWindowPages;
-                _poolStart = _arena.Alloc(n, wait: true);
+                _poolStart = _arena.Alloc(n, wait: false);
+                if (_poolStart == 0)
+                {
+                    throw new InvalidOperationException($"kernel_map has no room for sendfile's pool of {n} pages (nsfbufs)");
+                }
+
                 for (int i = n - 1; i >= 0; i--)
                 {
                     _poolFree.Push(i);
