@@ -12,7 +12,9 @@ namespace Native.SfBufNative.Kernel;
 /// i386, the direct map on amd64). With the <c>original</c> strategy the writer instead maps its
 /// pages into the pipe's own KVA window with <c>pmap_qenter</c>, the reader copies from the
 /// window, and the writer unmaps it with <c>pmap_qremove</c>: two broadcast shootdowns per
-/// direct write. A writer interrupted mid-transfer clones what the reader has not taken yet into
+/// direct write. Either way the writer holds (and maps) its pages and releases (and unmaps) them
+/// with the pipe mutex dropped, as <c>pipe_build_write_buffer</c> and
+/// <c>pipe_destroy_write_buffer</c> ran. A writer interrupted mid-transfer clones what the reader has not taken yet into
 /// the pipe buffer (<c>pipe_clone_write_buffer</c>) and returns a short write.
 /// </para>
 /// </summary>
