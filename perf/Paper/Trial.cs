@@ -71,6 +71,14 @@ internal sealed class Trial : IDisposable
         _ => check,
     };
 
+    /// <summary>
+    /// Each CPU's share of <paramref name="total"/> work, in whole <paramref name="granule"/>s (at
+    /// least one): experiments that run one worker per CPU do the same total work at every CPU
+    /// count, so that rows at different CPU counts compare like with like and a trial on more
+    /// CPUs than the host has cores does not grow with them.
+    /// </summary>
+    public long Share(long total, long granule = 1) => Math.Max(granule, total / Cpus / granule * granule);
+
     /// <summary>Starts the measurement window.</summary>
     public void Begin()
     {

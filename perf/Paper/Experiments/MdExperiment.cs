@@ -23,9 +23,9 @@ internal sealed class MdExperiment(bool random) : Experiment
     public override IReadOnlyList<Measurement> Run(Trial t)
     {
         var m = t.Machine;
-        long diskBytes = t.Pick(32L << 20, 8L << 20, 1L << 20);
-        long perWorker = random ? t.Pick(128L << 20, 8L << 20, 1L << 20) : t.Pick(512L << 20, 16L << 20, 2L << 20);
         int request = random ? Pte.PageSize : Chunk;
+        long diskBytes = t.Share(t.Pick(64L << 20, 16L << 20, 2L << 20), Chunk);
+        long perWorker = t.Share(random ? t.Pick(256L << 20, 16L << 20, 2L << 20) : t.Pick(1L << 30, 32L << 20, 4L << 20), Chunk);
         var disks = new MemoryDisk[t.Cpus];
         var buffers = new ulong[t.Cpus];
         for (int c = 0; c < t.Cpus; c++)

@@ -34,7 +34,7 @@ internal sealed class PtraceExperiment(bool pages) : Experiment
     private Measurement Words(Trial t)
     {
         var m = t.Machine;
-        int perCpu = t.Pick(200_000, 20_000, 2_000);
+        int perCpu = (int)t.Share(t.Pick(400_000, 40_000, 4_000), 2);
         var (target, tracer) = Setup(t);
         t.Begin();
         var workers = Enumerable.Range(0, t.Cpus).Select(cpu => m.StartThread($"tracer{cpu}", () =>
@@ -55,7 +55,7 @@ internal sealed class PtraceExperiment(bool pages) : Experiment
     private Measurement Pages(Trial t)
     {
         var m = t.Machine;
-        int perCpu = t.Pick(40_000, 4000, 400);
+        int perCpu = (int)t.Share(t.Pick(80_000, 8_000, 800), 2);
         var (target, tracer) = Setup(t);
         var spaces = new VmSpace[t.Cpus];
         m.Run(0, () =>

@@ -19,7 +19,7 @@ internal sealed class VnodePageInExperiment : Experiment
     public override IReadOnlyList<Measurement> Run(Trial t)
     {
         var m = t.Machine;
-        long fileBytes = t.Pick(16L << 20, 4L << 20, 1L << 20);
+        long fileBytes = t.Share(t.Pick(32L << 20, 8L << 20, 2L << 20), Chunk);
         int passes = t.Pick(8, 2, 1);
         var files = VnodeFiles.Create(t, fileBytes);
         long pagesBefore = t.Kernel.PagesIn;
@@ -75,7 +75,7 @@ internal sealed class VnodeReadExperiment : Experiment
     public override IReadOnlyList<Measurement> Run(Trial t)
     {
         var m = t.Machine;
-        long fileBytes = t.Pick(16L << 20, 4L << 20, 1L << 20);
+        long fileBytes = t.Share(t.Pick(32L << 20, 8L << 20, 2L << 20), Chunk);
         int passes = t.Pick(8, 2, 1);
         var files = VnodeFiles.Create(t, fileBytes);
         var sinks = new ulong[t.Cpus];
