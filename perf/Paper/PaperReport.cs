@@ -107,7 +107,7 @@ internal static class PaperReport
         foreach (var group in rows.Where(r => r.Experiment != "memcpy").GroupBy(r => (r.Experiment, r.Point, r.Cpus)))
         {
             var baseline = group.FirstOrDefault(r => r.Strategy == Baseline);
-            if (baseline is null || baseline.Samples.Any(s => s <= 0))
+            if (baseline is null || baseline.Samples.Count == 0 || baseline.Samples.Any(s => s <= 0))
             {
                 continue;
             }

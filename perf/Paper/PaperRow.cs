@@ -52,7 +52,7 @@ internal sealed record PaperRow
 
     /// <summary>Each timed round's throughput, in round order (MiB/s, or operations/s).</summary>
     [JsonPropertyName("samples")]
-    public required IReadOnlyList<double> Samples { get; init; }
+    public IReadOnlyList<double> Samples { get; init; } = [];
 
     /// <summary>Lower end of the 95% CI of the median throughput (<see cref="SampleSummary.CiMethod"/>); null with one sample.</summary>
     [JsonPropertyName("ci_low")]
@@ -109,9 +109,9 @@ internal sealed record PaperRow
     [JsonIgnore]
     public double Throughput => Bytes > 0 ? MbPerS : OpsPerS;
 
-    /// <summary>The statistics of <see cref="Samples"/>.</summary>
+    /// <summary>The statistics of <see cref="Samples"/> (of the one throughput, for rows saved before rows had samples).</summary>
     [JsonIgnore]
-    public SampleSummary Summary => SampleSummary.Of(Samples);
+    public SampleSummary Summary => SampleSummary.Of(Samples.Count > 0 ? Samples : [Throughput]);
 
     /// <summary>The schema's counter names, in order.</summary>
     public static readonly string[] CounterKeys =
