@@ -559,6 +559,8 @@ public sealed unsafe partial class Cpu
                     // Idle: never wait for it; it flushes everything before it runs again.
                     if (Interlocked.CompareExchange(ref target->State, s | FlushPending, s) == s)
                     {
+                        // Should the target wake between the CAS and the adds, it pays this at
+                        // its next deferred flush instead: charged late, never lost or doubled.
                         Interlocked.Add(ref target->DeferredChargeTicks, targetCharge.Ticks);
                         Interlocked.Add(ref target->DeferredChargeNs, targetCharge.Ns);
                         Count(Counter.IdleTargetsDeferred);
