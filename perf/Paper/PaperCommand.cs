@@ -229,6 +229,7 @@ internal static class PaperRoundCommand
         {
             var plan = options.Plan(parse, parse.GetValue(size), rounds: 1);
             int r = parse.GetValue(round);
+            PaperRunner.Prejit();
             var output = Console.Out;
             foreach (var cell in RepeatedTrials.RoundOrder(plan.Cells(), c => c.Group, r))
             {

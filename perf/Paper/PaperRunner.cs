@@ -1,5 +1,7 @@
 using System.Diagnostics;
 using System.Globalization;
+using System.Reflection;
+using System.Runtime.CompilerServices;
 using System.Text.Json;
 using Native.Interop;
 using Native.PageTable;
@@ -62,6 +64,8 @@ internal sealed record PaperRun(
 /// </summary>
 internal static class PaperRunner
 {
+    private static int s_prejitted;
+
     /// <summary>Host cores this process may run on.</summary>
     public static int HostCores => HostCpu.IsPinningAvailable ? HostCpu.AllowedCpus().Length : Environment.ProcessorCount;
 
@@ -70,6 +74,11 @@ internal static class PaperRunner
     {
         var clock = Stopwatch.StartNew();
         var cells = plan.Cells();
+        if (!childProcesses)
+        {
+            Prejit();
+        }
+
         var load = HostLoad.Start(HostCores);
         var verification = new List<Measurement>();
         if (plan.Verify)
@@ -187,6 +196,47 @@ internal static class PaperRunner
         }
 
         return trials;
+    }
+
+    /// <summary>
+    /// Compiles the machine, the kernel and the experiments before a round process measures
+    /// anything. Code is compiled fully at its first call (tiered compilation is off), so without
+    /// this the first trial of each path in every round would pay for the compiler inside its
+    /// measurement window. Once per process.
+    /// </summary>
+    public static void Prejit()
+    {
+        if (Interlocked.Exchange(ref s_prejitted, 1) != 0)
+        {
+            return;
+        }
+
+        var assemblies = new[] { typeof(Machine).Assembly, typeof(Native.SfBufNative.SfBufMapper).Assembly, typeof(PaperRunner).Assembly };
+        foreach (var type in assemblies.SelectMany(a => a.GetTypes()))
+        {
+            if (type.ContainsGenericParameters || (type.Assembly == typeof(PaperRunner).Assembly && type.Namespace != typeof(PaperRunner).Namespace))
+            {
+                continue;
+            }
+
+            foreach (var method in type.GetMethods(BindingFlags.DeclaredOnly | BindingFlags.Public | BindingFlags.NonPublic | BindingFlags.Instance | BindingFlags.Static)
+                .Cast<MethodBase>().Concat(type.GetConstructors(BindingFlags.DeclaredOnly | BindingFlags.Public | BindingFlags.NonPublic | BindingFlags.Instance)))
+            {
+                if (method.IsAbstract || method.ContainsGenericParameters || (method.MethodImplementationFlags & MethodImplAttributes.InternalCall) != 0)
+                {
+                    continue;
+                }
+
+                try
+                {
+                    RuntimeHelpers.PrepareMethod(method.MethodHandle);
+                }
+                catch (Exception ex) when (ex is ArgumentException or NotSupportedException or BadImageFormatException or InvalidOperationException)
+                {
+                    // Some methods (P/Invoke stubs, unusual signatures) cannot be prepared ahead: they compile at first call.
+                }
+            }
+        }
     }
 
     /// <summary>One trial's measurements as <c>perf paper-round</c> prints them: one JSON line.</summary>
