@@ -27,9 +27,12 @@ internal sealed unsafe partial class HostMmu : IDisposable
     private readonly ulong _physicalBytes;
     private byte* _kernel;
     private nuint _kernelBytes;
+    private KvaRegion _kmem;
     private long _maps;
     private long _unmaps;
     private long _unmappedPages;
+    private long _kmemMaps;
+    private long _kmemUnmaps;
     private int _disposed;
 
     private HostMmu(ulong physicalBytes)
@@ -94,6 +97,7 @@ internal sealed unsafe partial class HostMmu : IDisposable
     {
         _kernelBytes = (nuint)layout.KernelPages << Pte.PageShift;
         _kernel = HostMemory.Reserve(_kernelBytes);
+        _kmem = layout.KernelMemory;
     }
 
     /// <summary>The host address of kernel virtual address <paramref name="va"/> (in the kernel regions).</summary>
@@ -103,13 +107,19 @@ internal sealed unsafe partial class HostMmu : IDisposable
     public void Enter(ulong va, uint frame)
     {
         HostMemory.MapFileAt(KernelAddress(va), _fd, (ulong)frame << Pte.PageShift, (nuint)Pte.PageSize);
-        Interlocked.Increment(ref _maps);
+        Interlocked.Increment(ref _kmem.Contains(va) ? ref _kmemMaps : ref _maps);
     }
 
     /// <summary>Unmaps <paramref name="pages"/> kernel pages from <paramref name="va"/> in one call (one flush for the range).</summary>
     public void Remove(ulong va, int pages)
     {
         HostMemory.ReserveAt(KernelAddress(va), (nuint)pages << Pte.PageShift);
+        if (_kmem.Contains(va))
+        {
+            Interlocked.Increment(ref _kmemUnmaps);
+            return;
+        }
+
         Interlocked.Increment(ref _unmaps);
         Interlocked.Add(ref _unmappedPages, pages);
     }
@@ -122,6 +132,8 @@ internal sealed unsafe partial class HostMmu : IDisposable
             Volatile.Read(ref _maps),
             Volatile.Read(ref _unmaps),
             Volatile.Read(ref _unmappedPages),
+            Volatile.Read(ref _kmemMaps),
+            Volatile.Read(ref _kmemUnmaps),
             sent,
             received,
             Flushes.Unavailable);
@@ -148,11 +160,14 @@ internal sealed unsafe partial class HostMmu : IDisposable
 
 /// <summary>
 /// What a host-backed machine has done to the host MMU, and the TLB flushes the host kernel
-/// performed for its threads.
+/// performed for its threads. Permanently mapped kernel memory (kmem) is counted apart, as the
+/// machine counts its PTE writes apart: the other counts are the ephemeral mappings'.
 /// </summary>
-/// <param name="Maps"><c>mmap(MAP_FIXED)</c> calls that put a frame at a kernel page (PTE writes).</param>
-/// <param name="Unmaps">Re-reservations of kernel pages (PTE clears; a <c>pmap_qremove</c> range is one call).</param>
+/// <param name="Maps"><c>mmap(MAP_FIXED)</c> calls that put a frame at a kernel page outside kmem (PTE writes).</param>
+/// <param name="Unmaps">Re-reservations of kernel pages outside kmem (PTE clears; a <c>pmap_qremove</c> range is one call).</param>
 /// <param name="UnmappedPages">Pages those re-reservations covered.</param>
+/// <param name="KmemMaps">The same calls for kmem pages.</param>
+/// <param name="KmemUnmaps">Re-reservations of kmem ranges.</param>
 /// <param name="RemoteFlushesSent">Remote TLB flushes the host kernel started inside our threads' calls (<c>tlb:tlb_flush</c> reason "remote IPI send"), or -1 when uncounted.</param>
 /// <param name="RemoteFlushesReceived">Flush IPIs our threads' CPUs handled while running them (reason "remote shootdown"), or -1 when uncounted.</param>
 /// <param name="FlushCountUnavailable">Why the flushes are uncounted, or null.</param>
@@ -160,6 +175,8 @@ public sealed record HostMmuCounts(
     long Maps,
     long Unmaps,
     long UnmappedPages,
+    long KmemMaps,
+    long KmemUnmaps,
     long RemoteFlushesSent,
     long RemoteFlushesReceived,
     string? FlushCountUnavailable)
@@ -176,6 +193,8 @@ public sealed record HostMmuCounts(
             after.Maps - before.Maps,
             after.Unmaps - before.Unmaps,
             after.UnmappedPages - before.UnmappedPages,
+            after.KmemMaps - before.KmemMaps,
+            after.KmemUnmaps - before.KmemUnmaps,
             after.RemoteFlushesSent < 0 || before.RemoteFlushesSent < 0 ? -1 : after.RemoteFlushesSent - before.RemoteFlushesSent,
             after.RemoteFlushesReceived < 0 || before.RemoteFlushesReceived < 0 ? -1 : after.RemoteFlushesReceived - before.RemoteFlushesReceived,
             after.FlushCountUnavailable ?? before.FlushCountUnavailable);

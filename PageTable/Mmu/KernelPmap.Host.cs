@@ -41,8 +41,9 @@ public sealed unsafe partial class KernelPmap
         for (int i = 0; i < count; i++)
         {
             ulong* ptep = Require(va + ((ulong)i << Pte.PageShift));
+            ulong page = va + ((ulong)i << Pte.PageShift);
             mapped |= Pte.IsValid(Interlocked.Exchange(ref *ptep, 0));
-            cpu.Count(Counter.KernelPteClears);
+            cpu.Count(_machine.Layout.KernelMemory.Contains(page) ? Counter.KmemPteWrites : Counter.KernelPteClears);
         }
 
         if (mapped)

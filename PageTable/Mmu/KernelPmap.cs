@@ -68,9 +68,28 @@ public sealed unsafe partial class KernelPmap
         }
 
         ulong old = _host == null ? Interlocked.Exchange(ref *ptep, pte) : HostExchange(va, ptep, pte);
-        cpu.Count(Pte.IsValid(pte) ? Counter.KernelPteWrites : Counter.KernelPteClears);
-        CostTicks.Charge(_machine.Cost.PteWrite);
+
+        // kmem is permanently mapped kernel memory, not an ephemeral mapping: counted apart, so
+        // that every pte_writes event is one of the pages CountMapping was told about.
+        cpu.Count(_machine.Layout.KernelMemory.Contains(va) ? Counter.KmemPteWrites
+            : Pte.IsValid(pte) ? Counter.KernelPteWrites : Counter.KernelPteClears);
+        cpu.Charge(_machine.Cost.PteWrite);
         return old;
+    }
+
+    /// <summary>
+    /// Records an ephemeral mapping of <paramref name="pages"/> pages made by the calling
+    /// mechanism (an sf_buf miss, a <c>pmap_qenter</c> of a historical mechanism, a
+    /// <c>pager_map</c> page). The machine cannot tell an ephemeral mapping from any other PTE
+    /// store, so the mechanisms say so; the experiments check these counts against the PTE writes
+    /// and shootdowns the machine observed (<see cref="Counter.Mappings"/>, <see cref="Counter.MappedPages"/>).
+    /// </summary>
+    public void CountMapping(int pages)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(pages);
+        var cpu = _machine.CurrentCpu;
+        cpu.Count(Counter.Mappings);
+        cpu.Count(Counter.MappedPages, pages);
     }
 
     /// <summary>

@@ -27,6 +27,9 @@ public sealed unsafe class UserPmap
         _directory = (nint*)ledger.AllocZeroed((nuint)DirectoryEntries * (nuint)sizeof(nint));
     }
 
+    /// <summary>The address space this page table belongs to (its write faults resolve copy-on-write there).</summary>
+    internal VmSpace? Owner { get; set; }
+
     /// <summary><c>pm_active</c>: cpumask of CPUs with this page table loaded.</summary>
     public ulong Active => Volatile.Read(ref _active);
 

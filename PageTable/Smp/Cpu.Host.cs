@@ -41,6 +41,13 @@ public sealed unsafe partial class Cpu
             if (write && (pte & Pte.PG_RW) == 0)
             {
                 Count(Counter.PageFaults);
+
+                // vm_fault, as on the simulated walk: a copy-on-write page gets a private copy.
+                if (VmLayout.IsUser(va) && LoadedPmap?.Owner is { } space && space.ResolveWriteFault(va))
+                {
+                    continue;
+                }
+
                 throw new PageFaultException(Id, va, write, "the page is mapped read-only");
             }
 
@@ -59,14 +66,24 @@ public sealed unsafe partial class Cpu
     /// <summary>
     /// A shootdown on the host backend: the host kernel has already flushed every CPU that may
     /// cache the old translation, inside the <c>mmap</c> that changed it, whatever
-    /// <paramref name="targets"/> says. The round the strategy asked for is counted; nothing is
-    /// posted to the simulated mailboxes and nothing is waited for.
+    /// <paramref name="targets"/> says. The round the strategy asked for is counted as the
+    /// simulation counts it (rounds, targets, target pages); nothing is posted to the simulated
+    /// mailboxes and nothing is waited for.
     /// </summary>
-    private int HostShootdown(ulong targets)
+    private int HostShootdown(ulong targets, ShootdownKind kind, int pages)
     {
         int count = BitOperations.PopCount(targets);
         Count(Counter.ShootdownRounds);
         Count(Counter.IpiTargets, count);
+        if (kind == ShootdownKind.All)
+        {
+            Count(Counter.ShootdownTargetFlushes, count);
+        }
+        else
+        {
+            Count(Counter.ShootdownTargetPages, (long)count * (kind == ShootdownKind.Range ? pages : 1));
+        }
+
         return count;
     }
 }

@@ -32,6 +32,8 @@ public sealed unsafe partial class Cpu
     private readonly bool _checked;
     private readonly CostTicks _cost;
     private readonly long _watchdogTicks;
+    private readonly ulong _mappingStart;
+    private readonly ulong _mappingBytes;
 
     internal Cpu(Machine machine, int id, Tlb tlb, CpuCounters counters, CpuShared* shared, byte* frames)
     {
@@ -46,6 +48,11 @@ public sealed unsafe partial class Cpu
         _cost = machine.Cost;
         _watchdogTicks = (long)(machine.Options.ShootdownWatchdog.TotalSeconds * Stopwatch.Frequency);
         _host = machine.Host;
+
+        // The ephemeral-mapping regions, the sf_buf window then kernel_map, are adjacent (one
+        // guard page between them, never mapped): one range check classifies a miss.
+        _mappingStart = machine.Layout.SfBufWindow.Start;
+        _mappingBytes = machine.Layout.KernelMap.End - _mappingStart;
     }
 
     /// <summary>The CPU number (cpuid), 0-based.</summary>
@@ -74,6 +81,17 @@ public sealed unsafe partial class Cpu
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     internal void Count(Counter counter, long delta = 1) => _counters[(int)counter] += delta;
+
+    /// <summary>Pays a cost-model charge on this CPU: counts its nanoseconds and busy-waits its ticks.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal void Charge(in CostCharge charge)
+    {
+        if (charge.Ticks > 0)
+        {
+            Count(Counter.ChargedNanoseconds, charge.Ns);
+            CostTicks.Spin(charge.Ticks);
+        }
+    }
 
     // ---------------------------------------------------------------- memory access
 
@@ -277,6 +295,14 @@ public sealed unsafe partial class Cpu
             if (write && (pte & Pte.PG_RW) == 0)
             {
                 Count(Counter.PageFaults);
+
+                // vm_fault: a copy-on-write page gets a private copy, then the access walks again.
+                if (VmLayout.IsUser(va) && LoadedPmap?.Owner is { } space && space.ResolveWriteFault(va))
+                {
+                    entry = _tlb.Lookup(vpn);
+                    continue;
+                }
+
                 throw new PageFaultException(Id, va, write, "the page is mapped read-only");
             }
 
@@ -288,7 +314,12 @@ public sealed unsafe partial class Cpu
         }
 
         Count(Counter.TlbMisses);
-        CostTicks.Charge(_cost.TlbMissWalk);
+        if (va - _mappingStart < _mappingBytes)
+        {
+            Count(Counter.MappingTlbMisses);
+        }
+
+        Charge(_cost.TlbMissWalk);
         if (entry != null)
         {
             entry->Pte = walked;
@@ -370,21 +401,21 @@ public sealed unsafe partial class Cpu
     {
         _tlb.Invalidate(vpn);
         Count(Counter.LocalInvalidations);
-        CostTicks.Charge(_cost.LocalInvalidate);
+        Charge(_cost.LocalInvalidate);
     }
 
     internal void FlushLocal()
     {
         _tlb.FlushAll();
         Count(Counter.FullFlushes);
-        CostTicks.Charge(_cost.FullFlush);
+        Charge(_cost.FullFlush);
     }
 
     internal void FlushNonGlobalLocal()
     {
         _tlb.FlushNonGlobal();
         Count(Counter.NonGlobalFlushes);
-        CostTicks.Charge(_cost.FullFlush);
+        Charge(_cost.FullFlush);
     }
 
     // ---------------------------------------------------------------- IPIs
@@ -420,12 +451,13 @@ public sealed unsafe partial class Cpu
             int from = BitOperations.TrailingZeroCount(pending);
             pending &= pending - 1;
             CpuShared* request = _machine.SharedOf(from);
-            CostTicks.Charge(_cost.IpiHandler);
+            Charge(_cost.IpiHandler);
             Count(Counter.IpisReceived);
             switch ((ShootdownKind)request->Kind)
             {
                 case ShootdownKind.Page:
                     InvalidateLocal(request->Va >> Pte.PageShift);
+                    Count(Counter.IpiInvalidations);
                     break;
                 case ShootdownKind.Range:
                     ulong first = request->Va >> Pte.PageShift;
@@ -434,9 +466,11 @@ public sealed unsafe partial class Cpu
                         InvalidateLocal(first + (ulong)i);
                     }
 
+                    Count(Counter.IpiInvalidations, request->Pages);
                     break;
                 default:
                     FlushLocal();
+                    Count(Counter.IpiFlushes);
                     break;
             }
 
@@ -473,7 +507,7 @@ public sealed unsafe partial class Cpu
 
         if (_host != null)
         {
-            return HostShootdown(targets);
+            return HostShootdown(targets, kind, pages);
         }
 
         if (serialize)
@@ -503,6 +537,18 @@ public sealed unsafe partial class Cpu
         int count = BitOperations.PopCount(targets);
         Count(Counter.ShootdownRounds);
         Count(Counter.IpiTargets, count);
+        if (kind == ShootdownKind.All)
+        {
+            Count(Counter.ShootdownTargetFlushes, count);
+        }
+        else
+        {
+            Count(Counter.ShootdownTargetPages, (long)count * (kind == ShootdownKind.Range ? pages : 1));
+        }
+
+        // What an idle target is charged when it next runs: what a running one pays in its handler.
+        var targetCharge = _cost.IpiHandler + (kind == ShootdownKind.All ? _cost.FullFlush
+            : _cost.LocalInvalidate.Times(kind == ShootdownKind.Range ? pages : 1));
         Machine.Trace.ShootdownBegin(Id, targets, (int)kind, va, pages);
         long start = Stopwatch.GetTimestamp();
 
@@ -512,8 +558,6 @@ public sealed unsafe partial class Cpu
         request->Pages = pages;
         Volatile.Write(ref request->AcksRemaining, count);
 
-        int sent = 0;
-        int deferred = 0;
         ulong mine = Mask;
         for (ulong rest = targets; rest != 0; rest &= rest - 1)
         {
@@ -526,9 +570,12 @@ public sealed unsafe partial class Cpu
                     // Idle: never wait for it; it flushes everything before it runs again.
                     if (Interlocked.CompareExchange(ref target->State, s | FlushPending, s) == s)
                     {
+                        // Should the target wake between the CAS and the adds, it pays this at
+                        // its next deferred flush instead: charged late, never lost or doubled.
+                        Interlocked.Add(ref target->DeferredChargeTicks, targetCharge.Ticks);
+                        Interlocked.Add(ref target->DeferredChargeNs, targetCharge.Ns);
                         Count(Counter.IdleTargetsDeferred);
-                        CostTicks.Charge(_cost.IpiSend);
-                        deferred++;
+                        Charge(_cost.IpiSend);
                         Interlocked.Decrement(ref request->AcksRemaining);
                         break;
                     }
@@ -536,19 +583,20 @@ public sealed unsafe partial class Cpu
                 else if (Interlocked.CompareExchange(ref target->State, s | mine, s) == s)
                 {
                     Count(Counter.IpisSent);
-                    CostTicks.Charge(_cost.IpiSend);
-                    sent++;
+                    Charge(_cost.IpiSend);
                     break;
                 }
             }
         }
 
-        // The simulation never waits for an idle CPU, but the kernels it models did: an idle CPU
-        // halts with interrupts on and takes the IPI. The cost model charges that round trip.
-        long deliveredAt = sent > 0 ? start + _cost.IpiDelivery : 0;
-        if (deferred > 0)
+        // One rule for running and idle targets (CostModel): the round trip after the last send,
+        // delivery then the target's interrupt entry, is the least the initiator waits. The
+        // simulation never waits for an idle CPU, but the kernels it models did: it took the IPI.
+        var roundTrip = _cost.IpiDelivery + _cost.IpiHandler;
+        long deliveredAt = Stopwatch.GetTimestamp() + roundTrip.Ticks;
+        if (roundTrip.Ticks > 0)
         {
-            deliveredAt = Math.Max(deliveredAt, start + _cost.IpiDelivery + _cost.IpiHandler);
+            Count(Counter.ChargedNanoseconds, roundTrip.Ns);
         }
 
         var spin = default(SpinWait);
@@ -598,7 +646,14 @@ public sealed unsafe partial class Cpu
             {
                 if ((s & FlushPending) != 0)
                 {
-                    FlushLocal();
+                    // Everything the deferred shootdowns asked for, at once; charged what they
+                    // asked (handler and invalidations), as if the IPIs had been taken while idle.
+                    _tlb.FlushAll();
+                    Count(Counter.FullFlushes);
+                    Count(Counter.IpiFlushes);
+                    Charge(new CostCharge(
+                        Interlocked.Exchange(ref _shared->DeferredChargeTicks, 0),
+                        Interlocked.Exchange(ref _shared->DeferredChargeNs, 0)));
                 }
 
                 return;
@@ -629,6 +684,13 @@ internal struct CpuShared
 {
     [FieldOffset(0)]
     public ulong State;
+
+    /// <summary>Cost-model charges owed by shootdowns that found this CPU idle, paid when it next runs.</summary>
+    [FieldOffset(8)]
+    public long DeferredChargeTicks;
+
+    [FieldOffset(16)]
+    public long DeferredChargeNs;
 
     [FieldOffset(128)]
     public int Kind;

@@ -237,6 +237,7 @@ public sealed unsafe partial class I386Mapper : SfBufMapper
         // New PTE with PG_A (and PG_M) clear, so the next recycle can tell whether this mapping
         // was ever used. The exchange returns the old PTE atomically (see the class remarks).
         ulong opte = Machine.KernelPmap.ExchangePte(_window.PageAddress(i), Pte.Make(frame, NewPteFlags));
+        Machine.KernelPmap.CountMapping(1);
 
         // The 2006 rule: only a used (valid and accessed) old mapping can be cached anywhere, so
         // only then is no CPU known clean. An unused one leaves the mask as it was.

@@ -25,6 +25,15 @@ internal static class Charts
                 r => bulk ? r.MbPerS : r.OpsPerS));
         }
 
+        // The modelled mapping cost against the CPU count: deterministic where the counts are.
+        if (rows.Select(r => r.Cpus).Distinct().Count() > 1)
+        {
+            foreach (var group in rows.Where(r => r.Experiment is not ("lru" or "memcpy")).GroupBy(r => r.Experiment))
+            {
+                files.Add(ModelledCost(Path.Combine(directory, $"modelled-{group.Key}.png"), group.Key, [.. group]));
+            }
+        }
+
         var bulkRows = rows.Where(r => r.Bytes > 0 && r.Experiment != "memcpy").ToList();
         if (bulkRows.Count > 0)
         {
@@ -85,6 +94,31 @@ internal static class Charts
         return path;
     }
 
+    /// <summary>One line per strategy: the modelled mapping cost per unit against the CPU count.</summary>
+    private static string ModelledCost(string path, string experiment, List<PaperRow> rows)
+    {
+        var plot = new Plot();
+        int i = 0;
+        foreach (var group in rows.GroupBy(r => r.Strategy))
+        {
+            var points = group.OrderBy(r => r.Cpus).ToList();
+            var line = plot.Add.Scatter(
+                points.Select(r => (double)r.Cpus).ToArray(),
+                points.Select(r => r.ModelledNs / 1000).ToArray(),
+                s_palette.GetColor(i++));
+            line.LegendText = group.Key;
+        }
+
+        var cpus = rows.Select(r => r.Cpus).Distinct().Order().ToList();
+        plot.Axes.Bottom.TickGenerator = new ScottPlot.TickGenerators.NumericManual([.. cpus.Select(c => new Tick(c, c.ToString(System.Globalization.CultureInfo.InvariantCulture)))]);
+        plot.ShowLegend(Alignment.UpperLeft);
+        plot.Title($"{experiment}: modelled mapping cost ({rows[0].ModelProfile} profile)");
+        plot.XLabel("simulated CPUs");
+        plot.YLabel($"µs per {(rows[0].Bytes > 0 ? "MiB" : "operation")}");
+        plot.SavePng(path, 800, 450);
+        return path;
+    }
+
     private static string IpisPerMb(string path, List<PaperRow> rows, int cpus)
     {
         var plot = new Plot();
@@ -126,12 +160,12 @@ internal static class Charts
         var plot = new Plot();
         int cpus = rows.Min(r => r.Cpus);
         int i = 0;
-        foreach (var group in rows.Where(r => r.Cpus == cpus && Number(r.Params["hit_rate"]) is not null).GroupBy(r => r.Strategy))
+        foreach (var group in rows.Where(r => r.Cpus == cpus && JsonValues.Number(r.Params["hit_rate"]) is not null).GroupBy(r => r.Strategy))
         {
-            var points = group.OrderBy(r => Number(r.Params["fraction_of_pool"])).ToList();
+            var points = group.OrderBy(r => JsonValues.Number(r.Params["fraction_of_pool"])).ToList();
             var line = plot.Add.Scatter(
-                points.Select(r => Number(r.Params["fraction_of_pool"])!.Value).ToArray(),
-                points.Select(r => 100 * Number(r.Params["hit_rate"])!.Value).ToArray(),
+                points.Select(r => JsonValues.Number(r.Params["fraction_of_pool"])!.Value).ToArray(),
+                points.Select(r => 100 * JsonValues.Number(r.Params["hit_rate"])!.Value).ToArray(),
                 s_palette.GetColor(i++));
             line.LegendText = group.Key;
         }
@@ -145,13 +179,4 @@ internal static class Charts
         plot.SavePng(path, 800, 450);
         return path;
     }
-
-    /// <summary>A parameter as a number (rows read back from JSON hold whole numbers as longs), or null.</summary>
-    private static double? Number(object? value) => value switch
-    {
-        double d => d,
-        long l => l,
-        int n => n,
-        _ => null,
-    };
 }

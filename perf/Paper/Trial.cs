@@ -6,6 +6,19 @@ using Native.SfBufNative.Kernel;
 
 namespace Native.Perf.Paper;
 
+/// <summary>How much work a trial does.</summary>
+internal enum TrialSize
+{
+    /// <summary>The full run's sizes: long enough to time.</summary>
+    Full,
+
+    /// <summary><c>--quick</c>: small sizes, the same shape.</summary>
+    Quick,
+
+    /// <summary>The checked verification trial: the smallest size that still exercises every path.</summary>
+    Check,
+}
+
 /// <summary>
 /// One experiment run: a freshly booted default machine with the chosen CPU count, cost profile
 /// and sf_buf strategy, and the measurement window (time, machine counters, sf_buf statistics).
@@ -18,31 +31,64 @@ internal sealed class Trial : IDisposable
     private SfBufStats? _sfBefore;
     private SfBufStats? _sfAfter;
     private readonly HostWindow? _host;
+    private readonly double? _roundTripNs;
 
-    public Trial(PaperSettings settings, string strategy, int cpus)
+    public Trial(CostModel cost, string strategy, int cpus, TrialSize size, bool isChecked, CostModel? model = null, MachineBackend backend = MachineBackend.Simulated)
     {
-        Settings = settings;
+        Cost = cost;
+        Model = model ?? cost;
         Strategy = strategy;
         Cpus = cpus;
-        Machine = new Machine(new MachineOptions { Cpus = cpus, Cost = settings.Cost, Checked = settings.Checked, Backend = settings.Backend });
+        Size = size;
+        if (backend == MachineBackend.Host)
+        {
+            // The host can move its vCPUs between physical cores mid-run: every host trial records
+            // the cross-core round trip it ran with.
+            _roundTripNs = CrossCoreRoundTrip.Measure(roundTrips: 2000, batches: 5);
+        }
+
+        Machine = new Machine(new MachineOptions { Cpus = cpus, Cost = cost, Checked = isChecked, Backend = backend });
         Kernel = new SimKernel(Machine, strategy);
-        _host = settings.Backend == MachineBackend.Host ? new HostWindow(Machine) : null;
+        _host = backend == MachineBackend.Host ? new HostWindow(Machine) : null;
     }
 
-    public PaperSettings Settings { get; }
+    /// <summary>The profile the machine charges.</summary>
+    public CostModel Cost { get; }
+
+    /// <summary>The profile the modelled mapping cost is priced with.</summary>
+    public CostModel Model { get; }
 
     public string Strategy { get; }
 
     public int Cpus { get; }
 
+    public TrialSize Size { get; }
+
     public Machine Machine { get; }
 
     public SimKernel Kernel { get; }
 
+    /// <summary>True when the stale-translation oracle is on in this trial.</summary>
+    public bool IsChecked => Machine.Options.Checked;
+
     /// <summary>The CPU a second party (reader, NIC) runs on: the other CPU when there are two.</summary>
     public int PeerCpu => Cpus - 1;
 
-    public bool Quick => Settings.Quick;
+    /// <summary>Picks the size of this trial from the full, quick and check sizes.</summary>
+    public T Pick<T>(T full, T quick, T check) => Size switch
+    {
+        TrialSize.Full => full,
+        TrialSize.Quick => quick,
+        _ => check,
+    };
+
+    /// <summary>
+    /// Each CPU's share of <paramref name="total"/> work, in whole <paramref name="granule"/>s (at
+    /// least one): experiments that run one worker per CPU do the same total work at every CPU
+    /// count, so that rows at different CPU counts compare like with like and a trial on more
+    /// CPUs than the host has cores does not grow with them.
+    /// </summary>
+    public long Share(long total, long granule = 1) => Math.Max(granule, total / Cpus / granule * granule);
 
     /// <summary>Starts the measurement window.</summary>
     public void Begin()
@@ -62,8 +108,8 @@ internal sealed class Trial : IDisposable
         _sfAfter = Kernel.SfBufs.Stats();
     }
 
-    /// <summary>The row for what was measured between <see cref="Begin"/> and <see cref="End"/>.</summary>
-    public PaperRow Row(string experiment, long bytes, long ops, IReadOnlyDictionary<string, object> parameters)
+    /// <summary>What was measured between <see cref="Begin"/> and <see cref="End"/>.</summary>
+    public Measurement Measure(string experiment, long bytes, long ops, IReadOnlyDictionary<string, object> parameters, string point = "")
     {
         if (_before is null || _after is null || _sfBefore is null || _sfAfter is null)
         {
@@ -81,28 +127,41 @@ internal sealed class Trial : IDisposable
             ["shootdowns"] = d[Counter.ShootdownRounds],
             ["ipis_sent"] = d[Counter.IpisSent],
             ["ipi_targets"] = d[Counter.IpiTargets],
+            ["idle_targets_deferred"] = d[Counter.IdleTargetsDeferred],
             ["tlb_misses"] = d[Counter.TlbMisses],
+            ["mapping_tlb_misses"] = d[Counter.MappingTlbMisses],
+            ["mappings"] = d[Counter.Mappings],
+            ["mapped_pages"] = d[Counter.MappedPages],
             ["sfbuf_hits"] = _sfAfter.Hits - _sfBefore.Hits,
             ["sfbuf_misses"] = _sfAfter.Misses - _sfBefore.Misses,
             ["sfbuf_waits"] = _sfAfter.AllocWait - _sfBefore.AllocWait,
-            ["sfbuf_fails"] = (_sfAfter.Failures - _sfBefore.Failures) + (_sfAfter.AllocFail - _sfBefore.AllocFail),
+            ["sfbuf_fails"] = _sfAfter.Failures - _sfBefore.Failures,
             ["lock_contentions"] = d[Counter.LockContentions],
-            ["stale_accesses"] = Machine.Counters()[Counter.StaleAccesses],
+            ["stale_accesses"] = IsChecked ? Machine.Counters()[Counter.StaleAccesses] : 0,
+            ["charged_ns"] = d[Counter.ChargedNanoseconds],
         };
         _host?.AddCounters(counters);
+        if (_host != null)
+        {
+            parameters = new Dictionary<string, object>(parameters, StringComparer.Ordinal) { ["round_trip_ns"] = Math.Round(_roundTripNs ?? -1, 1) };
+        }
 
-        return new PaperRow
+        return new Measurement
         {
             Experiment = experiment,
             Strategy = Strategy,
             Cpus = Cpus,
-            CostProfile = Settings.Cost.Name,
-            Backend = Settings.Backend == MachineBackend.Host ? PaperRow.HostBackend : PaperRow.SimulatedBackend,
+            CostProfile = Cost.Name,
+            Backend = _host != null ? PaperRow.HostBackend : PaperRow.SimulatedBackend,
+            Point = point,
             Params = parameters,
             Seconds = _clock.Elapsed.TotalSeconds,
             Bytes = bytes,
             Ops = ops,
             Counters = counters,
+            Checked = IsChecked,
+            Modelled = MappingCost.Of(d, Model),
+            Warnings = Machine.Warnings,
         };
     }
 
@@ -121,6 +180,3 @@ internal sealed class Trial : IDisposable
         Machine.Dispose();
     }
 }
-
-/// <summary>What <c>perf paper</c> (or <c>perf real</c>, on the host backend) was asked for.</summary>
-internal sealed record PaperSettings(CostModel Cost, bool Quick, bool Checked, MachineBackend Backend = MachineBackend.Simulated);

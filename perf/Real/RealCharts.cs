@@ -1,3 +1,4 @@
+using Native.Perf.Paper;
 using Native.SfBufNative;
 using ScottPlot;
 
@@ -9,11 +10,11 @@ internal static class RealCharts
     private static readonly ScottPlot.Palettes.Category10 s_palette = new();
 
     /// <summary>Writes every chart into <paramref name="directory"/>; returns the files.</summary>
-    public static List<string> Write(string directory, IReadOnlyList<RealCell> cells, IReadOnlyList<ComparisonRow>? comparison)
+    public static List<string> Write(string directory, IReadOnlyList<PaperRow> rows, IReadOnlyList<ComparisonRow>? comparison)
     {
         Directory.CreateDirectory(directory);
         var files = new List<string>();
-        foreach (var group in cells.GroupBy(c => c.Experiment))
+        foreach (var group in rows.GroupBy(c => c.Experiment))
         {
             files.Add(Throughput(Path.Combine(directory, $"real-throughput-{group.Key}.png"), group.Key, [.. group]));
         }
@@ -29,7 +30,7 @@ internal static class RealCharts
         return files;
     }
 
-    private static string Throughput(string path, string experiment, List<RealCell> cells)
+    private static string Throughput(string path, string experiment, List<PaperRow> cells)
     {
         var plot = new Plot();
         var strategies = SfBufMapper.StrategyNames.Where(s => cells.Any(c => c.Strategy == s)).ToList();
@@ -48,17 +49,17 @@ internal static class RealCharts
                     continue;
                 }
 
-                var e = cell.Throughput;
+                double median = cell.Throughput;
                 bars.Add(new Bar
                 {
                     Position = center + s,
-                    Value = e.Median,
+                    Value = median,
                     FillColor = s_palette.GetColor(s),
-                    Label = e.Median.ToString(e.Median >= 100 ? "N0" : "0.#", System.Globalization.CultureInfo.InvariantCulture),
+                    Label = median.ToString(median >= 100 ? "N0" : "0.#", System.Globalization.CultureInfo.InvariantCulture),
                 });
-                if (e.N > 1)
+                if (cell.CiLow is { } low && cell.CiHigh is { } high)
                 {
-                    var whisker = plot.Add.Line(center + s, e.Low, center + s, e.High);
+                    var whisker = plot.Add.Line(center + s, low, center + s, high);
                     whisker.LineWidth = 2;
                     whisker.LineColor = Colors.Black;
                 }
@@ -75,7 +76,7 @@ internal static class RealCharts
 
         plot.ShowLegend(Alignment.UpperLeft);
         plot.Title($"{experiment} on the host MMU: median, 95% interval");
-        plot.YLabel(cells[0].Bulk ? "MiB/s" : "operations/s");
+        plot.YLabel(cells[0].Bytes > 0 ? "MiB/s" : "operations/s");
         plot.SavePng(path, 800, 450);
         return path;
     }
@@ -90,10 +91,11 @@ internal static class RealCharts
             double center = i * 3;
             ticks.Add(new Tick(center + 0.5, $"{rows[i].Experiment}\n{rows[i].Strategy}"));
             bars.Add(new Bar { Position = center, Value = rows[i].Simulated, FillColor = s_palette.GetColor(0) });
-            bars.Add(new Bar { Position = center + 1, Value = rows[i].Measured.Median, FillColor = s_palette.GetColor(1) });
-            if (rows[i].Measured.N > 1)
+            var measured = rows[i].Measured.Ratio;
+            bars.Add(new Bar { Position = center + 1, Value = measured.Median, FillColor = s_palette.GetColor(1) });
+            if (measured.CiLow is { } low && measured.CiHigh is { } high)
             {
-                var whisker = plot.Add.Line(center + 1, rows[i].Measured.Low, center + 1, rows[i].Measured.High);
+                var whisker = plot.Add.Line(center + 1, low, center + 1, high);
                 whisker.LineWidth = 2;
                 whisker.LineColor = Colors.Black;
             }

@@ -1,6 +1,5 @@
 using System.CommandLine;
 using System.Runtime.InteropServices;
-using System.Text.Json;
 using Native.PageTable;
 using Native.Perf.Paper;
 using Native.SfBufNative;
@@ -11,8 +10,9 @@ namespace Native.Perf.Real;
 /// <summary>
 /// <c>perf real</c>: the paper's experiments that make sense on real hardware, run unchanged on
 /// the host backend (the host's MMU and its real TLB shootdowns) for each strategy and CPU count,
-/// in repeated trials with the strategies interleaved; medians with confidence intervals, paired
-/// speedups over <c>original</c>, and the host kernel's own counts beside the remaps made.
+/// by <c>perf paper</c>'s own runner: repeated rounds with the strategies interleaved, medians
+/// with confidence intervals, paired speedups over <c>original</c>, every trial's relations
+/// checked; beside them the host kernel's own counts and the cross-core round trip.
 /// </summary>
 internal static class RealCommand
 {
@@ -28,8 +28,8 @@ internal static class RealCommand
 
     public static Command Create()
     {
-        var quick = new Option<bool>("--quick") { Description = "Small sizes and 1 trial per cell, so no intervals (CI's smoke run, under a minute on 2 cores)" };
-        var trials = new Option<int?>("--trials") { Description = "Trials per cell (default 5; 1 with --quick)" };
+        var quick = new Option<bool>("--quick") { Description = "Small sizes and one timed trial per cell, so no intervals (CI's smoke run, under a minute on 2 cores)" };
+        var repeat = new Option<int?>("--repeat") { Description = "Timed trials per cell, interleaved across strategies (default 5; 1 with --quick)" };
         var cpus = new Option<int[]>("--cpus")
         {
             Description = "CPU counts to run (at most the host's cores)",
@@ -48,62 +48,63 @@ internal static class RealCommand
             DefaultValueFactory = _ => [.. DefaultExperiments],
             AllowMultipleArgumentsPerToken = true,
         };
+        var model = new Option<string>("--model")
+        {
+            Description = "Cost profile the modelled mapping cost of the strategies' counts is priced with (nothing is charged: the costs are the host's)",
+            DefaultValueFactory = _ => CostModel.Default.Name,
+        };
+        var inProcess = new Option<bool>("--in-process") { Description = "Run every round in this process instead of one process per round" };
         var simulated = new Option<FileInfo?>("--simulated") { Description = "Rows of a perf paper run (--json) to compare the speedups with" };
-        var json = new Option<FileInfo?>("--json") { Description = "Write every trial's row as JSON (perf paper's schema, backend \"host\")" };
+        var json = new Option<FileInfo?>("--json") { Description = "Write the rows as JSON (perf paper's schema, backend \"host\")" };
         var markdown = new Option<FileInfo?>("--markdown") { Description = "Write the summary (and the comparison) as Markdown" };
         var plot = new Option<DirectoryInfo?>("--plot") { Description = "Write PNG charts into this directory" };
-        var unchecked_ = new Option<bool>("--unchecked") { Description = "Turn checked mode's caller checks off" };
-        var from = new Option<FileInfo?>("--rows") { Description = "Summarise the rows of an earlier perf real --json instead of measuring" };
+        var rowsFile = new Option<FileInfo?>("--rows") { Description = "Summarise the rows of an earlier perf real --json instead of measuring" };
 
-        var command = new Command("real", "Run the experiments on the host's MMU (real TLB shootdowns): every strategy x CPU count, repeated trials.")
+        var command = new Command("real", "Run the experiments on the host's MMU (real TLB shootdowns): every strategy x CPU count, repeated.")
         {
-            quick, trials, cpus, strategies, experiments, simulated, json, markdown, plot, unchecked_, from,
+            quick, repeat, cpus, strategies, experiments, model, inProcess, simulated, json, markdown, plot, rowsFile,
         };
         command.SetAction(parse =>
         {
             try
             {
-                var chosen = parse.GetRequiredValue(strategies);
+                bool isQuick = parse.GetValue(quick);
+                if (parse.GetValue(rowsFile) is { } saved)
+                {
+                    var rows = PlotCommand.Load(saved.FullName);
+                    return Report(FromRows(saved, rows, isQuick), rows, [], [], parse.GetValue(simulated), parse.GetValue(json), parse.GetValue(markdown), parse.GetValue(plot));
+                }
+
+                if (!HostBackend.IsAvailable)
+                {
+                    AnsiConsole.MarkupLine($"[yellow bold]perf real:[/] the host backend is unavailable here: {Markup.Escape(HostBackend.UnavailableReason!)}. Nothing was measured.");
+                    return Unavailable;
+                }
+
+                int rounds = parse.GetValue(repeat) ?? (isQuick ? 1 : 5);
+                if (rounds < 1)
+                {
+                    throw new ArgumentException("--repeat needs at least 1 trial per cell");
+                }
+
+                var chosen = parse.GetRequiredValue(strategies).Distinct().ToArray();
                 foreach (var s in chosen.Where(s => !SfBufMapper.StrategyNames.Contains(s)))
                 {
                     throw new ArgumentException($"unknown strategy '{s}'; known: {string.Join(", ", SfBufMapper.StrategyNames)}");
                 }
 
-                var names = parse.GetRequiredValue(experiments);
-                foreach (var e in names.Where(e => !Experiments.Names.Contains(e)))
-                {
-                    throw new ArgumentException($"unknown experiment '{e}'; known: {string.Join(", ", Experiments.Names)}");
-                }
-
-                bool isQuick = parse.GetValue(quick);
-                int n = parse.GetValue(trials) ?? (isQuick ? 1 : 5);
-                if (n < 1)
-                {
-                    throw new ArgumentException("--trials must be at least 1");
-                }
-
-                var outputs = new Outputs(parse.GetValue(json), null, parse.GetValue(plot), parse.GetValue(markdown));
-                if (parse.GetValue(from) is { } saved)
-                {
-                    var rows = PlotCommand.Load(saved.FullName);
-                    var trialRoundTrips = rows.Select(r => Convert.ToDouble(r.Params.GetValueOrDefault("round_trip_ns", -1.0), System.Globalization.CultureInfo.InvariantCulture))
-                        .Where(v => v > 0).Order().ToList();
-                    var info = new RealRunInfo(
-                        $"rows of {saved.Name}",
-                        "as recorded",
-                        "as recorded",
-                        saved.LastWriteTimeUtc,
-                        trialRoundTrips.Count > 0 ? trialRoundTrips[0] : null,
-                        trialRoundTrips.Count > 0 ? trialRoundTrips[^1] : null,
-                        "as recorded",
-                        "as recorded",
-                        rows.Select(RealSummary.Repetition).Distinct().Count(),
-                        isQuick);
-                    return Report(info, rows, parse.GetValue(simulated), outputs, elapsed: null);
-                }
-
-                var settings = new PaperSettings(CostModel.Zero, isQuick, !parse.GetValue(unchecked_), MachineBackend.Host);
-                return Run(settings, n, names, chosen, parse.GetRequiredValue(cpus), parse.GetValue(simulated), outputs);
+                var runnable = Runnable(parse.GetRequiredValue(cpus));
+                var plan = new PaperPlan(
+                    Experiments.Expand(parse.GetRequiredValue(experiments)),
+                    chosen,
+                    runnable,
+                    CostModel.Zero,
+                    CostProfiles.Load(parse.GetRequiredValue(model)),
+                    isQuick ? TrialSize.Quick : TrialSize.Full,
+                    rounds,
+                    CheckedTiming: false,
+                    MachineBackend.Host);
+                return Run(plan, !parse.GetValue(inProcess), parse.GetValue(simulated), parse.GetValue(json), parse.GetValue(markdown), parse.GetValue(plot));
             }
             catch (ArgumentException ex)
             {
@@ -113,61 +114,19 @@ internal static class RealCommand
             catch (ExperimentFailedException ex)
             {
                 AnsiConsole.MarkupLine($"[red bold]error:[/] {Markup.Escape(ex.Message)}");
-                AnsiConsole.WriteException(ex.InnerException!, ExceptionFormats.ShortenPaths);
+                if (ex.InnerException is { } inner)
+                {
+                    AnsiConsole.WriteException(inner, ExceptionFormats.ShortenPaths);
+                }
+
                 return 1;
             }
         });
         return command;
     }
 
-    /// <summary>Runs every trial; the rows, in the order they ran.</summary>
-    public static List<PaperRow> RunTrials(PaperSettings settings, int trials, string[] experiments, string[] strategies, int[] cpuCounts, Action<string>? progress = null)
-    {
-        var rows = new List<PaperRow>();
-        for (int rep = 0; rep < trials; rep++)
-        {
-            foreach (var e in experiments)
-            {
-                foreach (int c in cpuCounts)
-                {
-                    // The strategies of one cell run back to back, in an order that rotates with the
-                    // repetition, so a slow phase of the host does not always hit the same strategy.
-                    for (int k = 0; k < strategies.Length; k++)
-                    {
-                        string s = strategies[(k + rep) % strategies.Length];
-                        progress?.Invoke($"trial {rep + 1}/{trials}: {e} {s} {c}cpu");
-                        double? roundTrip = CrossCoreRoundTrip.Measure(roundTrips: 2000, batches: 5);
-                        var trial = new Trial(settings, s, c);
-                        List<PaperRow> produced;
-                        try
-                        {
-                            produced = [.. Experiments.Run(e, trial)];
-                        }
-                        catch (Exception ex)
-                        {
-                            throw new ExperimentFailedException($"{e} with {s} on {c} CPU(s), trial {rep + 1}, failed: {ex.Message}", ex);
-                        }
-
-                        trial.Dispose();
-                        foreach (var row in produced)
-                        {
-                            var parameters = new Dictionary<string, object>(row.Params, StringComparer.Ordinal)
-                            {
-                                ["trial"] = rep,
-                                ["round_trip_ns"] = roundTrip is double rt ? Math.Round(rt, 1) : -1.0,
-                            };
-                            rows.Add(row with { Params = parameters });
-                        }
-                    }
-                }
-            }
-        }
-
-        return rows;
-    }
-
-    /// <summary>The host, as the run records it.</summary>
-    public static RealRunInfo Describe(int trials, bool quick, double? roundTripStart, double? roundTripEnd) => new(
+    /// <summary>The host, as a run records it.</summary>
+    public static RealRunInfo Describe(int rounds, bool quick, double? roundTripStart, double? roundTripEnd) => new(
         Environment.MachineName,
         CpuModel(),
         Kernel(),
@@ -178,72 +137,20 @@ internal static class RealCommand
             ? "tlb:tlb_flush per kernel thread (perf_event_open): sent = remote flushes the host kernel started in our remaps; received = flush IPIs handled while our threads ran"
             : $"unavailable: {HostBackend.FlushCountUnavailableReason}",
         HostInterrupts.IsAvailable ? "/proc/interrupts TLB line, system-wide, on the machine's host cores" : "no TLB line in /proc/interrupts",
-        trials,
+        rounds,
         quick);
 
-    private static int Run(PaperSettings settings, int trials, string[] experiments, string[] strategies, int[] cpuCounts, FileInfo? simulatedFile, Outputs outputs)
+    /// <summary>Prints and writes the summaries of <paramref name="rows"/>; non-zero when a relation failed.</summary>
+    public static int Report(RealRunInfo info, IReadOnlyList<PaperRow> rows, IReadOnlyList<string> problems, IReadOnlyList<string> warnings,
+        FileInfo? simulatedFile, FileInfo? json, FileInfo? markdown, DirectoryInfo? plot)
     {
-        if (!HostBackend.IsAvailable)
-        {
-            AnsiConsole.MarkupLine($"[yellow bold]perf real:[/] the host backend is unavailable here: {Markup.Escape(HostBackend.UnavailableReason!)}. Nothing was measured.");
-            return Unavailable;
-        }
-
-        var runnable = cpuCounts.Where(c => c >= 1 && c <= HostBackend.HostCores).Distinct().Order().ToArray();
-        foreach (int c in cpuCounts.Except(runnable))
-        {
-            AnsiConsole.MarkupLine($"[yellow]skipping {c} CPU(s):[/] the host backend needs one host core per CPU and this process may use {HostBackend.HostCores}");
-        }
-
-        if (runnable.Length == 0)
-        {
-            throw new ArgumentException("no CPU count asked for can run on this host");
-        }
-
-        AnsiConsole.MarkupLine($"[bold]perf real[/]{(settings.Quick ? " --quick" : string.Empty)}: {experiments.Length} experiments x {strategies.Length} strategies x cpus {string.Join(",", runnable)} x {trials} trial(s), on the host MMU");
-        double? roundTripStart = CrossCoreRoundTrip.Measure();
-        var clock = System.Diagnostics.Stopwatch.StartNew();
-        List<PaperRow> rows = [];
-        int total = trials * experiments.Length * strategies.Length * runnable.Length;
-        AnsiConsole.Progress()
-            .Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new ElapsedTimeColumn())
-            .Start(ctx =>
-            {
-                var task = ctx.AddTask("trials", maxValue: total);
-                rows = RunTrials(settings, trials, experiments, strategies, runnable, description =>
-                {
-                    if (task.Description.Length > 0 && description != task.Description)
-                    {
-                        task.Increment(1);
-                    }
-
-                    task.Description = description;
-                });
-                task.Increment(1);
-            });
-        double? roundTripEnd = CrossCoreRoundTrip.Measure();
-        if (outputs.Json != null)
-        {
-            // Written first: a run is too long to lose to a later failure.
-            File.WriteAllText(outputs.Json.FullName, JsonSerializer.Serialize(rows, s_json));
-            AnsiConsole.WriteLine($"wrote {Shown(outputs.Json.FullName)}");
-        }
-
-        return Report(Describe(trials, settings.Quick, roundTripStart, roundTripEnd), rows, simulatedFile, outputs with { Json = null }, clock.Elapsed);
-    }
-
-    /// <summary>Prints and writes the summaries of <paramref name="rows"/>; non-zero when an invariant fails.</summary>
-    private static int Report(RealRunInfo info, List<PaperRow> rows, FileInfo? simulatedFile, Outputs outputs, TimeSpan? elapsed)
-    {
-        var (json, _, plot, markdown) = outputs;
         foreach (var line in info.Lines())
         {
             AnsiConsole.WriteLine(line);
         }
 
-        var cells = RealSummary.Cells(rows);
-        RealReport.PrintTables(cells);
-        var comparison = simulatedFile == null ? null : RealReport.Compare(cells, PlotCommand.Load(simulatedFile.FullName));
+        RealReport.PrintTables(rows);
+        var comparison = simulatedFile == null ? null : RealReport.Compare(rows, PlotCommand.Load(simulatedFile.FullName));
         if (comparison != null)
         {
             RealReport.PrintComparison(comparison);
@@ -251,38 +158,100 @@ internal static class RealCommand
 
         if (json != null)
         {
-            File.WriteAllText(json.FullName, JsonSerializer.Serialize(rows, s_json));
+            PaperReport.WriteJson(json.FullName, rows);
             AnsiConsole.WriteLine($"wrote {Shown(json.FullName)}");
         }
 
         if (markdown != null)
         {
-            RealReport.WriteMarkdown(markdown.FullName, info, cells, comparison);
+            RealReport.WriteMarkdown(markdown.FullName, info, rows, comparison);
             AnsiConsole.WriteLine($"wrote {Shown(markdown.FullName)}");
         }
 
         if (plot != null)
         {
-            foreach (var file in RealCharts.Write(plot.FullName, cells, comparison))
+            foreach (var file in RealCharts.Write(plot.FullName, rows, comparison))
             {
                 AnsiConsole.WriteLine($"wrote {Shown(file)}");
             }
         }
 
-        var problems = RealSummary.Check(rows);
-        AnsiConsole.WriteLine($"{rows.Count} trials{(elapsed is { } e ? $" in {e.TotalSeconds:0.0} s" : string.Empty)}");
+        foreach (var warning in warnings)
+        {
+            AnsiConsole.MarkupLine($"[yellow bold]warning:[/] {Markup.Escape(warning)}");
+        }
+
         if (problems.Count > 0)
         {
             AnsiConsole.MarkupLine("[red bold]invariant violations:[/]");
-            problems.ForEach(p => AnsiConsole.WriteLine($"  {p}"));
+            foreach (var p in problems)
+            {
+                AnsiConsole.WriteLine($"  {p}");
+            }
+
             return 1;
         }
 
-        AnsiConsole.MarkupLine("[green]all invariants hold[/] (one host mmap per kernel PTE write; the direct map remaps nothing; sf_buf private users never unmap)");
+        if (!info.FromRows)
+        {
+            AnsiConsole.MarkupLine("[green]all invariants hold[/] in every trial: every kernel PTE write one host mmap; the direct map remaps nothing; "
+                + "sf_buf's private users never unmap; original asks for exactly the shootdown rounds its mechanisms imply; and each experiment's own relations");
+        }
+
         return 0;
     }
 
-    private static readonly JsonSerializerOptions s_json = new() { WriteIndented = true };
+    private static int Run(PaperPlan plan, bool childProcesses, FileInfo? simulatedFile, FileInfo? json, FileInfo? markdown, DirectoryInfo? plot)
+    {
+        int cells = plan.Cells().Count;
+        AnsiConsole.MarkupLine($"[bold]perf real[/]{(plan.Size == TrialSize.Quick ? " --quick" : string.Empty)}: {plan.Experiments.Length} experiments x {plan.Strategies.Length} strategies x cpus {string.Join(",", plan.CpuCounts)}"
+            + $" = {cells} cells, {plan.Rounds} timed trial(s) each, on the host MMU; rounds {(childProcesses ? "each in a fresh process" : "in this process")}");
+        double? roundTripStart = CrossCoreRoundTrip.Measure();
+        PaperRun run = null!;
+        AnsiConsole.Progress()
+            .Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new ElapsedTimeColumn())
+            .Start(ctx =>
+            {
+                var task = ctx.AddTask("trials", maxValue: cells * plan.Rounds);
+                run = PaperRunner.Run(plan, childProcesses, done =>
+                {
+                    task.Description = done;
+                    task.Increment(1);
+                });
+            });
+        double? roundTripEnd = CrossCoreRoundTrip.Measure();
+        int status = Report(Describe(plan.Rounds, plan.Size == TrialSize.Quick, roundTripStart, roundTripEnd), run.Rows, run.Problems, run.Warnings,
+            simulatedFile, json, markdown, plot);
+        AnsiConsole.WriteLine($"{run.Rows.Count} rows from {run.Timed.Count} trials in {run.Elapsed.TotalSeconds:0.0} s");
+        return status;
+    }
+
+    private static int[] Runnable(int[] asked)
+    {
+        var runnable = asked.Where(c => c >= 1 && c <= HostBackend.HostCores).Distinct().Order().ToArray();
+        foreach (int c in asked.Except(runnable))
+        {
+            AnsiConsole.MarkupLine($"[yellow]skipping {c} CPU(s):[/] the host backend runs one CPU per host core and this process may use {HostBackend.HostCores}");
+        }
+
+        return runnable.Length > 0 ? runnable : throw new ArgumentException("no CPU count asked for can run on this host");
+    }
+
+    private static RealRunInfo FromRows(FileInfo saved, List<PaperRow> rows, bool quick)
+    {
+        var roundTrips = rows.Select(r => JsonValues.Number(r.Params.GetValueOrDefault("round_trip_ns")) ?? -1).Where(v => v > 0).Order().ToList();
+        return new RealRunInfo(
+            $"rows of {saved.Name}",
+            "as recorded",
+            "as recorded",
+            saved.LastWriteTimeUtc,
+            roundTrips.Count > 0 ? roundTrips[0] : null,
+            roundTrips.Count > 0 ? roundTrips[^1] : null,
+            "as recorded",
+            "as recorded",
+            rows.Count == 0 ? 0 : rows.Max(r => Math.Max(1, r.Samples.Count)),
+            quick);
+    }
 
     private static string Shown(string path) => Path.GetRelativePath(Environment.CurrentDirectory, path);
 

@@ -1,6 +1,7 @@
 using System.Globalization;
 using System.Text;
 using Native.Perf.Paper;
+using Native.Perf.Stats;
 using Native.SfBufNative;
 using Spectre.Console;
 
@@ -16,24 +17,28 @@ internal sealed record RealRunInfo(
     double? RoundTripEndNs,
     string FlushCounting,
     string TlbInterrupts,
-    int Trials,
+    int Rounds,
     bool Quick)
 {
+    /// <summary>True when the information was read back from saved rows rather than measured now.</summary>
+    public bool FromRows => Host.StartsWith("rows of ", StringComparison.Ordinal);
+
     public IEnumerable<string> Lines()
     {
         yield return $"host            {Host}: {Cpu}, {Kernel}";
-        yield return $"date            {Date:yyyy-MM-dd HH:mm} UTC{(Quick ? ", --quick" : string.Empty)}, {Trials} trial(s) per cell, strategies interleaved";
-        yield return Host.StartsWith("rows of ", StringComparison.Ordinal)
+        yield return $"date            {Date:yyyy-MM-dd HH:mm} UTC{(Quick ? ", --quick" : string.Empty)}, {Rounds} timed trial(s) per cell, strategies interleaved";
+        yield return FromRows
             ? $"round trip      {Ns(RoundTripStartNs)} to {Ns(RoundTripEndNs)} over the trials"
             : $"round trip      {Ns(RoundTripStartNs)} before, {Ns(RoundTripEndNs)} after (cache line between two pinned host cores)";
         yield return $"flush counts    {FlushCounting}";
         yield return $"TLB interrupts  {TlbInterrupts}";
+        yield return $"statistics      {SampleSummary.CiMethod}; speedups paired by round";
     }
 
-    private static string Ns(double? ns) => ns is double v ? $"{v:0} ns" : "n/a (one core)";
+    private static string Ns(double? ns) => ns is double v && v > 0 ? $"{v:0} ns" : "n/a";
 }
 
-/// <summary>Renders <c>perf real</c>: terminal tables, the comparison with the simulation, Markdown.</summary>
+/// <summary>Renders <c>perf real</c>'s rows: terminal tables, the comparison with the simulation, Markdown.</summary>
 internal static class RealReport
 {
     private static readonly (string Key, string Header)[] s_perUnit =
@@ -47,34 +52,38 @@ internal static class RealReport
         ("sfbuf_misses", "misses"),
     ];
 
-    /// <summary>One table per experiment: median throughput [interval], paired speedup, and host counts per unit.</summary>
-    public static void PrintTables(IReadOnlyList<RealCell> cells)
+    /// <summary>One table per experiment: median throughput with its CI, the paired speedup, and host counts per unit (median trial).</summary>
+    public static void PrintTables(IReadOnlyList<PaperRow> rows)
     {
-        foreach (var group in cells.GroupBy(c => c.Experiment))
+        var speedups = PaperReport.Speedups(rows);
+        foreach (var group in rows.GroupBy(r => r.Experiment))
         {
             var first = group.First();
             var table = new Table().Border(TableBorder.Rounded)
                 .Title($"[bold]{first.Experiment}[/] (host MMU, counts per {first.Unit}; * system-wide)")
                 .AddColumn("strategy").AddColumn(new TableColumn("cpus").RightAligned()).AddColumn(new TableColumn("n").RightAligned())
-                .AddColumn(new TableColumn(first.Bulk ? "MiB/s median [[CI]]" : "ops/s median [[CI]]").RightAligned())
-                .AddColumn(new TableColumn("x original [[CI]]").RightAligned());
+                .AddColumn(new TableColumn(first.Bytes > 0 ? "MB/s" : "ops/s").RightAligned())
+                .AddColumn(new TableColumn("95% CI").RightAligned())
+                .AddColumn(new TableColumn("x original [[95% CI]]").RightAligned());
             foreach (var (_, header) in s_perUnit)
             {
                 table.AddColumn(new TableColumn(header).RightAligned());
             }
 
-            foreach (var cell in group.OrderBy(c => c.Cpus).ThenBy(c => StrategyOrder(c.Strategy)))
+            foreach (var row in group.OrderBy(r => r.Cpus).ThenBy(r => StrategyOrder(r.Strategy)))
             {
-                var row = new List<string>
+                var speedup = speedups.FirstOrDefault(s => s.Experiment == row.Experiment && s.Point == row.Point && s.Cpus == row.Cpus && s.Strategy == row.Strategy);
+                var cells = new List<string>
                 {
-                    cell.Strategy,
-                    cell.Cpus.ToString(CultureInfo.InvariantCulture),
-                    cell.Throughput.N.ToString(CultureInfo.InvariantCulture),
-                    WithInterval(cell.Throughput, "N0"),
-                    cell.Speedup is { } s ? SpeedupText(s) : "-",
+                    row.Strategy,
+                    row.Cpus.ToString(CultureInfo.InvariantCulture),
+                    Math.Max(1, row.Samples.Count).ToString(CultureInfo.InvariantCulture),
+                    Number(row.Throughput),
+                    row.CiLow is { } lo && row.CiHigh is { } hi ? $"[{Number(lo)}, {Number(hi)}]" : "-",
+                    speedup is null ? "-" : PaperReport.SpeedupText(speedup),
                 };
-                row.AddRange(s_perUnit.Select(k => Fmt(cell.PerUnit(k.Key))));
-                table.AddRow(row.Select(c => new Text(c)));
+                cells.AddRange(s_perUnit.Select(k => Fmt(PerUnit(row, k.Key))));
+                table.AddRow(cells.Select(c => new Text(c)));
             }
 
             AnsiConsole.Write(table);
@@ -86,9 +95,10 @@ internal static class RealReport
     {
         var table = new Table().Border(TableBorder.Rounded).Title("[bold]simulation (perf paper) against the host MMU (perf real): speedup over original[/]")
             .AddColumn("experiment").AddColumn(new TableColumn("cpus").RightAligned()).AddColumn("strategy")
-            .AddColumn(new TableColumn("simulated").RightAligned()).AddColumn(new TableColumn("measured [[CI]]").RightAligned())
+            .AddColumn(new TableColumn("simulated").RightAligned()).AddColumn(new TableColumn("measured [[95% CI]]").RightAligned())
             .AddColumn(new TableColumn("measured / simulated").RightAligned())
-            .AddColumn(new TableColumn("original: sim shootdowns / host flushes per unit").RightAligned());
+            .AddColumn(new TableColumn("original MB/s: simulated / measured").RightAligned())
+            .AddColumn(new TableColumn("original: shootdowns asked / host flushes per unit").RightAligned());
         foreach (var c in comparison)
         {
             string[] cells =
@@ -97,9 +107,10 @@ internal static class RealReport
                 c.Cpus.ToString(CultureInfo.InvariantCulture),
                 c.Strategy,
                 $"{c.Simulated:0.00}x",
-                SpeedupText(c.Measured),
+                PaperReport.SpeedupText(c.Measured),
                 $"{c.Factor:0.00}{(c.Agrees ? string.Empty : "  differs > 1.5x")}",
-                $"{Fmt(c.SimulatedShootdowns)} / {Fmt(c.HostFlushes)}",
+                $"{Number(c.SimulatedOriginal)} / {Number(c.MeasuredOriginal)}",
+                $"{Fmt(c.ShootdownsAsked)} / {Fmt(c.HostFlushes)}",
             ];
             table.AddRow(cells.Select(t => new Text(t)));
         }
@@ -108,8 +119,9 @@ internal static class RealReport
     }
 
     /// <summary>The Markdown results: run information, the summary table and, with a simulated run, the comparison.</summary>
-    public static void WriteMarkdown(string path, RealRunInfo info, IReadOnlyList<RealCell> cells, IReadOnlyList<ComparisonRow>? comparison)
+    public static void WriteMarkdown(string path, RealRunInfo info, IReadOnlyList<PaperRow> rows, IReadOnlyList<ComparisonRow>? comparison)
     {
+        var speedups = PaperReport.Speedups(rows);
         var text = new StringBuilder();
         foreach (var line in info.Lines())
         {
@@ -117,23 +129,25 @@ internal static class RealReport
         }
 
         text.AppendLine();
-        text.AppendLine("| experiment | cpus | strategy | throughput, median [CI] | x original [CI] | remaps | host flushes sent | shootdowns asked | per |");
+        text.AppendLine("| experiment | cpus | strategy | throughput, median [95% CI] | x original [95% CI] | remaps | host flushes sent | shootdowns asked | per |");
         text.AppendLine("|---|---:|---|---:|---:|---:|---:|---:|---|");
-        foreach (var c in cells.OrderBy(c => Array.IndexOf(Experiments.Names, c.Experiment)).ThenBy(c => c.Cpus).ThenBy(c => StrategyOrder(c.Strategy)))
+        foreach (var r in Ordered(rows))
         {
+            var s = speedups.FirstOrDefault(x => x.Experiment == r.Experiment && x.Point == r.Point && x.Cpus == r.Cpus && x.Strategy == r.Strategy);
+            string interval = r.CiLow is { } lo && r.CiHigh is { } hi ? $" [{Number(lo)}, {Number(hi)}]" : string.Empty;
             text.AppendLine(CultureInfo.InvariantCulture,
-                $"| {c.Experiment} | {c.Cpus} | {c.Strategy} | {WithInterval(c.Throughput, "N0")} {(c.Bulk ? "MiB/s" : "ops/s")} | {(c.Speedup is { } s ? SpeedupText(s) : "-")} | {Fmt(c.PerUnit("host_remaps"))} | {Fmt(c.PerUnit("host_flushes_sent"))} | {Fmt(c.PerUnit("shootdowns"))} | {(c.Bulk ? "MiB" : "op")} |");
+                $"| {r.Experiment} | {r.Cpus} | {r.Strategy} | {Number(r.Throughput)}{interval} {(r.Bytes > 0 ? "MiB/s" : "ops/s")} | {(s is null ? "-" : PaperReport.SpeedupText(s))} | {Fmt(PerUnit(r, "host_remaps"))} | {Fmt(PerUnit(r, "host_flushes_sent"))} | {Fmt(PerUnit(r, "shootdowns"))} | {(r.Bytes > 0 ? "MiB" : "op")} |");
         }
 
         if (comparison is { Count: > 0 })
         {
             text.AppendLine();
-            text.AppendLine("| experiment | cpus | strategy | simulated speedup | measured speedup [CI] | measured / simulated | original: simulated shootdowns / host flushes per unit |");
-            text.AppendLine("|---|---:|---|---:|---:|---:|---:|");
+            text.AppendLine("| experiment | cpus | strategy | simulated speedup | measured speedup [95% CI] | measured / simulated | original MiB/s: simulated / measured | original: shootdowns asked / host flushes per unit |");
+            text.AppendLine("|---|---:|---|---:|---:|---:|---:|---:|");
             foreach (var c in comparison)
             {
                 text.AppendLine(CultureInfo.InvariantCulture,
-                    $"| {c.Experiment} | {c.Cpus} | {c.Strategy} | {c.Simulated:0.00}x | {SpeedupText(c.Measured)} | {c.Factor:0.00}{(c.Agrees ? string.Empty : " **differs**")} | {Fmt(c.SimulatedShootdowns)} / {Fmt(c.HostFlushes)} |");
+                    $"| {c.Experiment} | {c.Cpus} | {c.Strategy} | {c.Simulated:0.00}x | {PaperReport.SpeedupText(c.Measured)} | {c.Factor:0.00}{(c.Agrees ? string.Empty : " **differs**")} | {Number(c.SimulatedOriginal)} / {Number(c.MeasuredOriginal)} | {Fmt(c.ShootdownsAsked)} / {Fmt(c.HostFlushes)} |");
             }
         }
 
@@ -141,34 +155,47 @@ internal static class RealReport
     }
 
     /// <summary>
-    /// Pairs each measured speedup with the simulated one for the same experiment, strategy and
-    /// CPU count; <see cref="ComparisonRow.Agrees"/> when they are within a factor of 1.5.
+    /// Pairs each measured speedup with the simulated one (from a <c>perf paper</c> run) for the same
+    /// experiment, strategy and CPU count; <see cref="ComparisonRow.Agrees"/> within a factor of 1.5.
     /// </summary>
-    public static List<ComparisonRow> Compare(IReadOnlyList<RealCell> cells, IReadOnlyList<PaperRow> simulated)
+    public static List<ComparisonRow> Compare(IReadOnlyList<PaperRow> measured, IReadOnlyList<PaperRow> simulated)
     {
-        var speedups = RealSummary.SimulatedSpeedups(simulated);
+        var simulatedSpeedups = PaperReport.Speedups(simulated);
         var result = new List<ComparisonRow>();
-        foreach (var cell in cells.Where(c => c.Speedup is not null)
-            .OrderBy(c => Array.IndexOf(Experiments.Names, c.Experiment)).ThenBy(c => c.Cpus).ThenBy(c => StrategyOrder(c.Strategy)))
+        foreach (var m in PaperReport.Speedups(measured)
+            .OrderBy(s => Array.IndexOf(Experiments.Names, s.Experiment)).ThenBy(s => s.Cpus).ThenBy(s => StrategyOrder(s.Strategy)))
         {
-            if (!speedups.TryGetValue((cell.Experiment, cell.Strategy, cell.Cpus), out double sim))
+            var sim = simulatedSpeedups.FirstOrDefault(s => s.Experiment == m.Experiment && s.Point == m.Point && s.Cpus == m.Cpus && s.Strategy == m.Strategy);
+            if (sim is null)
             {
                 continue;
             }
 
-            var original = cells.FirstOrDefault(c => c.Experiment == cell.Experiment && c.Cpus == cell.Cpus && c.Strategy == SfBufMapper.Original);
+            PaperRow? Original(IReadOnlyList<PaperRow> rows) =>
+                rows.FirstOrDefault(r => r.Experiment == m.Experiment && r.Point == m.Point && r.Cpus == m.Cpus && r.Strategy == PaperReport.Baseline);
+            var measuredOriginal = Original(measured);
+            var simulatedOriginal = Original(simulated);
             result.Add(new ComparisonRow(
-                cell.Experiment,
-                cell.Cpus,
-                cell.Strategy,
-                sim,
-                cell.Speedup!.Value,
-                RealSummary.SimulatedPerUnit(simulated, cell.Experiment, SfBufMapper.Original, cell.Cpus, "shootdowns"),
-                original?.PerUnit("host_flushes_sent")));
+                m.Experiment,
+                m.Cpus,
+                m.Strategy,
+                sim.Ratio.Median,
+                m,
+                simulatedOriginal?.Throughput ?? double.NaN,
+                measuredOriginal?.Throughput ?? double.NaN,
+                measuredOriginal is null ? null : PerUnit(measuredOriginal, "shootdowns"),
+                measuredOriginal is null ? null : PerUnit(measuredOriginal, "host_flushes_sent")));
         }
 
         return result;
     }
+
+    /// <summary>A counter of the row's median trial per unit; null when the host could not count it (-1).</summary>
+    public static double? PerUnit(PaperRow row, string counter) =>
+        row.Counters.TryGetValue(counter, out long v) && v < 0 ? null : row[counter] / row.Units;
+
+    private static IEnumerable<PaperRow> Ordered(IReadOnlyList<PaperRow> rows) =>
+        rows.OrderBy(r => Array.IndexOf(Experiments.Names, r.Experiment)).ThenBy(r => r.Cpus).ThenBy(r => StrategyOrder(r.Strategy));
 
     private static int StrategyOrder(string strategy)
     {
@@ -176,17 +203,8 @@ internal static class RealReport
         return i < 0 ? int.MaxValue : i;
     }
 
-    private static string WithInterval(Estimate e, string format) =>
-        e.N <= 1
-            ? e.Median.ToString(format, CultureInfo.InvariantCulture)
-            : string.Create(CultureInfo.InvariantCulture, $"{e.Median.ToString(format, CultureInfo.InvariantCulture)} [{e.Low.ToString(format, CultureInfo.InvariantCulture)}, {e.High.ToString(format, CultureInfo.InvariantCulture)}]");
-
-    /// <summary>A speedup with its interval; "(n.s.)" when the interval holds 1.0, which is then no speedup.</summary>
-    private static string SpeedupText(Estimate e) =>
-        string.Create(CultureInfo.InvariantCulture, $"{e.Median:0.00}x")
-        + (e.N > 1 ? string.Create(CultureInfo.InvariantCulture, $" [{e.Low:0.00}, {e.High:0.00}]") : string.Empty)
-        + (e.N > 1 && !e.Excludes(1.0) ? " (n.s.)" : string.Empty)
-        + (e.N > 1 && e.Confidence < 0.95 ? string.Create(CultureInfo.InvariantCulture, $" ({e.Confidence:P0} CI)") : string.Empty);
+    private static string Number(double v) =>
+        double.IsNaN(v) ? "n/a" : v.ToString(v >= 100 ? "N0" : "0.##", CultureInfo.InvariantCulture);
 
     private static string Fmt(double? v) => v switch
     {
@@ -199,17 +217,28 @@ internal static class RealReport
 }
 
 /// <summary>One line of the simulation-against-reality comparison.</summary>
+/// <param name="Experiment">The experiment.</param>
+/// <param name="Cpus">CPU count.</param>
+/// <param name="Strategy">The strategy compared with <c>original</c>.</param>
+/// <param name="Simulated">The simulated paired speedup (median).</param>
+/// <param name="Measured">The measured paired speedup, with its interval.</param>
+/// <param name="SimulatedOriginal">The simulated <c>original</c>'s median throughput.</param>
+/// <param name="MeasuredOriginal">The measured <c>original</c>'s median throughput.</param>
+/// <param name="ShootdownsAsked">Shootdown rounds <c>original</c> asked for per unit on the host.</param>
+/// <param name="HostFlushes">Remote flushes the host kernel sent per unit for <c>original</c>.</param>
 internal sealed record ComparisonRow(
     string Experiment,
     int Cpus,
     string Strategy,
     double Simulated,
-    Estimate Measured,
-    double SimulatedShootdowns,
+    PaperReport.Speedup Measured,
+    double SimulatedOriginal,
+    double MeasuredOriginal,
+    double? ShootdownsAsked,
     double? HostFlushes)
 {
     /// <summary>Measured over simulated speedup.</summary>
-    public double Factor => Measured.Median / Simulated;
+    public double Factor => Measured.Ratio.Median / Simulated;
 
     /// <summary>True when the two speedups are within a factor of 1.5 of each other.</summary>
     public bool Agrees => Factor is >= 1 / 1.5 and <= 1.5;

@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using Native.PageTable;
+using Native.Perf.Stats;
 
 namespace Native.Perf.Real;
 
@@ -41,10 +42,10 @@ internal static class RemapProbe
         }
 
         return new RemapCost(
-            RealStatistics.Median([.. alone.Select(a => a.Ns)]).Median,
-            RealStatistics.Median([.. withPeer.Select(a => a.Ns)]).Median,
-            RealStatistics.Median([.. alone.Select(a => a.Flushes)]).Median,
-            RealStatistics.Median([.. withPeer.Select(a => a.Flushes)]).Median);
+            SampleSummary.Of([.. alone.Select(a => a.Ns)]).Median,
+            SampleSummary.Of([.. withPeer.Select(a => a.Ns)]).Median,
+            SampleSummary.Of([.. alone.Select(a => a.Flushes)]).Median,
+            SampleSummary.Of([.. withPeer.Select(a => a.Flushes)]).Median);
     }
 
     private static (double Ns, double Flushes) Loop(Machine m, VmPage[] frames, int remaps, bool peer)

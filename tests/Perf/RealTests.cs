@@ -1,7 +1,7 @@
-using System.Text.Json;
 using Native.PageTable;
 using Native.Perf.Paper;
 using Native.Perf.Real;
+using Native.Perf.Stats;
 using Native.SfBufNative;
 using Native.Tests.Host;
 using NUnit.Framework;
@@ -9,114 +9,95 @@ using NUnit.Framework;
 namespace Native.Tests.Perf;
 
 /// <summary>
-/// <c>perf real</c>: its statistics, its summaries, and a small run of its experiments on the
-/// host backend (gated like every host test) whose rows must satisfy the run's invariants.
+/// <c>perf real</c>: <c>perf paper</c>'s runner on the host backend (gated like every host test),
+/// whose trials must keep the host's relations, and its comparison with a simulated run.
 /// </summary>
 [TestFixture]
 [NonParallelizable]
 public sealed class RealTests
 {
-    private static List<PaperRow>? s_rows;
+    private static PaperRun? s_run;
 
-    private static List<PaperRow> HostRows()
+    private static PaperRun HostRun()
     {
         HostGate.Require();
-        if (s_rows == null)
+        if (s_run == null)
         {
-            var settings = new PaperSettings(CostModel.Zero, Quick: true, Checked: true, MachineBackend.Host);
-            s_rows = RealCommand.RunTrials(settings, 1, ["pipe", "md-rand"], [.. SfBufMapper.StrategyNames], [1, 2]);
+            var plan = new PaperPlan(["pipe", "md-rand"], [.. SfBufMapper.StrategyNames], [1, 2], CostModel.Zero, CostModel.Default,
+                TrialSize.Quick, Rounds: 2, CheckedTiming: false, MachineBackend.Host);
+            s_run = PaperRunner.Run(plan, childProcesses: false);
         }
 
-        return s_rows;
+        return s_run;
     }
 
     [Test]
-    public void TheMedianIntervalUsesOrderStatisticsAndSaysWhatItCovers()
+    public void TheExperimentsRunOnTheHostMmuAndKeepEveryRelation()
     {
-        Assert.That(RealStatistics.Coverage(5, 1), Is.EqualTo(1 - (2.0 / 32)).Within(1e-12));
-        var nine = RealStatistics.Median([9, 1, 8, 2, 7, 3, 6, 4, 5]);
-        Assert.That((nine.Median, nine.Low, nine.High), Is.EqualTo((5.0, 2.0, 8.0)), "n = 9: [x(2), x(8)] covers 96%");
-        Assert.That(nine.Confidence, Is.GreaterThanOrEqualTo(0.95));
-        var two = RealStatistics.Median([3, 1]);
-        Assert.That((two.Median, two.Low, two.High), Is.EqualTo((2.0, 1.0, 3.0)));
-        Assert.That(two.Confidence, Is.EqualTo(0.5), "two samples: the range covers the median only half the time, and says so");
-        Assert.That(two.Excludes(1.5), Is.False);
-        Assert.That(two.Excludes(3.5), Is.True);
+        var run = HostRun();
+        Assert.That(run.Problems, Is.Empty);
+        Assert.That(run.Verification, Is.Empty, "no oracle on the host: nothing to verify separately");
+        Assert.That(run.Rows, Has.Count.EqualTo(2 * SfBufMapper.StrategyNames.Count * 2));
+        Assert.That(run.Timed.Select(m => m.Backend), Is.All.EqualTo(PaperRow.HostBackend));
+        Assert.That(run.Rows.Select(r => r.Backend), Is.All.EqualTo(PaperRow.HostBackend));
+        Assert.That(run.Timed.Select(m => m["ipis_sent"]), Is.All.Zero, "the host kernel shoots down; no simulated IPI");
+        Assert.That(run.Timed.Where(m => m.Strategy == SfBufMapper.Amd64).Select(m => m["host_remaps"]), Is.All.Zero);
+
+        foreach (var md in run.Timed.Where(m => m.Experiment == "md-rand" && m.Strategy == SfBufMapper.Original))
+        {
+            Assert.That(md["host_maps"], Is.EqualTo(md["mappings"]), "one mmap per mapping");
+            Assert.That(md["host_unmaps"], Is.EqualTo(md["mappings"]), "one re-reservation per mapping");
+            Assert.That(md["shootdowns"], Is.EqualTo(md.Cpus > 1 ? 2 * md["mappings"] : 0), "the strategy asked for its two rounds per mapping on SMP");
+        }
+
+        foreach (var pipe in run.Timed.Where(m => m.Experiment == "pipe" && m.Strategy == SfBufMapper.I386))
+        {
+            Assert.That(pipe["host_remaps"], Is.LessThanOrEqualTo(16), "the writer's reused 64 KiB buffer is mapped once, then hit");
+        }
+
+        Assert.That(run.Timed.Select(m => JsonValues.Number(m.Params["round_trip_ns"])), Is.All.GreaterThan(0), "every trial records the round trip");
     }
 
     [Test]
-    public void SpeedupsPairTrialsOfTheSameRepetition()
+    public void SpeedupsArePairedByRoundAndTheComparisonFlagsDifferencesOverHalf()
     {
-        List<PaperRow> rows =
-        [
-            Row(SfBufMapper.Original, trial: 0, seconds: 2), Row(SfBufMapper.I386, trial: 0, seconds: 1),
-            Row(SfBufMapper.Original, trial: 1, seconds: 4), Row(SfBufMapper.I386, trial: 1, seconds: 2),
-            Row(SfBufMapper.Original, trial: 2, seconds: 1), Row(SfBufMapper.I386, trial: 2, seconds: 0.5),
-        ];
-        var i386 = RealSummary.Cells(rows).Single(c => c.Strategy == SfBufMapper.I386);
-
-        // Unpaired, the medians would give 2.0 too, but the spread of each trial pair is 0: the host's slow phase hit both.
-        Assert.That(i386.Speedup!.Value.Median, Is.EqualTo(2.0));
-        Assert.That((i386.Speedup.Value.Low, i386.Speedup.Value.High), Is.EqualTo((2.0, 2.0)));
-    }
-
-    [Test]
-    public void TheComparisonFlagsSpeedupsThatDifferByMoreThanHalf()
-    {
-        List<PaperRow> measured = [Row(SfBufMapper.Original, 0, 4), Row(SfBufMapper.I386, 0, 1), Row(SfBufMapper.Amd64, 0, 3)];
-        List<PaperRow> simulated = [Row(SfBufMapper.Original, 0, 2), Row(SfBufMapper.I386, 0, 1), Row(SfBufMapper.Amd64, 0, 1)];
-        var comparison = RealReport.Compare(RealSummary.Cells(measured), simulated);
+        List<PaperRow> measured = [Row(SfBufMapper.Original, [10, 20, 40]), Row(SfBufMapper.I386, [40, 80, 160]), Row(SfBufMapper.Amd64, [30, 60, 120])];
+        List<PaperRow> simulated = [Row(SfBufMapper.Original, [10, 10, 10]), Row(SfBufMapper.I386, [20, 20, 20]), Row(SfBufMapper.Amd64, [20, 20, 20])];
+        var comparison = RealReport.Compare(measured, simulated);
         var i386 = comparison.Single(c => c.Strategy == SfBufMapper.I386);
         var amd64 = comparison.Single(c => c.Strategy == SfBufMapper.Amd64);
 
-        Assert.That((i386.Simulated, i386.Measured.Median), Is.EqualTo((2.0, 4.0)));
+        // Each round's trial over the same round's original: 4x every time, though the host slowed down 4x across the rounds.
+        Assert.That(i386.Measured.Ratio.Median, Is.EqualTo(4.0).Within(1e-12));
+        Assert.That(i386.Simulated, Is.EqualTo(2.0).Within(1e-12));
         Assert.That(i386.Agrees, Is.False, "4x measured against 2x simulated");
-        Assert.That(amd64.Factor, Is.EqualTo((4.0 / 3) / 2).Within(1e-12));
-        Assert.That(amd64.Agrees, Is.True);
+        Assert.That(amd64.Factor, Is.EqualTo(1.5).Within(1e-12));
+        Assert.That(amd64.Agrees, Is.True, "within a factor of 1.5");
     }
 
     [Test]
-    public void TheExperimentsRunOnTheHostMmuAndKeepTheRunsInvariants()
+    public void AHostRunIsWrittenInPaperSchemaAndSummarisedAgain()
     {
-        var rows = HostRows();
-        Assert.That(rows, Has.Count.EqualTo(2 * SfBufMapper.StrategyNames.Count * 2));
-        Assert.That(rows.Select(r => r.Backend), Is.All.EqualTo(PaperRow.HostBackend));
-        Assert.That(RealSummary.Check(rows), Is.Empty);
-        Assert.That(rows.Where(r => r.Strategy == SfBufMapper.Amd64).Select(r => r["host_remaps"]), Is.All.Zero);
-
-        var mdOriginal = rows.Single(r => r.Experiment == "md-rand" && r.Strategy == SfBufMapper.Original && r.Cpus == 2);
-        Assert.That(mdOriginal["host_maps"], Is.EqualTo(mdOriginal["sfbuf_misses"]), "one mmap per mapping");
-        Assert.That(mdOriginal["host_unmaps"], Is.EqualTo(mdOriginal["sfbuf_misses"]), "one re-reservation per mapping");
-        Assert.That(mdOriginal["shootdowns"], Is.EqualTo(2 * mdOriginal["sfbuf_misses"]), "the strategy asked for its two rounds per mapping");
-
-        var pipeI386 = rows.Single(r => r.Experiment == "pipe" && r.Strategy == SfBufMapper.I386 && r.Cpus == 2);
-        Assert.That(pipeI386["host_remaps"], Is.LessThanOrEqualTo(16), "the writer's reused 64 KiB buffer is mapped once, then hit");
-        Assert.That(rows.Select(r => r.Params["round_trip_ns"]), Is.All.Not.Null);
-    }
-
-    [Test]
-    public void AHostRunIsWrittenInPaperSchemaAndReadBack()
-    {
-        var rows = HostRows();
+        var run = HostRun();
         string dir = Path.Combine(Path.GetTempPath(), $"perf-real-{Environment.ProcessId}");
         Directory.CreateDirectory(dir);
         try
         {
             string json = Path.Combine(dir, "real.json");
-            File.WriteAllText(json, JsonSerializer.Serialize(rows));
+            PaperReport.WriteJson(json, run.Rows);
             var back = PlotCommand.Load(json);
-            Assert.That(back.Select(r => (r.Experiment, r.Strategy, r.Cpus, r.Backend)), Is.EqualTo(rows.Select(r => (r.Experiment, r.Strategy, r.Cpus, r.Backend))));
+            Assert.That(back.Select(r => (r.Experiment, r.Strategy, r.Cpus, r.Backend)), Is.EqualTo(run.Rows.Select(r => (r.Experiment, r.Strategy, r.Cpus, r.Backend))));
             Assert.That(back[0].Counters.Keys, Is.SupersetOf(HostWindow.CounterKeys));
+            Assert.That(back.Select(r => r.Samples.Count), Is.All.EqualTo(2));
 
-            var cells = RealSummary.Cells(back);
-            var comparison = RealReport.Compare(cells, rows.Select(r => r with { Backend = PaperRow.SimulatedBackend }).ToList());
+            var comparison = RealReport.Compare(back, [.. run.Rows.Select(r => r with { Backend = PaperRow.SimulatedBackend })]);
             Assert.That(comparison.Select(c => c.Factor), Is.All.EqualTo(1.0).Within(1e-9), "a run compared with itself agrees exactly");
-            string markdown = Path.Combine(dir, "real.md");
-            RealReport.WriteMarkdown(markdown, RealCommand.Describe(1, true, 100, 110), cells, comparison);
-            Assert.That(File.ReadAllText(markdown), Does.Contain("| pipe | 2 | sfbuf-i386 |").And.Contain("round trip      100 ns before, 110 ns after"));
-            RealReport.PrintTables(cells);
+            RealReport.PrintTables(back);
             RealReport.PrintComparison(comparison);
-            var charts = RealCharts.Write(dir, cells, comparison);
+            string markdown = Path.Combine(dir, "real.md");
+            RealReport.WriteMarkdown(markdown, RealCommand.Describe(2, true, 100, 110), back, comparison);
+            Assert.That(File.ReadAllText(markdown), Does.Contain("| pipe | 2 | sfbuf-i386 |").And.Contain("round trip      100 ns before, 110 ns after"));
+            var charts = RealCharts.Write(dir, back, comparison);
             Assert.That(charts, Has.Count.EqualTo(2 + 2));
             Assert.That(charts.Select(f => new FileInfo(f).Length), Is.All.GreaterThan(0));
         }
@@ -126,17 +107,27 @@ public sealed class RealTests
         }
     }
 
-    private static PaperRow Row(string strategy, int trial, double seconds) => new()
+    private static PaperRow Row(string strategy, double[] samples)
     {
-        Experiment = "pipe",
-        Strategy = strategy,
-        Cpus = 2,
-        CostProfile = "zero",
-        Backend = PaperRow.HostBackend,
-        Params = new Dictionary<string, object> { ["trial"] = trial },
-        Seconds = seconds,
-        Bytes = 1 << 20,
-        Ops = 16,
-        Counters = new Dictionary<string, long>(),
-    };
+        var summary = SampleSummary.Of(samples);
+        return new PaperRow
+        {
+            Experiment = "pipe",
+            Strategy = strategy,
+            Cpus = 2,
+            CostProfile = "zero",
+            Backend = PaperRow.HostBackend,
+            Params = new Dictionary<string, object>(),
+            Seconds = 1,
+            Bytes = 1 << 20,
+            Ops = 16,
+            MbPerS = summary.Median,
+            OpsPerS = summary.Median * 16,
+            Counters = new Dictionary<string, long>(),
+            Samples = samples,
+            CiLow = summary.CiLow,
+            CiHigh = summary.CiHigh,
+            Cv = summary.Cv,
+        };
+    }
 }
