@@ -71,6 +71,8 @@ public sealed class RealTests
         Assert.That(i386.Measured.Ratio.Median, Is.EqualTo(4.0).Within(1e-12));
         Assert.That(i386.Simulated, Is.EqualTo(2.0).Within(1e-12));
         Assert.That(i386.Agrees, Is.False, "4x measured against 2x simulated");
+        Assert.That(i386.SimulatedInsideCi, Is.False, "every round measured 4x: the CI is 4x exactly");
+        Assert.That(i386.Verdict, Is.EqualTo("differ"));
         Assert.That(amd64.Factor, Is.EqualTo(1.5).Within(1e-12));
         Assert.That(amd64.Agrees, Is.True, "within a factor of 1.5");
     }
