@@ -51,6 +51,11 @@ public sealed unsafe class OriginalMapper : SfBufMapper
         }
 
         Machine.KernelPmap.QEnter(va, new ReadOnlySpan<VmPage>(in page));
+        if ((flags & SfBufFlags.CpuPrivate) != 0)
+        {
+            Machine.KernelPmap.TagPrivate(va, Machine.CurrentCpu.Id);
+        }
+
         int tag = Interlocked.Increment(ref _nextTag) & int.MaxValue;
         tag = tag == 0 ? 1 : tag;
         Volatile.Write(ref _tags[PageIndex(va)], tag);
@@ -81,6 +86,7 @@ public sealed unsafe class OriginalMapper : SfBufMapper
             throw new InvalidOperationException($"double free of {sf} (or a stale handle: the address is no longer this allocation)");
         }
 
+        Machine.KernelPmap.UntagPrivate(sf.Kva);
         QRemove(sf.Kva, 1);
         KvaFree(sf.Kva, 1);
         Interlocked.Decrement(ref _used);
