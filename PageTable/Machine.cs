@@ -564,6 +564,11 @@ public sealed unsafe partial class Machine : IDisposable
     private int WakeupCore(object channel, int max)
     {
         ArgumentNullException.ThrowIfNull(channel);
+        if (Controller != null && KernelThread.CurrentOrNull is { Cpu: { } current } waker && ReferenceEquals(waker.Machine, this))
+        {
+            current.SchedulingPoint();
+        }
+
         int woken = 0;
         lock (_sleepLock)
         {

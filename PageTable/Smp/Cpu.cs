@@ -493,6 +493,12 @@ public sealed unsafe partial class Cpu
     public void Poll()
     {
         CheckCaller();
+        if (_controller != null && KernelThread.CurrentOrNull is { Controlled: not null } td)
+        {
+            // Kernel code polls in loops that wait for another thread: let it run.
+            _controller.Yield(td, spinning: true);
+        }
+
         PollPoint();
     }
 
