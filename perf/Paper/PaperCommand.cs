@@ -143,7 +143,7 @@ internal static class PaperCommand
         }
 
         var problems = PaperReport.Check(rows);
-        AnsiConsole.WriteLine($"{rows.Count} rows in {clock.Elapsed.TotalSeconds:0.0} s; stale accesses: {rows.Sum(r => r["stale_accesses"])}");
+        AnsiConsole.WriteLine($"{rows.Count} rows in {clock.Elapsed.TotalSeconds:0.0} s; stale accesses: {rows.Sum(r => r["stale_accesses"])}, latent stale accesses: {rows.Sum(r => r["latent_stale_accesses"])}");
         if (problems.Count > 0)
         {
             AnsiConsole.MarkupLine("[red bold]invariant violations:[/]");

@@ -113,6 +113,11 @@ internal static class PaperReport
                 problems.Add($"{where}: {r["stale_accesses"]} stale accesses");
             }
 
+            if (r["latent_stale_accesses"] != 0)
+            {
+                problems.Add($"{where}: {r["latent_stale_accesses"]} latent stale accesses");
+            }
+
             if (r.Strategy == SfBufMapper.Amd64 && (r["pte_writes"] != 0 || r["shootdowns"] != 0))
             {
                 problems.Add($"{where}: the direct map wrote {r["pte_writes"]} kernel PTEs and sent {r["shootdowns"]} shootdowns");

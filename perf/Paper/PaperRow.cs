@@ -58,6 +58,6 @@ internal sealed record PaperRow
     [
         "pte_writes", "pte_clears", "user_pte_writes", "local_invalidations", "full_flushes", "shootdowns", "ipis_sent",
         "ipi_targets", "tlb_misses", "sfbuf_hits", "sfbuf_misses", "sfbuf_waits", "sfbuf_fails", "lock_contentions",
-        "stale_accesses",
+        "stale_accesses", "latent_stale_accesses",
     ];
 }

@@ -83,6 +83,7 @@ internal sealed class Trial : IDisposable
             ["sfbuf_fails"] = (_sfAfter.Failures - _sfBefore.Failures) + (_sfAfter.AllocFail - _sfBefore.AllocFail),
             ["lock_contentions"] = d[Counter.LockContentions],
             ["stale_accesses"] = Machine.Counters()[Counter.StaleAccesses],
+            ["latent_stale_accesses"] = Machine.Counters()[Counter.LatentStaleAccesses],
         };
 
         return new PaperRow
