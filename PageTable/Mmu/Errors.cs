@@ -163,3 +163,7 @@ public sealed class MachineFailedException(string message, Exception cause) : Ex
 
 /// <summary>Thrown in a kernel thread whose machine is being disposed: its waits end and its operations refuse.</summary>
 public sealed class MachineStoppedException(string message) : Exception(message);
+
+/// <summary>The host refused native memory the machine needed (boot, a mapper, a page table): nothing was half built.</summary>
+public sealed class NativeAllocationException(nuint bytes)
+    : Exception($"a native allocation of {bytes} bytes was refused (out of native memory); whatever was being built was released");

@@ -50,14 +50,30 @@ public sealed unsafe partial class I386Mapper : SfBufMapper
         Nsfbufs = nsfbufs ?? _window.Pages;
         if (Nsfbufs < 1 || Nsfbufs > _window.Pages)
         {
+            Dispose();
             throw new ArgumentOutOfRangeException(nameof(nsfbufs), Nsfbufs, $"nsfbufs must be 1 to the sf_buf window's {_window.Pages} pages");
         }
 
         int buckets = (int)BitOperations.RoundUpToPowerOf2((uint)Nsfbufs + 1) >> 1; // largest power of two <= nsfbufs
         _hashMask = (uint)buckets - 1;
-        _buckets = (int*)machine.Ledger.Alloc((nuint)buckets * sizeof(int));
+        try
+        {
+            _buckets = (int*)machine.Ledger.Alloc((nuint)buckets * sizeof(int));
+            _entries = (SfBufEntry*)machine.Ledger.AllocZeroed((nuint)Nsfbufs * (nuint)sizeof(SfBufEntry));
+        }
+        catch
+        {
+            // Half built: give back what was allocated, and the instruments.
+            if (_buckets != null)
+            {
+                machine.Ledger.Free(_buckets);
+            }
+
+            Dispose();
+            throw;
+        }
+
         new Span<int>(_buckets, buckets).Fill(NoEntry);
-        _entries = (SfBufEntry*)machine.Ledger.AllocZeroed((nuint)Nsfbufs * (nuint)sizeof(SfBufEntry));
         for (int i = 0; i < Nsfbufs; i++)
         {
             _entries[i].HashNext = _entries[i].HashPrev = NoEntry;

@@ -33,7 +33,15 @@ public sealed unsafe class OriginalMapper : SfBufMapper
 
         // One tag per kernel_map page: the handle carries it, so a double free or a stale handle
         // is caught even after the address has been handed to someone else.
-        _tags = (int*)machine.Ledger.AllocZeroed((nuint)_arena.Region.Pages * sizeof(int));
+        try
+        {
+            _tags = (int*)machine.Ledger.AllocZeroed((nuint)_arena.Region.Pages * sizeof(int));
+        }
+        catch
+        {
+            Dispose(); // the instruments
+            throw;
+        }
     }
 
     /// <inheritdoc/>
