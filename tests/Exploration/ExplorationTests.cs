@@ -26,6 +26,13 @@ public sealed class ExplorationTests
     public void EveryExploredScheduleOfTheRealCodePasses(string scenario) =>
         Explorer.AssertAllPass(s_scenarios[scenario](), Explorer.Schedules());
 
+    [TestCaseSource(nameof(ProtocolScenarios))]
+    [TestCaseSource(nameof(SfBufScenarios))]
+    [Category("Long")]
+    [Explicit("the long form: dotnet test --filter TestCategory=Long")]
+    public void TenThousandExploredSchedulesOfTheRealCodePass(string scenario) =>
+        Explorer.AssertAllPass(s_scenarios[scenario](), Explorer.Schedules(10_000));
+
     [TestCase("AckBeforeInvalidate")]
     [TestCase("IdleEntryNotAtomic")]
     [TestCase("Mask2005")]
