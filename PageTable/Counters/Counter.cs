@@ -74,20 +74,23 @@ public enum Counter
 
     /// <summary>Accesses of a page whose never-invalidated translation on this CPU no longer matches the PTE (the latent-staleness oracle).</summary>
     LatentStaleAccesses,
+
+    /// <summary>Cross-CPU waits that outlasted their spin and parked the host thread (the CPU published idle meanwhile).</summary>
+    CrossCpuParks,
 }
 
 /// <summary>Schema names of <see cref="Counter"/> values.</summary>
 public static class CounterNames
 {
     /// <summary>Number of counters.</summary>
-    public const int Count = (int)Counter.LatentStaleAccesses + 1;
+    public const int Count = (int)Counter.CrossCpuParks + 1;
 
     private static readonly string[] s_names =
     [
         "pte_writes", "pte_clears", "user_pte_writes", "local_invalidations", "full_flushes", "nonglobal_flushes",
         "shootdowns", "ipis_sent", "ipis_received", "ipi_targets", "idle_targets_deferred", "ack_wait_ns",
         "tlb_hits", "tlb_misses", "page_faults", "lock_acquisitions", "lock_contentions", "sleeps", "wakeups",
-        "stale_accesses", "context_switches", "migrations", "latent_stale_accesses",
+        "stale_accesses", "context_switches", "migrations", "latent_stale_accesses", "cross_cpu_parks",
     ];
 
     /// <summary>The schema name of <paramref name="counter"/>.</summary>

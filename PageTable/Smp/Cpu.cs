@@ -679,7 +679,6 @@ public sealed unsafe partial class Cpu
                     CostTicks.Charge(_cost.IpiSend);
                     sent++;
                     posted |= 1UL << t;
-                    _machine.CpuAt(t).Ring();
                     break;
                 }
             }
@@ -797,17 +796,23 @@ public sealed unsafe partial class Cpu
     private void Park<T>(ref T condition)
         where T : struct, ICrossCpuWait
     {
+        // A parked CPU publishes itself idle first (serving what is already posted), as a
+        // blocked thread does: shootdowns then mark it flush-pending instead of waiting for a
+        // host thread that is off its core, and it flushes before it goes on.
+        EnterIdle();
         _doorbell.Reset();
         Interlocked.Exchange(ref _shared->Parked, 1);
 
-        // Dekker with Ring: we publish Parked then read the state; a ringer publishes the state
-        // then reads Parked. A short timeout covers conditions nobody rings for.
-        if ((Volatile.Read(ref _shared->State) & MailMask) == 0 && !condition.IsMet() && !_machine.IsStopping)
+        // Dekker with Ring: we publish Parked then test the condition; a ringer makes the
+        // condition true then reads Parked. A short timeout covers conditions nobody rings for.
+        if (!condition.IsMet() && !_machine.IsStopping)
         {
             _doorbell.Wait(1);
         }
 
         Volatile.Write(ref _shared->Parked, 0);
+        LeaveIdle();
+        Count(Counter.CrossCpuParks);
     }
 
     /// <summary>Wakes this CPU's thread from a park whether or not it announced one (machine stop).</summary>
