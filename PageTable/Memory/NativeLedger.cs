@@ -13,10 +13,10 @@ internal sealed unsafe class NativeLedger
 
     // Fault injection (tests): allocations this thread may still make before one is refused; -1 = no limit.
     [ThreadStatic]
-    private static int t_allocationsLeft;
+    private static int s_allocationsLeft;
 
     [ThreadStatic]
-    private static bool t_limited;
+    private static bool s_limited;
 
     private readonly Dictionary<nint, nuint> _blocks = [];
     private readonly Lock _lock = new();
@@ -47,7 +47,7 @@ internal sealed unsafe class NativeLedger
             bytes = 1;
         }
 
-        if (t_limited && t_allocationsLeft-- <= 0)
+        if (s_limited && s_allocationsLeft-- <= 0)
         {
             throw new NativeAllocationException(bytes);
         }
@@ -70,8 +70,8 @@ internal sealed unsafe class NativeLedger
     /// </summary>
     public static void TestHookLimitAllocations(int? allocations)
     {
-        t_limited = allocations.HasValue;
-        t_allocationsLeft = allocations ?? 0;
+        s_limited = allocations.HasValue;
+        s_allocationsLeft = allocations ?? 0;
     }
 
     /// <summary>Frees a block this ledger allocated; a foreign or freed pointer throws.</summary>

@@ -36,6 +36,7 @@ public sealed unsafe partial class Cpu
     private readonly long _watchdogTicks;
     private readonly long _spinTicks;
     private readonly ControlledScheduler? _controller;
+    private readonly bool _parkIdle;
 
     // Checked mode: every translation this CPU filled and has not explicitly invalidated (vpn ->
     // PTE), never evicted, so the latent-staleness oracle does not depend on TLB size or luck.
@@ -59,6 +60,7 @@ public sealed unsafe partial class Cpu
         _watchdogTicks = (long)(machine.Options.ShootdownWatchdog.TotalSeconds * Stopwatch.Frequency);
         _spinTicks = (long)(machine.CrossCpuSpin.TotalSeconds * Stopwatch.Frequency);
         _controller = machine.Controller;
+        _parkIdle = machine.Oversubscribed;
         _shadow = _checked ? [] : null;
     }
 
@@ -679,6 +681,7 @@ public sealed unsafe partial class Cpu
                     CostTicks.Charge(_cost.IpiSend);
                     sent++;
                     posted |= 1UL << t;
+                    _machine.CpuAt(t).Ring();
                     break;
                 }
             }
@@ -796,22 +799,32 @@ public sealed unsafe partial class Cpu
     private void Park<T>(ref T condition)
         where T : struct, ICrossCpuWait
     {
-        // A parked CPU publishes itself idle first (serving what is already posted), as a
-        // blocked thread does: shootdowns then mark it flush-pending instead of waiting for a
-        // host thread that is off its core, and it flushes before it goes on.
-        EnterIdle();
+        // With more CPUs than host cores a parked CPU publishes itself idle first (serving what
+        // is already posted), as a blocked thread does: shootdowns then mark it flush-pending
+        // instead of waiting for a host thread that is off its core, and it flushes before it
+        // goes on. Otherwise it stays a running CPU that an IPI rings awake, so IPI counts do
+        // not depend on how long a wait took.
+        if (_parkIdle)
+        {
+            EnterIdle();
+        }
+
         _doorbell.Reset();
         Interlocked.Exchange(ref _shared->Parked, 1);
 
-        // Dekker with Ring: we publish Parked then test the condition; a ringer makes the
-        // condition true then reads Parked. A short timeout covers conditions nobody rings for.
-        if (!condition.IsMet() && !_machine.IsStopping)
+        // Dekker with Ring: we publish Parked then test the condition and the mailbox; a ringer
+        // makes either true then reads Parked. A short timeout covers conditions nobody rings for.
+        if (!MailPending && !condition.IsMet() && !_machine.IsStopping)
         {
             _doorbell.Wait(1);
         }
 
         Volatile.Write(ref _shared->Parked, 0);
-        LeaveIdle();
+        if (_parkIdle)
+        {
+            LeaveIdle();
+        }
+
         Count(Counter.CrossCpuParks);
     }
 

@@ -108,4 +108,39 @@ public sealed class ShootdownRoundTests
         Assert.That(m.Counters().OnCpu(0, Counter.IpisReceived), Is.EqualTo(1), "the tearing-down CPU answered the IPI while it waited");
         Assert.That(m.Failure, Is.Null);
     }
+
+    [Test]
+    public void EightCpusShootingAtEachOtherOnAFewHostCoresAllFinishWithConsistentCounts()
+    {
+        // More simulated CPUs than host cores (on the 2-core CI host): waits park, and a parked
+        // CPU is published idle, so rounds defer to it instead of waiting for its host thread.
+        using var m = new SimMachine(Sim.Small(cpus: 8) with { ShootdownWatchdog = TimeSpan.FromSeconds(60) });
+        ulong va = m.Layout.KernelMap.Start;
+        m.Run(0, () => m.KernelPmap.KEnter(va, Sim.NewPage(m, 42)));
+        const int rounds = 1000;
+        var threads = Enumerable.Range(0, 8).Select(cpu => m.StartThread($"shooter{cpu}", () =>
+        {
+            for (int i = 0; i < rounds; i++)
+            {
+                if (m.CurrentCpu.ReadUInt64(va) != 42)
+                {
+                    throw new InvalidOperationException("the page's marker changed");
+                }
+
+                m.CurrentCpu.ShootdownAllButSelf(ShootdownKind.Page, va, serialize: (i + cpu) % 2 == 0);
+            }
+        }, cpu, bound: true)).ToArray();
+        foreach (var td in threads)
+        {
+            td.Join(TimeSpan.FromMinutes(2));
+        }
+
+        var d = m.Counters();
+        Assert.That(d[Counter.ShootdownRounds], Is.EqualTo(8 * rounds));
+        Assert.That(d[Counter.IpiTargets], Is.EqualTo(8 * rounds * 7));
+        Assert.That(d[Counter.IpisSent] + d[Counter.IdleTargetsDeferred], Is.EqualTo(d[Counter.IpiTargets]));
+        Assert.That(d[Counter.IpisReceived], Is.EqualTo(d[Counter.IpisSent]));
+        Assert.That(d[Counter.StaleAccesses] + d[Counter.LatentStaleAccesses], Is.Zero);
+        TestContext.Out.WriteLine($"oversubscribed: {m.Oversubscribed}; parks {d[Counter.CrossCpuParks]}, idle deferrals {d[Counter.IdleTargetsDeferred]}, IPIs {d[Counter.IpisSent]}");
+    }
 }
