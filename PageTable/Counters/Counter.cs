@@ -101,13 +101,19 @@ public enum Counter
 
     /// <summary>Nanoseconds of simulated cost charged by the cost model on this CPU (see <see cref="CostModel"/>).</summary>
     ChargedNanoseconds,
+
+    /// <summary>Accesses of a page whose never-invalidated translation on this CPU no longer matches the PTE (the latent-staleness oracle).</summary>
+    LatentStaleAccesses,
+
+    /// <summary>Cross-CPU waits that outlasted their spin and parked the host thread (published idle meanwhile on an oversubscribed machine).</summary>
+    CrossCpuParks,
 }
 
 /// <summary>Schema names of <see cref="Counter"/> values.</summary>
 public static class CounterNames
 {
     /// <summary>Number of counters.</summary>
-    public const int Count = (int)Counter.ChargedNanoseconds + 1;
+    public const int Count = (int)Counter.CrossCpuParks + 1;
 
     private static readonly string[] s_names =
     [
@@ -116,7 +122,7 @@ public static class CounterNames
         "tlb_hits", "tlb_misses", "page_faults", "lock_acquisitions", "lock_contentions", "sleeps", "wakeups",
         "stale_accesses", "context_switches", "migrations", "mappings", "mapped_pages", "kmem_pte_writes",
         "mapping_tlb_misses", "ipi_invalidations", "ipi_flushes", "shootdown_target_pages", "shootdown_target_flushes",
-        "charged_ns",
+        "charged_ns", "latent_stale_accesses", "cross_cpu_parks",
     ];
 
     /// <summary>The schema name of <paramref name="counter"/>.</summary>

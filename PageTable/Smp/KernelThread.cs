@@ -37,6 +37,9 @@ public sealed class KernelThread
         BoundCpu = bound ? preferredCpu : -1;
         VmSpace = vmspace;
         _host = new Thread(Main) { IsBackground = true, Name = name };
+
+        // Oversubscribed, a woken sleeper's spin would hold the core the waker's CPU needs.
+        Wakeup = new ManualResetEventSlim(false, machine.Oversubscribed ? 1 : SleepSpins);
     }
 
     /// <summary>The running kernel thread; throws when the caller is not one.</summary>
@@ -84,7 +87,10 @@ public sealed class KernelThread
 
     internal SemaphoreSlim CpuGranted { get; } = new(0);
 
-    internal ManualResetEventSlim Wakeup { get; } = new(false, SleepSpins);
+    internal ManualResetEventSlim Wakeup { get; }
+
+    /// <summary>The controlled scheduler's view of this thread, in controlled mode.</summary>
+    internal ControlledScheduler.Slot? Controlled { get; set; }
 
     internal int GrantedCpu { get; set; } = -1;
 
@@ -184,11 +190,15 @@ public sealed class KernelThread
 
     internal void Start() => _host.Start();
 
+    /// <summary>Waits (from any thread) until the thread has ended; false on timeout.</summary>
+    internal bool WaitExited(TimeSpan timeout) => _exited.Wait(timeout);
+
     private void Main()
     {
         s_current = this;
         try
         {
+            Machine.Controller?.Begin(this);
             Machine.Scheduler.Acquire(this);
             try
             {
@@ -202,6 +212,7 @@ public sealed class KernelThread
         catch (Exception ex)
         {
             Fault = ex;
+            Machine.ReportFault(this, ex);
         }
         finally
         {
@@ -209,6 +220,7 @@ public sealed class KernelThread
             _hasExited = true;
             _exited.Set();
             Machine.ThreadExited(this);
+            Machine.Controller?.Exit(this);
         }
     }
 

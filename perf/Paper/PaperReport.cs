@@ -39,6 +39,7 @@ internal static class PaperReport
         ("sfbuf_waits", "waits"),
         ("sfbuf_fails", "fails"),
         ("stale_accesses", "stale"),
+        ("latent_stale_accesses", "latent"),
     ];
 
     /// <summary>

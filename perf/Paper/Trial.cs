@@ -125,7 +125,9 @@ internal sealed class Trial : IDisposable
             ["sfbuf_fails"] = _sfAfter.Failures - _sfBefore.Failures,
             ["lock_contentions"] = d[Counter.LockContentions],
             ["stale_accesses"] = IsChecked ? Machine.Counters()[Counter.StaleAccesses] : 0,
+            ["latent_stale_accesses"] = IsChecked ? Machine.Counters()[Counter.LatentStaleAccesses] : 0,
             ["charged_ns"] = d[Counter.ChargedNanoseconds],
+            ["cross_cpu_parks"] = d[Counter.CrossCpuParks],
         };
 
         return new Measurement
