@@ -158,6 +158,44 @@ public sealed class PaperTests
     }
 
     [Test]
+    public void ALatentStaleAccessInACheckedTrialFailsTheCheck()
+    {
+        // A remap without invalidation whose old entry cpu 1's TLB had already evicted: only the
+        // latent-staleness oracle sees the access, and the trial's check must report it.
+        using var trial = new Trial(CostModel.Zero, SfBufMapper.I386, 2, TrialSize.Check, isChecked: true);
+        var m = trial.Machine;
+        ulong stride = (ulong)(m.Options.TlbEntries / m.Options.TlbWays) << Pte.PageShift; // pages in one TLB set
+        ulong va = m.Layout.KernelMap.Start;
+        var oldPage = m.Physical.Alloc(AllocFlags.Wired | AllocFlags.Zero);
+        var newPage = m.Physical.Alloc(AllocFlags.Wired | AllocFlags.Zero);
+        m.Run(0, () =>
+        {
+            for (int way = 0; way <= m.Options.TlbWays; way++)
+            {
+                m.KernelPmap.KEnter(va + ((ulong)way * stride), way == 0 ? oldPage : m.Physical.Alloc(AllocFlags.Wired | AllocFlags.Zero));
+            }
+        });
+        m.Run(1, () =>
+        {
+            for (int way = 0; way <= m.Options.TlbWays; way++)
+            {
+                m.CurrentCpu.ReadUInt64(va + ((ulong)way * stride));
+            }
+
+            Assert.That(m.CurrentCpu.TestHookTlbHolds(va), Is.False, "the set conflict evicted the first entry");
+        });
+        trial.Begin();
+        m.Run(0, () => m.KernelPmap.KEnter(va, newPage)); // the bug: no invalidation
+        m.Run(1, () => Assert.Throws<LatentStaleTranslationException>(() => m.CurrentCpu.ReadUInt64(va)));
+        trial.End();
+
+        var measured = trial.Measure("lru", 0, 1, new Dictionary<string, object> { ["hit_rate"] = "n/a" }, point: "test");
+        Assert.That(measured["stale_accesses"], Is.Zero, "the TLB no longer held the entry");
+        Assert.That(measured["latent_stale_accesses"], Is.EqualTo(1));
+        Assert.That(PaperChecks.Check(measured), Has.Some.Contains("1 latent stale accesses"));
+    }
+
+    [Test]
     public void TheExecExperimentFailsLoudlyWithoutItsImage()
     {
         using var trial = new Trial(CostModel.Zero, SfBufMapper.I386, 1, TrialSize.Check, isChecked: true);
