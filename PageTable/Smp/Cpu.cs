@@ -369,6 +369,13 @@ public sealed unsafe partial class Cpu
 
     internal void FlushLocal()
     {
+        var hooks = _machine.FlushHooks;
+        if (hooks.Length != 0)
+        {
+            FlushWithHooks(hooks, global: true);
+            return;
+        }
+
         _tlb.FlushAll();
         Count(Counter.FullFlushes);
         CostTicks.Charge(_cost.FullFlush);
@@ -376,9 +383,43 @@ public sealed unsafe partial class Cpu
 
     internal void FlushNonGlobalLocal()
     {
+        var hooks = _machine.FlushHooks;
+        if (hooks.Length != 0)
+        {
+            FlushWithHooks(hooks, global: false);
+            return;
+        }
+
         _tlb.FlushNonGlobal();
         Count(Counter.NonGlobalFlushes);
         CostTicks.Charge(_cost.FullFlush);
+    }
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private void FlushWithHooks(ITlbFlushHook[] hooks, bool global)
+    {
+        Span<long> tokens = hooks.Length <= 16 ? stackalloc long[hooks.Length] : new long[hooks.Length];
+        for (int i = 0; i < hooks.Length; i++)
+        {
+            tokens[i] = hooks[i].Flushing(this, global);
+        }
+
+        if (global)
+        {
+            _tlb.FlushAll();
+            Count(Counter.FullFlushes);
+        }
+        else
+        {
+            _tlb.FlushNonGlobal();
+            Count(Counter.NonGlobalFlushes);
+        }
+
+        CostTicks.Charge(_cost.FullFlush);
+        for (int i = 0; i < hooks.Length; i++)
+        {
+            hooks[i].Flushed(this, global, tokens[i]);
+        }
     }
 
     // ---------------------------------------------------------------- IPIs

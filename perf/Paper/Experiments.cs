@@ -423,7 +423,7 @@ internal static unsafe class Experiments
             {
                 td.SchedPin();
                 var sf = sfbufs.Alloc(pages[i], SfBufFlags.CpuPrivate);
-                m.CurrentCpu.ReadUInt64(sf.Kva);
+                m.CurrentCpu.ReadUInt64(sfbufs.Kva(sf));
                 sfbufs.Free(sf);
                 td.SchedUnpin();
             }

@@ -191,8 +191,10 @@ public static class Exec
     {
         Span<byte> bytes = stackalloc byte[(int)Math.Min(fileSize, Pte.PageSize)];
 
-        // The current CPU, whichever it is now: a shared mapping is valid on all of them.
-        kernel.Cpu.Read(header.Kva, bytes);
+        // The current CPU, whichever it is now: a shared mapping is valid on all of them once
+        // sf_buf_kva has run here (lwbuf and emap do work on the accessing CPU).
+        ulong kva = header.Sf.IsNone ? header.Kva : kernel.SfBufs.Kva(header.Sf);
+        kernel.Cpu.Read(kva, bytes);
         return ElfImage.Parse(bytes, fileSize, out image, out reason);
     }
 
@@ -292,7 +294,7 @@ public static class Exec
                     var to = kernel.SfBufs.Alloc(userPage, SfBufFlags.CpuPrivate);
                     try
                     {
-                        td.Cpu!.Copy(to.Kva + (ulong)inPage, from.Kva + (ulong)inPage, chunk);
+                        td.Cpu!.Copy(kernel.SfBufs.Kva(to) + (ulong)inPage, kernel.SfBufs.Kva(from) + (ulong)inPage, chunk);
                     }
                     finally
                     {

@@ -1,0 +1,230 @@
+using Native.PageTable;
+
+namespace Native.SfBufNative.Strategies.Linux;
+
+/// <summary>
+/// The Linux adapters behind the sf_buf interface, 32-bit highmem form (no page is in lowmem, so
+/// every page needs a mapping). Shared users (sendfile, the vnode pager, the exec header) get
+/// <c>kmap</c>; private short users (<see cref="SfBufFlags.CpuPrivate"/>) get what each variant
+/// names. <c>kmap</c> waits uninterruptibly (<c>TASK_UNINTERRUPTIBLE</c>): <see cref="SfBufFlags.Catch"/>
+/// cannot end the wait. <see cref="SfBufFlags.NoWait"/>, which no Linux caller of <c>kmap</c> has,
+/// makes one sweep (with its flush) and returns no sf_buf instead of sleeping.
+/// </summary>
+public abstract class LinuxHighmemMapper : SfBufMapper
+{
+    private readonly PkmapPool _pkmap;
+    private long _privateMaps;
+    private long _sharedMaps;
+
+    private protected LinuxHighmemMapper(Machine machine, int? lastPkmap)
+        : base(machine)
+    {
+        _pkmap = new PkmapPool(machine, lastPkmap);
+    }
+
+    /// <summary><c>LAST_PKMAP</c>: the kmap pool's slots.</summary>
+    public int LastPkmap => _pkmap.LastPkmap;
+
+    /// <summary>
+    /// How long a <c>kmap</c> waiter may see no <c>kunmap</c> with every slot in use before it
+    /// reports the deadlock with a <see cref="KmapDeadlockException"/> (default 60 s).
+    /// </summary>
+    public TimeSpan HungTaskTimeout
+    {
+        get => _pkmap.HungTaskTimeout;
+        set => _pkmap.HungTaskTimeout = value > TimeSpan.Zero ? value : throw new ArgumentOutOfRangeException(nameof(value));
+    }
+
+    private protected PkmapPool Pkmap => _pkmap;
+
+    /// <inheritdoc/>
+    public sealed override SfBuf Alloc(VmPage page, SfBufFlags flags = SfBufFlags.Default, CancellationToken cancellation = default)
+    {
+        Machine.Physical.CheckFrame(page.Frame);
+        CheckAlloc(page, flags);
+        var td = KernelThread.Current;
+        if ((flags & SfBufFlags.CpuPrivate) != 0 && MapPrivate(td, page) is { IsNone: false } sf)
+        {
+            Interlocked.Increment(ref _privateMaps);
+            return sf;
+        }
+
+        // kmap: uninterruptible, so the cancellation token is not consulted.
+        ulong va = _pkmap.Kmap(td, page, (flags & SfBufFlags.NoWait) != 0, out int slot, out int generation);
+        if (va == 0)
+        {
+            return SfBuf.None;
+        }
+
+        Interlocked.Increment(ref _sharedMaps);
+        return new SfBuf(va, page, slot, Id, generation);
+    }
+
+    /// <inheritdoc/>
+    public sealed override void Free(SfBuf sf)
+    {
+        CheckOwner(sf);
+        var td = KernelThread.Current;
+        if (!UnmapPrivate(td, sf))
+        {
+            _pkmap.Kunmap(td, sf);
+        }
+    }
+
+    /// <inheritdoc/>
+    public sealed override SfBufStats Stats()
+    {
+        var details = new Dictionary<string, long>(StringComparer.Ordinal)
+        {
+            ["private_maps"] = Interlocked.Read(ref _privateMaps),
+            ["shared_maps"] = Interlocked.Read(ref _sharedMaps),
+        };
+        _pkmap.AddDetails(details);
+        AddDetails(details);
+        return new SfBufStats
+        {
+            Strategy = Name,
+            Nsfbufs = _pkmap.LastPkmap,
+            NsfbufsUsed = _pkmap.Used,
+            NsfbufsPeak = _pkmap.Peak,
+            AllocWait = _pkmap.Waits,
+            AllocFail = AllocFailCount,
+            Hits = _pkmap.Hits,
+            Misses = _pkmap.NewMappings + PrivateMaps,
+            Recycles = _pkmap.Purged,
+            Failures = _pkmap.Failures,
+            Details = details,
+        };
+    }
+
+    /// <summary>Maps for private users made by the per-CPU mechanism (none for plain kmap).</summary>
+    private protected virtual long PrivateMaps => 0;
+
+    /// <summary>The per-CPU mechanism for a private user; none to use <c>kmap</c>.</summary>
+    private protected virtual SfBuf MapPrivate(KernelThread td, VmPage page) => SfBuf.None;
+
+    /// <summary>Releases <paramref name="sf"/> if the per-CPU mechanism made it.</summary>
+    private protected virtual bool UnmapPrivate(KernelThread td, SfBuf sf) => false;
+
+    /// <summary>Adds the per-CPU mechanism's counts.</summary>
+    private protected virtual void AddDetails(Dictionary<string, long> details)
+    {
+    }
+}
+
+/// <summary>
+/// <c>linux-kmap</c>: the persistent kmap pool for every user, private ones included (what
+/// Linux code did before <c>kmap_atomic</c>, and what a page-cache user that may sleep still does).
+/// </summary>
+public sealed class LinuxKmapMapper : LinuxHighmemMapper
+{
+    internal LinuxKmapMapper(Machine machine, int? lastPkmap)
+        : base(machine, lastPkmap)
+    {
+    }
+
+    /// <inheritdoc/>
+    public override string Name => LinuxKmap;
+}
+
+/// <summary>
+/// <c>linux-kmap-atomic</c>: <c>kmap_atomic</c> for private users (per-CPU LIFO fixmap slots,
+/// preemption off while held, local invalidation at unmap), <c>kmap</c> for shared ones.
+/// </summary>
+public sealed class LinuxKmapAtomicMapper : LinuxHighmemMapper
+{
+    private readonly KmapAtomic _atomic;
+
+    internal LinuxKmapAtomicMapper(Machine machine, int? lastPkmap)
+        : base(machine, lastPkmap)
+    {
+        _atomic = new KmapAtomic(machine);
+    }
+
+    /// <inheritdoc/>
+    public override string Name => LinuxKmapAtomic;
+
+    /// <summary>Depth of <paramref name="cpu"/>'s kmap_atomic stack (tests).</summary>
+    internal int AtomicDepth(int cpu) => _atomic.Depth(cpu);
+
+    private protected override long PrivateMaps => _atomic.Maps;
+
+    private protected override SfBuf MapPrivate(KernelThread td, VmPage page)
+    {
+        ulong va = _atomic.Map(td, page, out int slot);
+        return new SfBuf(va, page, slot, Id);
+    }
+
+    private protected override bool UnmapPrivate(KernelThread td, SfBuf sf)
+    {
+        if (!_atomic.Owns(sf.Kva))
+        {
+            return false;
+        }
+
+        _atomic.Unmap(td, sf);
+        return true;
+    }
+
+    private protected override void AddDetails(Dictionary<string, long> details) => details["kmap_atomic.maps"] = _atomic.Maps;
+}
+
+/// <summary>
+/// <c>linux-kmap-local</c>: <c>kmap_local_page</c> for private users (per-thread LIFO stack of
+/// per-CPU slots, migration off while held, saved and restored at context switches), <c>kmap</c>
+/// for shared ones.
+/// </summary>
+public sealed class LinuxKmapLocalMapper : LinuxHighmemMapper
+{
+    private readonly KmapLocal _local;
+
+    internal LinuxKmapLocalMapper(Machine machine, int? lastPkmap)
+        : base(machine, lastPkmap)
+    {
+        _local = new KmapLocal(machine);
+    }
+
+    /// <inheritdoc/>
+    public override string Name => LinuxKmapLocal;
+
+    /// <summary>Maps the calling thread holds (tests).</summary>
+    internal int LocalDepth => _local.Depth;
+
+    private protected override long PrivateMaps => _local.Maps;
+
+    private protected override SfBuf MapPrivate(KernelThread td, VmPage page)
+    {
+        ulong va = _local.Map(td, page, out int slot);
+        return new SfBuf(va, page, slot, Id);
+    }
+
+    private protected override bool UnmapPrivate(KernelThread td, SfBuf sf)
+    {
+        if (!_local.Owns(sf.Kva))
+        {
+            return false;
+        }
+
+        _local.Unmap(td, sf);
+        return true;
+    }
+
+    private protected override void AddDetails(Dictionary<string, long> details)
+    {
+        details["kmap_local.maps"] = _local.Maps;
+        details["kmap_local.saves"] = _local.Saves;
+        details["kmap_local.restores"] = _local.Restores;
+        details["kmap_local.switches_with_maps"] = _local.SwitchesWithMaps;
+    }
+
+    /// <inheritdoc/>
+    protected override void Dispose(bool disposing)
+    {
+        if (disposing)
+        {
+            _local.Dispose();
+        }
+
+        base.Dispose(disposing);
+    }
+}
