@@ -134,8 +134,8 @@ internal sealed unsafe class Emap : IContextSwitchHook, ITlbFlushHook, IDisposab
     public void Unmap(ulong va)
     {
         _machine.KernelPmap.ExchangePte(va, 0);
+        Interlocked.Decrement(ref _used); // before the page can be handed out again
         _window.Free(va, 1);
-        Interlocked.Decrement(ref _used);
     }
 
     /// <summary><c>uvm_emap_consume(gen)</c> on <paramref name="cpu"/>, the calling thread's CPU.</summary>
