@@ -113,6 +113,14 @@ public sealed class QuickMapper : SfBufMapper
         };
     }
 
+    /// <summary><c>pmap_quick_enter_page</c> itself, without the adapter's fallback (tests).</summary>
+    internal SfBuf TestHookQuickEnterPage(VmPage page)
+    {
+        var td = KernelThread.Current;
+        ulong qaddr = _quick.Enter(td, page, out int generation);
+        return new SfBuf(qaddr, page, td.Cpu!.Id, Id, generation);
+    }
+
     /// <inheritdoc/>
     protected override void Dispose(bool disposing)
     {
