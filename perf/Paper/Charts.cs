@@ -32,6 +32,20 @@ internal static class Charts
             files.Add(IpisPerMb(Path.Combine(directory, "ipis-per-mb.png"), bulkRows.Where(r => r.Cpus == cpus).ToList(), cpus));
         }
 
+        // Per experiment: IPIs per unit against the CPU count, one line per strategy.
+        foreach (var group in rows.Where(r => r.Experiment is not ("lru" or "memcpy")).GroupBy(r => r.Experiment))
+        {
+            if (group.Select(r => r.Cpus).Distinct().Count() > 1)
+            {
+                files.Add(AgainstCpus(
+                    Path.Combine(directory, $"ipis-vs-cpus-{group.Key}.png"),
+                    $"{group.Key}: IPIs sent per {group.First().Unit} against the CPU count",
+                    $"IPIs / {group.First().Unit}",
+                    [.. group],
+                    r => r["ipis_sent"] / r.Units));
+            }
+        }
+
         var lru = rows.Where(r => r.Experiment == "lru").ToList();
         if (lru.Count > 0)
         {
@@ -118,6 +132,29 @@ internal static class Charts
         plot.Title($"IPIs sent per MiB moved, {cpus} CPUs");
         plot.YLabel("IPIs / MiB");
         plot.SavePng(path, 1000, 450);
+        return path;
+    }
+
+    /// <summary>One line per strategy: <paramref name="value"/> against the CPU count.</summary>
+    public static string AgainstCpus(string path, string title, string yLabel, IReadOnlyList<PaperRow> rows, Func<PaperRow, double> value)
+    {
+        var plot = new Plot();
+        var strategies = SfBufMapper.StrategyNames.Where(s => rows.Any(r => r.Strategy == s)).ToList();
+        var cpuCounts = rows.Select(r => r.Cpus).Distinct().Order().ToList();
+        for (int s = 0; s < strategies.Count; s++)
+        {
+            var points = rows.Where(r => r.Strategy == strategies[s]).OrderBy(r => r.Cpus).ToList();
+            var line = plot.Add.Scatter(points.Select(r => (double)r.Cpus).ToArray(), points.Select(value).ToArray(), s_palette.GetColor(s));
+            line.LegendText = strategies[s];
+        }
+
+        plot.Axes.Bottom.TickGenerator = new ScottPlot.TickGenerators.NumericManual(
+            [.. cpuCounts.Select(c => new Tick(c, c.ToString(System.Globalization.CultureInfo.InvariantCulture)))]);
+        plot.ShowLegend(Alignment.UpperLeft);
+        plot.Title(title);
+        plot.XLabel("CPUs");
+        plot.YLabel(yLabel);
+        plot.SavePng(path, 800, 450);
         return path;
     }
 

@@ -400,6 +400,7 @@ internal static unsafe class Experiments
             {
                 ["working_set_pages"] = k,
                 ["nsfbufs"] = n,
+                ["pool_pages"] = t.Kernel.SfBufs.Stats().Nsfbufs,
                 ["fraction_of_pool"] = f,
             });
             long hits = row["sfbuf_hits"];

@@ -15,6 +15,7 @@ internal static class PaperReport
     [
         ("pte_writes", "PTE wr"),
         ("local_invalidations", "invlpg"),
+        ("full_flushes", "flushes"),
         ("shootdowns", "shootdn"),
         ("ipis_sent", "IPIs"),
         ("tlb_misses", "TLB miss"),
@@ -68,15 +69,21 @@ internal static class PaperReport
         }
     }
 
-    /// <summary>The paper's comparison: speedup over <c>original</c> and how far IPIs fell, per experiment and CPU count.</summary>
+    /// <summary>
+    /// The paper's comparison, one column per strategy: speedup over <c>original</c> and IPIs per
+    /// MiB (or per operation), per experiment and CPU count.
+    /// </summary>
     public static void PrintComparison(IReadOnlyList<PaperRow> rows)
     {
-        var table = new Table().Border(TableBorder.Rounded).Title("[bold]sf_buf against the original mechanisms[/]")
+        var strategies = SfBufMapper.StrategyNames.Where(s => s != SfBufMapper.Original && rows.Any(r => r.Strategy == s)).ToList();
+        var table = new Table().Border(TableBorder.Rounded).Title("[bold]against the original mechanisms[/]: speedup / IPIs per unit (original's IPIs per unit in its column)")
             .AddColumn("experiment").AddColumn(new TableColumn("cpus").RightAligned())
-            .AddColumn(new TableColumn("sfbuf-i386 speedup").RightAligned())
-            .AddColumn(new TableColumn("sfbuf-amd64 speedup").RightAligned())
-            .AddColumn(new TableColumn("i386 IPIs vs original").RightAligned())
-            .AddColumn(new TableColumn("amd64 IPIs vs original").RightAligned());
+            .AddColumn(new TableColumn("original IPIs").RightAligned());
+        foreach (var s in strategies)
+        {
+            table.AddColumn(new TableColumn(Markup.Escape(s)).RightAligned());
+        }
+
         foreach (var group in rows.Where(r => r.Experiment is not ("lru" or "memcpy")).GroupBy(r => (r.Experiment, r.Cpus)))
         {
             var original = group.FirstOrDefault(r => r.Strategy == SfBufMapper.Original);
@@ -85,15 +92,19 @@ internal static class PaperReport
                 continue;
             }
 
-            var i386 = group.FirstOrDefault(r => r.Strategy == SfBufMapper.I386);
-            var amd64 = group.FirstOrDefault(r => r.Strategy == SfBufMapper.Amd64);
-            table.AddRow(
+            var cells = new List<string>
+            {
                 group.Key.Experiment,
                 group.Key.Cpus.ToString(CultureInfo.InvariantCulture),
-                Speedup(i386, original),
-                Speedup(amd64, original),
-                IpiChange(i386, original),
-                IpiChange(amd64, original));
+                Fmt(original["ipis_sent"] / original.Units),
+            };
+            foreach (var s in strategies)
+            {
+                var row = group.FirstOrDefault(r => r.Strategy == s);
+                cells.Add(row is null ? "-" : $"{Speedup(row, original)} / {Fmt(row["ipis_sent"] / row.Units)}");
+            }
+
+            table.AddRow(cells.Select(c => new Text(c)));
         }
 
         AnsiConsole.Write(table);
@@ -134,6 +145,11 @@ internal static class PaperReport
             }
         }
 
+        foreach (var r in rows.Where(r => SfBufMapper.StrategyNames.Contains(r.Strategy) && SfBufMapper.Describe(r.Strategy).IsPeer))
+        {
+            CheckPeer(r, problems);
+        }
+
         foreach (var cpus in rows.Where(r => r.Experiment == "sendfile-hot").Select(r => r.Cpus).Distinct())
         {
             var i386 = rows.FirstOrDefault(r => r.Experiment == "sendfile-hot" && r.Cpus == cpus && r.Strategy == SfBufMapper.I386);
@@ -145,6 +161,75 @@ internal static class PaperReport
         }
 
         return problems;
+    }
+
+    /// <summary>Experiments whose sf_buf users are all private (<see cref="SfBufFlags.CpuPrivate"/>).</summary>
+    public static bool IsPrivateOnly(string experiment) => experiment is "pipe" or "pipe-huge" or "md-seq" or "md-rand" or "ptrace-word" or "ptrace-page" or "lru";
+
+    /// <summary>Experiments with shared sf_buf users (sendfile, the vnode pager, the exec header).</summary>
+    public static bool HasSharedUsers(string experiment) => experiment is "sendfile-hot" or "sendfile-cold" or "vnode" or "exec";
+
+    /// <summary>
+    /// The counts each peer's algorithm fixes, checked on one row:
+    /// <list type="bullet">
+    /// <item><c>netbsd-emap</c>: no IPI and no shootdown anywhere (consumers flush their own TLB).</item>
+    /// <item><c>linux-kmap-atomic</c>, <c>linux-kmap-local</c>, <c>freebsd-quick</c>: none for private users.</item>
+    /// <item>the kmap pool: at most one global flush per wrap of the clock hand, and between two
+    /// flushes at least <c>LAST_PKMAP</c> minus the slots in use new mappings, so
+    /// <c>(flushes - 1) x (LAST_PKMAP - peak in use) &lt;= new mappings</c>.</item>
+    /// <item><c>dragonfly-lwbuf</c>: every shootdown is an <c>lwbuf_set_global</c>, one per shared
+    /// allocation on SMP; private users none.</item>
+    /// <item><c>linux-kmap-local</c>: every map saved at a switch-out is restored at the switch-in.</item>
+    /// </list>
+    /// </summary>
+    public static void CheckPeer(PaperRow r, List<string> problems)
+    {
+        ArgumentNullException.ThrowIfNull(r);
+        ArgumentNullException.ThrowIfNull(problems);
+        string where = $"{r.Experiment}/{r.Strategy}/{r.Cpus}cpu";
+        bool perCpuPrivate = r.Strategy is SfBufMapper.LinuxKmapAtomic or SfBufMapper.LinuxKmapLocal or SfBufMapper.FreeBsdQuick;
+        if ((r.Strategy == SfBufMapper.NetBsdEmap || (perCpuPrivate && IsPrivateOnly(r.Experiment))) && (r["ipis_sent"] != 0 || r["shootdowns"] != 0))
+        {
+            problems.Add($"{where}: {r["shootdowns"]} shootdowns and {r["ipis_sent"]} IPIs where the algorithm sends none");
+        }
+
+        if (r.Counters.TryGetValue("pkmap.global_flushes", out long flushes))
+        {
+            long lastPkmap = r["pkmap.last_pkmap"], peak = r["pkmap.peak_in_use"], newMappings = r["pkmap.new_mappings"];
+            if (flushes > r["pkmap.wraps"])
+            {
+                problems.Add($"{where}: {flushes} global flushes in {r["pkmap.wraps"]} wraps of the clock hand");
+            }
+
+            if (peak < lastPkmap && flushes > 1 && (flushes - 1) * (lastPkmap - peak) > newMappings)
+            {
+                problems.Add($"{where}: {flushes} global flushes for {newMappings} new mappings (LAST_PKMAP {lastPkmap}, at most {peak} in use)");
+            }
+        }
+
+        if (r.Strategy == SfBufMapper.DragonFlyLwbuf)
+        {
+            long syncs = r["lwbuf.set_global_syncs"];
+            if (r["shootdowns"] != syncs)
+            {
+                problems.Add($"{where}: {r["shootdowns"]} shootdowns but {syncs} lwbuf_set_global invalidations");
+            }
+
+            if (r.Cpus > 1 && syncs != r["lwbuf.shared_allocs"])
+            {
+                problems.Add($"{where}: {syncs} cross-CPU invalidations for {r["lwbuf.shared_allocs"]} shared allocations (expected one each)");
+            }
+
+            if (IsPrivateOnly(r.Experiment) && syncs != 0)
+            {
+                problems.Add($"{where}: private users caused {syncs} cross-CPU invalidations");
+            }
+        }
+
+        if (r.Counters.TryGetValue("kmap_local.saves", out long saves) && saves != r["kmap_local.restores"])
+        {
+            problems.Add($"{where}: {saves} kmap_local maps saved at switch-out, {r["kmap_local.restores"]} restored");
+        }
     }
 
     /// <summary>
@@ -236,16 +321,4 @@ internal static class PaperReport
 
     private static string Speedup(PaperRow? candidate, PaperRow original) =>
         candidate is null || Throughput(original) <= 0 ? "-" : $"{Throughput(candidate) / Throughput(original):0.00}x";
-
-    private static string IpiChange(PaperRow? candidate, PaperRow original)
-    {
-        if (candidate is null)
-        {
-            return "-";
-        }
-
-        double before = original["ipis_sent"] / original.Units;
-        double after = candidate["ipis_sent"] / candidate.Units;
-        return before == 0 ? (after == 0 ? "none either way" : $"{after:0.###}/unit") : $"-{1 - (after / before):P0}";
-    }
 }

@@ -6,8 +6,9 @@ using NUnit.Framework;
 namespace Native.Tests.Perf;
 
 /// <summary>
-/// <c>perf paper</c>'s experiments at their quick size: every experiment runs for every strategy
-/// on 1 and 2 CPUs, and the invariants the paper's argument rests on hold in the rows.
+/// <c>perf paper</c>'s experiments at their quick size: every experiment runs for every strategy,
+/// the peers included, on 1 and 2 CPUs, and the invariants the paper's argument rests on, and the
+/// counts each peer's algorithm fixes, hold in the rows.
 /// </summary>
 [TestFixture]
 [NonParallelizable]
@@ -93,6 +94,86 @@ public sealed class PaperTests
         var lru = Rows().Where(r => r.Experiment == "lru" && r.Strategy == SfBufMapper.I386).ToList();
         Assert.That(lru.Where(r => (double)r.Params["fraction_of_pool"] < 1).Select(r => (double)r.Params["hit_rate"]), Is.All.GreaterThan(0.95));
         Assert.That(lru.Where(r => (double)r.Params["fraction_of_pool"] > 1).Select(r => (double)r.Params["hit_rate"]), Is.All.LessThan(0.05));
+    }
+
+    [Test]
+    public void PaperAcceptsEveryStrategyNameAllAndThePeersSwitch()
+    {
+        Assert.That(PaperCommand.ChooseStrategies(["all"], peers: false), Is.EqualTo(SfBufMapper.StrategyNames));
+        Assert.That(PaperCommand.ChooseStrategies([.. SfBufMapper.PaperStrategyNames], peers: false), Is.EqualTo(SfBufMapper.PaperStrategyNames));
+        Assert.That(PaperCommand.ChooseStrategies([.. SfBufMapper.PaperStrategyNames], peers: true), Is.EqualTo(SfBufMapper.StrategyNames));
+        Assert.That(PaperCommand.ChooseStrategies([SfBufMapper.NetBsdEmap, SfBufMapper.Original], peers: false), Is.EqualTo(new[] { SfBufMapper.Original, SfBufMapper.NetBsdEmap }), "in the order results list them");
+        foreach (var name in SfBufMapper.StrategyNames)
+        {
+            Assert.That(PaperCommand.ChooseStrategies([name], peers: false), Is.EqualTo(new[] { name }));
+        }
+
+        Assert.That(() => PaperCommand.ChooseStrategies(["linux-kmap-highmem"], peers: false), Throws.ArgumentException.With.Message.Contains("linux-kmap"));
+    }
+
+    [Test]
+    public void NetbsdEmapSendsNoIpiAnywhere()
+    {
+        var emap = Rows().Where(r => r.Strategy == SfBufMapper.NetBsdEmap).ToList();
+        Assert.That(emap, Is.Not.Empty);
+        Assert.That(emap.Select(r => (r.Experiment, r.Cpus, r["ipis_sent"], r["shootdowns"])), Has.All.Matches<(string, int, long Ipis, long Shootdowns)>(x => x.Ipis == 0 && x.Shootdowns == 0));
+        Assert.That(emap.Where(r => r.Cpus == 2 && r.Experiment == "sendfile-hot").Single()["emap.consume_flushes"], Is.GreaterThan(0), "the NIC's CPU consumed by flushing");
+    }
+
+    [TestCase(SfBufMapper.LinuxKmapAtomic)]
+    [TestCase(SfBufMapper.LinuxKmapLocal)]
+    [TestCase(SfBufMapper.FreeBsdQuick)]
+    public void PerCpuPeersSendNoIpiForPrivateUsers(string strategy)
+    {
+        var rows = Rows().Where(r => r.Strategy == strategy && PaperReport.IsPrivateOnly(r.Experiment)).ToList();
+        Assert.That(rows.Select(r => r.Experiment).Distinct().Count(), Is.EqualTo(7), "every private-only experiment ran");
+        Assert.That(rows.Select(r => r["ipis_sent"] + r["shootdowns"]), Is.All.Zero);
+    }
+
+    [TestCase(SfBufMapper.LinuxKmap)]
+    [TestCase(SfBufMapper.LinuxKmapAtomic)]
+    [TestCase(SfBufMapper.LinuxKmapLocal)]
+    public void KmapFlushesGloballyAtMostOncePerLastPkmapNewMappings(string strategy)
+    {
+        foreach (var r in Rows().Where(r => r.Strategy == strategy))
+        {
+            long lastPkmap = r["pkmap.last_pkmap"], peak = r["pkmap.peak_in_use"];
+            Assert.That(lastPkmap, Is.EqualTo(1024), "x86-32 LAST_PKMAP on the default machine");
+            Assert.That(r["pkmap.global_flushes"], Is.LessThanOrEqualTo(r["pkmap.wraps"]), $"{r.Experiment}/{r.Cpus}cpu: one flush per wrap at most");
+            Assert.That(peak, Is.LessThan(lastPkmap));
+            Assert.That(Math.Max(0, r["pkmap.global_flushes"] - 1) * (lastPkmap - peak), Is.LessThanOrEqualTo(r["pkmap.new_mappings"]), $"{r.Experiment}/{r.Cpus}cpu");
+        }
+
+        var cold = Rows().Single(r => r.Strategy == strategy && r.Experiment == "sendfile-cold" && r.Cpus == 2);
+        Assert.That(cold["pkmap.global_flushes"], Is.GreaterThan(0), "a file twice nsfbufs wraps the 1024-slot pool");
+        Assert.That(cold["shootdowns"], Is.GreaterThanOrEqualTo(cold["pkmap.global_flushes"]), "each global flush reaches the other CPU");
+    }
+
+    [Test]
+    public void LwbufSharedUsersCostOneCrossCpuInvalidationPerAllocationAndPrivateUsersNone()
+    {
+        foreach (var r in Rows().Where(r => r.Strategy == SfBufMapper.DragonFlyLwbuf))
+        {
+            string where = $"{r.Experiment}/{r.Cpus}cpu";
+            Assert.That(r["shootdowns"], Is.EqualTo(r["lwbuf.set_global_syncs"]), where);
+            Assert.That(r["lwbuf.set_global_syncs"], Is.EqualTo(r.Cpus > 1 ? r["lwbuf.shared_allocs"] : 0), where);
+            if (PaperReport.IsPrivateOnly(r.Experiment))
+            {
+                Assert.That(r["shootdowns"], Is.Zero, where);
+            }
+        }
+
+        var vnode = Rows().Single(r => r.Strategy == SfBufMapper.DragonFlyLwbuf && r.Experiment == "vnode" && r.Cpus == 2);
+        Assert.That(vnode["lwbuf.shared_allocs"], Is.GreaterThan(0));
+    }
+
+    [Test]
+    public void KmapLocalRestoresExactlyTheMapsItSaved()
+    {
+        foreach (var r in Rows().Where(r => r.Strategy == SfBufMapper.LinuxKmapLocal))
+        {
+            Assert.That(r["kmap_local.restores"], Is.EqualTo(r["kmap_local.saves"]), $"{r.Experiment}/{r.Cpus}cpu");
+        }
     }
 
     [Test]

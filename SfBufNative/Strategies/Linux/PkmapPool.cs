@@ -23,7 +23,7 @@ namespace Native.SfBufNative.Strategies.Linux;
 /// uninterruptibly on <c>pkmap_map_wait</c>, then checks whether someone mapped its page meanwhile.
 /// </para>
 /// </summary>
-internal sealed unsafe class PkmapPool : IDisposable
+internal sealed unsafe class PkmapPool
 {
     /// <summary>x86-32 without PAE.</summary>
     public const int DefaultLastPkmap = 1024;
@@ -224,11 +224,6 @@ internal sealed unsafe class PkmapPool : IDisposable
         }
     }
 
-    public void Dispose()
-    {
-        // Native arrays belong to the machine's ledger and go with it.
-    }
-
     /// <summary>The count of a slot (tests).</summary>
     internal int CountOf(int slot) => _count[slot];
 
@@ -311,26 +306,23 @@ internal sealed unsafe class PkmapPool : IDisposable
     {
         long unmapsBefore = _unmaps;
         long startedAt = Stopwatch.GetTimestamp();
-        while (true)
+        _waiters++;
+        _waits++;
+        var result = _machine.Sleep(_pkmapMapWait, _kmapLock, timeout: HungTaskTimeout);
+        _waiters--;
+        int mapped = PageAddress(td, page.Frame);
+        if (mapped != NoSlot || result == SleepResult.Woken || _unmaps != unmapsBefore || AnyUsable())
         {
-            _waiters++;
-            _waits++;
-            var result = _machine.Sleep(_pkmapMapWait, _kmapLock, timeout: HungTaskTimeout);
-            _waiters--;
-            int mapped = PageAddress(td, page.Frame);
-            if (mapped != NoSlot || result == SleepResult.Woken || _unmaps != unmapsBefore || AnyUsable())
-            {
-                return mapped;
-            }
-
-            // Woken by the watchdog: no kunmap at all since we went to sleep, and every slot is
-            // still in use. Whoever holds them waits too (or leaked them): Andrew Morton's kmap
-            // deadlock of threads that each hold one mapping and wait for a second.
-            throw new KmapDeadlockException(
-                $"kmap: every one of the {LastPkmap} pkmap slots has been in use for {Stopwatch.GetElapsedTime(startedAt).TotalSeconds:0.###} s "
-                + $"with no kunmap, and {td} waits for one for {page} (uninterruptibly): the documented deadlock of threads that "
-                + "each hold a kmap and wait for another when the pool is exhausted");
+            return mapped;
         }
+
+        // Woken by the watchdog: no kunmap at all since we went to sleep, and every slot is still
+        // in use. Whoever holds them waits too (or leaked them): Andrew Morton's kmap deadlock of
+        // threads that each hold one mapping and wait for a second.
+        throw new KmapDeadlockException(
+            $"kmap: every one of the {LastPkmap} pkmap slots has been in use for {Stopwatch.GetElapsedTime(startedAt).TotalSeconds:0.###} s "
+            + $"with no kunmap, and {td} waits for one for {page} (uninterruptibly): the documented deadlock of threads that "
+            + "each hold a kmap and wait for another when the pool is exhausted");
     }
 
     private bool AnyUsable()
