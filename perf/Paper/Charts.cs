@@ -92,10 +92,19 @@ internal static class Charts
             plot.Legend.ManualItems.Add(new LegendItem { LabelText = strategies[s], FillColor = s_palette.GetColor(s) });
         }
 
-        plot.ShowLegend(Alignment.UpperLeft);
+        // Beside the data with the peers on board: inside, nine entries would hide bars.
+        if (strategies.Count > 3)
+        {
+            plot.ShowLegend(Edge.Right);
+        }
+        else
+        {
+            plot.ShowLegend(Alignment.UpperLeft);
+        }
+
         plot.Title(title);
         plot.YLabel(yLabel);
-        plot.SavePng(path, 800, 450);
+        plot.SavePng(path, strategies.Count > 3 ? 1000 : 800, 450);
         return path;
     }
 
@@ -128,7 +137,15 @@ internal static class Charts
             plot.Legend.ManualItems.Add(new LegendItem { LabelText = strategies[s], FillColor = s_palette.GetColor(s) });
         }
 
-        plot.ShowLegend(Alignment.UpperRight);
+        if (strategies.Count > 3)
+        {
+            plot.ShowLegend(Edge.Right);
+        }
+        else
+        {
+            plot.ShowLegend(Alignment.UpperRight);
+        }
+
         plot.Title($"IPIs sent per MiB moved, {cpus} CPUs");
         plot.YLabel("IPIs / MiB");
         plot.SavePng(path, 1000, 450);
@@ -150,7 +167,7 @@ internal static class Charts
 
         plot.Axes.Bottom.TickGenerator = new ScottPlot.TickGenerators.NumericManual(
             [.. cpuCounts.Select(c => new Tick(c, c.ToString(System.Globalization.CultureInfo.InvariantCulture)))]);
-        plot.ShowLegend(Alignment.UpperLeft);
+        plot.ShowLegend(Edge.Right);
         plot.Title(title);
         plot.XLabel("CPUs");
         plot.YLabel(yLabel);
@@ -174,7 +191,15 @@ internal static class Charts
         }
 
         plot.Add.VerticalLine(1.0, color: Colors.Gray).LegendText = "nsfbufs";
-        plot.ShowLegend(Alignment.UpperRight);
+        if (i > 3)
+        {
+            plot.ShowLegend(Edge.Right);
+        }
+        else
+        {
+            plot.ShowLegend(Alignment.UpperRight);
+        }
+
         plot.Title("sf_buf hit rate, cyclic working set");
         plot.XLabel("working set / nsfbufs");
         plot.YLabel("hits (%)");

@@ -218,10 +218,12 @@ public sealed class PeerPitfallTests
             Volatile.Write(ref mapped, 1);
             while (Volatile.Read(ref hogReady) == 0)
             {
-                m.Sleep(this, timeout: TimeSpan.FromMilliseconds(1)); // switches out and in: a save and a restore each
+                // Switches out and in (a save and a restore each); once the hog holds cpu 0 the
+                // wakeup waits for it, although cpu 1 is free.
+                m.Sleep(this, timeout: TimeSpan.FromMilliseconds(1));
             }
 
-            m.Sleep(this, timeout: TimeSpan.FromMilliseconds(20)); // wakes while cpu 0 is taken, cpu 1 free
+            m.Sleep(this, timeout: TimeSpan.FromMilliseconds(20)); // one more switch out and in
             resumedOn = td.Cpu!.Id;
             seen[0] = m.CurrentCpu.ReadUInt64(mapper.Kva(sfs[0]));
             seen[1] = m.CurrentCpu.ReadUInt64(mapper.Kva(sfs[1]));

@@ -13,8 +13,7 @@ namespace Native.SfBufNative.Strategies.Linux;
 public abstract class LinuxHighmemMapper : SfBufMapper
 {
     private readonly PkmapPool _pkmap;
-    private long _privateMaps;
-    private long _sharedMaps;
+    private long _kmapCalls;
 
     private protected LinuxHighmemMapper(Machine machine, int? lastPkmap)
         : base(machine)
@@ -45,7 +44,6 @@ public abstract class LinuxHighmemMapper : SfBufMapper
         var td = KernelThread.Current;
         if ((flags & SfBufFlags.CpuPrivate) != 0 && MapPrivate(td, page) is { IsNone: false } sf)
         {
-            Interlocked.Increment(ref _privateMaps);
             return sf;
         }
 
@@ -56,7 +54,7 @@ public abstract class LinuxHighmemMapper : SfBufMapper
             return SfBuf.None;
         }
 
-        Interlocked.Increment(ref _sharedMaps);
+        Interlocked.Increment(ref _kmapCalls);
         return new SfBuf(va, page, slot, Id, generation);
     }
 
@@ -76,8 +74,7 @@ public abstract class LinuxHighmemMapper : SfBufMapper
     {
         var details = new Dictionary<string, long>(StringComparer.Ordinal)
         {
-            ["private_maps"] = Interlocked.Read(ref _privateMaps),
-            ["shared_maps"] = Interlocked.Read(ref _sharedMaps),
+            ["kmap.calls"] = Interlocked.Read(ref _kmapCalls),
         };
         _pkmap.AddDetails(details);
         AddDetails(details);
