@@ -34,8 +34,6 @@ public abstract class LinuxHighmemMapper : SfBufMapper
         set => _pkmap.HungTaskTimeout = value > TimeSpan.Zero ? value : throw new ArgumentOutOfRangeException(nameof(value));
     }
 
-    private protected PkmapPool Pkmap => _pkmap;
-
     /// <inheritdoc/>
     public sealed override SfBuf Alloc(VmPage page, SfBufFlags flags = SfBufFlags.Default, CancellationToken cancellation = default)
     {
