@@ -398,18 +398,62 @@ public sealed unsafe partial class Cpu
         Charge(_cost.LocalInvalidate);
     }
 
-    internal void FlushLocal()
-    {
-        _tlb.FlushAll();
-        Count(Counter.FullFlushes);
-        Charge(_cost.FullFlush);
-    }
+    internal void FlushLocal() => FlushAll(_cost.FullFlush);
 
     internal void FlushNonGlobalLocal()
     {
+        var hooks = _machine.FlushHooks;
+        if (hooks.Length != 0)
+        {
+            FlushWithHooks(hooks, global: false, _cost.FullFlush);
+            return;
+        }
+
         _tlb.FlushNonGlobal();
         Count(Counter.NonGlobalFlushes);
         Charge(_cost.FullFlush);
+    }
+
+    /// <summary>Flushes every entry and pays <paramref name="charge"/>, telling the flush hooks.</summary>
+    private void FlushAll(in CostCharge charge)
+    {
+        var hooks = _machine.FlushHooks;
+        if (hooks.Length != 0)
+        {
+            FlushWithHooks(hooks, global: true, charge);
+            return;
+        }
+
+        _tlb.FlushAll();
+        Count(Counter.FullFlushes);
+        Charge(charge);
+    }
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private void FlushWithHooks(ITlbFlushHook[] hooks, bool global, in CostCharge charge)
+    {
+        Span<long> tokens = hooks.Length <= 16 ? stackalloc long[hooks.Length] : new long[hooks.Length];
+        for (int i = 0; i < hooks.Length; i++)
+        {
+            tokens[i] = hooks[i].Flushing(this, global);
+        }
+
+        if (global)
+        {
+            _tlb.FlushAll();
+            Count(Counter.FullFlushes);
+        }
+        else
+        {
+            _tlb.FlushNonGlobal();
+            Count(Counter.NonGlobalFlushes);
+        }
+
+        Charge(charge);
+        for (int i = 0; i < hooks.Length; i++)
+        {
+            hooks[i].Flushed(this, global, tokens[i]);
+        }
     }
 
     // ---------------------------------------------------------------- IPIs
@@ -637,10 +681,9 @@ public sealed unsafe partial class Cpu
                 {
                     // Everything the deferred shootdowns asked for, at once; charged what they
                     // asked (handler and invalidations), as if the IPIs had been taken while idle.
-                    _tlb.FlushAll();
-                    Count(Counter.FullFlushes);
+                    // The flush hooks hear of it like any other whole-TLB flush.
                     Count(Counter.IpiFlushes);
-                    Charge(new CostCharge(
+                    FlushAll(new CostCharge(
                         Interlocked.Exchange(ref _shared->DeferredChargeTicks, 0),
                         Interlocked.Exchange(ref _shared->DeferredChargeNs, 0)));
                 }

@@ -118,6 +118,8 @@ public sealed class KMutex
                 spin.SpinOnce(sleep1Threshold: -1);
             }
 
+            // A thread in a critical section may spin but not block (it would switch out).
+            td.AssertMaySwitch($"blocking on mutex {Name}");
             bool blocked;
             lock (_turnstileLock)
             {

@@ -128,6 +128,13 @@ internal sealed class Trial : IDisposable
             ["charged_ns"] = d[Counter.ChargedNanoseconds],
         };
 
+        // The strategy's own counts (pkmap flushes, kmap_local saves, lwbuf syncs, emap flushes...),
+        // as deltas over the window; pool sizes and high-water marks as they stand at the end.
+        foreach (var (key, after) in _sfAfter.Details)
+        {
+            counters[key] = IsLevel(key) ? after : after - _sfBefore.Details.GetValueOrDefault(key);
+        }
+
         return new Measurement
         {
             Experiment = experiment,
@@ -145,6 +152,10 @@ internal sealed class Trial : IDisposable
             Warnings = Machine.Warnings,
         };
     }
+
+    /// <summary>Details that are levels (sizes, high-water marks), not counts.</summary>
+    public static bool IsLevel(string key) => key.EndsWith(".last_pkmap", StringComparison.Ordinal)
+        || key.EndsWith(".peak_in_use", StringComparison.Ordinal) || key.EndsWith(".objects", StringComparison.Ordinal);
 
     /// <summary>Joins every thread (rethrowing the first failure).</summary>
     public static void JoinAll(params KernelThread[] threads)

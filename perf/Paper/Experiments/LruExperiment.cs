@@ -43,6 +43,7 @@ internal sealed class LruExperiment : Experiment
             {
                 ["working_set_pages"] = k,
                 ["nsfbufs"] = n,
+                ["pool_pages"] = t.Kernel.SfBufs.Stats().Nsfbufs,
                 ["fraction_of_pool"] = f,
             }, point: f.ToString("0.##", CultureInfo.InvariantCulture));
             long hits = row["sfbuf_hits"];
@@ -71,7 +72,7 @@ internal sealed class LruExperiment : Experiment
             {
                 td.SchedPin();
                 var sf = sfbufs.Alloc(pages[i], SfBufFlags.CpuPrivate);
-                m.CurrentCpu.ReadUInt64(sf.Kva);
+                m.CurrentCpu.ReadUInt64(sfbufs.Kva(sf));
                 sfbufs.Free(sf);
                 td.SchedUnpin();
             }
