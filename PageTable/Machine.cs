@@ -363,9 +363,9 @@ public sealed unsafe partial class Machine : IDisposable
             $"tlb             {Options.TlbEntries} entries, {Options.TlbWays}-way, per cpu",
             $"maxusers        {Options.MaxUsers} (nsfbufs default {Options.DefaultNsfbufs})",
             $"kva             {Layout.SfBufWindow}",
+            $"                {Layout.Fixmap}",
             $"                {Layout.KernelMap}",
             $"                {Layout.KernelMemory}",
-            $"                {Layout.Fixmap}",
             $"checked mode    {(Options.Checked ? "on (stale-translation oracle)" : "off")}",
             $"cost profile    {Options.Cost}");
     }

@@ -23,8 +23,9 @@ public readonly record struct KvaRegion(string Name, ulong Start, int Pages)
 
 /// <summary>
 /// The virtual address map, amd64-like: user space at the bottom, the direct map at FreeBSD's
-/// <c>DMAP_MIN_ADDRESS</c>, and the kernel's own regions (sf_buf window, <c>kernel_map</c>
-/// arena, permanently mapped kernel memory) above it, each followed by an unmapped guard page.
+/// <c>DMAP_MIN_ADDRESS</c>, and the kernel's own regions (sf_buf window, per-CPU fixmap,
+/// <c>kernel_map</c> arena, permanently mapped kernel memory) above it, each followed by an
+/// unmapped guard page.
 /// </summary>
 public sealed class VmLayout
 {
@@ -46,10 +47,12 @@ public sealed class VmLayout
     internal VmLayout(int sfBufPages, int kernelMapPages, int kernelMemoryPages, ulong directMapBytes, int cpus = 1)
     {
         ulong next = KERNBASE;
+        // The ephemeral-mapping regions (sf_buf window, fixmap, kernel_map) first and adjacent,
+        // so that one range check tells a TLB miss on an ephemeral mapping from any other.
         SfBufWindow = Carve("sf_buf window", sfBufPages, ref next);
+        Fixmap = Carve("fixmap", FixmapPagesPerCpu * cpus, ref next);
         KernelMap = Carve("kernel_map", kernelMapPages, ref next);
         KernelMemory = Carve("kmem", kernelMemoryPages, ref next);
-        Fixmap = Carve("fixmap", FixmapPagesPerCpu * cpus, ref next);
         KernelPages = checked((int)((next - KERNBASE) >> Pte.PageShift));
         DirectMapBytes = directMapBytes;
     }

@@ -48,8 +48,8 @@ public sealed unsafe partial class Cpu
         _cost = machine.Cost;
         _watchdogTicks = (long)(machine.Options.ShootdownWatchdog.TotalSeconds * Stopwatch.Frequency);
 
-        // The ephemeral-mapping regions, the sf_buf window then kernel_map, are adjacent (one
-        // guard page between them, never mapped): one range check classifies a miss.
+        // The ephemeral-mapping regions, the sf_buf window, the fixmap then kernel_map, are
+        // adjacent (one guard page between each, never mapped): one range check classifies a miss.
         _mappingStart = machine.Layout.SfBufWindow.Start;
         _mappingBytes = machine.Layout.KernelMap.End - _mappingStart;
     }
@@ -412,6 +412,17 @@ public sealed unsafe partial class Cpu
         _tlb.FlushNonGlobal();
         Count(Counter.NonGlobalFlushes);
         Charge(_cost.FullFlush);
+    }
+
+    /// <summary>
+    /// A flush of the non-global entries that a mapping mechanism does for its own mappings
+    /// (NetBSD's <c>pmap_emap_sync</c>): counted as mapping work, so that the modelled mapping
+    /// cost prices it, unlike an address-space switch.
+    /// </summary>
+    internal void FlushNonGlobalForMapping()
+    {
+        Count(Counter.MappingFlushes);
+        FlushNonGlobalLocal();
     }
 
     /// <summary>Flushes every entry and pays <paramref name="charge"/>, telling the flush hooks.</summary>

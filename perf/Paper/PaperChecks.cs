@@ -85,7 +85,8 @@ internal static class PaperChecks
     /// <list type="bullet">
     /// <item>every peer records one mapping per new mapping it makes (<c>sfbuf_misses</c>), plus
     /// one per page <c>kmap_local</c> writes again when a thread switches back in;</item>
-    /// <item><c>netbsd-emap</c>: no shootdown and no IPI anywhere (consumers flush their own TLB);</item>
+    /// <item><c>netbsd-emap</c>: no shootdown and no IPI anywhere (consumers flush their own TLB),
+    /// and every mapping flush is a consume or a switch flush;</item>
     /// <item><c>linux-kmap-atomic</c>, <c>linux-kmap-local</c>, <c>freebsd-quick</c>: none for private
     /// users (their shared users go through <c>kmap</c> or <c>sfbuf-i386</c>);</item>
     /// <item>the kmap pool: at most one global flush per wrap of the clock hand, so between two
@@ -129,6 +130,13 @@ internal static class PaperChecks
             {
                 expect(syncs == 0, $"private users caused {syncs} cross-CPU invalidations");
             }
+        }
+
+        if (m.Counters.TryGetValue("emap.consume_flushes", out long consumeFlushes))
+        {
+            long switchFlushes = m["emap.switch_flushes"];
+            expect(m["mapping_flushes"] == consumeFlushes + switchFlushes,
+                $"{m["mapping_flushes"]} mapping flushes for {consumeFlushes} consume and {switchFlushes} switch flushes (the flush is emap's only invalidation)");
         }
 
         if (m.Counters.TryGetValue("kmap_local.saves", out long saves))

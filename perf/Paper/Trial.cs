@@ -111,6 +111,7 @@ internal sealed class Trial : IDisposable
             ["user_pte_writes"] = d[Counter.UserPteWrites],
             ["local_invalidations"] = d[Counter.LocalInvalidations],
             ["full_flushes"] = d[Counter.FullFlushes] + d[Counter.NonGlobalFlushes],
+            ["mapping_flushes"] = d[Counter.MappingFlushes],
             ["shootdowns"] = d[Counter.ShootdownRounds],
             ["ipis_sent"] = d[Counter.IpisSent],
             ["ipi_targets"] = d[Counter.IpiTargets],

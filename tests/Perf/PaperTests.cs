@@ -215,6 +215,11 @@ public sealed class PaperTests
         Assert.That(emap, Is.Not.Empty);
         Assert.That(emap.Select(m => (m.Experiment, m.Cpus, m["ipis_sent"], m["shootdowns"])), Has.All.Matches<(string, int, long Ipis, long Shootdowns)>(x => x.Ipis == 0 && x.Shootdowns == 0));
         Assert.That(Row("sendfile-hot", SfBufMapper.NetBsdEmap, 2)["emap.consume_flushes"], Is.GreaterThan(0), "the NIC's CPU consumed by flushing");
+
+        // Its price is the consumers' flushes: counted as mapping work and priced by the model.
+        var md = Row("md-seq", SfBufMapper.NetBsdEmap, 2);
+        Assert.That(md["mapping_flushes"], Is.EqualTo(md["emap.consume_flushes"] + md["emap.switch_flushes"]).And.GreaterThan(0));
+        Assert.That(md.Modelled!.InvalidationNs * md.Units, Is.GreaterThanOrEqualTo(md["mapping_flushes"] * CostModel.Default.FullFlushNs * (1 - 1e-9)));
     }
 
     [TestCase(SfBufMapper.LinuxKmapAtomic)]
@@ -310,6 +315,8 @@ public sealed class PaperTests
             Has.Some.Contains("2 kmap_local maps saved at switch-out, 1 restored"));
         Assert.That(PaperChecks.Check(Fake(SfBufMapper.NetBsdEmap, "pipe", new() { ["mappings"] = 3, ["mapped_pages"] = 3, ["pte_writes"] = 3, ["sfbuf_misses"] = 2 })),
             Has.Some.Contains("3 mappings for 2 sf_buf misses"));
+        Assert.That(PaperChecks.Check(Fake(SfBufMapper.NetBsdEmap, "pipe", new() { ["emap.consume_flushes"] = 2, ["mapping_flushes"] = 3 })),
+            Has.Some.Contains("3 mapping flushes for 2 consume and 0 switch flushes"));
         Assert.That(PaperChecks.Check(Fake(SfBufMapper.NetBsdEmap, "pipe", new() { ["mappings"] = 2, ["mapped_pages"] = 2, ["pte_writes"] = 2, ["sfbuf_misses"] = 2 })), Is.Empty);
     }
 

@@ -158,7 +158,7 @@ internal sealed unsafe class Emap : IContextSwitchHook, ITlbFlushHook, IDisposab
         // pmap_emap_sync: the flush hook samples the global generation before the flush and
         // publishes it on this CPU after (see Flushing/Flushed).
         Interlocked.Increment(ref _consumeFlushes);
-        cpu.FlushNonGlobalLocal();
+        cpu.FlushNonGlobalForMapping();
         _lwpGen.Value = mine;
     }
 
@@ -181,7 +181,7 @@ internal sealed unsafe class Emap : IContextSwitchHook, ITlbFlushHook, IDisposab
         }
 
         Interlocked.Increment(ref _switchFlushes);
-        cpu.FlushNonGlobalLocal();
+        cpu.FlushNonGlobalForMapping();
     }
 
     /// <inheritdoc/>
