@@ -68,15 +68,14 @@ public abstract class SfBufMapper : IDisposable
         _meter = instruments ? SfBufMetrics.Create(this) : null;
     }
 
-    /// <summary>Every strategy, by name, in the order results list them: the paper's three, then the peers.</summary>
-    public static IReadOnlyList<string> StrategyNames { get; } =
-        [Original, I386, Amd64, LinuxKmap, LinuxKmapAtomic, LinuxKmapLocal, DragonFlyLwbuf, NetBsdEmap, FreeBsdQuick];
+    /// <summary>Every strategy, by name, in the order results list them (<see cref="SfBufStrategyInfo.All"/>): the paper's three, then the peers.</summary>
+    public static IReadOnlyList<string> StrategyNames { get; } = [.. SfBufStrategyInfo.All.Select(i => i.Name)];
 
     /// <summary>The paper's three strategies.</summary>
-    public static IReadOnlyList<string> PaperStrategyNames { get; } = [Original, I386, Amd64];
+    public static IReadOnlyList<string> PaperStrategyNames { get; } = SfBufStrategyInfo.NamesOf(SfBufStrategyGroup.Paper);
 
     /// <summary>The peers: what Linux, DragonFly, NetBSD and later FreeBSD chose instead.</summary>
-    public static IReadOnlyList<string> PeerNames { get; } = [LinuxKmap, LinuxKmapAtomic, LinuxKmapLocal, DragonFlyLwbuf, NetBsdEmap, FreeBsdQuick];
+    public static IReadOnlyList<string> PeerNames { get; } = SfBufStrategyInfo.NamesOf(SfBufStrategyGroup.Peer);
 
     /// <summary>The strategy's name.</summary>
     public abstract string Name { get; }
@@ -94,19 +93,7 @@ public abstract class SfBufMapper : IDisposable
     /// <param name="name">One of <see cref="StrategyNames"/>.</param>
     /// <param name="machine">The machine.</param>
     /// <param name="nsfbufs">Pool size for pooled strategies; null means the machine's sf_buf window (FreeBSD's default).</param>
-    public static SfBufMapper Create(string name, Machine machine, int? nsfbufs = null) => name switch
-    {
-        Original => new OriginalMapper(machine),
-        I386 => new I386Mapper(machine, nsfbufs),
-        Amd64 => new DirectMapMapper(machine),
-        LinuxKmap => new Strategies.Linux.LinuxKmapMapper(machine, nsfbufs),
-        LinuxKmapAtomic => new Strategies.Linux.LinuxKmapAtomicMapper(machine, nsfbufs),
-        LinuxKmapLocal => new Strategies.Linux.LinuxKmapLocalMapper(machine, nsfbufs),
-        DragonFlyLwbuf => new Strategies.DragonFly.LwbufMapper(machine),
-        NetBsdEmap => new Strategies.NetBsd.EmapMapper(machine, nsfbufs),
-        FreeBsdQuick => new Strategies.FreeBsd.QuickMapper(machine, nsfbufs),
-        _ => throw new ArgumentException($"unknown sf_buf strategy '{name}'; known: {string.Join(", ", StrategyNames)}", nameof(name)),
-    };
+    public static SfBufMapper Create(string name, Machine machine, int? nsfbufs = null) => SfBufStrategyInfo.Of(name).Create(machine, nsfbufs);
 
     /// <summary>What the strategy called <paramref name="name"/> is and which of the interface's promises it keeps.</summary>
     public static SfBufStrategyInfo Describe(string name) => SfBufStrategyInfo.Of(name);
