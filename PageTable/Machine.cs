@@ -26,6 +26,7 @@ public sealed unsafe partial class Machine : IDisposable
     private IContextSwitchHook[] _hookSnapshot = [];
     private readonly List<(KernelThread Thread, Exception Fault)> _faults = [];
     private readonly List<string> _stoppedAtDispose = [];
+    private ITlbFlushHook[] _flushHooks = [];
     private int _nextThreadId;
     private int _nextPid;
     private volatile bool _disposed;
@@ -60,7 +61,8 @@ public sealed unsafe partial class Machine : IDisposable
                 Options.EffectiveSfBufWindowPages,
                 Options.KernelMapPages,
                 Options.KernelMemoryPages,
-                Options.Flavor == MachineFlavor.Amd64 ? Physical.Bytes : 0);
+                Options.Flavor == MachineFlavor.Amd64 ? Physical.Bytes : 0,
+                Options.Cpus);
             KernelPmap = new KernelPmap(this, _ledger, Layout.KernelPages);
             _counters = new CpuCounters(_ledger, Options.Cpus);
             _shared = (CpuShared*)_ledger.AllocZeroed((nuint)(sizeof(CpuShared) * Options.Cpus), 128);
@@ -251,6 +253,43 @@ public sealed unsafe partial class Machine : IDisposable
         }
     }
 
+    /// <summary>Removes hooks added with <see cref="AddContextSwitchHook"/>; true if it was registered.</summary>
+    public bool RemoveContextSwitchHook(IContextSwitchHook hook)
+    {
+        ArgumentNullException.ThrowIfNull(hook);
+        lock (_hooks)
+        {
+            bool removed = _hooks.Remove(hook);
+            _hookSnapshot = [.. _hooks];
+            return removed;
+        }
+    }
+
+    /// <summary>
+    /// Registers a hook told about every whole-TLB flush on every CPU (address-space switches,
+    /// flushes an IPI asks for, the deferred flush of an idle CPU), on the CPU's own thread.
+    /// </summary>
+    public void AddTlbFlushHook(ITlbFlushHook hook)
+    {
+        ArgumentNullException.ThrowIfNull(hook);
+        lock (_hooks)
+        {
+            _flushHooks = [.. _flushHooks, hook];
+        }
+    }
+
+    /// <summary>Removes a hook added with <see cref="AddTlbFlushHook"/>; true if it was registered.</summary>
+    public bool RemoveTlbFlushHook(ITlbFlushHook hook)
+    {
+        ArgumentNullException.ThrowIfNull(hook);
+        lock (_hooks)
+        {
+            int before = _flushHooks.Length;
+            _flushHooks = [.. _flushHooks.Where(h => !ReferenceEquals(h, hook))];
+            return _flushHooks.Length != before;
+        }
+    }
+
     /// <summary>
     /// <c>msleep</c>: sleeps on <paramref name="channel"/>, giving the CPU up. If
     /// <paramref name="interlock"/> is given it is released atomically with going to sleep and
@@ -263,6 +302,7 @@ public sealed unsafe partial class Machine : IDisposable
         var td = KernelThread.Current;
         var cpu = td.Cpu ?? throw new InvalidOperationException($"{td} holds no CPU");
         ThrowIfStopping();
+        td.AssertMaySwitch("msleep");
         if (cancellation.IsCancellationRequested)
         {
             return SleepResult.Interrupted;
@@ -399,6 +439,7 @@ public sealed unsafe partial class Machine : IDisposable
             $"tlb             {Options.TlbEntries} entries, {Options.TlbWays}-way, per cpu",
             $"maxusers        {Options.MaxUsers} (nsfbufs default {Options.DefaultNsfbufs})",
             $"kva             {Layout.SfBufWindow}",
+            $"                {Layout.Fixmap}",
             $"                {Layout.KernelMap}",
             $"                {Layout.KernelMemory}",
             $"checked mode    {(Options.Checked ? "on (stale-translation oracle)" : "off")}",
@@ -542,6 +583,8 @@ public sealed unsafe partial class Machine : IDisposable
                 : $"{td}: could not be stopped (blocked outside the machine's wait primitives)");
         }
     }
+    /// <summary>The registered TLB flush hooks (read on every whole-TLB flush; usually empty).</summary>
+    internal ITlbFlushHook[] FlushHooks => Volatile.Read(ref _flushHooks);
 
     private Scheduler CreateScheduler()
     {
@@ -617,6 +660,20 @@ public enum SleepResult
 
     /// <summary>The timeout elapsed (EWOULDBLOCK).</summary>
     TimedOut,
+}
+
+/// <summary>
+/// Told about every whole-TLB flush of a CPU, on that CPU's own thread, before and after it
+/// happens: NetBSD's emap samples its generation before a flush and publishes it after, so that
+/// flushes done for other reasons also serve its consumers. Keep it short.
+/// </summary>
+public interface ITlbFlushHook
+{
+    /// <summary><paramref name="cpu"/> is about to flush (all entries when <paramref name="global"/>, else the non-global ones); the value returned is passed to <see cref="Flushed"/>.</summary>
+    long Flushing(Cpu cpu, bool global);
+
+    /// <summary>The flush announced by <see cref="Flushing"/> is done.</summary>
+    void Flushed(Cpu cpu, bool global, long token);
 }
 
 /// <summary>Called on the switching thread at every context switch; keep it short.</summary>

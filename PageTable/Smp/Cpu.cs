@@ -61,8 +61,8 @@ public sealed unsafe partial class Cpu
         _cost = machine.Cost;
         _watchdogTicks = (long)(machine.Options.ShootdownWatchdog.TotalSeconds * Stopwatch.Frequency);
 
-        // The ephemeral-mapping regions, the sf_buf window then kernel_map, are adjacent (one
-        // guard page between them, never mapped): one range check classifies a miss.
+        // The ephemeral-mapping regions, the sf_buf window, the fixmap then kernel_map, are
+        // adjacent (one guard page between each, never mapped): one range check classifies a miss.
         _mappingStart = machine.Layout.SfBufWindow.Start;
         _mappingBytes = machine.Layout.KernelMap.End - _mappingStart;
         _spinTicks = (long)(machine.CrossCpuSpin.TotalSeconds * Stopwatch.Frequency);
@@ -490,17 +490,26 @@ public sealed unsafe partial class Cpu
         Charge(_cost.LocalInvalidate);
     }
 
-    internal void FlushLocal()
-    {
-        _tlb.FlushAll();
-        _shadow?.Clear();
-        Count(Counter.FullFlushes);
-        Charge(_cost.FullFlush);
-    }
+    internal void FlushLocal() => FlushAll(_cost.FullFlush);
 
     internal void FlushNonGlobalLocal()
     {
+        var hooks = _machine.FlushHooks;
+        if (hooks.Length != 0)
+        {
+            FlushWithHooks(hooks, global: false, _cost.FullFlush);
+            return;
+        }
+
         _tlb.FlushNonGlobal();
+        ForgetNonGlobalShadow();
+        Count(Counter.NonGlobalFlushes);
+        Charge(_cost.FullFlush);
+    }
+
+    /// <summary>The latent-staleness shadow forgets what a non-global flush dropped.</summary>
+    private void ForgetNonGlobalShadow()
+    {
         if (_shadow != null)
         {
             foreach (var (vpn, pte) in _shadow)
@@ -511,9 +520,62 @@ public sealed unsafe partial class Cpu
                 }
             }
         }
+    }
 
-        Count(Counter.NonGlobalFlushes);
-        Charge(_cost.FullFlush);
+    /// <summary>
+    /// A flush of the non-global entries that a mapping mechanism does for its own mappings
+    /// (NetBSD's <c>pmap_emap_sync</c>): counted as mapping work, so that the modelled mapping
+    /// cost prices it, unlike an address-space switch.
+    /// </summary>
+    internal void FlushNonGlobalForMapping()
+    {
+        Count(Counter.MappingFlushes);
+        FlushNonGlobalLocal();
+    }
+
+    /// <summary>Flushes every entry and pays <paramref name="charge"/>, telling the flush hooks.</summary>
+    private void FlushAll(in CostCharge charge)
+    {
+        var hooks = _machine.FlushHooks;
+        if (hooks.Length != 0)
+        {
+            FlushWithHooks(hooks, global: true, charge);
+            return;
+        }
+
+        _tlb.FlushAll();
+        _shadow?.Clear();
+        Count(Counter.FullFlushes);
+        Charge(charge);
+    }
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private void FlushWithHooks(ITlbFlushHook[] hooks, bool global, in CostCharge charge)
+    {
+        Span<long> tokens = hooks.Length <= 16 ? stackalloc long[hooks.Length] : new long[hooks.Length];
+        for (int i = 0; i < hooks.Length; i++)
+        {
+            tokens[i] = hooks[i].Flushing(this, global);
+        }
+
+        if (global)
+        {
+            _tlb.FlushAll();
+            _shadow?.Clear();
+            Count(Counter.FullFlushes);
+        }
+        else
+        {
+            _tlb.FlushNonGlobal();
+            ForgetNonGlobalShadow();
+            Count(Counter.NonGlobalFlushes);
+        }
+
+        Charge(charge);
+        for (int i = 0; i < hooks.Length; i++)
+        {
+            hooks[i].Flushed(this, global, tokens[i]);
+        }
     }
 
     // ---------------------------------------------------------------- IPIs
@@ -959,11 +1021,9 @@ public sealed unsafe partial class Cpu
                 {
                     // Everything the deferred shootdowns asked for, at once; charged what they
                     // asked (handler and invalidations), as if the IPIs had been taken while idle.
-                    _tlb.FlushAll();
-                    _shadow?.Clear();
-                    Count(Counter.FullFlushes);
+                    // The flush hooks hear of it like any other whole-TLB flush.
                     Count(Counter.IpiFlushes);
-                    Charge(new CostCharge(
+                    FlushAll(new CostCharge(
                         Interlocked.Exchange(ref _shared->DeferredChargeTicks, 0),
                         Interlocked.Exchange(ref _shared->DeferredChargeNs, 0)));
                 }

@@ -152,6 +152,8 @@ public sealed class KMutex
                 continue;
             }
 
+            // A thread in a critical section may spin but not block (it would switch out).
+            td.AssertMaySwitch($"blocking on mutex {Name}");
             bool blocked;
             lock (_turnstileLock)
             {

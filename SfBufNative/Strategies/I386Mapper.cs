@@ -43,8 +43,8 @@ public sealed unsafe partial class I386Mapper : SfBufMapper
     private long _recycles;
     private long _failures;
 
-    internal I386Mapper(Machine machine, int? nsfbufs)
-        : base(machine)
+    internal I386Mapper(Machine machine, int? nsfbufs, bool instruments = true)
+        : base(machine, instruments: instruments)
     {
         _window = machine.Layout.SfBufWindow;
         Nsfbufs = nsfbufs ?? _window.Pages;

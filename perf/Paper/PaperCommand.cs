@@ -26,7 +26,7 @@ internal static class PaperCommand
 
         var command = new Command("paper", "Reproduce the paper's evaluation: every experiment x strategy x CPU count, repeated.")
         {
-            options.Quick, options.Cpus, options.Strategies, options.Experiments, options.Cost, options.Model, options.Checked,
+            options.Quick, options.Cpus, options.Strategies, options.Peers, options.Experiments, options.Cost, options.Model, options.Checked,
             repeat, inProcess, json, csv, plot, markdown,
         };
         command.SetAction(parse =>
@@ -138,8 +138,41 @@ internal static class PaperCommand
 
         AnsiConsole.MarkupLine($"[green]all invariants hold[/] in every trial: 0 stale and 0 latent stale accesses; every kernel PTE write a recorded mapping; "
             + "original: exactly the shootdown rounds its mechanisms imply, IPIs = rounds x (N-1) less idle deferrals; direct map: no mapping; "
-            + "sfbuf-i386: one mapping per miss, no IPI for private users; and each experiment's own relations");
+            + "sfbuf-i386: one mapping per miss, no IPI for private users; "
+            + (plan.Strategies.Any(s => SfBufMapper.Describe(s).IsPeer) ? "each peer's own counts (PaperChecks); " : string.Empty)
+            + "and each experiment's own relations");
         return 0;
+    }
+
+    /// <summary>
+    /// The strategies to run, in the order results list them: the names given (<c>all</c> for
+    /// every one), plus the peers with <c>--peers</c>.
+    /// </summary>
+    internal static string[] ChooseStrategies(string[] names, bool peers)
+    {
+        var wanted = new HashSet<string>(StringComparer.Ordinal);
+        foreach (var name in names)
+        {
+            if (name == "all")
+            {
+                wanted.UnionWith(SfBufMapper.StrategyNames);
+            }
+            else if (SfBufMapper.StrategyNames.Contains(name))
+            {
+                wanted.Add(name);
+            }
+            else
+            {
+                throw new ArgumentException($"unknown strategy '{name}'; known: {string.Join(", ", SfBufMapper.StrategyNames)}, all");
+            }
+        }
+
+        if (peers)
+        {
+            wanted.UnionWith(SfBufMapper.PeerNames);
+        }
+
+        return [.. SfBufMapper.StrategyNames.Where(wanted.Contains)];
     }
 
     /// <summary>A written file's path relative to the working directory, as the user named it.</summary>
@@ -160,10 +193,12 @@ internal sealed class PlanOptions
 
     public Option<string[]> Strategies { get; } = new("--strategies")
     {
-        Description = $"Strategies ({string.Join(", ", SfBufMapper.StrategyNames)})",
-        DefaultValueFactory = _ => [.. SfBufMapper.StrategyNames],
+        Description = $"Strategies ({string.Join(", ", SfBufMapper.StrategyNames)}), or all; default the paper's three",
+        DefaultValueFactory = _ => [.. SfBufMapper.PaperStrategyNames],
         AllowMultipleArgumentsPerToken = true,
     };
+
+    public Option<bool> Peers { get; } = new("--peers") { Description = $"Add the peers ({string.Join(", ", SfBufMapper.PeerNames)}) to the strategies" };
 
     public Option<string[]> Experiments { get; } = new("--experiments")
     {
@@ -189,11 +224,7 @@ internal sealed class PlanOptions
     public PaperPlan Plan(ParseResult parse, TrialSize size, int rounds)
     {
         var experiments = Paper.Experiments.Expand(parse.GetRequiredValue(Experiments));
-        var strategies = parse.GetRequiredValue(Strategies).Distinct().ToArray();
-        foreach (var s in strategies.Where(s => !SfBufMapper.StrategyNames.Contains(s)))
-        {
-            throw new ArgumentException($"unknown strategy '{s}'; known: {string.Join(", ", SfBufMapper.StrategyNames)}");
-        }
+        var strategies = PaperCommand.ChooseStrategies(parse.GetRequiredValue(Strategies), parse.GetValue(Peers));
 
         var cpus = parse.GetRequiredValue(Cpus).Distinct().Order().ToArray();
         foreach (int c in cpus.Where(c => c < 1 || c > MachineOptions.MaxCpus))
@@ -224,7 +255,7 @@ internal static class PaperRoundCommand
         var size = new Option<TrialSize>("--size") { Description = "Trial size", DefaultValueFactory = _ => TrialSize.Full };
         var command = new Command("paper-round", "One round of perf paper, as JSON lines (used by perf paper).")
         {
-            options.Cpus, options.Strategies, options.Experiments, options.Cost, options.Model, options.Checked, round, size,
+            options.Cpus, options.Strategies, options.Peers, options.Experiments, options.Cost, options.Model, options.Checked, round, size,
         };
         command.Hidden = true;
         command.SetAction(parse =>

@@ -117,7 +117,7 @@ internal sealed record PaperRow
     /// <summary>The schema's counter names, in order.</summary>
     public static readonly string[] CounterKeys =
     [
-        "pte_writes", "pte_clears", "user_pte_writes", "local_invalidations", "full_flushes", "shootdowns", "ipis_sent",
+        "pte_writes", "pte_clears", "user_pte_writes", "local_invalidations", "full_flushes", "mapping_flushes", "shootdowns", "ipis_sent",
         "ipi_targets", "idle_targets_deferred", "tlb_misses", "mapping_tlb_misses", "mappings", "mapped_pages",
         "sfbuf_hits", "sfbuf_misses", "sfbuf_waits", "sfbuf_fails", "lock_contentions", "stale_accesses",
         "latent_stale_accesses", "charged_ns", "cross_cpu_parks",
