@@ -9,14 +9,15 @@ namespace Native.PageTable;
 /// <para>
 /// Priced: kernel PTE stores of ephemeral mappings (<c>pte_writes + pte_clears</c>; kmem is
 /// permanent and excluded); the initiator's own <c>invlpg</c>s and full flushes (those done for
-/// a shootdown are priced with the shootdown); per shootdown round the round trip (delivery +
+/// a shootdown are priced with the shootdown) and the non-global flushes a mechanism does for its
+/// own mappings (emap's consume); per shootdown round the round trip (delivery +
 /// handler entry), per target the send, the handler and the invalidation asked for; and the page
 /// walks of TLB misses on ephemeral-mapping addresses. Not priced: address-space switches and
 /// user or kmem TLB misses, which are not the mapping machinery's.
 /// </para>
 /// </summary>
 /// <param name="PteNs">PTE stores.</param>
-/// <param name="InvalidationNs">Local invalidations and flushes by the CPU that changed the mapping.</param>
+/// <param name="InvalidationNs">Local invalidations and flushes by the CPU that changed the mapping, and mapping flushes by the CPU that uses it.</param>
 /// <param name="ShootdownNs">Shootdown rounds: sends, round trips, target handlers and target invalidations.</param>
 /// <param name="WalkNs">Page walks after misses on ephemeral mappings.</param>
 public sealed record MappingCost(double PteNs, double InvalidationNs, double ShootdownNs, double WalkNs)
@@ -42,7 +43,7 @@ public sealed record MappingCost(double PteNs, double InvalidationNs, double Sho
         long targets = count(Counter.IpiTargets);
         return new MappingCost(
             PteNs: profile.PteWriteNs * (count(Counter.KernelPteWrites) + count(Counter.KernelPteClears)),
-            InvalidationNs: (profile.LocalInvalidateNs * ownInvalidations) + (profile.FullFlushNs * ownFlushes),
+            InvalidationNs: (profile.LocalInvalidateNs * ownInvalidations) + (profile.FullFlushNs * (ownFlushes + count(Counter.MappingFlushes))),
             ShootdownNs: ((profile.IpiDeliveryNs + profile.IpiHandlerNs) * rounds)
                 + ((profile.IpiSendNs + profile.IpiHandlerNs) * targets)
                 + (profile.LocalInvalidateNs * count(Counter.ShootdownTargetPages))

@@ -24,8 +24,15 @@ namespace Native.PageTable;
 /// <item>The accessed bit is kept in software: the first access through a kernel mapping sets
 /// <c>PG_A</c> in the pmap's PTE word (the host kernel keeps its own equivalent: it flushes no
 /// CPU for a slot that was never touched).</item>
-/// <item>No oracles: user space cannot inspect the real TLBs. Correctness is checked end to end
-/// (every word read through a remapped slot on the other core).</item>
+/// <item>No stale-translation oracles: user space cannot inspect the real TLBs, so checked mode
+/// keeps no shadow TLB (the latent-staleness oracle and the explorer's round-completion check
+/// find nothing to read, and stale_accesses stays 0 by construction). Correctness is checked end
+/// to end instead (every word read through a remapped slot on the other core). What is software
+/// stays: checked mode still refuses a translation of another CPU's live CPU-private mapping.</item>
+/// <item>No controlled scheduling (exploration): the host kernel's flushes cannot be ordered.</item>
+/// <item>Peers run where their mechanism is expressible (the strategy registry
+/// says which, and why not: <c>SfBufStrategyInfo.NotOnHost</c>); one whose saving rests on leaving
+/// other CPUs' translations stale is refused with its reason.</item>
 /// <item>User address spaces stay simulated page tables, walked in software on every access
 /// and never cached, so they cannot go stale; their frames are read through the direct map.</item>
 /// <item>No more CPUs than host cores, threads always pinned, and no cost profile: the costs

@@ -76,6 +76,13 @@ internal sealed unsafe partial class HostMmu : IDisposable
                 $"the host backend runs one CPU per host core and this process may use {cores}; {options.Cpus} CPUs cannot be expressed", nameof(options));
         }
 
+        if (options.Controlled != null)
+        {
+            throw new ArgumentException(
+                "the host backend runs real concurrency: controlled scheduling cannot order the host kernel's flushes, and its checks read a shadow TLB the host does not have",
+                nameof(options));
+        }
+
         if (!options.PinThreads)
         {
             throw new ArgumentException("the host backend pins kernel threads to host cores: PinThreads must stay on", nameof(options));

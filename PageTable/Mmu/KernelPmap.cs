@@ -14,12 +14,49 @@ public sealed unsafe partial class KernelPmap
     private readonly ulong* _ptes;
     private readonly int _pages;
 
+    // Checked mode: per kernel page, 1 + the CPU a live CpuPrivate mapping belongs to (0: none).
+    private readonly int* _privateOwner;
+
     internal KernelPmap(Machine machine, NativeLedger ledger, int pages)
     {
         _machine = machine;
         _pages = pages;
         _ptes = (ulong*)ledger.AllocZeroed((nuint)pages * sizeof(ulong));
         _host = machine.Host;
+        if (machine.Options.Checked)
+        {
+            _privateOwner = (int*)ledger.AllocZeroed((nuint)pages * sizeof(int));
+        }
+    }
+
+    /// <summary>
+    /// Checked mode: records that the mapping at <paramref name="va"/> is CPU-private to
+    /// <paramref name="cpu"/> (<c>SFB_CPUPRIVATE</c>) while it is live; a translation on any
+    /// other CPU is then an error naming both. Strategies call it when they hand out a private
+    /// mapping that no other user shares, and <see cref="UntagPrivate"/> when that ends.
+    /// </summary>
+    internal void TagPrivate(ulong va, int cpu)
+    {
+        if (_privateOwner != null && Vtopte(va) != null)
+        {
+            _privateOwner[(va - VmLayout.KERNBASE) >> Pte.PageShift] = cpu + 1;
+        }
+    }
+
+    /// <summary>Checked mode: the mapping at <paramref name="va"/> is no longer (only) CPU-private.</summary>
+    internal void UntagPrivate(ulong va)
+    {
+        if (_privateOwner != null && Vtopte(va) != null)
+        {
+            _privateOwner[(va - VmLayout.KERNBASE) >> Pte.PageShift] = 0;
+        }
+    }
+
+    /// <summary>The CPU a live private mapping of <paramref name="va"/> belongs to, or -1.</summary>
+    internal int PrivateOwner(ulong va)
+    {
+        ulong index = (va - VmLayout.KERNBASE) >> Pte.PageShift;
+        return _privateOwner != null && index < (ulong)_pages ? _privateOwner[index] - 1 : -1;
     }
 
     /// <summary><c>vtopte</c>: the PTE word of a kernel address, or null outside the kernel regions.</summary>
@@ -67,6 +104,7 @@ public sealed unsafe partial class KernelPmap
             _machine.Physical.CheckFrame(Pte.Frame(pte));
         }
 
+        cpu.SchedulingPoint();
         ulong old = _host == null ? Interlocked.Exchange(ref *ptep, pte) : HostExchange(va, ptep, pte);
 
         // kmem is permanently mapped kernel memory, not an ephemeral mapping: counted apart, so
@@ -169,7 +207,7 @@ public sealed unsafe partial class KernelPmap
 
     private ulong* Require(ulong va)
     {
-        _machine.ThrowIfDisposed();
+        _machine.ThrowIfUnusable();
         if ((va & Pte.PageMask) != 0)
         {
             throw new ArgumentException($"kernel address 0x{va:x} is not page aligned", nameof(va));

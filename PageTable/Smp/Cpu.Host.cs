@@ -17,10 +17,23 @@ public sealed unsafe partial class Cpu
     /// The PTE word is checked first, so an access to an unmapped page is a clean
     /// <see cref="PageFaultException"/>, and <c>PG_A</c> (and <c>PG_M</c>) are set in it as the
     /// walk would, which keeps the strategies' accessed-bit bookkeeping meaningful.
+    /// <para>
+    /// Checked mode keeps what is software here: the ownership check of CPU-private mappings (a
+    /// translation of another CPU's live private mapping is the same error as on the simulated
+    /// backend, although the host would not go stale). The stale and latent-staleness oracles
+    /// have nothing to inspect, since the TLBs are the host's: the shadow stays empty,
+    /// <see cref="HoldsStale"/> answers false, and stale_accesses stays 0 by construction. Their
+    /// place is taken by the end-to-end check of every word read through a remapped slot.
+    /// </para>
     /// </summary>
     [MethodImpl(MethodImplOptions.NoInlining)]
     private byte* HostTranslate(ulong va, bool write)
     {
+        if (_checked)
+        {
+            CheckPrivate(va);
+        }
+
         ulong* ptep = _machine.PteAddress(this, va);
         if (ptep == null)
         {

@@ -43,7 +43,15 @@ public sealed unsafe class OriginalMapper : SfBufMapper
 
         // One tag per kernel_map page: the handle carries it, so a double free or a stale handle
         // is caught even after the address has been handed to someone else.
-        _tags = (int*)machine.Ledger.AllocZeroed((nuint)_arena.Region.Pages * sizeof(int));
+        try
+        {
+            _tags = (int*)machine.Ledger.AllocZeroed((nuint)_arena.Region.Pages * sizeof(int));
+        }
+        catch
+        {
+            Dispose(); // the instruments
+            throw;
+        }
     }
 
     /// <inheritdoc/>
@@ -61,6 +69,11 @@ public sealed unsafe class OriginalMapper : SfBufMapper
         }
 
         QEnter(va, new ReadOnlySpan<VmPage>(in page));
+        if ((flags & SfBufFlags.CpuPrivate) != 0)
+        {
+            Machine.KernelPmap.TagPrivate(va, Machine.CurrentCpu.Id);
+        }
+
         return Handle(va, page);
     }
 
@@ -125,6 +138,7 @@ public sealed unsafe class OriginalMapper : SfBufMapper
             throw new InvalidOperationException($"double free of {sf} (or a stale handle: the address is no longer this allocation)");
         }
 
+        Machine.KernelPmap.UntagPrivate(sf.Kva);
         QRemove(sf.Kva, 1);
         Interlocked.Decrement(ref _used);
         if (InPool(sf.Kva))

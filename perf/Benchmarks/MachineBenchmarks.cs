@@ -98,8 +98,9 @@ public unsafe class MachineCopyBenchmarks
 
 /// <summary>
 /// What checked mode costs per memory access: the same TLB-hit reads (8 bytes, 4 KiB) with the
-/// stale-translation oracle off and on. On, every access also reads the PTE its TLB entry came
-/// from, compares the frames, and checks that the calling thread holds the CPU. This is why
+/// checked mode off and on. On, every access also reads the PTE its TLB entry came from, compares
+/// the frames (the TLB and latent-staleness oracles), looks up the page's CPU-private owner, and
+/// checks that the calling thread holds the CPU. This is why
 /// <c>perf paper</c> times without the oracle and verifies each cell with one checked trial.
 /// </summary>
 [SuppressMessage("Maintainability", "CA1515", Justification = "BenchmarkDotNet runs public classes only.")]

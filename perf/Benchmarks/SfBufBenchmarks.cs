@@ -99,7 +99,7 @@ public class SfBufBenchmarks
         for (int i = 0; i < Ops; i++)
         {
             var sf = mapper.Alloc(pages[i % pages.Length]);
-            sum += SfBufMapper.Kva(sf);
+            sum += mapper.Kva(sf);
             mapper.Free(sf);
         }
 
@@ -130,7 +130,7 @@ public class SfBufBenchmarks
         for (int i = 0; i < Ops; i++)
         {
             var sf = mapper.Alloc(pages[i % pages.Length]);
-            sum += SfBufMapper.Kva(sf);
+            sum += mapper.Kva(sf);
             mapper.Free(sf);
         }
 
@@ -143,7 +143,7 @@ public class SfBufBenchmarks
         for (int i = 0; i < Ops; i++)
         {
             var sf = mapper.Alloc(pages[i % pages.Length]);
-            sum += SfBufMapper.Kva(sf);
+            sum += mapper.Kva(sf);
             mapper.Free(sf);
         }
 
@@ -156,7 +156,7 @@ public class SfBufBenchmarks
         for (int i = 0; i < Ops; i++)
         {
             var sf = mapper.Alloc(pages[i % pages.Length]);
-            sum += SfBufMapper.Kva(sf);
+            sum += mapper.Kva(sf);
             mapper.Free(sf);
         }
 

@@ -25,12 +25,25 @@ internal static class Charts
                 r => bulk ? r.MbPerS : r.OpsPerS));
         }
 
-        // The modelled mapping cost against the CPU count: deterministic where the counts are.
+        // Per experiment, one line per strategy against the CPU count: the modelled mapping cost
+        // (deterministic where the counts are) and the IPIs sent per unit.
         if (rows.Select(r => r.Cpus).Distinct().Count() > 1)
         {
             foreach (var group in rows.Where(r => r.Experiment is not ("lru" or "memcpy")).GroupBy(r => r.Experiment))
             {
-                files.Add(ModelledCost(Path.Combine(directory, $"modelled-{group.Key}.png"), group.Key, [.. group]));
+                var list = group.ToList();
+                files.Add(AgainstCpus(
+                    Path.Combine(directory, $"modelled-{group.Key}.png"),
+                    $"{group.Key}: modelled mapping cost ({list[0].ModelProfile} profile)",
+                    $"µs per {list[0].Unit}",
+                    list,
+                    r => r.ModelledNs / 1000));
+                files.Add(AgainstCpus(
+                    Path.Combine(directory, $"ipis-vs-cpus-{group.Key}.png"),
+                    $"{group.Key}: IPIs sent per {list[0].Unit} against the CPU count",
+                    $"IPIs / {list[0].Unit}",
+                    list,
+                    r => r["ipis_sent"] / r.Units));
             }
         }
 
@@ -87,35 +100,19 @@ internal static class Charts
             plot.Legend.ManualItems.Add(new LegendItem { LabelText = strategies[s], FillColor = s_palette.GetColor(s) });
         }
 
-        plot.ShowLegend(Alignment.UpperLeft);
-        plot.Title(title);
-        plot.YLabel(yLabel);
-        plot.SavePng(path, 800, 450);
-        return path;
-    }
-
-    /// <summary>One line per strategy: the modelled mapping cost per unit against the CPU count.</summary>
-    private static string ModelledCost(string path, string experiment, List<PaperRow> rows)
-    {
-        var plot = new Plot();
-        int i = 0;
-        foreach (var group in rows.GroupBy(r => r.Strategy))
+        // Beside the data with the peers on board: inside, nine entries would hide bars.
+        if (strategies.Count > 3)
         {
-            var points = group.OrderBy(r => r.Cpus).ToList();
-            var line = plot.Add.Scatter(
-                points.Select(r => (double)r.Cpus).ToArray(),
-                points.Select(r => r.ModelledNs / 1000).ToArray(),
-                s_palette.GetColor(i++));
-            line.LegendText = group.Key;
+            plot.ShowLegend(Edge.Right);
+        }
+        else
+        {
+            plot.ShowLegend(Alignment.UpperLeft);
         }
 
-        var cpus = rows.Select(r => r.Cpus).Distinct().Order().ToList();
-        plot.Axes.Bottom.TickGenerator = new ScottPlot.TickGenerators.NumericManual([.. cpus.Select(c => new Tick(c, c.ToString(System.Globalization.CultureInfo.InvariantCulture)))]);
-        plot.ShowLegend(Alignment.UpperLeft);
-        plot.Title($"{experiment}: modelled mapping cost ({rows[0].ModelProfile} profile)");
-        plot.XLabel("simulated CPUs");
-        plot.YLabel($"µs per {(rows[0].Bytes > 0 ? "MiB" : "operation")}");
-        plot.SavePng(path, 800, 450);
+        plot.Title(title);
+        plot.YLabel(yLabel);
+        plot.SavePng(path, strategies.Count > 3 ? 1000 : 800, 450);
         return path;
     }
 
@@ -148,10 +145,41 @@ internal static class Charts
             plot.Legend.ManualItems.Add(new LegendItem { LabelText = strategies[s], FillColor = s_palette.GetColor(s) });
         }
 
-        plot.ShowLegend(Alignment.UpperRight);
+        if (strategies.Count > 3)
+        {
+            plot.ShowLegend(Edge.Right);
+        }
+        else
+        {
+            plot.ShowLegend(Alignment.UpperRight);
+        }
+
         plot.Title($"IPIs sent per MiB moved, {cpus} CPUs");
         plot.YLabel("IPIs / MiB");
         plot.SavePng(path, 1000, 450);
+        return path;
+    }
+
+    /// <summary>One line per strategy: <paramref name="value"/> against the CPU count.</summary>
+    public static string AgainstCpus(string path, string title, string yLabel, IReadOnlyList<PaperRow> rows, Func<PaperRow, double> value)
+    {
+        var plot = new Plot();
+        var strategies = SfBufMapper.StrategyNames.Where(s => rows.Any(r => r.Strategy == s)).ToList();
+        var cpuCounts = rows.Select(r => r.Cpus).Distinct().Order().ToList();
+        for (int s = 0; s < strategies.Count; s++)
+        {
+            var points = rows.Where(r => r.Strategy == strategies[s]).OrderBy(r => r.Cpus).ToList();
+            var line = plot.Add.Scatter(points.Select(r => (double)r.Cpus).ToArray(), points.Select(value).ToArray(), s_palette.GetColor(s));
+            line.LegendText = strategies[s];
+        }
+
+        plot.Axes.Bottom.TickGenerator = new ScottPlot.TickGenerators.NumericManual(
+            [.. cpuCounts.Select(c => new Tick(c, c.ToString(System.Globalization.CultureInfo.InvariantCulture)))]);
+        plot.ShowLegend(Edge.Right);
+        plot.Title(title);
+        plot.XLabel("simulated CPUs");
+        plot.YLabel(yLabel);
+        plot.SavePng(path, 800, 450);
         return path;
     }
 
@@ -171,7 +199,15 @@ internal static class Charts
         }
 
         plot.Add.VerticalLine(1.0, color: Colors.Gray).LegendText = "nsfbufs";
-        plot.ShowLegend(Alignment.UpperRight);
+        if (i > 3)
+        {
+            plot.ShowLegend(Edge.Right);
+        }
+        else
+        {
+            plot.ShowLegend(Alignment.UpperRight);
+        }
+
         plot.Title("sf_buf hit rate, cyclic working set");
         plot.XLabel("working set / nsfbufs");
         plot.YLabel("hits (%)");

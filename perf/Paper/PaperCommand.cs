@@ -26,7 +26,7 @@ internal static class PaperCommand
 
         var command = new Command("paper", "Reproduce the paper's evaluation: every experiment x strategy x CPU count, repeated.")
         {
-            options.Quick, options.Cpus, options.Strategies, options.Experiments, options.Cost, options.Model, options.Checked, options.Backend,
+            options.Quick, options.Cpus, options.Strategies, options.Peers, options.Experiments, options.Cost, options.Model, options.Checked, options.Backend,
             repeat, inProcess, json, csv, plot, markdown,
         };
         command.SetAction(parse =>
@@ -124,9 +124,11 @@ internal static class PaperCommand
         }
 
         int trials = run.Timed.Count + run.Verification.Count;
-        long stale = run.Verification.Concat(run.Timed).Sum(m => m["stale_accesses"]);
-        int checkedTrials = run.Verification.Concat(run.Timed).Count(m => m.Checked);
-        AnsiConsole.WriteLine($"{rows.Count} rows from {trials} trials in {run.Elapsed.TotalSeconds:0.0} s; stale accesses in {checkedTrials} checked trials: {stale}");
+        var all = run.Verification.Concat(run.Timed).ToList();
+        long stale = all.Sum(m => m["stale_accesses"]);
+        long latent = all.Sum(m => m["latent_stale_accesses"]);
+        int checkedTrials = all.Count(m => m.Checked);
+        AnsiConsole.WriteLine($"{rows.Count} rows from {trials} trials in {run.Elapsed.TotalSeconds:0.0} s; in {checkedTrials} checked trials: stale accesses {stale}, latent stale accesses {latent}");
         if (run.Problems.Count > 0)
         {
             AnsiConsole.MarkupLine("[red bold]invariant violations:[/]");
@@ -134,10 +136,64 @@ internal static class PaperCommand
             return 1;
         }
 
-        AnsiConsole.MarkupLine($"[green]all invariants hold[/] in every trial: 0 stale accesses; every kernel PTE write a recorded mapping; "
+        AnsiConsole.MarkupLine($"[green]all invariants hold[/] in every trial: 0 stale and 0 latent stale accesses; every kernel PTE write a recorded mapping; "
             + "original: exactly the shootdown rounds its mechanisms imply, IPIs = rounds x (N-1) less idle deferrals; direct map: no mapping; "
-            + "sfbuf-i386: one mapping per miss, no IPI for private users; and each experiment's own relations");
+            + "sfbuf-i386: one mapping per miss, no IPI for private users; "
+            + (plan.Strategies.Any(s => SfBufMapper.Describe(s).IsPeer) ? "each peer's own counts (PaperChecks); " : string.Empty)
+            + "and each experiment's own relations");
         return 0;
+    }
+
+    /// <summary>
+    /// The strategies to run, in the order results list them: the names given (<c>all</c> for
+    /// every one), plus the peers with <c>--peers</c>.
+    /// </summary>
+    internal static string[] ChooseStrategies(string[] names, bool peers)
+    {
+        var wanted = new HashSet<string>(StringComparer.Ordinal);
+        foreach (var name in names)
+        {
+            if (name == "all")
+            {
+                wanted.UnionWith(SfBufMapper.StrategyNames);
+            }
+            else if (SfBufMapper.StrategyNames.Contains(name))
+            {
+                wanted.Add(name);
+            }
+            else
+            {
+                throw new ArgumentException($"unknown strategy '{name}'; known: {string.Join(", ", SfBufMapper.StrategyNames)}, all");
+            }
+        }
+
+        if (peers)
+        {
+            wanted.UnionWith(SfBufMapper.PeerNames);
+        }
+
+        return [.. SfBufMapper.StrategyNames.Where(wanted.Contains)];
+    }
+
+    /// <summary>
+    /// The strategies of <paramref name="chosen"/> that run on the host backend. One named
+    /// explicitly that does not is an error with its reason; those that came with <c>all</c> or
+    /// <c>--peers</c> are left out, each reported with its reason.
+    /// </summary>
+    internal static string[] OnHost(string[] chosen, string[] named)
+    {
+        foreach (var info in chosen.Select(SfBufMapper.Describe).Where(i => !i.RunsOnHost))
+        {
+            if (named.Contains(info.Name))
+            {
+                throw new ArgumentException($"{info.Name} does not run on the host backend: {info.NotOnHost}");
+            }
+
+            Console.Error.WriteLine($"note: {info.Name} left out on the host backend: {info.NotOnHost}");
+        }
+
+        var runnable = chosen.Where(s => SfBufMapper.Describe(s).RunsOnHost).ToArray();
+        return runnable.Length > 0 ? runnable : throw new ArgumentException("none of the chosen strategies runs on the host backend");
     }
 
     /// <summary>A written file's path relative to the working directory, as the user named it.</summary>
@@ -158,10 +214,12 @@ internal sealed class PlanOptions
 
     public Option<string[]> Strategies { get; } = new("--strategies")
     {
-        Description = $"Strategies ({string.Join(", ", SfBufMapper.StrategyNames)})",
-        DefaultValueFactory = _ => [.. SfBufMapper.StrategyNames],
+        Description = $"Strategies ({string.Join(", ", SfBufMapper.StrategyNames)}), or all; default the paper's three",
+        DefaultValueFactory = _ => [.. SfBufMapper.PaperStrategyNames],
         AllowMultipleArgumentsPerToken = true,
     };
+
+    public Option<bool> Peers { get; } = new("--peers") { Description = $"Add the peers ({string.Join(", ", SfBufMapper.PeerNames)}) to the strategies" };
 
     public Option<string[]> Experiments { get; } = new("--experiments")
     {
@@ -193,11 +251,7 @@ internal sealed class PlanOptions
     public PaperPlan Plan(ParseResult parse, TrialSize size, int rounds)
     {
         var experiments = Paper.Experiments.Expand(parse.GetRequiredValue(Experiments));
-        var strategies = parse.GetRequiredValue(Strategies).Distinct().ToArray();
-        foreach (var s in strategies.Where(s => !SfBufMapper.StrategyNames.Contains(s)))
-        {
-            throw new ArgumentException($"unknown strategy '{s}'; known: {string.Join(", ", SfBufMapper.StrategyNames)}");
-        }
+        var strategies = PaperCommand.ChooseStrategies(parse.GetRequiredValue(Strategies), parse.GetValue(Peers));
 
         var cpus = parse.GetRequiredValue(Cpus).Distinct().Order().ToArray();
         foreach (int c in cpus.Where(c => c < 1 || c > MachineOptions.MaxCpus))
@@ -214,6 +268,7 @@ internal sealed class PlanOptions
             // The host's MMU pays its real costs: charging a profile on top would count them twice.
             HostBackend.ThrowIfUnavailable();
             cost = CostModel.Zero;
+            strategies = PaperCommand.OnHost(strategies, parse.GetRequiredValue(Strategies));
         }
 
         return new PaperPlan(experiments, strategies, cpus, cost, model, size, rounds, parse.GetValue(Checked), backend);
@@ -236,7 +291,7 @@ internal static class PaperRoundCommand
         var size = new Option<TrialSize>("--size") { Description = "Trial size", DefaultValueFactory = _ => TrialSize.Full };
         var command = new Command("paper-round", "One round of perf paper, as JSON lines (used by perf paper).")
         {
-            options.Cpus, options.Strategies, options.Experiments, options.Cost, options.Model, options.Checked, options.Backend, round, size,
+            options.Cpus, options.Strategies, options.Peers, options.Experiments, options.Cost, options.Model, options.Checked, options.Backend, round, size,
         };
         command.Hidden = true;
         command.SetAction(parse =>

@@ -31,6 +31,7 @@ internal static class PaperReport
     [
         ("pte_writes", "PTE wr"),
         ("local_invalidations", "invlpg"),
+        ("full_flushes", "flushes"),
         ("shootdowns", "shootdn"),
         ("ipis_sent", "IPIs"),
         ("tlb_misses", "TLB miss"),
@@ -39,6 +40,7 @@ internal static class PaperReport
         ("sfbuf_waits", "waits"),
         ("sfbuf_fails", "fails"),
         ("stale_accesses", "stale"),
+        ("latent_stale_accesses", "latent"),
     ];
 
     /// <summary>
@@ -138,11 +140,12 @@ internal static class PaperReport
 
         var strategies = speedups.Select(s => s.Strategy).Distinct().ToList();
         var table = new Table().Border(TableBorder.Rounded)
-            .Title("[bold]sf_buf against the original mechanisms[/]: paired speedup, median [[95% CI]]; IPIs per unit against original")
-            .AddColumn("experiment").AddColumn(new TableColumn("cpus").RightAligned());
+            .Title("[bold]against the original mechanisms[/]: paired speedup, median [[95% CI]]; IPIs per unit (and how far they fell from original's)")
+            .AddColumn("experiment").AddColumn(new TableColumn("cpus").RightAligned())
+            .AddColumn(new TableColumn($"{Baseline} IPIs").RightAligned());
         foreach (var s in strategies)
         {
-            table.AddColumn(new TableColumn(s).RightAligned());
+            table.AddColumn(new TableColumn(Markup.Escape(s)).RightAligned());
         }
 
         foreach (var group in speedups.GroupBy(s => (s.Experiment, s.Point, s.Cpus)))
@@ -151,11 +154,12 @@ internal static class PaperReport
             {
                 group.Key.Experiment + (group.Key.Point.Length > 0 ? $" [{group.Key.Point}]" : string.Empty),
                 group.Key.Cpus.ToString(CultureInfo.InvariantCulture) + (group.First().Oversubscribed ? "*" : string.Empty),
+                Fmt(group.First().BaselineIpis),
             };
             foreach (var strategy in strategies)
             {
                 var s = group.FirstOrDefault(x => x.Strategy == strategy);
-                cells.Add(s is null ? "-" : $"{SpeedupText(s)}\nIPIs {IpiChange(s.BaselineIpis, s.Ipis)}");
+                cells.Add(s is null ? "-" : $"{SpeedupText(s, "\n")}\nIPIs {IpiChange(s.BaselineIpis, s.Ipis)}");
             }
 
             table.AddRow(cells.Select(c => new Text(c)));
@@ -264,8 +268,8 @@ internal static class PaperReport
         File.WriteAllText(path, text.ToString());
     }
 
-    /// <summary>A speedup as text: <c>2.05x [1.90, 2.21]</c>, or with <c>n.s.</c> when its CI includes 1.0.</summary>
-    public static string SpeedupText(Speedup s)
+    /// <summary>A speedup as text: <c>2.05x [1.90, 2.21]</c>, or with <c>n.s.</c> when its CI includes 1.0; <paramref name="separator"/> between the median and the CI.</summary>
+    public static string SpeedupText(Speedup s, string separator = " ")
     {
         var r = s.Ratio;
         string median = r.Median.ToString("0.00", CultureInfo.InvariantCulture) + "x";
@@ -274,7 +278,7 @@ internal static class PaperReport
             return $"{median} (1 round, no CI)";
         }
 
-        return $"{median} {Interval(r.CiLow, r.CiHigh, v => v.ToString("0.00", CultureInfo.InvariantCulture))}{(s.Significant ? string.Empty : " n.s.")}";
+        return $"{median}{separator}{Interval(r.CiLow, r.CiHigh, v => v.ToString("0.00", CultureInfo.InvariantCulture))}{(s.Significant ? string.Empty : " n.s.")}";
     }
 
     /// <summary>A modelled cost in ns, µs or ms.</summary>
@@ -302,5 +306,5 @@ internal static class PaperReport
     private static string Fmt(double v) => v == 0 ? "0" : v >= 100 ? v.ToString("N0", CultureInfo.InvariantCulture) : v.ToString("0.##", CultureInfo.InvariantCulture);
 
     private static string IpiChange(double before, double after) =>
-        before == 0 ? (after == 0 ? "none either way" : $"{after:0.###}/unit") : $"-{1 - (after / before):P0}";
+        before == 0 || after == 0 ? Fmt(after) : $"{Fmt(after)} ({((after / before) - 1).ToString("+0%;-0%;0%", CultureInfo.InvariantCulture)})";
 }

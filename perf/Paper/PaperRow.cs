@@ -8,7 +8,8 @@ namespace Native.Perf.Paper;
 /// strategy, one CPU count, summarising its repeated timed trials. <c>mb_per_s</c> and
 /// <c>ops_per_s</c> are medians; <c>samples</c> holds each round's throughput (MiB/s for bulk
 /// experiments, operations/s otherwise) with its CI and CV; <c>counters</c> are those of the
-/// median trial, except <c>stale_accesses</c>, summed over every checked trial of the cell.
+/// median trial, except <c>stale_accesses</c> and <c>latent_stale_accesses</c>, summed over every
+/// checked trial of the cell.
 /// </summary>
 internal sealed record PaperRow
 {
@@ -126,8 +127,9 @@ internal sealed record PaperRow
     /// <summary>The schema's counter names, in order.</summary>
     public static readonly string[] CounterKeys =
     [
-        "pte_writes", "pte_clears", "user_pte_writes", "local_invalidations", "full_flushes", "shootdowns", "ipis_sent",
+        "pte_writes", "pte_clears", "user_pte_writes", "local_invalidations", "full_flushes", "mapping_flushes", "shootdowns", "ipis_sent",
         "ipi_targets", "idle_targets_deferred", "tlb_misses", "mapping_tlb_misses", "mappings", "mapped_pages",
-        "sfbuf_hits", "sfbuf_misses", "sfbuf_waits", "sfbuf_fails", "lock_contentions", "stale_accesses", "charged_ns",
+        "sfbuf_hits", "sfbuf_misses", "sfbuf_waits", "sfbuf_fails", "lock_contentions", "stale_accesses",
+        "latent_stale_accesses", "charged_ns", "cross_cpu_parks",
     ];
 }

@@ -284,6 +284,7 @@ internal static class PaperRunner
                 var counters = new Dictionary<string, long>(median.Counters, StringComparer.Ordinal)
                 {
                     ["stale_accesses"] = checkedTrials.Sum(m => m["stale_accesses"]),
+                    ["latent_stale_accesses"] = checkedTrials.Sum(m => m["latent_stale_accesses"]),
                 };
                 rows.Add(new PaperRow
                 {

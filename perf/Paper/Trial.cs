@@ -124,6 +124,7 @@ internal sealed class Trial : IDisposable
             ["user_pte_writes"] = d[Counter.UserPteWrites],
             ["local_invalidations"] = d[Counter.LocalInvalidations],
             ["full_flushes"] = d[Counter.FullFlushes] + d[Counter.NonGlobalFlushes],
+            ["mapping_flushes"] = d[Counter.MappingFlushes],
             ["shootdowns"] = d[Counter.ShootdownRounds],
             ["ipis_sent"] = d[Counter.IpisSent],
             ["ipi_targets"] = d[Counter.IpiTargets],
@@ -138,12 +139,21 @@ internal sealed class Trial : IDisposable
             ["sfbuf_fails"] = _sfAfter.Failures - _sfBefore.Failures,
             ["lock_contentions"] = d[Counter.LockContentions],
             ["stale_accesses"] = IsChecked ? Machine.Counters()[Counter.StaleAccesses] : 0,
+            ["latent_stale_accesses"] = IsChecked ? Machine.Counters()[Counter.LatentStaleAccesses] : 0,
             ["charged_ns"] = d[Counter.ChargedNanoseconds],
+            ["cross_cpu_parks"] = d[Counter.CrossCpuParks],
         };
         _host?.AddCounters(counters);
         if (_host != null)
         {
             parameters = new Dictionary<string, object>(parameters, StringComparer.Ordinal) { ["round_trip_ns"] = Math.Round(_roundTripNs ?? -1, 1) };
+        }
+
+        // The strategy's own counts (pkmap flushes, kmap_local saves, lwbuf syncs, emap flushes...),
+        // as deltas over the window; pool sizes and high-water marks as they stand at the end.
+        foreach (var (key, after) in _sfAfter.Details)
+        {
+            counters[key] = IsLevel(key) ? after : after - _sfBefore.Details.GetValueOrDefault(key);
         }
 
         return new Measurement
@@ -164,6 +174,10 @@ internal sealed class Trial : IDisposable
             Warnings = Machine.Warnings,
         };
     }
+
+    /// <summary>Details that are levels (sizes, high-water marks), not counts.</summary>
+    public static bool IsLevel(string key) => key.EndsWith(".last_pkmap", StringComparison.Ordinal)
+        || key.EndsWith(".peak_in_use", StringComparison.Ordinal) || key.EndsWith(".objects", StringComparison.Ordinal);
 
     /// <summary>Joins every thread (rethrowing the first failure).</summary>
     public static void JoinAll(params KernelThread[] threads)

@@ -38,10 +38,12 @@ internal static class RealCommand
         };
         var strategies = new Option<string[]>("--strategies")
         {
-            Description = $"Strategies ({string.Join(", ", SfBufMapper.StrategyNames)})",
-            DefaultValueFactory = _ => [.. SfBufMapper.StrategyNames],
+            Description = $"Strategies ({string.Join(", ", SfBufMapper.StrategyNames.Where(s => SfBufMapper.Describe(s).RunsOnHost))}), or all; default the paper's three. "
+                + "The other peers are refused on the host backend, each with its reason",
+            DefaultValueFactory = _ => [.. SfBufMapper.PaperStrategyNames],
             AllowMultipleArgumentsPerToken = true,
         };
+        var peers = new Option<bool>("--peers") { Description = "Add the peers that run on the host backend to the strategies (the others are reported and left out)" };
         var experiments = new Option<string[]>("--experiments")
         {
             Description = $"Experiments (default {string.Join(", ", DefaultExperiments)}; any of {string.Join(", ", Experiments.Names)})",
@@ -62,7 +64,7 @@ internal static class RealCommand
 
         var command = new Command("real", "Run the experiments on the host's MMU (real TLB shootdowns): every strategy x CPU count, repeated.")
         {
-            quick, repeat, cpus, strategies, experiments, model, inProcess, simulated, json, markdown, plot, rowsFile,
+            quick, repeat, cpus, strategies, peers, experiments, model, inProcess, simulated, json, markdown, plot, rowsFile,
         };
         command.SetAction(parse =>
         {
@@ -87,11 +89,8 @@ internal static class RealCommand
                     throw new ArgumentException("--repeat needs at least 1 trial per cell");
                 }
 
-                var chosen = parse.GetRequiredValue(strategies).Distinct().ToArray();
-                foreach (var s in chosen.Where(s => !SfBufMapper.StrategyNames.Contains(s)))
-                {
-                    throw new ArgumentException($"unknown strategy '{s}'; known: {string.Join(", ", SfBufMapper.StrategyNames)}");
-                }
+                var named = parse.GetRequiredValue(strategies);
+                var chosen = PaperCommand.OnHost(PaperCommand.ChooseStrategies(named, parse.GetValue(peers)), named);
 
                 var runnable = Runnable(parse.GetRequiredValue(cpus));
                 var plan = new PaperPlan(

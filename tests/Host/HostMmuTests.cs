@@ -1,5 +1,7 @@
 using System.Runtime.InteropServices;
 using Native.PageTable;
+using Native.SfBufNative;
+using Native.SfBufNative.Kernel;
 using Native.Tests.Machine;
 using NUnit.Framework;
 using SimMachine = Native.PageTable.Machine;
@@ -21,8 +23,8 @@ public sealed unsafe class HostMmuTests
     /// One remap after another of one kernel page, each to a different frame, with the other core
     /// reading every word of the page through the remapped address after each remap: a missed
     /// invalidation would show the previous frame's words. 100,000 remaps in the default run;
-    /// <c>SFBUF_HOST_REMAPS=1000000</c> is the long form (a million: about 15 minutes on a loaded
-    /// host whose remaps cost 80 µs, where every hand-off also waits for both threads to be scheduled).
+    /// <c>SFBUF_HOST_REMAPS=1000000</c> is the long form (a million: 12 to 15 minutes on a loaded
+    /// 2-core host whose remaps cost 80 µs, where every hand-off also waits for both threads to be scheduled).
     /// </summary>
     [Test]
     public void RemapsOfASlotAreSeenExactlyByTheOtherCore()
@@ -230,6 +232,26 @@ public sealed unsafe class HostMmuTests
         Assert.That(() => new SimMachine(HostGate.Small(cpus: 1) with { Cost = CostModel.Default }), Throws.ArgumentException.With.Message.Contains("twice"));
         Assert.That(() => new SimMachine(HostGate.Small(cpus: 1) with { PinThreads = false }), Throws.ArgumentException.With.Message.Contains("pins"));
         Assert.That(() => new SimMachine(HostGate.Small(cpus: 1) with { PhysicalMemoryBytes = 4096 }), Throws.InstanceOf<ArgumentOutOfRangeException>());
+        var controlled = HostGate.Small(cpus: 1) with { Checked = true, Controlled = new ControlledScheduler(new RandomWalkStrategy(1), 100) };
+        Assert.That(() => new SimMachine(controlled), Throws.ArgumentException.With.Message.Contains("controlled scheduling"));
+    }
+
+    [TestCaseSource(typeof(HostStrategyTests), nameof(HostStrategyTests.RefusedOnHost))]
+    public void APeerWhoseMechanismTheHostCannotExpressIsRefusedWithItsReason(string strategy)
+    {
+        HostGate.Require();
+        var reason = SfBufMapper.Describe(strategy).NotOnHost;
+        Assert.That(reason, Is.Not.Null.And.Not.Empty);
+        using var m = new SimMachine(HostGate.Small());
+        var refused = Assert.Throws<NotSupportedException>(() => SfBufMapper.Create(strategy, m));
+        Assert.That(refused!.Message, Does.Contain(strategy).And.Contain(reason!));
+        Assert.Throws<NotSupportedException>(() => _ = new SimKernel(m, strategy));
+        Assert.That(m.HostCounts().Remaps, Is.Zero, "a refused strategy changed no mapping");
+
+        // The same strategy runs on the simulated backend: the refusal is the host's, not the strategy's.
+        using var simulated = new SimMachine(new MachineOptions { Cpus = 2, PhysicalMemoryBytes = 16UL << 20 });
+        using var mapper = SfBufMapper.Create(strategy, simulated);
+        Assert.That(mapper.Name, Is.EqualTo(strategy));
     }
 
     [Test]

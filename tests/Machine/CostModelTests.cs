@@ -40,6 +40,50 @@ public sealed class CostModelTests
         Assert.That(idle.IpisSent, Is.Zero, "the idle target was deferred, not interrupted");
     }
 
+    [Test]
+    public void ACpuParkedInACrossCpuWaitOnAnOversubscribedMachineIsChargedByTheSameRule()
+    {
+        // Oversubscribed, a parked wait publishes its CPU idle: a shootdown then defers to it, and
+        // it pays the handler and its invalidation when the park ends, as any idle target does.
+        int cpus = Native.Interop.HostCpu.AllowedCpus().Length + 1;
+        Assume.That(cpus, Is.LessThanOrEqualTo(MachineOptions.MaxCpus), "the host has more cores than a machine may have CPUs");
+        using var m = new SimMachine(Options(cpus));
+        Assume.That(m.Oversubscribed, Is.True);
+        ulong va = m.Layout.KernelMap.Start;
+        var locked = new Flag();
+        var waiter = m.StartThread("waiter", () =>
+        {
+            Sim.SpinOnCpu(m, () => locked.IsSet, "smp_ipi_mtx is held");
+            m.SmpIpiMutex.Lock(); // spins, then parks with its CPU published idle
+            m.SmpIpiMutex.Unlock();
+        }, cpu: 1, bound: true);
+        CounterSnapshot? before = null;
+        int rounds = 0;
+        var holder = m.StartThread("holder", () =>
+        {
+            m.SmpIpiMutex.Lock();
+            locked.Set();
+            Sim.SpinOnCpu(m, () => m.Counters().OnCpu(1, Counter.CrossCpuParks) > 0 && m.Cpus[1].IsIdle, "cpu 1 parks");
+            before = m.Counters();
+            while (rounds < 100 && m.Counters().OnCpu(0, Counter.IdleTargetsDeferred) == before.OnCpu(0, Counter.IdleTargetsDeferred))
+            {
+                m.CurrentCpu.Shootdown(m.Cpus[1].Mask, ShootdownKind.Page, va, serialize: false);
+                rounds++;
+            }
+
+            m.SmpIpiMutex.Unlock();
+        }, cpu: 0, bound: true);
+        Sim.Join(holder, waiter);
+
+        var d = m.Counters() - before!;
+        long owed = m.Cpus[1].TestHookOwedNanoseconds(); // deferred after the wake-up: paid at its next flush
+        Assert.That(d.OnCpu(0, Counter.IdleTargetsDeferred), Is.EqualTo(1), "a round found the parked CPU idle");
+        Assert.That(d[Counter.IpisSent] + d[Counter.IdleTargetsDeferred], Is.EqualTo(rounds));
+        Assert.That(d.OnCpu(0, Counter.ChargedNanoseconds), Is.EqualTo(rounds * (16 + 32 + 64)), "initiator: send and round trip per round");
+        Assert.That(d.OnCpu(1, Counter.ChargedNanoseconds) + owed, Is.EqualTo(rounds * (64 + 1)), "target: handler and invlpg per round, IPI'd or deferred");
+        Assert.That(d[Counter.StaleAccesses] + d[Counter.LatentStaleAccesses], Is.Zero);
+    }
+
     [TestCase(true)]
     [TestCase(false)]
     public void TheModelledMappingCostIsWhatTheMachineChargedForTheMappings(bool otherCpuRunning)

@@ -6,10 +6,11 @@ using NUnit.Framework;
 namespace Native.Tests.Perf;
 
 /// <summary>
-/// <c>perf paper</c> at its smallest size: every experiment for every registered strategy on 1
-/// and 2 CPUs, a checked verification trial and two interleaved timed rounds per cell, run as
-/// <c>perf paper</c> runs them; the exact relations of every trial hold, the rows carry their
-/// statistics, and the outputs have the fixed schema.
+/// <c>perf paper</c> at its smallest size: every experiment for every registered strategy, the
+/// peers included, on 1 and 2 CPUs, a checked verification trial and two interleaved timed rounds
+/// per cell, run as <c>perf paper</c> runs them; the exact relations of every trial hold (the
+/// paper's and each peer's own counts), the rows carry their statistics, and the outputs have the
+/// fixed schema.
 /// </summary>
 [TestFixture]
 [NonParallelizable]
@@ -44,7 +45,7 @@ public sealed class PaperTests
     {
         var run = Run();
         Assert.That(run.Problems, Is.Empty);
-        Assert.That(run.Verification, Has.Count.EqualTo(Plan().Cells().Count + (2 * 3)), "one checked trial per cell (lru has four points)");
+        Assert.That(run.Verification, Has.Count.EqualTo(Plan().Cells().Count + (SfBufMapper.StrategyNames.Count * s_cpus.Length)), "one checked trial per cell (lru has two points at this size)");
         Assert.That(run.Verification.All(m => m.Checked), Is.True);
         Assert.That(run.Timed.Any(m => m.Checked), Is.False, "timed trials run without the oracle");
         Assert.That(run.Verification.Concat(run.Timed).Sum(m => m["stale_accesses"]), Is.Zero);
@@ -158,6 +159,44 @@ public sealed class PaperTests
     }
 
     [Test]
+    public void ALatentStaleAccessInACheckedTrialFailsTheCheck()
+    {
+        // A remap without invalidation whose old entry cpu 1's TLB had already evicted: only the
+        // latent-staleness oracle sees the access, and the trial's check must report it.
+        using var trial = new Trial(CostModel.Zero, SfBufMapper.I386, 2, TrialSize.Check, isChecked: true);
+        var m = trial.Machine;
+        ulong stride = (ulong)(m.Options.TlbEntries / m.Options.TlbWays) << Pte.PageShift; // pages in one TLB set
+        ulong va = m.Layout.KernelMap.Start;
+        var oldPage = m.Physical.Alloc(AllocFlags.Wired | AllocFlags.Zero);
+        var newPage = m.Physical.Alloc(AllocFlags.Wired | AllocFlags.Zero);
+        m.Run(0, () =>
+        {
+            for (int way = 0; way <= m.Options.TlbWays; way++)
+            {
+                m.KernelPmap.KEnter(va + ((ulong)way * stride), way == 0 ? oldPage : m.Physical.Alloc(AllocFlags.Wired | AllocFlags.Zero));
+            }
+        });
+        m.Run(1, () =>
+        {
+            for (int way = 0; way <= m.Options.TlbWays; way++)
+            {
+                m.CurrentCpu.ReadUInt64(va + ((ulong)way * stride));
+            }
+
+            Assert.That(m.CurrentCpu.TestHookTlbHolds(va), Is.False, "the set conflict evicted the first entry");
+        });
+        trial.Begin();
+        m.Run(0, () => m.KernelPmap.KEnter(va, newPage)); // the bug: no invalidation
+        m.Run(1, () => Assert.Throws<LatentStaleTranslationException>(() => m.CurrentCpu.ReadUInt64(va)));
+        trial.End();
+
+        var measured = trial.Measure("lru", 0, 1, new Dictionary<string, object> { ["hit_rate"] = "n/a" }, point: "test");
+        Assert.That(measured["stale_accesses"], Is.Zero, "the TLB no longer held the entry");
+        Assert.That(measured["latent_stale_accesses"], Is.EqualTo(1));
+        Assert.That(PaperChecks.Check(measured), Has.Some.Contains("1 latent stale accesses"));
+    }
+
+    [Test]
     public void TheExecExperimentFailsLoudlyWithoutItsImage()
     {
         using var trial = new Trial(CostModel.Zero, SfBufMapper.I386, 1, TrialSize.Check, isChecked: true);
@@ -191,6 +230,150 @@ public sealed class PaperTests
         var line = PaperRunner.FormatTrial(here.Timed);
         Assert.That(PaperRunner.ParseTrial(line).Select(m => (m.Experiment, m.Strategy, m.Bytes, m.Modelled.TotalNs)), Is.EqualTo(here.Timed.Select(m => (m.Experiment, m.Strategy, m.Bytes, m.Modelled.TotalNs))));
     }
+
+    [Test]
+    public void PaperAcceptsEveryStrategyNameAllAndThePeersSwitch()
+    {
+        Assert.That(PaperCommand.ChooseStrategies(["all"], peers: false), Is.EqualTo(SfBufMapper.StrategyNames));
+        Assert.That(PaperCommand.ChooseStrategies([.. SfBufMapper.PaperStrategyNames], peers: false), Is.EqualTo(SfBufMapper.PaperStrategyNames));
+        Assert.That(PaperCommand.ChooseStrategies([.. SfBufMapper.PaperStrategyNames], peers: true), Is.EqualTo(SfBufMapper.StrategyNames));
+        Assert.That(PaperCommand.ChooseStrategies([SfBufMapper.NetBsdEmap, SfBufMapper.Original], peers: false), Is.EqualTo(new[] { SfBufMapper.Original, SfBufMapper.NetBsdEmap }), "in the order results list them");
+        foreach (var name in SfBufMapper.StrategyNames)
+        {
+            Assert.That(PaperCommand.ChooseStrategies([name], peers: false), Is.EqualTo(new[] { name }));
+        }
+
+        Assert.That(() => PaperCommand.ChooseStrategies(["linux-kmap-highmem"], peers: false), Throws.ArgumentException.With.Message.Contains("linux-kmap"));
+    }
+
+    [Test]
+    public void NetbsdEmapSendsNoIpiAnywhere()
+    {
+        var emap = Trials(SfBufMapper.NetBsdEmap);
+        Assert.That(emap, Is.Not.Empty);
+        Assert.That(emap.Select(m => (m.Experiment, m.Cpus, m["ipis_sent"], m["shootdowns"])), Has.All.Matches<(string, int, long Ipis, long Shootdowns)>(x => x.Ipis == 0 && x.Shootdowns == 0));
+        Assert.That(Row("sendfile-hot", SfBufMapper.NetBsdEmap, 2)["emap.consume_flushes"], Is.GreaterThan(0), "the NIC's CPU consumed by flushing");
+
+        // Its price is the consumers' flushes: counted as mapping work and priced by the model.
+        var md = Row("md-seq", SfBufMapper.NetBsdEmap, 2);
+        Assert.That(md["mapping_flushes"], Is.EqualTo(md["emap.consume_flushes"] + md["emap.switch_flushes"]).And.GreaterThan(0));
+        Assert.That(md.Modelled!.InvalidationNs * md.Units, Is.GreaterThanOrEqualTo(md["mapping_flushes"] * CostModel.Default.FullFlushNs * (1 - 1e-9)));
+    }
+
+    [TestCase(SfBufMapper.LinuxKmapAtomic)]
+    [TestCase(SfBufMapper.LinuxKmapLocal)]
+    [TestCase(SfBufMapper.FreeBsdQuick)]
+    public void PerCpuPeersSendNoIpiForPrivateUsers(string strategy)
+    {
+        var trials = Trials(strategy).Where(m => Experiments.Get(m.Experiment).PrivateMappings).ToList();
+        Assert.That(trials.Select(m => m.Experiment).Distinct().Count(), Is.EqualTo(Experiments.All.Count(e => e.PrivateMappings)), "every private-only experiment ran");
+        Assert.That(trials.Select(m => m["ipis_sent"] + m["shootdowns"]), Is.All.Zero);
+    }
+
+    [TestCase(SfBufMapper.LinuxKmap)]
+    [TestCase(SfBufMapper.LinuxKmapAtomic)]
+    [TestCase(SfBufMapper.LinuxKmapLocal)]
+    public void KmapFlushesGloballyAtMostOncePerLastPkmapNewMappings(string strategy)
+    {
+        foreach (var m in Trials(strategy))
+        {
+            string where = $"{m.Experiment}{m.Point}/{m.Cpus}cpu{(m.Checked ? " (checked)" : string.Empty)}";
+            long lastPkmap = m["pkmap.last_pkmap"], peak = m["pkmap.peak_in_use"];
+            Assert.That(lastPkmap, Is.EqualTo(1024), "x86-32 LAST_PKMAP on the default machine");
+            Assert.That(m["pkmap.global_flushes"], Is.LessThanOrEqualTo(m["pkmap.wraps"]), $"{where}: one flush per wrap at most");
+            Assert.That(peak, Is.LessThan(lastPkmap));
+            Assert.That(Math.Max(0, m["pkmap.global_flushes"] - 1) * (lastPkmap - peak), Is.LessThanOrEqualTo(m["pkmap.new_mappings"]), where);
+            Assert.That(m["shootdowns"], Is.EqualTo(m.Cpus > 1 ? m["pkmap.global_flushes"] : 0), $"{where}: the global flush is kmap's only shootdown");
+        }
+
+        var cold = Row("sendfile-cold", strategy, 2);
+        Assert.That(cold["pkmap.global_flushes"], Is.GreaterThan(0), "a file twice nsfbufs wraps the 1024-slot pool");
+        Assert.That(cold["shootdowns"], Is.EqualTo(cold["pkmap.global_flushes"]), "each global flush reaches the other CPU");
+    }
+
+    [Test]
+    public void LwbufSharedUsersCostOneCrossCpuInvalidationPerAllocationAndPrivateUsersNone()
+    {
+        foreach (var m in Trials(SfBufMapper.DragonFlyLwbuf))
+        {
+            string where = $"{m.Experiment}{m.Point}/{m.Cpus}cpu{(m.Checked ? " (checked)" : string.Empty)}";
+            Assert.That(m["shootdowns"], Is.EqualTo(m["lwbuf.set_global_syncs"]), where);
+            Assert.That(m["lwbuf.set_global_syncs"], Is.EqualTo(m.Cpus > 1 ? m["lwbuf.shared_allocs"] : 0), where);
+            if (Experiments.Get(m.Experiment).PrivateMappings)
+            {
+                Assert.That(m["shootdowns"], Is.Zero, where);
+            }
+        }
+
+        var pagein = Row("vnode-pagein", SfBufMapper.DragonFlyLwbuf, 2);
+        Assert.That(pagein["lwbuf.shared_allocs"], Is.GreaterThan(0));
+        Assert.That(pagein["shootdowns"], Is.EqualTo(pagein["lwbuf.shared_allocs"]));
+    }
+
+    [Test]
+    public void KmapLocalRestoresExactlyTheMapsItSaved()
+    {
+        foreach (var m in Trials(SfBufMapper.LinuxKmapLocal))
+        {
+            Assert.That(m["kmap_local.restores"], Is.EqualTo(m["kmap_local.saves"]), $"{m.Experiment}/{m.Cpus}cpu");
+        }
+    }
+
+    [Test]
+    public void EveryPeerRecordsEachMappingItMakesAndHasAModelledCost()
+    {
+        foreach (var strategy in SfBufMapper.PeerNames)
+        {
+            foreach (var m in Trials(strategy))
+            {
+                string where = $"{m.Experiment}{m.Point}/{strategy}/{m.Cpus}cpu{(m.Checked ? " (checked)" : string.Empty)}";
+                Assert.That(m["pte_writes"], Is.EqualTo(m["mapped_pages"]), where);
+                Assert.That(m["mappings"], Is.EqualTo(m["sfbuf_misses"] + m["kmap_local.restores"]), where);
+            }
+
+            // Whatever a peer maps is priced: PTE stores, and its walks and invalidations with them.
+            var mapping = Rows().Where(r => r.Strategy == strategy && r["mapped_pages"] > 0).ToList();
+            Assert.That(mapping, Is.Not.Empty, strategy);
+            Assert.That(mapping.Select(r => r.Modelled!.PteNs), Is.All.GreaterThan(0), strategy);
+        }
+    }
+
+    [Test]
+    public void EachPeerCheckFailsWhenItsCountsBreakTheAlgorithm()
+    {
+        Assert.That(PaperChecks.Check(Fake(SfBufMapper.NetBsdEmap, "pipe", new() { ["shootdowns"] = 1, ["ipi_targets"] = 1, ["ipis_sent"] = 1 })),
+            Has.Some.Contains("where the algorithm sends none"));
+        Assert.That(PaperChecks.Check(Fake(SfBufMapper.FreeBsdQuick, "md-seq", new() { ["shootdowns"] = 1, ["ipi_targets"] = 1, ["ipis_sent"] = 1, ["quick.enters"] = 0 })),
+            Has.Some.Contains("where the algorithm sends none"));
+        Assert.That(PaperChecks.Check(Fake(SfBufMapper.LinuxKmap, "sendfile-cold", new() { ["pkmap.global_flushes"] = 3, ["pkmap.wraps"] = 2, ["shootdowns"] = 3, ["ipi_targets"] = 3, ["ipis_sent"] = 3, ["pkmap.last_pkmap"] = 1024 })),
+            Has.Some.Contains("3 global flushes in 2 wraps"));
+        Assert.That(PaperChecks.Check(Fake(SfBufMapper.DragonFlyLwbuf, "sendfile-hot", new() { ["lwbuf.shared_allocs"] = 5, ["lwbuf.set_global_syncs"] = 4, ["shootdowns"] = 4, ["ipi_targets"] = 4, ["ipis_sent"] = 4 })),
+            Has.Some.Contains("4 cross-CPU invalidations for 5 shared allocations"));
+        Assert.That(PaperChecks.Check(Fake(SfBufMapper.LinuxKmapLocal, "pipe", new() { ["kmap_local.saves"] = 2, ["kmap_local.restores"] = 1, ["pkmap.last_pkmap"] = 1024 })),
+            Has.Some.Contains("2 kmap_local maps saved at switch-out, 1 restored"));
+        Assert.That(PaperChecks.Check(Fake(SfBufMapper.NetBsdEmap, "pipe", new() { ["mappings"] = 3, ["mapped_pages"] = 3, ["pte_writes"] = 3, ["sfbuf_misses"] = 2 })),
+            Has.Some.Contains("3 mappings for 2 sf_buf misses"));
+        Assert.That(PaperChecks.Check(Fake(SfBufMapper.NetBsdEmap, "pipe", new() { ["emap.consume_flushes"] = 2, ["mapping_flushes"] = 3 })),
+            Has.Some.Contains("3 mapping flushes for 2 consume and 0 switch flushes"));
+        Assert.That(PaperChecks.Check(Fake(SfBufMapper.NetBsdEmap, "pipe", new() { ["mappings"] = 2, ["mapped_pages"] = 2, ["pte_writes"] = 2, ["sfbuf_misses"] = 2 })), Is.Empty);
+    }
+
+    private static Measurement Fake(string strategy, string experiment, Dictionary<string, long> counters) => new()
+    {
+        Experiment = experiment,
+        Strategy = strategy,
+        Cpus = 2,
+        CostProfile = "zero",
+        Params = new Dictionary<string, object> { ["direct_writes"] = 0L, ["partial_pages"] = 1L },
+        Seconds = 1,
+        Bytes = 0,
+        Ops = 1,
+        Counters = counters,
+        Modelled = new MappingCost(0, 0, 0, 0),
+    };
+
+    /// <summary>Every trial of <paramref name="strategy"/>, timed and checked, as PaperChecks saw them.</summary>
+    private static List<Measurement> Trials(string strategy) => [.. Run().Timed.Concat(Run().Verification).Where(m => m.Strategy == strategy)];
 
     [Test]
     public void JsonCsvAndMarkdownHaveEveryRowInTheFixedSchema()

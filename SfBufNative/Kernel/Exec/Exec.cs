@@ -206,8 +206,10 @@ public static class Exec
     {
         Span<byte> bytes = stackalloc byte[(int)Math.Min(fileSize, Pte.PageSize)];
 
-        // The current CPU, whichever it is now: a shared mapping is valid on all of them.
-        kernel.Cpu.Read(header.Kva, bytes);
+        // The current CPU, whichever it is now: a shared mapping is valid on all of them once
+        // sf_buf_kva has run here (lwbuf and emap do work on the accessing CPU).
+        ulong kva = header.Sf.IsNone ? header.Kva : kernel.SfBufs.Kva(header.Sf);
+        kernel.Cpu.Read(kva, bytes);
         return ElfImage.Parse(bytes, fileSize, out image, out reason);
     }
 
@@ -399,7 +401,8 @@ public static class Exec
                 var sf = kernel.SfBufs.Alloc(fragment.FilePage, SfBufFlags.CpuPrivate);
                 try
                 {
-                    td.Cpu!.Copy(fragment.UserVa, sf.Kva + (ulong)fragment.FileInPage, fragment.Length);
+                    // sf_buf_kva here, on the CPU that copies (lwbuf and emap do work on the accessing CPU).
+                    td.Cpu!.Copy(fragment.UserVa, kernel.SfBufs.Kva(sf) + (ulong)fragment.FileInPage, fragment.Length);
                 }
                 finally
                 {

@@ -140,7 +140,7 @@ public static class VnodePager
                 var sf = kernel.SfBufs.Alloc(page, SfBufFlags.Default);
                 try
                 {
-                    Fill(kernel.Cpu, sf.Kva, data, count);
+                    Fill(kernel.Cpu, kernel.SfBufs.Kva(sf), data, count);
                 }
                 finally
                 {

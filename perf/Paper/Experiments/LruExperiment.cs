@@ -23,7 +23,7 @@ internal sealed class LruExperiment : Experiment
         var m = t.Machine;
         int n = Nsfbufs(t);
         double[] fractions = t.Pick<double[]>([0.25, 0.5, 0.75, 0.9, 0.95, 1.0, 1.05, 1.1, 1.25, 1.5, 2.0], [0.5, 0.95, 1.05, 2.0], [0.5, 2.0]);
-        int passes = t.Pick(5, 2, 1);
+        int passes = t.Pick(5, 1, 1);
         var pages = new VmPage[2 * n];
         for (int i = 0; i < pages.Length; i++)
         {
@@ -43,6 +43,7 @@ internal sealed class LruExperiment : Experiment
             {
                 ["working_set_pages"] = k,
                 ["nsfbufs"] = n,
+                ["pool_pages"] = t.Kernel.SfBufs.Stats().Nsfbufs,
                 ["fraction_of_pool"] = f,
             }, point: f.ToString("0.##", CultureInfo.InvariantCulture));
             long hits = row["sfbuf_hits"];
@@ -71,7 +72,7 @@ internal sealed class LruExperiment : Experiment
             {
                 td.SchedPin();
                 var sf = sfbufs.Alloc(pages[i], SfBufFlags.CpuPrivate);
-                m.CurrentCpu.ReadUInt64(sf.Kva);
+                m.CurrentCpu.ReadUInt64(sfbufs.Kva(sf));
                 sfbufs.Free(sf);
                 td.SchedUnpin();
             }
