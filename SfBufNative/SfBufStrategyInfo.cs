@@ -27,6 +27,12 @@ namespace Native.SfBufNative;
 /// and kmap_local's fixmap slots, the quick page); the pool's <see cref="SfBufStats.NsfbufsUsed"/>
 /// does not count them. 0 when every private mapping comes from the pool.
 /// </param>
+/// <param name="FreesReachWaitersOnAnyCpu">
+/// True when a buffer freed on one CPU can end a wait on another. False for lwbuf: objects freed
+/// on a CPU stay in its magazines and DragonFly's objcache never takes from another CPU's, so with
+/// <c>kernel_map</c> exhausted a waiter on a CPU whose magazines are empty waits for ever (drivers
+/// keep such a strategy's waiters on the CPU that frees).
+/// </param>
 /// <param name="Create">Creates the strategy on a machine with a pool of the given size (null: the sf_buf window); <see cref="SfBufMapper.Create"/> calls it and then publishes the instruments.</param>
 public sealed record SfBufStrategyInfo(
     string Name,
@@ -40,6 +46,7 @@ public sealed record SfBufStrategyInfo(
     string SharedUsers,
     SfBufPrivateRules PrivateRules,
     int PerCpuPrivateSlots,
+    bool FreesReachWaitersOnAnyCpu,
     Func<Machine, int?, SfBufMapper> Create)
 {
     /// <summary>
@@ -49,31 +56,31 @@ public sealed record SfBufStrategyInfo(
     public static IReadOnlyList<SfBufStrategyInfo> All { get; } =
     [
         new(SfBufMapper.Original, "FreeBSD 5", "kmem_alloc + pmap_qenter / pmap_qremove (vm_machdep.c, sys_pipe.c, kern_exec.c before 2004)",
-            SfBufStrategyGroup.Paper, true, true, false, "per-use kernel_map KVA, broadcast shootdowns", "the same", SfBufPrivateRules.None, 0,
+            SfBufStrategyGroup.Paper, true, true, false, "per-use kernel_map KVA, broadcast shootdowns", "the same", SfBufPrivateRules.None, 0, true,
             (machine, _) => new OriginalMapper(machine)),
         new(SfBufMapper.I386, "FreeBSD 6", "sf_buf_alloc / sf_buf_free, i386 vm_machdep.c rev 1.269",
-            SfBufStrategyGroup.Paper, true, true, false, "sf_buf with SFB_CPUPRIVATE: at most a local invlpg", "sf_buf: local invlpg + masked shootdown on a miss", SfBufPrivateRules.None, 0,
+            SfBufStrategyGroup.Paper, true, true, false, "sf_buf with SFB_CPUPRIVATE: at most a local invlpg", "sf_buf: local invlpg + masked shootdown on a miss", SfBufPrivateRules.None, 0, true,
             (machine, nsfbufs) => new I386Mapper(machine, nsfbufs)),
         new(SfBufMapper.Amd64, "FreeBSD 6", "amd64 sf_buf.h: the direct map",
-            SfBufStrategyGroup.Paper, false, true, false, "the direct map", "the direct map", SfBufPrivateRules.None, 0,
+            SfBufStrategyGroup.Paper, false, true, false, "the direct map", "the direct map", SfBufPrivateRules.None, 0, true,
             (machine, _) => new DirectMapMapper(machine)),
         new(SfBufMapper.LinuxKmap, "Linux", "kmap_high / kunmap_high / flush_all_zero_pkmaps (mm/highmem.c, x86-32)",
-            SfBufStrategyGroup.Peer, true, false, false, "kmap", "kmap", SfBufPrivateRules.None, 0,
+            SfBufStrategyGroup.Peer, true, false, false, "kmap", "kmap", SfBufPrivateRules.None, 0, true,
             (machine, nsfbufs) => new Strategies.Linux.LinuxKmapMapper(machine, nsfbufs)),
         new(SfBufMapper.LinuxKmapAtomic, "Linux", "kmap_atomic / __kunmap_atomic (arch/x86/mm/highmem_32.c, 2.6.37-5.10); kmap for shared users",
-            SfBufStrategyGroup.Peer, true, false, false, "kmap_atomic: per-CPU LIFO fixmap slot, preemption off", "kmap", SfBufPrivateRules.ReleaseLifo | SfBufPrivateRules.SameThread | SfBufPrivateRules.NoSleep, Strategies.Linux.KmapAtomic.KM_TYPE_NR,
+            SfBufStrategyGroup.Peer, true, false, false, "kmap_atomic: per-CPU LIFO fixmap slot, preemption off", "kmap", SfBufPrivateRules.ReleaseLifo | SfBufPrivateRules.SameThread | SfBufPrivateRules.NoSleep, Strategies.Linux.KmapAtomic.KM_TYPE_NR, true,
             (machine, nsfbufs) => new Strategies.Linux.LinuxKmapAtomicMapper(machine, nsfbufs)),
         new(SfBufMapper.LinuxKmapLocal, "Linux", "__kmap_local_pfn_prot / kunmap_local_indexed / __kmap_local_sched_out/in (mm/highmem.c, 5.11+); kmap for shared users",
-            SfBufStrategyGroup.Peer, true, false, false, "kmap_local_page: per-thread LIFO stack of per-CPU slots, migration off", "kmap", SfBufPrivateRules.ReleaseLifo | SfBufPrivateRules.SameThread | SfBufPrivateRules.NoMigration, Strategies.Linux.KmapLocal.KM_MAX_IDX,
+            SfBufStrategyGroup.Peer, true, false, false, "kmap_local_page: per-thread LIFO stack of per-CPU slots, migration off", "kmap", SfBufPrivateRules.ReleaseLifo | SfBufPrivateRules.SameThread | SfBufPrivateRules.NoMigration, Strategies.Linux.KmapLocal.KM_MAX_IDX, true,
             (machine, nsfbufs) => new Strategies.Linux.LinuxKmapLocalMapper(machine, nsfbufs)),
         new(SfBufMapper.DragonFlyLwbuf, "DragonFly", "lwbuf_alloc / lwbuf_kva / lwbuf_set_global / lwbuf_free (sys/cpu/i386/misc/lwbuf.c); sf_buf_alloc (kern_sfbuf.c)",
-            SfBufStrategyGroup.Peer, true, false, true, "lwbuf: PTE + local invlpg, lwbuf_kva on the accessing CPU", "lwbuf + lwbuf_set_global (DragonFly's sf_buf)", SfBufPrivateRules.None, 0,
+            SfBufStrategyGroup.Peer, true, false, true, "lwbuf: PTE + local invlpg, lwbuf_kva on the accessing CPU", "lwbuf + lwbuf_set_global (DragonFly's sf_buf)", SfBufPrivateRules.None, 0, false,
             (machine, _) => new Strategies.DragonFly.LwbufMapper(machine)),
         new(SfBufMapper.NetBsdEmap, "NetBSD", "uvm_emap_alloc / enter / produce / consume / remove / switch (sys/uvm/uvm_emap.c, x86 pmap_emap_*)",
-            SfBufStrategyGroup.Peer, true, false, true, "emap window: enter + produce; consume on the accessing CPU", "the same", SfBufPrivateRules.None, 0,
+            SfBufStrategyGroup.Peer, true, false, true, "emap window: enter + produce; consume on the accessing CPU", "the same", SfBufPrivateRules.None, 0, true,
             (machine, nsfbufs) => new Strategies.NetBsd.EmapMapper(machine, nsfbufs)),
         new(SfBufMapper.FreeBsdQuick, "FreeBSD 11", "pmap_quick_enter_page / pmap_quick_remove_page (i386 pmap.c, r286296); sf_buf for the rest",
-            SfBufStrategyGroup.Peer, true, true, false, "pmap_quick_enter_page (nested: sfbuf-i386 CPU-private)", "sfbuf-i386", SfBufPrivateRules.SameThread | SfBufPrivateRules.NoSleep, 1,
+            SfBufStrategyGroup.Peer, true, true, false, "pmap_quick_enter_page (nested: sfbuf-i386 CPU-private)", "sfbuf-i386", SfBufPrivateRules.SameThread | SfBufPrivateRules.NoSleep, 1, true,
             (machine, nsfbufs) => new Strategies.FreeBsd.QuickMapper(machine, nsfbufs)),
     ];
 
