@@ -48,8 +48,9 @@ public abstract class SfBufMapper : IDisposable
     public const string FreeBsdQuick = "freebsd-quick";
 
     private static int s_nextId;
-    private readonly Meter? _meter;
+    private readonly bool _instruments;
     private readonly bool _kvaOnAccessingCpu;
+    private Meter? _meter;
     private long _allocFail;
 
     /// <summary>Initialises the common part.</summary>
@@ -65,7 +66,7 @@ public abstract class SfBufMapper : IDisposable
         Id = Interlocked.Increment(ref s_nextId);
         Checked = machine.Options.Checked;
         _kvaOnAccessingCpu = kvaOnAccessingCpu;
-        _meter = instruments ? SfBufMetrics.Create(this) : null;
+        _instruments = instruments;
     }
 
     /// <summary>Every strategy, by name, in the order results list them (<see cref="SfBufStrategyInfo.All"/>): the paper's three, then the peers.</summary>
@@ -97,8 +98,19 @@ public abstract class SfBufMapper : IDisposable
     public static SfBufMapper Create(string name, Machine machine, int? nsfbufs = null)
     {
         var info = SfBufStrategyInfo.Of(name);
+        ArgumentNullException.ThrowIfNull(machine);
         info.ThrowIfNotRunnableOn(machine);
-        return info.Create(machine, nsfbufs);
+
+        // A construction refused part-way gives back what it allocated, and publishes nothing.
+        SfBufMapper mapper;
+        using (var setUp = machine.Ledger.BeginSetUp())
+        {
+            mapper = info.Create(machine, nsfbufs);
+            setUp.Commit();
+        }
+
+        mapper.PublishInstruments();
+        return mapper;
     }
 
     /// <summary>What the strategy called <paramref name="name"/> is and which of the interface's promises it keeps.</summary>
@@ -151,6 +163,18 @@ public abstract class SfBufMapper : IDisposable
         {
             SfBufMetrics.Retire(this);
             _meter.Dispose();
+        }
+    }
+
+    /// <summary>
+    /// Publishes the instruments once the mapper is fully built (a listener samples
+    /// <see cref="Stats"/> at any time, so a half-built or failed mapper must never be published).
+    /// </summary>
+    private void PublishInstruments()
+    {
+        if (_instruments && _meter == null)
+        {
+            _meter = SfBufMetrics.Create(this);
         }
     }
 

@@ -1,4 +1,5 @@
 using System.Diagnostics.Metrics;
+using Native.PageTable;
 
 namespace Native.SfBufNative;
 
@@ -43,13 +44,15 @@ internal static class SfBufMetrics
     public static Meter Create(SfBufMapper mapper)
     {
         var meter = new Meter("SfBufNative", "1.0");
-        Measurement<long> M(long v) => new(v, new KeyValuePair<string, object?>("strategy", mapper.Name));
-        meter.CreateObservableGauge("sfbuf.nsfbufs", () => M(mapper.Stats().Nsfbufs), description: "kern.ipc.nsfbufs");
-        meter.CreateObservableGauge("sfbuf.nsfbufsused", () => M(mapper.Stats().NsfbufsUsed), description: "kern.ipc.nsfbufsused");
-        meter.CreateObservableGauge("sfbuf.nsfbufspeak", () => M(mapper.Stats().NsfbufsPeak), description: "kern.ipc.nsfbufspeak");
+        var tag = new KeyValuePair<string, object?>("strategy", mapper.Name);
+        IEnumerable<Measurement<long>> M(Func<SfBufStats, long> value) =>
+            StatsOfLive(mapper) is { } stats ? [new(value(stats), tag)] : [];
+        meter.CreateObservableGauge("sfbuf.nsfbufs", () => M(s => s.Nsfbufs), description: "kern.ipc.nsfbufs");
+        meter.CreateObservableGauge("sfbuf.nsfbufsused", () => M(s => s.NsfbufsUsed), description: "kern.ipc.nsfbufsused");
+        meter.CreateObservableGauge("sfbuf.nsfbufspeak", () => M(s => s.NsfbufsPeak), description: "kern.ipc.nsfbufspeak");
         foreach (var (name, description, value) in s_counts)
         {
-            meter.CreateObservableCounter("sfbuf." + name, () => M(value(mapper.Stats())), description: description);
+            meter.CreateObservableCounter("sfbuf." + name, () => M(value), description: description);
         }
 
         lock (s_lock)
@@ -66,9 +69,10 @@ internal static class SfBufMetrics
     {
         lock (s_lock)
         {
-            if (s_live.Remove(mapper))
+            // A mapper outliving its machine has nothing left to read: its counts are lost.
+            if (s_live.Remove(mapper) && StatsOfLive(mapper) is { } stats)
             {
-                s_retired[mapper.Name] = Add(s_retired.GetValueOrDefault(mapper.Name), mapper.Stats());
+                s_retired[mapper.Name] = Add(s_retired.GetValueOrDefault(mapper.Name), stats);
             }
         }
     }
@@ -96,12 +100,22 @@ internal static class SfBufMetrics
 
             foreach (var mapper in s_live)
             {
-                totals[mapper.Name] = totals.GetValueOrDefault(mapper.Name) + value(mapper.Stats());
+                if (StatsOfLive(mapper) is { } stats)
+                {
+                    totals[mapper.Name] = totals.GetValueOrDefault(mapper.Name) + value(stats);
+                }
             }
 
             return [.. totals.Select(t => new Measurement<long>(t.Value, new KeyValuePair<string, object?>("strategy", t.Key)))];
         }
     }
+
+    /// <summary>
+    /// The mapper's statistics, read only while its machine is alive (under the machine's
+    /// lifetime lock): a strategy's counts live in its machine's native memory, freed at Dispose.
+    /// </summary>
+    private static SfBufStats? StatsOfLive(SfBufMapper mapper) =>
+        MachineMetrics.TryReadLive(mapper.Machine, mapper.Stats, out var stats) ? stats : null;
 
     private static SfBufStats Add(SfBufStats? a, SfBufStats b) => new()
     {

@@ -14,7 +14,13 @@ public sealed record SfBufStats
     /// <summary><c>kern.ipc.nsfbufs</c>: the pool size (0 without a pool).</summary>
     public int Nsfbufs { get; init; }
 
-    /// <summary><c>kern.ipc.nsfbufsused</c>: sf_bufs with a reference (mappings in use).</summary>
+    /// <summary>
+    /// <c>kern.ipc.nsfbufsused</c>: the pool's sf_bufs with a reference (mappings in use, of
+    /// <see cref="Nsfbufs"/>). Private mappings a strategy makes in per-CPU slots outside its pool
+    /// (kmap_atomic's and kmap_local's fixmap slots, the quick page:
+    /// <see cref="SfBufStrategyInfo.PerCpuPrivateSlots"/>) are not pool sf_bufs and are not counted,
+    /// as FreeBSD's count never included <c>pmap_quick_enter_page</c>.
+    /// </summary>
     public int NsfbufsUsed { get; init; }
 
     /// <summary><c>kern.ipc.nsfbufspeak</c>: the high-water mark of <see cref="NsfbufsUsed"/>.</summary>

@@ -17,7 +17,23 @@ namespace Native.SfBufNative;
 /// <param name="KvaOnAccessingCpu">True when <see cref="SfBufMapper.Kva"/> does work on the accessing CPU (lwbuf, emap).</param>
 /// <param name="PrivateUsers">What private short users (<see cref="SfBufFlags.CpuPrivate"/>: pipe reader, md, ptrace, <c>uiomove_fromphys</c>) get.</param>
 /// <param name="SharedUsers">What shared users (sendfile, vnode page-in, the exec header) get.</param>
-/// <param name="Create">Creates the strategy on a machine with a pool of the given size (null: the sf_buf window).</param>
+/// <param name="PrivateRules">
+/// What a thread holding a private mapping (<see cref="SfBufFlags.CpuPrivate"/>) must respect, as
+/// the strategy's API documents it: generic drivers (stress, exploration) consult it and keep to
+/// it instead of tripping the strategy's own checks (<see cref="SfBufPrivateRules"/>).
+/// </param>
+/// <param name="PerCpuPrivateSlots">
+/// Private mappings each CPU (or thread) makes outside the pool, in per-CPU slots (kmap_atomic's
+/// and kmap_local's fixmap slots, the quick page); the pool's <see cref="SfBufStats.NsfbufsUsed"/>
+/// does not count them. 0 when every private mapping comes from the pool.
+/// </param>
+/// <param name="FreesReachWaitersOnAnyCpu">
+/// True when a buffer freed on one CPU can end a wait on another. False for lwbuf: objects freed
+/// on a CPU stay in its magazines and DragonFly's objcache never takes from another CPU's, so with
+/// <c>kernel_map</c> exhausted a waiter on a CPU whose magazines are empty waits for ever (drivers
+/// keep such a strategy's waiters on the CPU that frees).
+/// </param>
+/// <param name="Create">Creates the strategy on a machine with a pool of the given size (null: the sf_buf window); <see cref="SfBufMapper.Create"/> calls it and then publishes the instruments.</param>
 public sealed record SfBufStrategyInfo(
     string Name,
     string Family,
@@ -28,6 +44,9 @@ public sealed record SfBufStrategyInfo(
     bool KvaOnAccessingCpu,
     string PrivateUsers,
     string SharedUsers,
+    SfBufPrivateRules PrivateRules,
+    int PerCpuPrivateSlots,
+    bool FreesReachWaitersOnAnyCpu,
     Func<Machine, int?, SfBufMapper> Create)
 {
     // What the host backend turns every peer with per-CPU slots into (see HostBackend).
@@ -42,43 +61,43 @@ public sealed record SfBufStrategyInfo(
     public static IReadOnlyList<SfBufStrategyInfo> All { get; } =
     [
         new(SfBufMapper.Original, "FreeBSD 5", "kmem_alloc + pmap_qenter / pmap_qremove (vm_machdep.c, sys_pipe.c, kern_exec.c before 2004)",
-            SfBufStrategyGroup.Paper, true, true, false, "per-use kernel_map KVA, broadcast shootdowns", "the same",
+            SfBufStrategyGroup.Paper, true, true, false, "per-use kernel_map KVA, broadcast shootdowns", "the same", SfBufPrivateRules.None, 0, true,
             (machine, _) => new OriginalMapper(machine)),
         new(SfBufMapper.I386, "FreeBSD 6", "sf_buf_alloc / sf_buf_free, i386 vm_machdep.c rev 1.269",
-            SfBufStrategyGroup.Paper, true, true, false, "sf_buf with SFB_CPUPRIVATE: at most a local invlpg", "sf_buf: local invlpg + masked shootdown on a miss",
+            SfBufStrategyGroup.Paper, true, true, false, "sf_buf with SFB_CPUPRIVATE: at most a local invlpg", "sf_buf: local invlpg + masked shootdown on a miss", SfBufPrivateRules.None, 0, true,
             (machine, nsfbufs) => new I386Mapper(machine, nsfbufs)),
         new(SfBufMapper.Amd64, "FreeBSD 6", "amd64 sf_buf.h: the direct map",
-            SfBufStrategyGroup.Paper, false, true, false, "the direct map", "the direct map",
+            SfBufStrategyGroup.Paper, false, true, false, "the direct map", "the direct map", SfBufPrivateRules.None, 0, true,
             (machine, _) => new DirectMapMapper(machine)),
         new(SfBufMapper.LinuxKmap, "Linux", "kmap_high / kunmap_high / flush_all_zero_pkmaps (mm/highmem.c, x86-32)",
-            SfBufStrategyGroup.Peer, true, false, false, "kmap", "kmap",
+            SfBufStrategyGroup.Peer, true, false, false, "kmap", "kmap", SfBufPrivateRules.None, 0, true,
             (machine, nsfbufs) => new Strategies.Linux.LinuxKmapMapper(machine, nsfbufs)),
         new(SfBufMapper.LinuxKmapAtomic, "Linux", "kmap_atomic / __kunmap_atomic (arch/x86/mm/highmem_32.c, 2.6.37-5.10); kmap for shared users",
-            SfBufStrategyGroup.Peer, true, false, false, "kmap_atomic: per-CPU LIFO fixmap slot, preemption off", "kmap",
+            SfBufStrategyGroup.Peer, true, false, false, "kmap_atomic: per-CPU LIFO fixmap slot, preemption off", "kmap", SfBufPrivateRules.ReleaseLifo | SfBufPrivateRules.SameThread | SfBufPrivateRules.NoSleep, Strategies.Linux.KmapAtomic.KM_TYPE_NR, true,
             (machine, nsfbufs) => new Strategies.Linux.LinuxKmapAtomicMapper(machine, nsfbufs))
         {
             NotOnHost = "its saving is the per-CPU fixmap slot invalidated with a local invlpg only; " + HostFlushesEverywhere,
         },
         new(SfBufMapper.LinuxKmapLocal, "Linux", "__kmap_local_pfn_prot / kunmap_local_indexed / __kmap_local_sched_out/in (mm/highmem.c, 5.11+); kmap for shared users",
-            SfBufStrategyGroup.Peer, true, false, false, "kmap_local_page: per-thread LIFO stack of per-CPU slots, migration off", "kmap",
+            SfBufStrategyGroup.Peer, true, false, false, "kmap_local_page: per-thread LIFO stack of per-CPU slots, migration off", "kmap", SfBufPrivateRules.ReleaseLifo | SfBufPrivateRules.SameThread | SfBufPrivateRules.NoMigration, Strategies.Linux.KmapLocal.KM_MAX_IDX, true,
             (machine, nsfbufs) => new Strategies.Linux.LinuxKmapLocalMapper(machine, nsfbufs))
         {
             NotOnHost = "its saving is the per-CPU slot invalidated with a local invlpg only, remapped at context switches; " + HostFlushesEverywhere,
         },
         new(SfBufMapper.DragonFlyLwbuf, "DragonFly", "lwbuf_alloc / lwbuf_kva / lwbuf_set_global / lwbuf_free (sys/cpu/i386/misc/lwbuf.c); sf_buf_alloc (kern_sfbuf.c)",
-            SfBufStrategyGroup.Peer, true, false, true, "lwbuf: PTE + local invlpg, lwbuf_kva on the accessing CPU", "lwbuf + lwbuf_set_global (DragonFly's sf_buf)",
+            SfBufStrategyGroup.Peer, true, false, true, "lwbuf: PTE + local invlpg, lwbuf_kva on the accessing CPU", "lwbuf + lwbuf_set_global (DragonFly's sf_buf)", SfBufPrivateRules.None, 0, false,
             (machine, _) => new Strategies.DragonFly.LwbufMapper(machine))
         {
             NotOnHost = "its saving is the per-CPU invalidation recorded in a cpumask (lwbuf_kva invalidates lazily, only on the accessing CPU); " + HostFlushesEverywhere,
         },
         new(SfBufMapper.NetBsdEmap, "NetBSD", "uvm_emap_alloc / enter / produce / consume / remove / switch (sys/uvm/uvm_emap.c, x86 pmap_emap_*)",
-            SfBufStrategyGroup.Peer, true, false, true, "emap window: enter + produce; consume on the accessing CPU", "the same",
+            SfBufStrategyGroup.Peer, true, false, true, "emap window: enter + produce; consume on the accessing CPU", "the same", SfBufPrivateRules.None, 0, true,
             (machine, nsfbufs) => new Strategies.NetBsd.EmapMapper(machine, nsfbufs))
         {
             NotOnHost = "its saving is deferred invalidation: generations, consumed on the accessing CPU, piggybacked on non-global TLB flushes; user space can neither defer the host kernel's flush nor cause or observe a non-global flush, so this would not measure emap",
         },
         new(SfBufMapper.FreeBsdQuick, "FreeBSD 11", "pmap_quick_enter_page / pmap_quick_remove_page (i386 pmap.c, r286296); sf_buf for the rest",
-            SfBufStrategyGroup.Peer, true, true, false, "pmap_quick_enter_page (nested: sfbuf-i386 CPU-private)", "sfbuf-i386",
+            SfBufStrategyGroup.Peer, true, true, false, "pmap_quick_enter_page (nested: sfbuf-i386 CPU-private)", "sfbuf-i386", SfBufPrivateRules.SameThread | SfBufPrivateRules.NoSleep, 1, true,
             (machine, nsfbufs) => new Strategies.FreeBsd.QuickMapper(machine, nsfbufs))
         {
             NotOnHost = "its saving is the per-CPU quick-map page invalidated with a local invlpg only (pmap_quick_enter_page); " + HostFlushesEverywhere,
@@ -121,6 +140,29 @@ public sealed record SfBufStrategyInfo(
         s_byName.TryGetValue(name ?? throw new ArgumentNullException(nameof(name)), out var info)
             ? info
             : throw new ArgumentException($"unknown sf_buf strategy '{name}'; known: {string.Join(", ", All.Select(i => i.Name))}", nameof(name));
+}
+
+/// <summary>
+/// What a thread holding a private mapping must respect (the peers' documented APIs): a driver
+/// that allocates and frees at random keeps to these for the strategies that declare them.
+/// </summary>
+[Flags]
+public enum SfBufPrivateRules
+{
+    /// <summary>Private mappings are freed in any order, by any thread, and the holder may sleep and migrate (sf_buf, lwbuf, emap, kmap).</summary>
+    None = 0,
+
+    /// <summary>A thread's (or CPU's) private mappings are freed in the reverse order of allocation (kmap_atomic's per-CPU stack, kmap_local's per-thread stack).</summary>
+    ReleaseLifo = 1,
+
+    /// <summary>A private mapping is freed by the thread that made it (kmap_atomic, kmap_local, the quick page).</summary>
+    SameThread = 2,
+
+    /// <summary>The holder may not sleep, block or yield until it frees the mapping (kmap_atomic: preemption off; the quick page: a critical section).</summary>
+    NoSleep = 4,
+
+    /// <summary>The holder stays on its CPU until it frees the mapping (kmap_local: migration off; the strategy enforces it).</summary>
+    NoMigration = 8,
 }
 
 /// <summary>Where a strategy comes from.</summary>

@@ -69,6 +69,27 @@ internal static class MachineMetrics
         }
     }
 
+    /// <summary>
+    /// Runs <paramref name="read"/> under the lock <see cref="Retire"/> takes, if
+    /// <paramref name="machine"/> is not disposed: the machine frees its native memory only after
+    /// retiring, so nothing <paramref name="read"/> touches can be freed meanwhile. For
+    /// instruments of things that live on a machine (the sf_buf strategies).
+    /// </summary>
+    public static bool TryReadLive<T>(Machine machine, Func<T> read, out T value)
+    {
+        lock (s_lock)
+        {
+            if (!s_live.Contains(machine))
+            {
+                value = default!;
+                return false;
+            }
+
+            value = read();
+            return true;
+        }
+    }
+
     private static Meter CreateTotals()
     {
         var meter = new Meter(MeterName, "1.0");

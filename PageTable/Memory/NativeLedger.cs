@@ -18,12 +18,20 @@ internal sealed unsafe class NativeLedger
     [ThreadStatic]
     private static bool s_limited;
 
+    // The innermost set-up scope open on this thread (see BeginSetUp).
+    [ThreadStatic]
+    private static SetUpScope? s_setUp;
+
     private readonly Dictionary<nint, nuint> _blocks = [];
     private readonly Lock _lock = new();
     private long _outstanding;
+    private long _allocations;
 
     /// <summary>Native bytes held by all ledgers of this process.</summary>
     public static long ProcessOutstandingBytes => Volatile.Read(ref s_processOutstanding);
+
+    /// <summary>Blocks this ledger has allocated since it was made (tests: allocation points of a set-up).</summary>
+    public long Allocations => Interlocked.Read(ref _allocations);
 
     /// <summary>Native bytes held by this ledger.</summary>
     public long OutstandingBytes => Volatile.Read(ref _outstanding);
@@ -60,8 +68,22 @@ internal sealed unsafe class NativeLedger
 
         Interlocked.Add(ref _outstanding, (long)bytes);
         Interlocked.Add(ref s_processOutstanding, (long)bytes);
+        Interlocked.Increment(ref _allocations);
+        if (s_setUp is { } scope && scope.Ledger == this)
+        {
+            scope.Blocks.Add((nint)p);
+        }
+
         return p;
     }
+
+    /// <summary>
+    /// Opens a set-up scope on the calling thread: every block this thread allocates from this
+    /// ledger until <see cref="SetUpScope.Commit"/> is given back if the scope is disposed
+    /// uncommitted (a constructor that failed part-way). Scopes nest; a committed inner scope
+    /// hands its blocks to the outer one.
+    /// </summary>
+    public SetUpScope BeginSetUp() => s_setUp = new SetUpScope(this, s_setUp);
 
     /// <summary>
     /// Tests: lets the calling thread make <paramref name="allocations"/> more native allocations,
@@ -74,6 +96,14 @@ internal sealed unsafe class NativeLedger
         s_allocationsLeft = allocations ?? 0;
     }
 
+    internal static void EndSetUp(SetUpScope scope)
+    {
+        if (s_setUp == scope)
+        {
+            s_setUp = scope.Outer;
+        }
+    }
+
     /// <summary>Frees a block this ledger allocated; a foreign or freed pointer throws.</summary>
     public void Free(void* p)
     {
@@ -83,6 +113,14 @@ internal sealed unsafe class NativeLedger
             if (!_blocks.Remove((nint)p, out bytes))
             {
                 throw new InvalidOperationException($"native block 0x{(nint)p:x} is not held by this machine (double free?)");
+            }
+        }
+
+        for (var scope = s_setUp; scope != null; scope = scope.Outer)
+        {
+            if (scope.Ledger == this && scope.Blocks.Remove((nint)p))
+            {
+                break;
             }
         }
 
@@ -104,5 +142,52 @@ internal sealed unsafe class NativeLedger
         {
             Free((void*)p);
         }
+    }
+}
+
+/// <summary>The blocks a set-up allocated so far; see <see cref="NativeLedger.BeginSetUp"/>.</summary>
+internal sealed unsafe class SetUpScope(NativeLedger ledger, SetUpScope? outer) : IDisposable
+{
+    private bool _closed;
+
+    internal NativeLedger Ledger { get; } = ledger;
+
+    internal SetUpScope? Outer { get; } = outer;
+
+    internal HashSet<nint> Blocks { get; } = [];
+
+    /// <summary>The set-up succeeded: its blocks stay allocated (and belong to the outer scope, if any).</summary>
+    public void Commit()
+    {
+        Close();
+        if (Outer != null && Outer.Ledger == Ledger)
+        {
+            Outer.Blocks.UnionWith(Blocks);
+        }
+
+        Blocks.Clear();
+    }
+
+    /// <summary>Gives back every block of an uncommitted set-up.</summary>
+    public void Dispose()
+    {
+        if (_closed)
+        {
+            return;
+        }
+
+        Close();
+        foreach (nint p in Blocks.ToArray())
+        {
+            Ledger.Free((void*)p);
+        }
+
+        Blocks.Clear();
+    }
+
+    private void Close()
+    {
+        _closed = true;
+        NativeLedger.EndSetUp(this);
     }
 }

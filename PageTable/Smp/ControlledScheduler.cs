@@ -211,7 +211,8 @@ internal sealed class ControlledScheduler
     {
         if (++Steps > _maxSteps)
         {
-            AbortLocked($"no schedule end after {_maxSteps} steps (livelock?)");
+            AbortLocked($"no schedule end after {_maxSteps} steps (livelock?): still running "
+                + string.Join(", ", _slots.Where(s => !s.Exited).Select(s => $"{s.Thread.Name} (cpu {s.Thread.LastCpu}{(s.Ready != null ? ", waiting" : "")})")));
             return null;
         }
 

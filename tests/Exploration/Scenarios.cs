@@ -193,6 +193,7 @@ internal static class Scenarios
     public static Scenario SfBufRemote(string strategy, int cpus) => SfBufScenario($"sfbuf-remote-{strategy}-{cpus}cpu", strategy, cpus, (run, mapper, pages, live) =>
     {
         var m = run.M;
+        var info = SfBufMapper.Describe(strategy);
         var inbox = Enumerable.Range(0, cpus).Select(_ => new Queue<(SfBufHandle Sf, VmPage Page)>()).ToArray();
         var finished = new bool[cpus];
         for (int c = 0; c < cpus; c++)
@@ -206,7 +207,7 @@ internal static class Scenarios
                 {
                     while (inbox[me].TryDequeue(out var given))
                     {
-                        Touch(run, given.Sf, given.Page);
+                        Touch(run, mapper, given.Sf, given.Page);
                         live.Release(given.Sf, given.Page);
                         mapper.Free(given.Sf);
                     }
@@ -226,11 +227,11 @@ internal static class Scenarios
                     else if (choice < 7)
                     {
                         var (sf, page, _) = held[random.Next(held.Count)];
-                        Touch(run, sf, page);
+                        Touch(run, mapper, sf, page);
                     }
                     else
                     {
-                        int i = random.Next(held.Count);
+                        int i = SfBufRig.ReleaseIndex(info, held, h => !h.Shared, random.Next(held.Count));
                         var (sf, page, shared) = held[i];
                         held.RemoveAt(i);
                         int to = (me + 1 + random.Next(cpus - 1)) % cpus;
@@ -246,7 +247,7 @@ internal static class Scenarios
                     }
                 }
 
-                foreach (var (sf, page, _) in held)
+                foreach (var (sf, page, _) in SfBufRig.ReleaseAll(info, held))
                 {
                     live.Release(sf, page);
                     mapper.Free(sf);
@@ -273,6 +274,11 @@ internal static class Scenarios
     {
         var m = run.M;
         var cancel = new CancellationTokenSource();
+
+        // Where a free on one CPU cannot end a wait on another (lwbuf's per-CPU magazines), the
+        // users stay on one CPU: spread over several, one whose CPU holds no object would wait
+        // for ever once kernel_map is exhausted (the strategy's documented exception).
+        bool oneCpu = !SfBufMapper.Describe(strategy).FreesReachWaitersOnAnyCpu;
         run.State["cancel"] = cancel;
         for (int t = 0; t < 4; t++)
         {
@@ -292,13 +298,13 @@ internal static class Scenarios
                     live.Add(run, sf, page);
                     for (int touch = 0; touch < 3; touch++)
                     {
-                        Touch(run, sf, page);
+                        Touch(run, mapper, sf, page);
                     }
 
                     live.Release(sf, page);
                     mapper.Free(sf);
                 }
-            }, cpu: t % cpus);
+            }, cpu: oneCpu ? 0 : t % cpus, bound: oneCpu);
         }
 
         int delay = run.RandomFor(9).Next(200);
@@ -346,9 +352,10 @@ internal static class Scenarios
         mutex.Unlock();
     }
 
-    private static void Touch(ExploreRun run, SfBufHandle sf, VmPage page)
+    /// <summary>Reads through <paramref name="sf"/> on the calling CPU, with <c>sf_buf_kva</c> right where it accesses (lwbuf_kva, emap's consume).</summary>
+    private static void Touch(ExploreRun run, SfBufMapper mapper, SfBufHandle sf, VmPage page)
     {
-        ulong read = run.M.CurrentCpu.ReadUInt64(sf.Kva + 8);
+        ulong read = run.M.CurrentCpu.ReadUInt64(mapper.Kva(sf) + 8);
         if (read != SfBufRig.Stamp(page))
         {
             run.Fail($"cpu {run.M.CurrentCpu.Id} read 0x{read:x} through {sf}, expected page {page}'s stamp");

@@ -142,27 +142,51 @@ public sealed class LatentStalenessTests
         using var mapper = SfBufMapper.Create(strategy, m);
         var page = Sim.NewPage(m, OldMarker);
         SfBufHandle sf = SfBufHandle.None;
-        m.Run(0, () =>
+        bool mapped = false, release = false;
+
+        // One thread holds the mapping throughout and frees it itself, without sleeping: what
+        // every strategy's private API allows (kmap_local's mappings are its thread's, kmap_atomic
+        // and the quick page forbid sleeping while held).
+        var holder = m.StartThread("holder", () =>
         {
             KernelThread.Current.SchedPin();
             sf = mapper.Alloc(page, SfBufFlags.CpuPrivate);
-            Assert.That(m.CurrentCpu.ReadUInt64(sf.Kva), Is.EqualTo(OldMarker), "its own CPU may use it");
-        });
+            Assert.That(m.CurrentCpu.ReadUInt64(mapper.Kva(sf)), Is.EqualTo(OldMarker), "its own CPU may use it");
+            Volatile.Write(ref mapped, true);
+            while (!Volatile.Read(ref release))
+            {
+                m.CurrentCpu.Poll();
+                Thread.Yield();
+            }
+
+            mapper.Free(sf);
+        }, cpu: 0, bound: true);
+        Sim.WaitUntil(() => Volatile.Read(ref mapped) || holder.HasExited, "the holder has mapped the page");
 
         if (sf.Kva >= VmLayout.DMAP_BASE)
         {
-            m.Run(0, () => mapper.Free(sf));
+            Volatile.Write(ref release, true);
+            holder.Join(Sim.Patience);
             Assert.Pass("a direct-map address is permanent and global: there is no private mapping to misuse");
         }
 
         // CPU 1 never cached the address: there is no stale entry for the TLB oracle to find.
-        var thrown = Assert.Throws<PrivateMappingViolationException>(() => m.Run(1, () => m.CurrentCpu.ReadUInt64(sf.Kva)));
+        PrivateMappingViolationException? thrown;
+        try
+        {
+            thrown = Assert.Throws<PrivateMappingViolationException>(() => m.Run(1, () => m.CurrentCpu.ReadUInt64(sf.Kva)));
+        }
+        finally
+        {
+            Volatile.Write(ref release, true);
+        }
+
         Assert.That(thrown!.OwnerCpu, Is.Zero);
         Assert.That(thrown.AccessingCpu, Is.EqualTo(1));
         Assert.That(thrown.Message, Does.Contain("cpu 1").And.Contain("cpu 0"));
 
         // Freed, the address is no longer anybody's private mapping.
-        m.Run(0, () => mapper.Free(sf));
+        holder.Join(Sim.Patience);
         Assert.That(m.KernelPmap.PrivateOwner(sf.Kva), Is.EqualTo(-1));
         Assert.That(m.Counters()[Counter.StaleAccesses], Is.Zero);
     }

@@ -196,6 +196,47 @@ public sealed class LifetimeTests
         Assert.That(observed.Where(o => o.Name == "total.context_switches").Sum(o => o.Value), Is.GreaterThan(0), "the totals keep the retired counts");
     }
 
+    [TestCaseSource(typeof(Native.SfBufNative.SfBufMapper), nameof(Native.SfBufNative.SfBufMapper.StrategyNames))]
+    public void AStrategysInstrumentsReadNothingOnceItsMachineIsGone(string strategy)
+    {
+        // A strategy's counts live in its machine's native memory (per-CPU counts, generations,
+        // object tables): disposed before the mapper, the machine takes them with it.
+        var observed = new List<string>();
+        using var listener = new System.Diagnostics.Metrics.MeterListener();
+        listener.InstrumentPublished = (instrument, l) =>
+        {
+            if (instrument.Meter.Name == MachineMetrics.MeterName)
+            {
+                l.EnableMeasurementEvents(instrument);
+            }
+        };
+        listener.SetMeasurementEventCallback<long>((instrument, _, tags, _) =>
+        {
+            foreach (var tag in tags)
+            {
+                if (tag.Key == "strategy" && Equals(tag.Value, strategy))
+                {
+                    observed.Add(instrument.Name);
+                }
+            }
+        });
+        listener.Start();
+
+        var m = new SimMachine(Sim.Small() with { Flavor = strategy == Native.SfBufNative.SfBufMapper.Amd64 ? MachineFlavor.Amd64 : MachineFlavor.I386 });
+        var mapper = Native.SfBufNative.SfBufMapper.Create(strategy, m);
+        var page = Sim.NewPage(m, 1);
+        m.Run(0, () => mapper.Free(mapper.Alloc(page)));
+        listener.RecordObservableInstruments();
+        Assert.That(observed, Does.Contain("sfbuf.nsfbufsused"), "a live strategy is observed");
+
+        m.Dispose();
+        observed.Clear();
+        listener.RecordObservableInstruments();
+        Assert.That(observed.Where(name => name.StartsWith("sfbuf.", StringComparison.Ordinal)), Is.Empty, "nothing is read of the freed machine");
+        mapper.Dispose();
+        listener.RecordObservableInstruments();
+    }
+
     [Test]
     public void AListenerSamplingWhileMachinesComeAndGoNeverReadsFreedMemory()
     {

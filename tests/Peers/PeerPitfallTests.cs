@@ -490,6 +490,51 @@ public sealed class PeerPitfallTests
         Assert.That(m.Counters()[Counter.StaleAccesses], Is.Zero);
     }
 
+    [Test]
+    public void ConsumingAnOlderEmapMappingKeepsTheThreadsNewestGenerationSoASwitchToABehindCpuFlushes()
+    {
+        // uvm_emap_switch compares the CPU with the newest generation the thread consumed: a later
+        // consume of an older mapping must not lower it, or the thread would run on a CPU that is
+        // behind a mapping it already uses without that CPU flushing.
+        using var m = new SimMachine(Options(cpus: 2, window: 4));
+        using var emap = (EmapMapper)SfBufMapper.Create(SfBufMapper.NetBsdEmap, m);
+        var older = Sim.NewPage(m, 0xA);
+        var newer = Sim.NewPage(m, 0xB);
+        SfBuf a = default, b = default;
+        m.Run(0, () => a = emap.Alloc(older));
+        m.Run(1, () => Assert.That(m.CurrentCpu.ReadUInt64(emap.Kva(a)), Is.EqualTo(0xAUL))); // cpu 1 reaches a's generation
+        m.Run(0, () => b = emap.Alloc(newer));
+        Assert.That(emap.CpuGeneration(1), Is.LessThan((uint)b.Generation), "cpu 1 is behind b");
+
+        int consumed = 0, moved = 0;
+        long switchFlushesBefore = 0, switchFlushesAfter = 0;
+        var user = m.StartThread("user", () =>
+        {
+            Assert.That(m.CurrentCpu.ReadUInt64(emap.Kva(b)), Is.EqualTo(0xBUL));
+            Assert.That(m.CurrentCpu.ReadUInt64(emap.Kva(a)), Is.EqualTo(0xAUL)); // the older one, after
+            switchFlushesBefore = emap.Stats().Details["emap.switch_flushes"];
+            Volatile.Write(ref consumed, 1);
+            while (m.CurrentCpu.Id == 0)
+            {
+                KernelThread.Current.Yield(); // the hog below takes cpu 0; this thread moves to cpu 1
+            }
+
+            switchFlushesAfter = emap.Stats().Details["emap.switch_flushes"];
+            Volatile.Write(ref moved, 1);
+        }, cpu: 0);
+        Sim.WaitUntil(() => Volatile.Read(ref consumed) == 1, "the user consumed both");
+        var hog = m.StartThread("hog", () => Sim.SpinOnCpu(m, () => Volatile.Read(ref moved) == 1, "the user moved"), cpu: 0, bound: true);
+        Sim.Join(user, hog);
+
+        Assert.That(switchFlushesAfter - switchFlushesBefore, Is.EqualTo(1), "switching to cpu 1, behind b's generation, flushed there");
+        m.Run(0, () =>
+        {
+            emap.Free(a);
+            emap.Free(b);
+        });
+        Assert.That(m.Counters()[Counter.StaleAccesses], Is.Zero);
+    }
+
     // ------------------------------------------------------------------ FreeBSD quick_enter
 
     [Test]

@@ -74,6 +74,43 @@ internal static class SfBufRig
         }
     }
 
+    /// <summary>
+    /// Which of a thread's held mappings a random driver frees, given its random pick
+    /// <paramref name="pick"/>: the pick itself, except that a strategy whose private mappings
+    /// must be freed in LIFO order (<see cref="SfBufPrivateRules.ReleaseLifo"/>: kmap_atomic,
+    /// kmap_local) frees its most recent private mapping instead of an older one. Shared mappings
+    /// are freed in any order for every strategy.
+    /// </summary>
+    public static int ReleaseIndex<T>(SfBufStrategyInfo info, IReadOnlyList<T> held, Func<T, bool> isPrivate, int pick)
+    {
+        if ((info.PrivateRules & SfBufPrivateRules.ReleaseLifo) == 0 || !isPrivate(held[pick]))
+        {
+            return pick;
+        }
+
+        for (int i = held.Count - 1; i >= 0; i--)
+        {
+            if (isPrivate(held[i]))
+            {
+                return i;
+            }
+        }
+
+        return pick;
+    }
+
+    /// <summary>The order in which a thread frees everything it still holds at the end: newest first where the strategy requires LIFO, oldest first otherwise.</summary>
+    public static IEnumerable<T> ReleaseAll<T>(SfBufStrategyInfo info, IReadOnlyList<T> held) =>
+        (info.PrivateRules & SfBufPrivateRules.ReleaseLifo) != 0 ? held.Reverse() : held;
+
+    /// <summary>
+    /// The flags for an allocation made while the thread may hold private mappings: a strategy
+    /// whose private holders may not sleep (<see cref="SfBufPrivateRules.NoSleep"/>: kmap_atomic,
+    /// the quick page) gets <see cref="SfBufFlags.NoWait"/> while one is held, as its callers must.
+    /// </summary>
+    public static SfBufFlags WhileHolding(SfBufStrategyInfo info, bool holdsPrivate, SfBufFlags flags) =>
+        holdsPrivate && (info.PrivateRules & SfBufPrivateRules.NoSleep) != 0 ? flags | SfBufFlags.NoWait : flags;
+
     /// <summary>Joins every thread, then throws what any of them ended with (all of them, so none is left running).</summary>
     public static void JoinAll(IEnumerable<KernelThread> threads, TimeSpan patience)
     {

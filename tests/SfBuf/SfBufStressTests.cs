@@ -42,6 +42,7 @@ public sealed class SfBufStressTests
         using var m = new SimMachine(SfBufRig.Small(flavor: flavor));
         using var sfbufs = SfBufMapper.Create(strategy, m, strategy == SfBufMapper.I386 ? Nsfbufs : null);
         bool cache = sfbufs is I386Mapper;
+        var info = SfBufMapper.Describe(strategy);
         var pages = SfBufRig.NewPages(m, PageCount);
         var inbox = new[] { new ConcurrentQueue<(SfBufHandle Sf, VmPage Page)>(), new ConcurrentQueue<(SfBufHandle Sf, VmPage Page)>() };
         var operations = new long[2];
@@ -63,7 +64,8 @@ public sealed class SfBufStressTests
 
             void Check(SfBufHandle sf, VmPage page, int word)
             {
-                if (c.ReadUInt64(sf.Kva + (ulong)(8 * word)) != SfBufRig.Stamp(page))
+                // sf_buf_kva on the accessing CPU, right where it accesses (lwbuf_kva, emap's consume).
+                if (c.ReadUInt64(sfbufs.Kva(sf) + (ulong)(8 * word)) != SfBufRig.Stamp(page))
                 {
                     badReads[cpu]++;
                 }
@@ -84,13 +86,17 @@ public sealed class SfBufStressTests
                 {
                     var page = pages[random.Next(PageCount)];
                     bool shared = random.Next(2) == 0;
-                    var sf = sfbufs.Alloc(page, shared ? SfBufFlags.Default : SfBufFlags.CpuPrivate);
+                    var sf = sfbufs.Alloc(page, SfBufRig.WhileHolding(info, held.Exists(h => !h.Shared), shared ? SfBufFlags.Default : SfBufFlags.CpuPrivate));
                     if (sf.IsNone || sf.Page != page)
                     {
                         badHandles[cpu]++;
                     }
 
-                    held.Add((sf, page, shared));
+                    if (!sf.IsNone)
+                    {
+                        held.Add((sf, page, shared));
+                    }
+
                     allocations[cpu]++;
                 }
                 else if (choice < 11)
@@ -99,7 +105,7 @@ public sealed class SfBufStressTests
                     int word = random.Next(512);
                     if (random.Next(4) == 0)
                     {
-                        c.WriteUInt64(sf.Kva + (ulong)(8 * word), SfBufRig.Stamp(page));
+                        c.WriteUInt64(sfbufs.Kva(sf) + (ulong)(8 * word), SfBufRig.Stamp(page));
                     }
                     else
                     {
@@ -109,19 +115,23 @@ public sealed class SfBufStressTests
                 else if (choice == 11 && theirs.Count < MaxInFlight && held.Find(h => h.Shared) is { Sf.IsNone: false } share)
                 {
                     // Another reference to a shared mapping, handed to the other CPU (sendfile's NIC pattern).
-                    var again = sfbufs.Alloc(share.Page);
-                    if (cache && again.Kva != share.Sf.Kva)
+                    var again = sfbufs.Alloc(share.Page, SfBufRig.WhileHolding(info, held.Exists(h => !h.Shared), SfBufFlags.Default));
+                    if (again.IsNone || (cache && again.Kva != share.Sf.Kva))
                     {
                         badHandles[cpu]++;
                     }
 
-                    theirs.Enqueue((again, share.Page));
+                    if (!again.IsNone)
+                    {
+                        theirs.Enqueue((again, share.Page));
+                    }
+
                     allocations[cpu]++;
                     handedOver[cpu]++;
                 }
                 else
                 {
-                    int victim = random.Next(held.Count);
+                    int victim = SfBufRig.ReleaseIndex(info, held, h => !h.Shared, random.Next(held.Count));
                     sfbufs.Free(held[victim].Sf);
                     held.RemoveAt(victim);
                 }
@@ -129,7 +139,7 @@ public sealed class SfBufStressTests
                 operations[cpu]++;
             }
 
-            foreach (var (sf, _, _) in held)
+            foreach (var (sf, _, _) in SfBufRig.ReleaseAll(info, held))
             {
                 sfbufs.Free(sf);
             }

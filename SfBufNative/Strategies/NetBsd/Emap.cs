@@ -151,7 +151,14 @@ internal sealed unsafe class Emap : IContextSwitchHook, ITlbFlushHook, IDisposab
         ref uint mine = ref _cpuGen[cpu.Id * GenStride];
         if (!IsOlder(mine, gen))
         {
-            _lwpGen.Value = gen;
+            // The thread's generation is the newest it consumed: consuming an older mapping must
+            // not lower it, or a switch to a CPU behind the newer one would skip its flush.
+            uint lwp = _lwpGen.Value;
+            if (lwp == Inactive || IsOlder(lwp, gen))
+            {
+                _lwpGen.Value = gen;
+            }
+
             return;
         }
 

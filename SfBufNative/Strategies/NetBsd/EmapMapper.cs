@@ -25,7 +25,15 @@ public sealed class EmapMapper : SfBufMapper
         : base(machine, kvaOnAccessingCpu: true)
     {
         _emap = new Emap(machine, windowPages);
-        _tags = (int*)machine.Ledger.AllocZeroed((nuint)_emap.WindowPages * sizeof(int));
+        try
+        {
+            _tags = (int*)machine.Ledger.AllocZeroed((nuint)_emap.WindowPages * sizeof(int));
+        }
+        catch
+        {
+            _emap.Dispose(); // its flush and context-switch hooks (its memory goes back with the failed set-up)
+            throw;
+        }
     }
 
     /// <inheritdoc/>
