@@ -199,6 +199,16 @@ public sealed unsafe partial class Machine : IDisposable
         }
     }
 
+    /// <summary>Unregisters hooks added with <see cref="AddContextSwitchHook"/>.</summary>
+    public void RemoveContextSwitchHook(IContextSwitchHook hook)
+    {
+        lock (_hooks)
+        {
+            _hooks.Remove(hook);
+            _hookSnapshot = [.. _hooks];
+        }
+    }
+
     /// <summary>
     /// <c>msleep</c>: sleeps on <paramref name="channel"/>, giving the CPU up. If
     /// <paramref name="interlock"/> is given it is released atomically with going to sleep and

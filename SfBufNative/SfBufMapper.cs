@@ -29,6 +29,9 @@ public abstract class SfBufMapper : IDisposable
     /// <summary>The amd64 direct map.</summary>
     public const string Amd64 = "sfbuf-amd64";
 
+    /// <summary>Our own: lock-free hits, slots recycled after an epoch instead of a shootdown.</summary>
+    public const string EpochCache = "epoch-cache";
+
     private static int s_nextId;
     private readonly Meter _meter;
     private long _allocFail;
@@ -43,7 +46,7 @@ public abstract class SfBufMapper : IDisposable
     }
 
     /// <summary>The strategies, by name, in the order results list them.</summary>
-    public static IReadOnlyList<string> StrategyNames { get; } = [Original, I386, Amd64];
+    public static IReadOnlyList<string> StrategyNames { get; } = [Original, I386, Amd64, EpochCache];
 
     /// <summary>The strategy's name.</summary>
     public abstract string Name { get; }
@@ -66,6 +69,7 @@ public abstract class SfBufMapper : IDisposable
         Original => new OriginalMapper(machine),
         I386 => new I386Mapper(machine, nsfbufs),
         Amd64 => new DirectMapMapper(machine),
+        EpochCache => new EpochCacheMapper(machine, nsfbufs),
         _ => throw new ArgumentException($"unknown sf_buf strategy '{name}'; known: {string.Join(", ", StrategyNames)}", nameof(name)),
     };
 
