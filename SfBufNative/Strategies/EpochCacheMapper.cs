@@ -640,7 +640,7 @@ public sealed unsafe partial class EpochCacheMapper : SfBufMapper, IContextSwitc
         var cpu = td.Cpu!;
         long start = Stopwatch.GetTimestamp();
         var spin = default(SpinWait);
-        while (SafeEpoch() < need)
+        while (!IsPast(need, SafeEpoch()))
         {
             if (Stopwatch.GetElapsedTime(start) > FallbackAfter)
             {
