@@ -302,6 +302,89 @@ public sealed class EpochCacheMapperTests
         });
     }
 
+    [Test]
+    public void RandomSharedUseOnTwoCpusKeepsEveryInvariant([Values(1, 2, 3)] int seed)
+    {
+        // Both CPUs map, share, read, free and recycle a working set twice the pool; the
+        // structural invariants are checked after each round, the oracle on every access.
+        using var m = new SimMachine(SfBufRig.Small());
+        using var sfbufs = Create(m, 16);
+        var pages = SfBufRig.NewPages(m, 32);
+        var shared = new SfBufHandle[4];
+        var sharedLock = new object();
+        for (int round = 0; round < 20; round++)
+        {
+            var threads = new List<KernelThread>();
+            for (int c = 0; c < 2; c++)
+            {
+                var random = new Random((seed * 1000) + (round * 10) + c);
+                threads.Add(m.StartThread($"random{c}", () =>
+                {
+                    var mine = new List<SfBufHandle>();
+                    var cpu = m.CurrentCpu;
+                    for (int op = 0; op < 300; op++)
+                    {
+                        switch (random.Next(4))
+                        {
+                            case 0 when mine.Count < 4:
+                                mine.Add(sfbufs.Alloc(pages[random.Next(pages.Length)], SfBufFlags.NoWait) is { IsNone: false } sf ? sf : default);
+                                mine.RemoveAll(h => h.IsNone);
+                                break;
+                            case 1 when mine.Count > 0:
+                                int k = random.Next(mine.Count);
+                                Assert.That(cpu.ReadUInt64(mine[k].Kva), Is.EqualTo(SfBufRig.Stamp(mine[k].Page)));
+                                sfbufs.Free(mine[k]);
+                                mine.RemoveAt(k);
+                                break;
+                            case 2:
+                                // Share: hand a mapping to the other CPU, or read one it handed over.
+                                lock (sharedLock)
+                                {
+                                    int i = random.Next(shared.Length);
+                                    if (shared[i].IsNone && mine.Count > 0)
+                                    {
+                                        shared[i] = mine[^1];
+                                        mine.RemoveAt(mine.Count - 1);
+                                    }
+                                    else if (!shared[i].IsNone)
+                                    {
+                                        Assert.That(cpu.ReadUInt64(shared[i].Kva), Is.EqualTo(SfBufRig.Stamp(shared[i].Page)));
+                                        sfbufs.Free(shared[i]);
+                                        shared[i] = default;
+                                    }
+                                }
+
+                                break;
+                            default:
+                                cpu.Poll();
+                                break;
+                        }
+                    }
+
+                    mine.ForEach(sfbufs.Free);
+                }, cpu: c, bound: true));
+            }
+
+            SfBufRig.JoinAll(threads, SfBufRig.Patience);
+            Assert.That(sfbufs.TestHookCheckInvariants(), Is.Empty, $"after round {round}");
+        }
+
+        m.Run(0, () =>
+        {
+            for (int i = 0; i < shared.Length; i++)
+            {
+                if (!shared[i].IsNone)
+                {
+                    sfbufs.Free(shared[i]);
+                }
+            }
+        });
+        Assert.That(sfbufs.TestHookCheckInvariants(), Is.Empty);
+        Assert.That(sfbufs.Stats().NsfbufsUsed, Is.Zero);
+        Assert.That(sfbufs.Stats().Recycles, Is.GreaterThan(0));
+        Assert.That(m.Counters()[Counter.StaleAccesses], Is.Zero);
+    }
+
     // ------------------------------------------------------------------ helpers
 
     private static Exception? PlantedEarlyRecycle(bool plant)
