@@ -24,9 +24,17 @@ public sealed unsafe partial class Machine : IDisposable
     private readonly List<string> _warnings = [];
     private readonly Meter _meter;
     private IContextSwitchHook[] _hookSnapshot = [];
+    private readonly List<(KernelThread Thread, Exception Fault)> _faults = [];
+    private readonly List<string> _stoppedAtDispose = [];
+    private ITlbFlushHook[] _flushHooks = [];
     private int _nextThreadId;
     private int _nextPid;
     private volatile bool _disposed;
+
+    // Non-zero once the machine refuses operations: read on every memory access, so one word.
+    private int _unusable;
+    private Exception? _failure;
+    private int _planted;
 
     /// <summary>Boots a machine with <paramref name="options"/> (the default machine when null).</summary>
     public Machine(MachineOptions? options = null)
@@ -37,15 +45,24 @@ public sealed unsafe partial class Machine : IDisposable
             throw new ArgumentOutOfRangeException(nameof(options), Options.Cpus, $"a machine has 1 to {MachineOptions.MaxCpus} CPUs");
         }
 
+        Controller = Options.Controlled;
+        if (Controller != null && !Options.Checked)
+        {
+            throw new ArgumentException("controlled scheduling needs checked mode", nameof(options));
+        }
+
         try
         {
             Cost = new CostTicks(Options.Cost);
+            Oversubscribed = Options.Cpus > HostCpu.AllowedCpus().Length;
+            CrossCpuSpin = Options.CrossCpuSpin ?? (Oversubscribed ? TimeSpan.FromMicroseconds(5) : TimeSpan.FromMicroseconds(50));
             Physical = new PhysicalMemory(this, _ledger, Options.PhysicalMemoryBytes);
             Layout = new VmLayout(
                 Options.EffectiveSfBufWindowPages,
                 Options.KernelMapPages,
                 Options.KernelMemoryPages,
-                Options.Flavor == MachineFlavor.Amd64 ? Physical.Bytes : 0);
+                Options.Flavor == MachineFlavor.Amd64 ? Physical.Bytes : 0,
+                Options.Cpus);
             KernelPmap = new KernelPmap(this, _ledger, Layout.KernelPages);
             _counters = new CpuCounters(_ledger, Options.Cpus);
             _shared = (CpuShared*)_ledger.AllocZeroed((nuint)(sizeof(CpuShared) * Options.Cpus), 128);
@@ -65,10 +82,35 @@ public sealed unsafe partial class Machine : IDisposable
         }
         catch
         {
+            MachineMetrics.Retire(this);
             _ledger.FreeAll();
             throw;
         }
     }
+
+    /// <summary>True when the machine has more simulated CPUs than the host gives the process cores.</summary>
+    public bool Oversubscribed { get; }
+
+    /// <summary>How long a wait on another CPU spins (servicing the mailbox) before it parks its host thread.</summary>
+    public TimeSpan CrossCpuSpin { get; }
+
+    /// <summary>The exception that failed the machine (a shootdown watchdog), or null.</summary>
+    public Exception? Failure => Volatile.Read(ref _failure);
+
+    /// <summary>Exceptions kernel threads ended with, in the order they ended.</summary>
+    public IReadOnlyList<(KernelThread Thread, Exception Fault)> Faults
+    {
+        get
+        {
+            lock (_faults)
+            {
+                return [.. _faults];
+            }
+        }
+    }
+
+    /// <summary>Kernel threads <see cref="Dispose"/> found still running and stopped (or could not stop), with what became of them.</summary>
+    public IReadOnlyList<string> StoppedAtDispose => _stoppedAtDispose;
 
     /// <summary>The configuration this machine was booted with.</summary>
     public MachineOptions Options { get; }
@@ -128,6 +170,9 @@ public sealed unsafe partial class Machine : IDisposable
 
     internal Scheduler Scheduler { get; }
 
+    /// <summary>The controlled scheduler (exploration), or null for real concurrency.</summary>
+    internal ControlledScheduler? Controller { get; }
+
     internal static MachineEventSource Trace => MachineEventSource.Log;
 
     /// <summary>The host core simulated CPU <paramref name="cpu"/> runs on, or -1 when threads are unpinned.</summary>
@@ -152,7 +197,7 @@ public sealed unsafe partial class Machine : IDisposable
     /// <summary>Creates a process address space with an empty user page table.</summary>
     public VmSpace CreateVmSpace()
     {
-        ThrowIfDisposed();
+        ThrowIfUnusable();
         return new VmSpace(this, Interlocked.Increment(ref _nextPid), new UserPmap(this, _ledger));
     }
 
@@ -162,7 +207,7 @@ public sealed unsafe partial class Machine : IDisposable
     /// </summary>
     public KernelThread StartThread(string name, Action body, int cpu = -1, bool bound = false, VmSpace? vmspace = null)
     {
-        ThrowIfDisposed();
+        ThrowIfUnusable();
         ArgumentNullException.ThrowIfNull(body);
         if (cpu < -1 || cpu >= Options.Cpus)
         {
@@ -180,6 +225,7 @@ public sealed unsafe partial class Machine : IDisposable
             _threads.Add(td);
         }
 
+        Controller?.Register(td);
         td.Start();
         return td;
     }
@@ -187,6 +233,14 @@ public sealed unsafe partial class Machine : IDisposable
     /// <summary>Runs <paramref name="body"/> on a kernel thread bound to <paramref name="cpu"/> and waits for it; rethrows its exception.</summary>
     public void Run(int cpu, Action body, VmSpace? vmspace = null) =>
         StartThread($"run-cpu{cpu}", body, cpu, bound: true, vmspace).Join();
+
+    /// <summary>
+    /// <see cref="Run(int, Action, VmSpace?)"/> with a time limit: throws <see cref="TimeoutException"/>
+    /// when the body has not ended within <paramref name="timeout"/> (the thread keeps running;
+    /// <see cref="Dispose"/> stops it).
+    /// </summary>
+    public void Run(int cpu, Action body, TimeSpan timeout, VmSpace? vmspace = null) =>
+        StartThread($"run-cpu{cpu}", body, cpu, bound: true, vmspace).Join(timeout);
 
     /// <summary>Registers hooks called on every context switch and migration.</summary>
     public void AddContextSwitchHook(IContextSwitchHook hook)
@@ -199,13 +253,40 @@ public sealed unsafe partial class Machine : IDisposable
         }
     }
 
-    /// <summary>Unregisters hooks added with <see cref="AddContextSwitchHook"/>.</summary>
-    public void RemoveContextSwitchHook(IContextSwitchHook hook)
+    /// <summary>Removes hooks added with <see cref="AddContextSwitchHook"/>; true if it was registered.</summary>
+    public bool RemoveContextSwitchHook(IContextSwitchHook hook)
     {
+        ArgumentNullException.ThrowIfNull(hook);
         lock (_hooks)
         {
-            _hooks.Remove(hook);
+            bool removed = _hooks.Remove(hook);
             _hookSnapshot = [.. _hooks];
+            return removed;
+        }
+    }
+
+    /// <summary>
+    /// Registers a hook told about every whole-TLB flush on every CPU (address-space switches,
+    /// flushes an IPI asks for, the deferred flush of an idle CPU), on the CPU's own thread.
+    /// </summary>
+    public void AddTlbFlushHook(ITlbFlushHook hook)
+    {
+        ArgumentNullException.ThrowIfNull(hook);
+        lock (_hooks)
+        {
+            _flushHooks = [.. _flushHooks, hook];
+        }
+    }
+
+    /// <summary>Removes a hook added with <see cref="AddTlbFlushHook"/>; true if it was registered.</summary>
+    public bool RemoveTlbFlushHook(ITlbFlushHook hook)
+    {
+        ArgumentNullException.ThrowIfNull(hook);
+        lock (_hooks)
+        {
+            int before = _flushHooks.Length;
+            _flushHooks = [.. _flushHooks.Where(h => !ReferenceEquals(h, hook))];
+            return _flushHooks.Length != before;
         }
     }
 
@@ -220,10 +301,14 @@ public sealed unsafe partial class Machine : IDisposable
         ArgumentNullException.ThrowIfNull(channel);
         var td = KernelThread.Current;
         var cpu = td.Cpu ?? throw new InvalidOperationException($"{td} holds no CPU");
+        ThrowIfStopping();
+        td.AssertMaySwitch("msleep");
         if (cancellation.IsCancellationRequested)
         {
             return SleepResult.Interrupted;
         }
+
+        cpu.SchedulingPoint();
 
         lock (_sleepLock)
         {
@@ -244,13 +329,20 @@ public sealed unsafe partial class Machine : IDisposable
         Trace.Sleep(td.Id, cpu.Id);
         Scheduler.Release(td);
 
-        try
+        if (Controller != null)
         {
-            td.Wakeup.Wait(timeout ?? Timeout.InfiniteTimeSpan, cancellation);
+            Controller.WaitUntil(td, () => td.Wakeup.IsSet || cancellation.IsCancellationRequested || IsStopping, timed: timeout.HasValue);
         }
-        catch (OperationCanceledException)
+        else
         {
-            // Decided below, under the lock: a wakeup may have dequeued us first.
+            try
+            {
+                td.Wakeup.Wait(timeout ?? Timeout.InfiniteTimeSpan, cancellation);
+            }
+            catch (OperationCanceledException)
+            {
+                // Decided below, under the lock: a wakeup may have dequeued us first.
+            }
         }
 
         SleepResult result;
@@ -266,6 +358,8 @@ public sealed unsafe partial class Machine : IDisposable
                 result = cancellation.IsCancellationRequested ? SleepResult.Interrupted : SleepResult.TimedOut;
             }
         }
+
+        ThrowIfStopping();
 
         Scheduler.Acquire(td);
         interlock?.Lock();
@@ -299,7 +393,12 @@ public sealed unsafe partial class Machine : IDisposable
         }
     }
 
-    /// <summary>Frees every native byte. Throws if kernel threads are still running.</summary>
+    /// <summary>
+    /// Frees every native byte. Kernel threads still running are stopped first: their waits end
+    /// and their next machine operation throws <see cref="MachineStoppedException"/>; each is
+    /// listed in <see cref="StoppedAtDispose"/>. Never throws for them, so an exception already
+    /// propagating through a <c>using</c> is not hidden.
+    /// </summary>
     public void Dispose()
     {
         if (_disposed)
@@ -310,14 +409,21 @@ public sealed unsafe partial class Machine : IDisposable
         var live = LiveThreads();
         if (live.Count > 0)
         {
-            throw new InvalidOperationException(
-                $"{live.Count} kernel thread(s) still running ({string.Join(", ", live.Select(t => t.Name))}); join them before disposing the machine");
+            StopThreads(live);
         }
 
-        MachineMetrics.Retire(this);
-        _disposed = true;
+        // Under the metrics lock: a listener's callback either ran before or sees the machine disposed.
+        MachineMetrics.Retire(this, () =>
+        {
+            _disposed = true;
+            Interlocked.Or(ref _unusable, UnusableDisposed);
+        });
         _meter.Dispose();
         _ledger.FreeAll();
+        foreach (var cpu in _cpus)
+        {
+            cpu.DisposeDoorbell();
+        }
     }
 
     /// <summary>One line per fact of the configuration.</summary>
@@ -333,6 +439,7 @@ public sealed unsafe partial class Machine : IDisposable
             $"tlb             {Options.TlbEntries} entries, {Options.TlbWays}-way, per cpu",
             $"maxusers        {Options.MaxUsers} (nsfbufs default {Options.DefaultNsfbufs})",
             $"kva             {Layout.SfBufWindow}",
+            $"                {Layout.Fixmap}",
             $"                {Layout.KernelMap}",
             $"                {Layout.KernelMemory}",
             $"checked mode    {(Options.Checked ? "on (stale-translation oracle)" : "off")}",
@@ -341,8 +448,59 @@ public sealed unsafe partial class Machine : IDisposable
 
     internal void ThrowIfDisposed() => ObjectDisposedException.ThrowIf(_disposed, this);
 
-    /// <summary>True once disposed; read on every memory access, so a plain volatile field.</summary>
+    /// <summary>True once disposed.</summary>
     internal bool IsDisposed => _disposed;
+
+    /// <summary>True once disposed, failed or stopping; read on every memory access, so one volatile word.</summary>
+    internal bool IsUnusable => Volatile.Read(ref _unusable) != 0;
+
+    /// <summary>True while <see cref="Dispose"/> stops live kernel threads (and after).</summary>
+    internal bool IsStopping => (Volatile.Read(ref _unusable) & (UnusableStopping | UnusableDisposed)) != 0;
+
+    /// <summary>Refuses an operation on a disposed, failed or stopping machine with a clear error.</summary>
+    internal void ThrowIfUnusable()
+    {
+        if (!IsUnusable)
+        {
+            return;
+        }
+
+        ThrowIfDisposed();
+        ThrowIfStopping();
+        var failure = Failure!;
+        throw new MachineFailedException($"the machine has failed and refuses further operations: {failure.Message}", failure);
+    }
+
+    internal void ThrowIfStopping()
+    {
+        if (IsStopping)
+        {
+            throw new MachineStoppedException("the machine is being disposed: kernel threads still running are stopped");
+        }
+    }
+
+    /// <summary>Marks the machine failed (first failure wins): later operations refuse.</summary>
+    internal void Fail(Exception failure)
+    {
+        Interlocked.CompareExchange(ref _failure, failure, null);
+        lock (_threads)
+        {
+            Interlocked.Or(ref _unusable, UnusableFailed);
+        }
+    }
+
+    /// <summary>True when the planted bug is switched on (tests only, see Machine.TestHooks.cs).</summary>
+    internal bool Planted(PlantedBug bug) => (Volatile.Read(ref _planted) & (int)bug) != 0;
+
+    internal void ReportFault(KernelThread td, Exception fault)
+    {
+        lock (_faults)
+        {
+            _faults.Add((td, fault));
+        }
+
+        Trace.ThreadFaulted(td.Id, td.Name, fault.GetType().Name, fault.Message);
+    }
 
     internal Cpu CpuAt(int id) => _cpus[id];
 
@@ -379,6 +537,55 @@ public sealed unsafe partial class Machine : IDisposable
 
     internal void ThreadExited(KernelThread td) => Wakeup(td);
 
+    private const int UnusableDisposed = 1;
+    private const int UnusableFailed = 2;
+    private const int UnusableStopping = 4;
+
+    private void StopThreads(IReadOnlyList<KernelThread> live)
+    {
+        lock (_threads)
+        {
+            Interlocked.Or(ref _unusable, UnusableStopping);
+        }
+
+        Controller?.Abort("the machine was disposed with kernel threads still running");
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(10);
+        while (true)
+        {
+            // Wake every wait; a thread that enters a new one is woken again on the next pass.
+            lock (_threads)
+            {
+                foreach (var td in _threads)
+                {
+                    if (!td.HasExited)
+                    {
+                        td.Wakeup.Set();
+                        td.CpuGranted.Release();
+                    }
+                }
+            }
+
+            foreach (var cpu in _cpus)
+            {
+                cpu.RingAlways();
+            }
+
+            if (live.All(t => t.WaitExited(TimeSpan.FromMilliseconds(10))) || DateTime.UtcNow > deadline)
+            {
+                break;
+            }
+        }
+
+        foreach (var td in live)
+        {
+            _stoppedAtDispose.Add(td.HasExited
+                ? $"{td}: stopped ({td.Fault?.GetType().Name ?? "ended"})"
+                : $"{td}: could not be stopped (blocked outside the machine's wait primitives)");
+        }
+    }
+    /// <summary>The registered TLB flush hooks (read on every whole-TLB flush; usually empty).</summary>
+    internal ITlbFlushHook[] FlushHooks => Volatile.Read(ref _flushHooks);
+
     private Scheduler CreateScheduler()
     {
         int[] hostCores = HostCpu.IsPinningAvailable ? HostCpu.AllowedCpus() : [];
@@ -400,6 +607,11 @@ public sealed unsafe partial class Machine : IDisposable
     private int WakeupCore(object channel, int max)
     {
         ArgumentNullException.ThrowIfNull(channel);
+        if (Controller != null && KernelThread.CurrentOrNull is { Cpu: { } current } waker && ReferenceEquals(waker.Machine, this))
+        {
+            current.SchedulingPoint();
+        }
+
         int woken = 0;
         lock (_sleepLock)
         {
@@ -448,6 +660,20 @@ public enum SleepResult
 
     /// <summary>The timeout elapsed (EWOULDBLOCK).</summary>
     TimedOut,
+}
+
+/// <summary>
+/// Told about every whole-TLB flush of a CPU, on that CPU's own thread, before and after it
+/// happens: NetBSD's emap samples its generation before a flush and publishes it after, so that
+/// flushes done for other reasons also serve its consumers. Keep it short.
+/// </summary>
+public interface ITlbFlushHook
+{
+    /// <summary><paramref name="cpu"/> is about to flush (all entries when <paramref name="global"/>, else the non-global ones); the value returned is passed to <see cref="Flushed"/>.</summary>
+    long Flushing(Cpu cpu, bool global);
+
+    /// <summary>The flush announced by <see cref="Flushing"/> is done.</summary>
+    void Flushed(Cpu cpu, bool global, long token);
 }
 
 /// <summary>Called on the switching thread at every context switch; keep it short.</summary>

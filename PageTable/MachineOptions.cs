@@ -52,6 +52,16 @@ public sealed record MachineOptions
     /// <summary>How long a shootdown waits for acknowledgements before it reports a stuck CPU.</summary>
     public TimeSpan ShootdownWatchdog { get; init; } = TimeSpan.FromSeconds(30);
 
+    /// <summary>
+    /// How long a wait on another CPU (IPI acknowledgements, <c>smp_ipi_mtx</c>, a mutex) spins
+    /// before it parks its host thread; null picks 50 µs, or 5 µs when the machine has more CPUs
+    /// than the host has cores (so a descheduled CPU's thread gets the core sooner).
+    /// </summary>
+    public TimeSpan? CrossCpuSpin { get; init; }
+
+    /// <summary>Controlled scheduling for exploration (tests); null for real concurrency.</summary>
+    internal ControlledScheduler? Controlled { get; init; }
+
     /// <summary>FreeBSD's <c>maxusers</c> for this memory: physical MiB / 2, clamped to [32, 384].</summary>
     public int MaxUsers => (int)Math.Clamp(PhysicalMemoryBytes / (2UL << 20), 32, 384);
 

@@ -29,24 +29,59 @@ public abstract class SfBufMapper : IDisposable
     /// <summary>The amd64 direct map.</summary>
     public const string Amd64 = "sfbuf-amd64";
 
+    /// <summary>Linux's persistent kmap pool (<c>kmap</c>/<c>kunmap</c>) for every user.</summary>
+    public const string LinuxKmap = "linux-kmap";
+
+    /// <summary>Linux: <c>kmap_atomic</c> for private users, <c>kmap</c> for shared ones.</summary>
+    public const string LinuxKmapAtomic = "linux-kmap-atomic";
+
+    /// <summary>Linux: <c>kmap_local_page</c> for private users, <c>kmap</c> for shared ones.</summary>
+    public const string LinuxKmapLocal = "linux-kmap-local";
+
+    /// <summary>DragonFly's lwbuf; shared users add <c>lwbuf_set_global</c> (DragonFly's sf_buf).</summary>
+    public const string DragonFlyLwbuf = "dragonfly-lwbuf";
+
+    /// <summary>NetBSD's <c>uvm_emap</c>: generation-based lazy invalidation, for every user.</summary>
+    public const string NetBsdEmap = "netbsd-emap";
+
+    /// <summary>FreeBSD's <c>pmap_quick_enter_page</c> for private users; shared or nested ones fall back to sfbuf-i386.</summary>
+    public const string FreeBsdQuick = "freebsd-quick";
+
     /// <summary>Our own: lock-free hits, slots recycled after an epoch instead of a shootdown.</summary>
     public const string EpochCache = "epoch-cache";
 
     private static int s_nextId;
-    private readonly Meter _meter;
+    private readonly Meter? _meter;
+    private readonly bool _kvaOnAccessingCpu;
     private long _allocFail;
 
     /// <summary>Initialises the common part.</summary>
-    private protected SfBufMapper(Machine machine)
+    /// <param name="machine">The machine.</param>
+    /// <param name="kvaOnAccessingCpu">
+    /// True when the address must be derived on the CPU that uses it (lwbuf's <c>lwbuf_kva</c>,
+    /// emap's consume): <see cref="Kva"/> then calls <see cref="KvaOnCpu"/>.
+    /// </param>
+    /// <param name="instruments">False for a strategy embedded in another one (its counts are reported by the outer one).</param>
+    private protected SfBufMapper(Machine machine, bool kvaOnAccessingCpu = false, bool instruments = true)
     {
         Machine = machine ?? throw new ArgumentNullException(nameof(machine));
         Id = Interlocked.Increment(ref s_nextId);
         Checked = machine.Options.Checked;
-        _meter = SfBufMetrics.Create(this);
+        _kvaOnAccessingCpu = kvaOnAccessingCpu;
+        _meter = instruments ? SfBufMetrics.Create(this) : null;
     }
 
-    /// <summary>The strategies, by name, in the order results list them.</summary>
-    public static IReadOnlyList<string> StrategyNames { get; } = [Original, I386, Amd64, EpochCache];
+    /// <summary>Every strategy, by name, in the order results list them (<see cref="SfBufStrategyInfo.All"/>): the paper's three, the peers, then our own.</summary>
+    public static IReadOnlyList<string> StrategyNames { get; } = [.. SfBufStrategyInfo.All.Select(i => i.Name)];
+
+    /// <summary>The paper's three strategies.</summary>
+    public static IReadOnlyList<string> PaperStrategyNames { get; } = SfBufStrategyInfo.NamesOf(SfBufStrategyGroup.Paper);
+
+    /// <summary>The peers: what Linux, DragonFly, NetBSD and later FreeBSD chose instead.</summary>
+    public static IReadOnlyList<string> PeerNames { get; } = SfBufStrategyInfo.NamesOf(SfBufStrategyGroup.Peer);
+
+    /// <summary>The project's own strategies.</summary>
+    public static IReadOnlyList<string> OwnNames { get; } = SfBufStrategyInfo.NamesOf(SfBufStrategyGroup.Own);
 
     /// <summary>The strategy's name.</summary>
     public abstract string Name { get; }
@@ -64,14 +99,10 @@ public abstract class SfBufMapper : IDisposable
     /// <param name="name">One of <see cref="StrategyNames"/>.</param>
     /// <param name="machine">The machine.</param>
     /// <param name="nsfbufs">Pool size for pooled strategies; null means the machine's sf_buf window (FreeBSD's default).</param>
-    public static SfBufMapper Create(string name, Machine machine, int? nsfbufs = null) => name switch
-    {
-        Original => new OriginalMapper(machine),
-        I386 => new I386Mapper(machine, nsfbufs),
-        Amd64 => new DirectMapMapper(machine),
-        EpochCache => new EpochCacheMapper(machine, nsfbufs),
-        _ => throw new ArgumentException($"unknown sf_buf strategy '{name}'; known: {string.Join(", ", StrategyNames)}", nameof(name)),
-    };
+    public static SfBufMapper Create(string name, Machine machine, int? nsfbufs = null) => SfBufStrategyInfo.Of(name).Create(machine, nsfbufs);
+
+    /// <summary>What the strategy called <paramref name="name"/> is and which of the interface's promises it keeps.</summary>
+    public static SfBufStrategyInfo Describe(string name) => SfBufStrategyInfo.Of(name);
 
     /// <summary>
     /// <c>sf_buf_alloc</c>: a kernel virtual address for <paramref name="page"/>. Returns
@@ -82,8 +113,14 @@ public abstract class SfBufMapper : IDisposable
     /// <summary><c>sf_buf_free</c>: drops one reference to the mapping (never the page).</summary>
     public abstract void Free(SfBuf sf);
 
-    /// <summary><c>sf_buf_kva</c>.</summary>
-    public static ulong Kva(SfBuf sf) => sf.Kva;
+    /// <summary>
+    /// <c>sf_buf_kva</c>, called on the CPU that is about to access the page, right where it
+    /// accesses it: for most strategies the handle's address; for lwbuf and emap the call that
+    /// makes the address valid on this CPU (a local <c>invlpg</c> the first time lwbuf is used
+    /// here; emap's consume, a flush when this CPU is behind). Never a virtual call for the
+    /// strategies that need no such step.
+    /// </summary>
+    public ulong Kva(SfBuf sf) => _kvaOnAccessingCpu ? KvaOnCpu(sf) : sf.Kva;
 
     /// <summary><c>sf_buf_page</c>.</summary>
     public static VmPage Page(SfBuf sf) => sf.Page;
@@ -110,12 +147,15 @@ public abstract class SfBufMapper : IDisposable
     /// <summary>Disposes the meter.</summary>
     protected virtual void Dispose(bool disposing)
     {
-        if (disposing)
+        if (disposing && _meter != null)
         {
             SfBufMetrics.Retire(this);
             _meter.Dispose();
         }
     }
+
+    /// <summary>The accessing-CPU step of <see cref="Kva"/> for strategies that need one.</summary>
+    private protected virtual ulong KvaOnCpu(SfBuf sf) => sf.Kva;
 
     /// <summary>Checked-mode validation shared by the strategies: the page is wired or held; CpuPrivate is pinned.</summary>
     private protected void CheckAlloc(VmPage page, SfBufFlags flags)

@@ -15,6 +15,18 @@ internal static class SfBufMetrics
 {
     private static readonly Lock s_lock = new();
     private static readonly List<SfBufMapper> s_live = [];
+
+    /// <summary>Mappers whose instruments are published (tests: a failed construction leaves none behind).</summary>
+    internal static int LiveCount
+    {
+        get
+        {
+            lock (s_lock)
+            {
+                return s_live.Count;
+            }
+        }
+    }
     private static readonly Dictionary<string, SfBufStats> s_retired = new(StringComparer.Ordinal);
     private static Meter? s_totals;
 

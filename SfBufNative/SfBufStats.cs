@@ -38,6 +38,15 @@ public sealed record SfBufStats
     /// <summary>Alloc calls that returned no sf_buf (NoWait with the pool exhausted, or a cancelled Catch).</summary>
     public long Failures { get; init; }
 
+    /// <summary>
+    /// Counts particular to a strategy's algorithm, by name (<c>pkmap.global_flushes</c>,
+    /// <c>kmap_local.saves</c>, <c>lwbuf.set_global_syncs</c>, <c>emap.consume_flushes</c>, ...);
+    /// empty for the paper's strategies.
+    /// </summary>
+    public IReadOnlyDictionary<string, long> Details { get; init; } = s_noDetails;
+
+    private static readonly IReadOnlyDictionary<string, long> s_noDetails = new Dictionary<string, long>(StringComparer.Ordinal);
+
     /// <summary>The values by sysctl name.</summary>
     public IReadOnlyDictionary<string, long> Sysctl() => new Dictionary<string, long>(StringComparer.Ordinal)
     {

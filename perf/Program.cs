@@ -23,6 +23,7 @@ internal static class Program
         var root = new RootCommand("Experiments and benchmarks on the simulated SMP machine.")
         {
             Paper.PaperCommand.Create(),
+            Paper.PaperRoundCommand.Create(),
             Paper.CalibrateCommand.Create(),
             Paper.PlotCommand.Create(),
             MachineCommand.Create(),

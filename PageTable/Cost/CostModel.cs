@@ -6,6 +6,16 @@ namespace Native.PageTable;
 /// Simulated invalidation fences: busy-wait time charged on top of what the simulation really
 /// costs (the cross-core handshake already pays for real cache-line transfers). Every result
 /// names the profile that produced it.
+/// <para>
+/// The rule for a shootdown round with T targets, whether each target is running or idle:
+/// the initiator pays <see cref="IpiSendNs"/> per target, then waits for the acknowledgements and
+/// at least <see cref="IpiDeliveryNs"/> + <see cref="IpiHandlerNs"/> after the last send (the
+/// round trip: delivery, then the target's interrupt entry). Every target pays
+/// <see cref="IpiHandlerNs"/> plus the invalidation it was asked for (<see cref="LocalInvalidateNs"/>
+/// per page, or <see cref="FullFlushNs"/>): a running target when it services the IPI, an idle one
+/// when it next runs (it then flushes its whole TLB, but is charged what it was asked, as the
+/// modelled kernels interrupted idle CPUs too). <see cref="MappingCost"/> applies the same rule to counts.
+/// </para>
 /// </summary>
 /// <param name="Name">Profile name printed next to every result.</param>
 /// <param name="LocalInvalidateNs">One <c>invlpg</c> on the local CPU.</param>
@@ -67,51 +77,70 @@ public sealed record CostModel(
         + $"ipi send {IpiSendNs} ns, delivery {IpiDeliveryNs} ns, handler {IpiHandlerNs} ns";
 }
 
-/// <summary>A <see cref="CostModel"/> converted once to <see cref="Stopwatch"/> ticks.</summary>
-internal readonly struct CostTicks
+/// <summary>One charge of a <see cref="CostModel"/>: <see cref="Stopwatch"/> ticks to busy-wait and the nanoseconds they stand for.</summary>
+internal readonly struct CostCharge
 {
-    public readonly long LocalInvalidate;
-    public readonly long FullFlush;
-    public readonly long TlbMissWalk;
-    public readonly long PteWrite;
-    public readonly long IpiSend;
-    public readonly long IpiDelivery;
-    public readonly long IpiHandler;
+    public readonly long Ticks;
+    public readonly long Ns;
 
-    public CostTicks(CostModel model)
-    {
-        LocalInvalidate = ToTicks(model.LocalInvalidateNs);
-        FullFlush = ToTicks(model.FullFlushNs);
-        TlbMissWalk = ToTicks(model.TlbMissWalkNs);
-        PteWrite = ToTicks(model.PteWriteNs);
-        IpiSend = ToTicks(model.IpiSendNs);
-        IpiDelivery = ToTicks(model.IpiDeliveryNs);
-        IpiHandler = ToTicks(model.IpiHandlerNs);
-    }
-
-    private static long ToTicks(double ns)
+    public CostCharge(double ns)
     {
         if (ns < 0 || double.IsNaN(ns))
         {
             throw new ArgumentOutOfRangeException(nameof(ns), ns, "a cost must be zero or positive");
         }
 
-        return (long)Math.Round(ns * Stopwatch.Frequency / 1e9);
+        Ticks = (long)Math.Round(ns * Stopwatch.Frequency / 1e9);
+        Ns = (long)Math.Round(ns);
+    }
+
+    public CostCharge(long ticks, long ns)
+    {
+        Ticks = ticks;
+        Ns = ns;
+    }
+
+    /// <summary>Two charges paid one after the other.</summary>
+    public static CostCharge operator +(CostCharge a, CostCharge b) => new(a.Ticks + b.Ticks, a.Ns + b.Ns);
+
+    /// <summary>A charge paid <paramref name="n"/> times.</summary>
+    public CostCharge Times(long n) => new(Ticks * n, Ns * n);
+}
+
+/// <summary>A <see cref="CostModel"/> converted once to <see cref="Stopwatch"/> ticks.</summary>
+internal readonly struct CostTicks
+{
+    public readonly CostCharge LocalInvalidate;
+    public readonly CostCharge FullFlush;
+    public readonly CostCharge TlbMissWalk;
+    public readonly CostCharge PteWrite;
+    public readonly CostCharge IpiSend;
+    public readonly CostCharge IpiDelivery;
+    public readonly CostCharge IpiHandler;
+
+    public CostTicks(CostModel model)
+    {
+        LocalInvalidate = new CostCharge(model.LocalInvalidateNs);
+        FullFlush = new CostCharge(model.FullFlushNs);
+        TlbMissWalk = new CostCharge(model.TlbMissWalkNs);
+        PteWrite = new CostCharge(model.PteWriteNs);
+        IpiSend = new CostCharge(model.IpiSendNs);
+        IpiDelivery = new CostCharge(model.IpiDeliveryNs);
+        IpiHandler = new CostCharge(model.IpiHandlerNs);
     }
 
     /// <summary>Busy-waits <paramref name="ticks"/>; zero costs nothing but the branch.</summary>
     [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)]
-    public static void Charge(long ticks)
+    public static void Spin(long ticks)
     {
         if (ticks > 0)
         {
-            Spin(ticks);
+            SpinUntil(Stopwatch.GetTimestamp() + ticks);
         }
     }
 
-    private static void Spin(long ticks)
+    private static void SpinUntil(long end)
     {
-        long end = Stopwatch.GetTimestamp() + ticks;
         while (Stopwatch.GetTimestamp() < end)
         {
         }

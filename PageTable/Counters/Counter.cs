@@ -71,20 +71,65 @@ public enum Counter
 
     /// <summary>A thread resumed on a different CPU than it last ran on.</summary>
     Migrations,
+
+    /// <summary>
+    /// Ephemeral mappings made (an sf_buf miss, a peer's new mapping, one <c>pmap_qenter</c> of a
+    /// historical mechanism, a <c>pager_map</c> <c>pmap_kenter</c>), recorded by the mechanism that makes them.
+    /// </summary>
+    Mappings,
+
+    /// <summary>Pages those mappings covered: every kernel PTE write should be one of them.</summary>
+    MappedPages,
+
+    /// <summary>Kernel PTE stores in kmem (permanently mapped kernel memory), installs and removals; not ephemeral.</summary>
+    KmemPteWrites,
+
+    /// <summary>TLB misses on ephemeral-mapping addresses (the sf_buf window, the fixmap and <c>kernel_map</c> with its submaps).</summary>
+    MappingTlbMisses,
+
+    /// <summary>Single-page invalidations done in IPI handlers (a subset of <see cref="LocalInvalidations"/>).</summary>
+    IpiInvalidations,
+
+    /// <summary>Full flushes done for a shootdown: in an IPI handler, or deferred to an idle CPU's wake-up (a subset of <see cref="FullFlushes"/>).</summary>
+    IpiFlushes,
+
+    /// <summary>Pages shootdowns asked their targets to invalidate, summed over targets (running or idle).</summary>
+    ShootdownTargetPages,
+
+    /// <summary>Full flushes shootdowns asked their targets for, summed over targets (running or idle).</summary>
+    ShootdownTargetFlushes,
+
+    /// <summary>
+    /// Non-global flushes a mapping mechanism does to make its own mappings valid on this CPU
+    /// (NetBSD emap's consume and switch; a subset of <see cref="NonGlobalFlushes"/>): mapping
+    /// work, unlike the flushes of address-space switches.
+    /// </summary>
+    MappingFlushes,
+
+    /// <summary>Nanoseconds of simulated cost charged by the cost model on this CPU (see <see cref="CostModel"/>).</summary>
+    ChargedNanoseconds,
+
+    /// <summary>Accesses of a page whose never-invalidated translation on this CPU no longer matches the PTE (the latent-staleness oracle).</summary>
+    LatentStaleAccesses,
+
+    /// <summary>Cross-CPU waits that outlasted their spin and parked the host thread (published idle meanwhile on an oversubscribed machine).</summary>
+    CrossCpuParks,
 }
 
 /// <summary>Schema names of <see cref="Counter"/> values.</summary>
 public static class CounterNames
 {
     /// <summary>Number of counters.</summary>
-    public const int Count = (int)Counter.Migrations + 1;
+    public const int Count = (int)Counter.CrossCpuParks + 1;
 
     private static readonly string[] s_names =
     [
         "pte_writes", "pte_clears", "user_pte_writes", "local_invalidations", "full_flushes", "nonglobal_flushes",
         "shootdowns", "ipis_sent", "ipis_received", "ipi_targets", "idle_targets_deferred", "ack_wait_ns",
         "tlb_hits", "tlb_misses", "page_faults", "lock_acquisitions", "lock_contentions", "sleeps", "wakeups",
-        "stale_accesses", "context_switches", "migrations",
+        "stale_accesses", "context_switches", "migrations", "mappings", "mapped_pages", "kmem_pte_writes",
+        "mapping_tlb_misses", "ipi_invalidations", "ipi_flushes", "shootdown_target_pages", "shootdown_target_flushes",
+        "mapping_flushes", "charged_ns", "latent_stale_accesses", "cross_cpu_parks",
     ];
 
     /// <summary>The schema name of <paramref name="counter"/>.</summary>

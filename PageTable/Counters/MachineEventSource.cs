@@ -21,6 +21,7 @@ internal sealed class MachineEventSource : EventSource
     {
         public const EventKeywords Shootdown = (EventKeywords)1;
         public const EventKeywords Sleep = (EventKeywords)2;
+        public const EventKeywords Fault = (EventKeywords)4;
     }
 
     [NonEvent]
@@ -50,6 +51,15 @@ internal sealed class MachineEventSource : EventSource
         }
     }
 
+    [NonEvent]
+    public void ThreadFaulted(int thread, string name, string exception, string message)
+    {
+        if (IsEnabled(EventLevel.Warning, Keywords.Fault))
+        {
+            ThreadFaultedEvent(thread, name, exception, message);
+        }
+    }
+
     [Event(1, Level = EventLevel.Verbose, Keywords = Keywords.Shootdown, Message = "cpu {0} shootdown to cpumask {1} kind {2} va {3} pages {4}")]
     private void ShootdownBeginEvent(int cpu, long targets, int kind, long va, int pages) => WriteEvent(1, cpu, targets, kind, va, pages);
 
@@ -58,4 +68,7 @@ internal sealed class MachineEventSource : EventSource
 
     [Event(3, Level = EventLevel.Informational, Keywords = Keywords.Sleep, Message = "thread {0} sleeps on cpu {1}")]
     private void SleepEvent(int thread, int cpu) => WriteEvent(3, thread, cpu);
+
+    [Event(4, Level = EventLevel.Warning, Keywords = Keywords.Fault, Message = "kernel thread {0} ({1}) ended with {2}: {3}")]
+    private void ThreadFaultedEvent(int thread, string name, string exception, string message) => WriteEvent(4, thread, name, exception, message);
 }

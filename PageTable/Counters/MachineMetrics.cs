@@ -44,11 +44,16 @@ internal static class MachineMetrics
         return meter;
     }
 
-    /// <summary>Folds a disposing machine's counts into the process totals.</summary>
-    public static void Retire(Machine machine)
+    /// <summary>
+    /// Folds a disposing machine's counts into the process totals and runs
+    /// <paramref name="markDisposed"/> under the same lock, so no callback reads the machine's
+    /// native counters after they are freed.
+    /// </summary>
+    public static void Retire(Machine machine, Action? markDisposed = null)
     {
         lock (s_lock)
         {
+            markDisposed?.Invoke();
             if (!s_live.Remove(machine))
             {
                 return;
@@ -82,12 +87,24 @@ internal static class MachineMetrics
 
     private static string Unit(Counter c) => c == Counter.AckWaitNanoseconds ? "ns" : "{event}";
 
-    private static IEnumerable<Measurement<long>> Observe(Machine machine, Counter counter)
+    private static List<Measurement<long>> Observe(Machine machine, Counter counter)
     {
-        for (int cpu = 0; cpu < machine.Options.Cpus; cpu++)
+        var measurements = new List<Measurement<long>>(machine.Options.Cpus);
+        lock (s_lock)
         {
-            yield return new Measurement<long>(machine.ReadCounter(cpu, counter), new KeyValuePair<string, object?>("cpu", cpu));
+            // A listener may sample after Dispose (its meter is being torn down): nothing to read then.
+            if (!s_live.Contains(machine))
+            {
+                return measurements;
+            }
+
+            for (int cpu = 0; cpu < machine.Options.Cpus; cpu++)
+            {
+                measurements.Add(new Measurement<long>(machine.ReadCounter(cpu, counter), new KeyValuePair<string, object?>("cpu", cpu)));
+            }
         }
+
+        return measurements;
     }
 
     private static List<Measurement<long>> ObserveTotals(Counter counter)

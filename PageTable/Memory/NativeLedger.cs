@@ -11,6 +11,13 @@ internal sealed unsafe class NativeLedger
 {
     private static long s_processOutstanding;
 
+    // Fault injection (tests): allocations this thread may still make before one is refused; -1 = no limit.
+    [ThreadStatic]
+    private static int s_allocationsLeft;
+
+    [ThreadStatic]
+    private static bool s_limited;
+
     private readonly Dictionary<nint, nuint> _blocks = [];
     private readonly Lock _lock = new();
     private long _outstanding;
@@ -40,6 +47,11 @@ internal sealed unsafe class NativeLedger
             bytes = 1;
         }
 
+        if (s_limited && s_allocationsLeft-- <= 0)
+        {
+            throw new NativeAllocationException(bytes);
+        }
+
         void* p = NativeMemory.AlignedAlloc(bytes, alignment);
         lock (_lock)
         {
@@ -49,6 +61,17 @@ internal sealed unsafe class NativeLedger
         Interlocked.Add(ref _outstanding, (long)bytes);
         Interlocked.Add(ref s_processOutstanding, (long)bytes);
         return p;
+    }
+
+    /// <summary>
+    /// Tests: lets the calling thread make <paramref name="allocations"/> more native allocations,
+    /// then refuses the next one with <see cref="NativeAllocationException"/>, as an exhausted
+    /// host would; null lifts the limit.
+    /// </summary>
+    public static void TestHookLimitAllocations(int? allocations)
+    {
+        s_limited = allocations.HasValue;
+        s_allocationsLeft = allocations ?? 0;
     }
 
     /// <summary>Frees a block this ledger allocated; a foreign or freed pointer throws.</summary>

@@ -14,11 +14,48 @@ public sealed unsafe class KernelPmap
     private readonly ulong* _ptes;
     private readonly int _pages;
 
+    // Checked mode: per kernel page, 1 + the CPU a live CpuPrivate mapping belongs to (0: none).
+    private readonly int* _privateOwner;
+
     internal KernelPmap(Machine machine, NativeLedger ledger, int pages)
     {
         _machine = machine;
         _pages = pages;
         _ptes = (ulong*)ledger.AllocZeroed((nuint)pages * sizeof(ulong));
+        if (machine.Options.Checked)
+        {
+            _privateOwner = (int*)ledger.AllocZeroed((nuint)pages * sizeof(int));
+        }
+    }
+
+    /// <summary>
+    /// Checked mode: records that the mapping at <paramref name="va"/> is CPU-private to
+    /// <paramref name="cpu"/> (<c>SFB_CPUPRIVATE</c>) while it is live; a translation on any
+    /// other CPU is then an error naming both. Strategies call it when they hand out a private
+    /// mapping that no other user shares, and <see cref="UntagPrivate"/> when that ends.
+    /// </summary>
+    internal void TagPrivate(ulong va, int cpu)
+    {
+        if (_privateOwner != null && Vtopte(va) != null)
+        {
+            _privateOwner[(va - VmLayout.KERNBASE) >> Pte.PageShift] = cpu + 1;
+        }
+    }
+
+    /// <summary>Checked mode: the mapping at <paramref name="va"/> is no longer (only) CPU-private.</summary>
+    internal void UntagPrivate(ulong va)
+    {
+        if (_privateOwner != null && Vtopte(va) != null)
+        {
+            _privateOwner[(va - VmLayout.KERNBASE) >> Pte.PageShift] = 0;
+        }
+    }
+
+    /// <summary>The CPU a live private mapping of <paramref name="va"/> belongs to, or -1.</summary>
+    internal int PrivateOwner(ulong va)
+    {
+        ulong index = (va - VmLayout.KERNBASE) >> Pte.PageShift;
+        return _privateOwner != null && index < (ulong)_pages ? _privateOwner[index] - 1 : -1;
     }
 
     /// <summary><c>vtopte</c>: the PTE word of a kernel address, or null outside the kernel regions.</summary>
@@ -66,10 +103,30 @@ public sealed unsafe class KernelPmap
             _machine.Physical.CheckFrame(Pte.Frame(pte));
         }
 
+        cpu.SchedulingPoint();
         ulong old = Interlocked.Exchange(ref *ptep, pte);
-        cpu.Count(Pte.IsValid(pte) ? Counter.KernelPteWrites : Counter.KernelPteClears);
-        CostTicks.Charge(_machine.Cost.PteWrite);
+
+        // kmem is permanently mapped kernel memory, not an ephemeral mapping: counted apart, so
+        // that every pte_writes event is one of the pages CountMapping was told about.
+        cpu.Count(_machine.Layout.KernelMemory.Contains(va) ? Counter.KmemPteWrites
+            : Pte.IsValid(pte) ? Counter.KernelPteWrites : Counter.KernelPteClears);
+        cpu.Charge(_machine.Cost.PteWrite);
         return old;
+    }
+
+    /// <summary>
+    /// Records an ephemeral mapping of <paramref name="pages"/> pages made by the calling
+    /// mechanism (an sf_buf miss, a <c>pmap_qenter</c> of a historical mechanism, a
+    /// <c>pager_map</c> page). The machine cannot tell an ephemeral mapping from any other PTE
+    /// store, so the mechanisms say so; the experiments check these counts against the PTE writes
+    /// and shootdowns the machine observed (<see cref="Counter.Mappings"/>, <see cref="Counter.MappedPages"/>).
+    /// </summary>
+    public void CountMapping(int pages)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(pages);
+        var cpu = _machine.CurrentCpu;
+        cpu.Count(Counter.Mappings);
+        cpu.Count(Counter.MappedPages, pages);
     }
 
     /// <summary>
@@ -142,7 +199,7 @@ public sealed unsafe class KernelPmap
 
     private ulong* Require(ulong va)
     {
-        _machine.ThrowIfDisposed();
+        _machine.ThrowIfUnusable();
         if ((va & Pte.PageMask) != 0)
         {
             throw new ArgumentException($"kernel address 0x{va:x} is not page aligned", nameof(va));

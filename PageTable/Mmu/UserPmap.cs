@@ -27,6 +27,9 @@ public sealed unsafe class UserPmap
         _directory = (nint*)ledger.AllocZeroed((nuint)DirectoryEntries * (nuint)sizeof(nint));
     }
 
+    /// <summary>The address space this page table belongs to (its write faults resolve copy-on-write there).</summary>
+    internal VmSpace? Owner { get; set; }
+
     /// <summary><c>pm_active</c>: cpumask of CPUs with this page table loaded.</summary>
     public ulong Active => Volatile.Read(ref _active);
 
@@ -113,6 +116,7 @@ public sealed unsafe class UserPmap
         Interlocked.Increment(ref _foreignUsers);
         try
         {
+            TestHookInsideForeignLookup?.Invoke();
             while (true)
             {
                 ulong* ptep = PteAddress(va & ~Pte.PageMask);
@@ -140,6 +144,9 @@ public sealed unsafe class UserPmap
         }
     }
 
+    /// <summary>Tests: runs inside every foreign lookup, while it is counted (to drive races with teardown).</summary>
+    internal Action? TestHookInsideForeignLookup { get; set; }
+
     internal void Activate(int cpu) => Interlocked.Or(ref _active, 1UL << cpu);
 
     internal void Deactivate(int cpu) => Interlocked.And(ref _active, ~(1UL << cpu));
@@ -163,11 +170,11 @@ public sealed unsafe class UserPmap
 
         _destroyed = true;
         Interlocked.MemoryBarrier(); // the flag must be visible before the count is read
-        var spin = default(SpinWait);
-        while (Volatile.Read(ref _foreignUsers) != 0)
-        {
-            spin.SpinOnce();
-        }
+
+        // A lookup in progress may itself be waiting for this CPU (a shootdown from its CPU):
+        // the wait keeps servicing the mailbox.
+        var done = new NoForeignUsers(this);
+        _machine.CurrentCpu.WaitUntil(ref done, park: true);
 
         for (int i = 0; i < DirectoryEntries; i++)
         {
@@ -214,7 +221,7 @@ public sealed unsafe class UserPmap
 
     private void RequireUserPage(ulong va)
     {
-        _machine.ThrowIfDisposed();
+        _machine.ThrowIfUnusable();
         if (_destroyed)
         {
             throw new ObjectDisposedException(nameof(UserPmap), "this address space has been destroyed");
@@ -228,6 +235,15 @@ public sealed unsafe class UserPmap
         if (!VmLayout.IsUser(va))
         {
             throw new ArgumentOutOfRangeException(nameof(va), $"0x{va:x} is not a user address");
+        }
+    }
+
+    private readonly struct NoForeignUsers(UserPmap pmap) : ICrossCpuWait
+    {
+        public bool IsMet() => Volatile.Read(ref pmap._foreignUsers) == 0;
+
+        public void Tick()
+        {
         }
     }
 }

@@ -23,8 +23,9 @@ public readonly record struct KvaRegion(string Name, ulong Start, int Pages)
 
 /// <summary>
 /// The virtual address map, amd64-like: user space at the bottom, the direct map at FreeBSD's
-/// <c>DMAP_MIN_ADDRESS</c>, and the kernel's own regions (sf_buf window, <c>kernel_map</c>
-/// arena, permanently mapped kernel memory) above it, each followed by an unmapped guard page.
+/// <c>DMAP_MIN_ADDRESS</c>, and the kernel's own regions (sf_buf window, per-CPU fixmap,
+/// <c>kernel_map</c> arena, permanently mapped kernel memory) above it, each followed by an
+/// unmapped guard page.
 /// </summary>
 public sealed class VmLayout
 {
@@ -40,10 +41,16 @@ public sealed class VmLayout
     /// <summary>Base of the kernel's page-mapped regions (amd64 <c>VM_MIN_KERNEL_ADDRESS</c>).</summary>
     public const ulong KERNBASE = 0xFFFF_FE00_0000_0000;
 
-    internal VmLayout(int sfBufPages, int kernelMapPages, int kernelMemoryPages, ulong directMapBytes)
+    /// <summary>Pages of the fixmap region per CPU: room for Linux's 20 <c>kmap_atomic</c> or 16 <c>kmap_local</c> slots, or FreeBSD's one quick-map page.</summary>
+    public const int FixmapPagesPerCpu = 32;
+
+    internal VmLayout(int sfBufPages, int kernelMapPages, int kernelMemoryPages, ulong directMapBytes, int cpus = 1)
     {
         ulong next = KERNBASE;
+        // The ephemeral-mapping regions (sf_buf window, fixmap, kernel_map) first and adjacent,
+        // so that one range check tells a TLB miss on an ephemeral mapping from any other.
         SfBufWindow = Carve("sf_buf window", sfBufPages, ref next);
+        Fixmap = Carve("fixmap", FixmapPagesPerCpu * cpus, ref next);
         KernelMap = Carve("kernel_map", kernelMapPages, ref next);
         KernelMemory = Carve("kmem", kernelMemoryPages, ref next);
         KernelPages = checked((int)((next - KERNBASE) >> Pte.PageShift));
@@ -59,6 +66,17 @@ public sealed class VmLayout
     /// <summary>Permanently mapped kernel memory (pipe buffers, md storage).</summary>
     public KvaRegion KernelMemory { get; }
 
+    /// <summary>
+    /// Per-CPU fixed slots reserved at boot (Linux's fixmap, FreeBSD's per-CPU <c>qmap_addr</c>):
+    /// CPU <c>c</c> owns pages <c>c * FixmapPagesPerCpu</c> onwards. Unused by the paper's strategies.
+    /// </summary>
+    public KvaRegion Fixmap { get; }
+
+    /// <summary>The address of fixmap slot <paramref name="slot"/> of CPU <paramref name="cpu"/>.</summary>
+    public ulong FixmapAddress(int cpu, int slot) => (uint)slot < FixmapPagesPerCpu
+        ? Fixmap.PageAddress((cpu * FixmapPagesPerCpu) + slot)
+        : throw new ArgumentOutOfRangeException(nameof(slot), slot, $"a CPU has {FixmapPagesPerCpu} fixmap slots");
+
     /// <summary>Pages from <see cref="KERNBASE"/> to the end of the last region, guards included.</summary>
     public int KernelPages { get; }
 
@@ -66,7 +84,7 @@ public sealed class VmLayout
     public ulong DirectMapBytes { get; }
 
     /// <summary>True when <paramref name="va"/> lies in one of the page-mapped kernel regions (guard pages excluded).</summary>
-    public bool IsKernelRegion(ulong va) => SfBufWindow.Contains(va) || KernelMap.Contains(va) || KernelMemory.Contains(va);
+    public bool IsKernelRegion(ulong va) => SfBufWindow.Contains(va) || KernelMap.Contains(va) || KernelMemory.Contains(va) || Fixmap.Contains(va);
 
     /// <summary>True when <paramref name="va"/> is a user address.</summary>
     public static bool IsUser(ulong va) => va >= UserMin && va < UserMax;

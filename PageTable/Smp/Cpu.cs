@@ -14,6 +14,8 @@ namespace Native.PageTable;
 /// the mailbox first, so a CPU running kernel code always answers shootdowns.
 /// </para>
 /// </summary>
+[System.Diagnostics.CodeAnalysis.SuppressMessage("Reliability", "CA1001", Justification =
+    "The machine disposes its CPUs' doorbells in Dispose.")]
 public sealed unsafe partial class Cpu
 {
     // State word bits: RUNNING while a thread holds the CPU; FLUSH_PENDING when a shootdown
@@ -32,6 +34,19 @@ public sealed unsafe partial class Cpu
     private readonly bool _checked;
     private readonly CostTicks _cost;
     private readonly long _watchdogTicks;
+    private readonly ulong _mappingStart;
+    private readonly ulong _mappingBytes;
+    private readonly long _spinTicks;
+    private readonly ControlledScheduler? _controller;
+    private readonly bool _parkIdle;
+
+    // Checked mode: every translation this CPU filled and has not explicitly invalidated (vpn ->
+    // PTE), never evicted, so the latent-staleness oracle does not depend on TLB size or luck.
+    private readonly Dictionary<ulong, ulong>? _shadow;
+
+    // Wakes this CPU's thread when it parks in a cross-CPU wait (an IPI, an acknowledgement or a
+    // released lock rings it), so a waiting CPU gives its host core up instead of spinning.
+    private readonly ManualResetEventSlim _doorbell = new(false, 1);
 
     internal Cpu(Machine machine, int id, Tlb tlb, CpuCounters counters, CpuShared* shared, byte* frames)
     {
@@ -45,6 +60,15 @@ public sealed unsafe partial class Cpu
         _checked = machine.Options.Checked;
         _cost = machine.Cost;
         _watchdogTicks = (long)(machine.Options.ShootdownWatchdog.TotalSeconds * Stopwatch.Frequency);
+
+        // The ephemeral-mapping regions, the sf_buf window, the fixmap then kernel_map, are
+        // adjacent (one guard page between each, never mapped): one range check classifies a miss.
+        _mappingStart = machine.Layout.SfBufWindow.Start;
+        _mappingBytes = machine.Layout.KernelMap.End - _mappingStart;
+        _spinTicks = (long)(machine.CrossCpuSpin.TotalSeconds * Stopwatch.Frequency);
+        _controller = machine.Controller;
+        _parkIdle = machine.Oversubscribed;
+        _shadow = _checked ? [] : null;
     }
 
     /// <summary>The CPU number (cpuid), 0-based.</summary>
@@ -73,6 +97,17 @@ public sealed unsafe partial class Cpu
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     internal void Count(Counter counter, long delta = 1) => _counters[(int)counter] += delta;
+
+    /// <summary>Pays a cost-model charge on this CPU: counts its nanoseconds and busy-waits its ticks.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal void Charge(in CostCharge charge)
+    {
+        if (charge.Ticks > 0)
+        {
+            Count(Counter.ChargedNanoseconds, charge.Ns);
+            CostTicks.Spin(charge.Ticks);
+        }
+    }
 
     // ---------------------------------------------------------------- memory access
 
@@ -230,7 +265,7 @@ public sealed unsafe partial class Cpu
             Count(Counter.TlbHits);
             if (_checked)
             {
-                CheckStale(va, e->Pte);
+                CheckHit(va, e->Pte);
             }
 
             return _frames + (e->Pte & Pte.PG_FRAME) + (va & Pte.PageMask);
@@ -243,10 +278,17 @@ public sealed unsafe partial class Cpu
     private byte* TranslateSlow(ulong va, bool write, TlbEntry* entry)
     {
         ulong vpn = va >> Pte.PageShift;
-        if (entry != null && _checked)
+        if (_checked)
         {
-            // A write through a clean entry re-walks to set PG_M; the old entry is checked first.
-            CheckStale(va, entry->Pte);
+            SchedulingPoint();
+            if (entry != null)
+            {
+                // A write through a clean entry re-walks to set PG_M; the old entry is checked first.
+                CheckStale(va, entry->Pte);
+            }
+
+            CheckLatent(va, vpn);
+            CheckPrivate(va);
         }
 
         ulong* ptep = _machine.PteAddress(this, va);
@@ -271,6 +313,14 @@ public sealed unsafe partial class Cpu
             if (write && (pte & Pte.PG_RW) == 0)
             {
                 Count(Counter.PageFaults);
+
+                // vm_fault: a copy-on-write page gets a private copy, then the access walks again.
+                if (VmLayout.IsUser(va) && LoadedPmap?.Owner is { } space && space.ResolveWriteFault(va))
+                {
+                    entry = _tlb.Lookup(vpn);
+                    continue;
+                }
+
                 throw new PageFaultException(Id, va, write, "the page is mapped read-only");
             }
 
@@ -282,7 +332,12 @@ public sealed unsafe partial class Cpu
         }
 
         Count(Counter.TlbMisses);
-        CostTicks.Charge(_cost.TlbMissWalk);
+        if (va - _mappingStart < _mappingBytes)
+        {
+            Count(Counter.MappingTlbMisses);
+        }
+
+        Charge(_cost.TlbMissWalk);
         if (entry != null)
         {
             entry->Pte = walked;
@@ -292,7 +347,22 @@ public sealed unsafe partial class Cpu
             _tlb.Insert(vpn, walked);
         }
 
+        if (_shadow != null)
+        {
+            _shadow[vpn] = walked;
+        }
+
         return _frames + (walked & Pte.PG_FRAME) + (va & Pte.PageMask);
+    }
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private void CheckHit(ulong va, ulong cachedPte)
+    {
+        SchedulingPoint();
+
+        // The shadow holds the same frame as a resident entry, so checking the entry covers both oracles.
+        CheckStale(va, cachedPte);
+        CheckPrivate(va);
     }
 
     private void CheckStale(ulong va, ulong cachedPte)
@@ -301,18 +371,70 @@ public sealed unsafe partial class Cpu
         ulong current = ptep == null ? 0 : Volatile.Read(ref *ptep);
         if (!Pte.IsValid(current) || ((current ^ cachedPte) & Pte.PG_FRAME) != 0)
         {
+            // A stale resident entry is a stale shadow entry too: both oracles count it.
             Count(Counter.StaleAccesses);
+            Count(Counter.LatentStaleAccesses);
             throw new StaleTranslationException(Id, va, Pte.Frame(cachedPte), Pte.IsValid(current) ? Pte.Frame(current) : -1);
         }
+    }
+
+    /// <summary>The latent-staleness oracle: a translation filled here and never invalidated must still match the PTE.</summary>
+    private void CheckLatent(ulong va, ulong vpn)
+    {
+        if (!_shadow!.TryGetValue(vpn, out ulong cached))
+        {
+            return;
+        }
+
+        ulong* ptep = _machine.PteAddress(this, va);
+        ulong current = ptep == null ? 0 : Volatile.Read(ref *ptep);
+        if (!Pte.IsValid(current) || ((current ^ cached) & Pte.PG_FRAME) != 0)
+        {
+            Count(Counter.LatentStaleAccesses);
+            throw new LatentStaleTranslationException(Id, va, Pte.Frame(cached), Pte.IsValid(current) ? Pte.Frame(current) : -1);
+        }
+    }
+
+    /// <summary>Private-mapping ownership: a live <c>CpuPrivate</c> mapping is translated only on its own CPU.</summary>
+    private void CheckPrivate(ulong va)
+    {
+        int owner = _machine.KernelPmap.PrivateOwner(va);
+        if (owner >= 0 && owner != Id)
+        {
+            throw new PrivateMappingViolationException(va, owner, Id);
+        }
+    }
+
+    /// <summary>A scheduling point of controlled mode (nothing otherwise).</summary>
+    internal void SchedulingPoint()
+    {
+        if (_controller != null && KernelThread.CurrentOrNull is { Controlled: not null } td)
+        {
+            _controller.Yield(td);
+        }
+    }
+
+    /// <summary>True when this CPU's shadow (so possibly its TLB) still holds a translation of <paramref name="vpn"/> other than the PTE's.</summary>
+    internal bool HoldsStale(ulong vpn)
+    {
+        if (_shadow == null || !_shadow.TryGetValue(vpn, out ulong cached))
+        {
+            return false;
+        }
+
+        ulong* ptep = _machine.PteAddress(this, vpn << Pte.PageShift);
+        ulong current = ptep == null ? 0 : Volatile.Read(ref *ptep);
+        return !Pte.IsValid(current) || ((current ^ cached) & Pte.PG_FRAME) != 0;
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private void CheckCaller()
     {
-        // Always: after Dispose the frames are freed, so an access would touch freed memory.
-        if (_machine.IsDisposed)
+        // Always: after Dispose the frames are freed, so an access would touch freed memory; a
+        // failed or stopping machine refuses too.
+        if (_machine.IsUnusable)
         {
-            _machine.ThrowIfDisposed();
+            _machine.ThrowIfUnusable();
         }
 
         if (_checked)
@@ -363,22 +485,97 @@ public sealed unsafe partial class Cpu
     internal void InvalidateLocal(ulong vpn)
     {
         _tlb.Invalidate(vpn);
+        _shadow?.Remove(vpn);
         Count(Counter.LocalInvalidations);
-        CostTicks.Charge(_cost.LocalInvalidate);
+        Charge(_cost.LocalInvalidate);
     }
 
-    internal void FlushLocal()
-    {
-        _tlb.FlushAll();
-        Count(Counter.FullFlushes);
-        CostTicks.Charge(_cost.FullFlush);
-    }
+    internal void FlushLocal() => FlushAll(_cost.FullFlush);
 
     internal void FlushNonGlobalLocal()
     {
+        var hooks = _machine.FlushHooks;
+        if (hooks.Length != 0)
+        {
+            FlushWithHooks(hooks, global: false, _cost.FullFlush);
+            return;
+        }
+
         _tlb.FlushNonGlobal();
+        ForgetNonGlobalShadow();
         Count(Counter.NonGlobalFlushes);
-        CostTicks.Charge(_cost.FullFlush);
+        Charge(_cost.FullFlush);
+    }
+
+    /// <summary>The latent-staleness shadow forgets what a non-global flush dropped.</summary>
+    private void ForgetNonGlobalShadow()
+    {
+        if (_shadow != null)
+        {
+            foreach (var (vpn, pte) in _shadow)
+            {
+                if ((pte & Pte.PG_G) == 0)
+                {
+                    _shadow.Remove(vpn);
+                }
+            }
+        }
+    }
+
+    /// <summary>
+    /// A flush of the non-global entries that a mapping mechanism does for its own mappings
+    /// (NetBSD's <c>pmap_emap_sync</c>): counted as mapping work, so that the modelled mapping
+    /// cost prices it, unlike an address-space switch.
+    /// </summary>
+    internal void FlushNonGlobalForMapping()
+    {
+        Count(Counter.MappingFlushes);
+        FlushNonGlobalLocal();
+    }
+
+    /// <summary>Flushes every entry and pays <paramref name="charge"/>, telling the flush hooks.</summary>
+    private void FlushAll(in CostCharge charge)
+    {
+        var hooks = _machine.FlushHooks;
+        if (hooks.Length != 0)
+        {
+            FlushWithHooks(hooks, global: true, charge);
+            return;
+        }
+
+        _tlb.FlushAll();
+        _shadow?.Clear();
+        Count(Counter.FullFlushes);
+        Charge(charge);
+    }
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private void FlushWithHooks(ITlbFlushHook[] hooks, bool global, in CostCharge charge)
+    {
+        Span<long> tokens = hooks.Length <= 16 ? stackalloc long[hooks.Length] : new long[hooks.Length];
+        for (int i = 0; i < hooks.Length; i++)
+        {
+            tokens[i] = hooks[i].Flushing(this, global);
+        }
+
+        if (global)
+        {
+            _tlb.FlushAll();
+            _shadow?.Clear();
+            Count(Counter.FullFlushes);
+        }
+        else
+        {
+            _tlb.FlushNonGlobal();
+            ForgetNonGlobalShadow();
+            Count(Counter.NonGlobalFlushes);
+        }
+
+        Charge(charge);
+        for (int i = 0; i < hooks.Length; i++)
+        {
+            hooks[i].Flushed(this, global, tokens[i]);
+        }
     }
 
     // ---------------------------------------------------------------- IPIs
@@ -391,6 +588,12 @@ public sealed unsafe partial class Cpu
     public void Poll()
     {
         CheckCaller();
+        if (_controller != null && KernelThread.CurrentOrNull is { Controlled: not null } td)
+        {
+            // Kernel code polls in loops that wait for another thread: let it run.
+            _controller.Yield(td, spinning: true);
+        }
+
         PollPoint();
     }
 
@@ -414,12 +617,24 @@ public sealed unsafe partial class Cpu
             int from = BitOperations.TrailingZeroCount(pending);
             pending &= pending - 1;
             CpuShared* request = _machine.SharedOf(from);
-            CostTicks.Charge(_cost.IpiHandler);
+
+            // The round this request belongs to: the acknowledgement names it, so an answer that
+            // arrives after its round was abandoned cannot count towards a later round.
+            uint round = (uint)((ulong)Volatile.Read(ref request->AckWord) >> 32);
+            Charge(_cost.IpiHandler);
             Count(Counter.IpisReceived);
+            bool ackFirst = _machine.Planted(PlantedBug.AckBeforeInvalidate);
+            if (ackFirst)
+            {
+                Acknowledge(from, round);
+                SchedulingPoint();
+            }
+
             switch ((ShootdownKind)request->Kind)
             {
                 case ShootdownKind.Page:
                     InvalidateLocal(request->Va >> Pte.PageShift);
+                    Count(Counter.IpiInvalidations);
                     break;
                 case ShootdownKind.Range:
                     ulong first = request->Va >> Pte.PageShift;
@@ -428,14 +643,44 @@ public sealed unsafe partial class Cpu
                         InvalidateLocal(first + (ulong)i);
                     }
 
+                    Count(Counter.IpiInvalidations, request->Pages);
                     break;
                 default:
                     FlushLocal();
+                    Count(Counter.IpiFlushes);
                     break;
             }
 
+            if (!ackFirst)
+            {
+                Acknowledge(from, round);
+                SchedulingPoint();
+            }
+        }
+    }
+
+    /// <summary>Counts one acknowledgement towards <paramref name="round"/> of CPU <paramref name="from"/>'s request, if that round is still open.</summary>
+    private void Acknowledge(int from, uint round)
+    {
+        CpuShared* request = _machine.SharedOf(from);
+        while (true)
+        {
+            long word = Volatile.Read(ref request->AckWord);
+            if ((uint)((ulong)word >> 32) != round || (uint)word == 0)
+            {
+                return; // another round (or an abandoned one): ignored
+            }
+
             // Release: the sender may reuse its request block as soon as it sees the count drop.
-            Interlocked.Decrement(ref request->AcksRemaining);
+            if (Interlocked.CompareExchange(ref request->AckWord, word - 1, word) == word)
+            {
+                if ((uint)word == 1)
+                {
+                    _machine.CpuAt(from).Ring();
+                }
+
+                return;
+            }
         }
     }
 
@@ -492,21 +737,35 @@ public sealed unsafe partial class Cpu
         int count = BitOperations.PopCount(targets);
         Count(Counter.ShootdownRounds);
         Count(Counter.IpiTargets, count);
+        if (kind == ShootdownKind.All)
+        {
+            Count(Counter.ShootdownTargetFlushes, count);
+        }
+        else
+        {
+            Count(Counter.ShootdownTargetPages, (long)count * (kind == ShootdownKind.Range ? pages : 1));
+        }
+
+        // What an idle target is charged when it next runs: what a running one pays in its handler.
+        var targetCharge = _cost.IpiHandler + (kind == ShootdownKind.All ? _cost.FullFlush
+            : _cost.LocalInvalidate.Times(kind == ShootdownKind.Range ? pages : 1));
         Machine.Trace.ShootdownBegin(Id, targets, (int)kind, va, pages);
         long start = Stopwatch.GetTimestamp();
 
         CpuShared* request = _shared;
+        uint round = ++request->Round;
         request->Kind = (int)kind;
         request->Va = va;
         request->Pages = pages;
-        Volatile.Write(ref request->AcksRemaining, count);
+        Volatile.Write(ref request->AckWord, (long)(((ulong)round << 32) | (uint)count));
 
-        int sent = 0;
-        int deferred = 0;
+        ulong posted = 0;
         ulong mine = Mask;
         for (ulong rest = targets; rest != 0; rest &= rest - 1)
         {
-            CpuShared* target = _machine.SharedOf(BitOperations.TrailingZeroCount(rest));
+            int t = BitOperations.TrailingZeroCount(rest);
+            CpuShared* target = _machine.SharedOf(t);
+            SchedulingPoint();
             while (true)
             {
                 ulong s = Volatile.Read(ref target->State);
@@ -515,45 +774,209 @@ public sealed unsafe partial class Cpu
                     // Idle: never wait for it; it flushes everything before it runs again.
                     if (Interlocked.CompareExchange(ref target->State, s | FlushPending, s) == s)
                     {
+                        // Should the target wake between the CAS and the adds, it pays this at
+                        // its next deferred flush instead: charged late, never lost or doubled.
+                        Interlocked.Add(ref target->DeferredChargeTicks, targetCharge.Ticks);
+                        Interlocked.Add(ref target->DeferredChargeNs, targetCharge.Ns);
                         Count(Counter.IdleTargetsDeferred);
-                        CostTicks.Charge(_cost.IpiSend);
-                        deferred++;
-                        Interlocked.Decrement(ref request->AcksRemaining);
+                        Charge(_cost.IpiSend);
+                        Acknowledge(Id, round);
                         break;
                     }
                 }
                 else if (Interlocked.CompareExchange(ref target->State, s | mine, s) == s)
                 {
                     Count(Counter.IpisSent);
-                    CostTicks.Charge(_cost.IpiSend);
-                    sent++;
+                    Charge(_cost.IpiSend);
+                    posted |= 1UL << t;
+                    _machine.CpuAt(t).Ring();
                     break;
                 }
             }
         }
 
-        // The simulation never waits for an idle CPU, but the kernels it models did: an idle CPU
-        // halts with interrupts on and takes the IPI. The cost model charges that round trip.
-        long deliveredAt = sent > 0 ? start + _cost.IpiDelivery : 0;
-        if (deferred > 0)
+        // One rule for running and idle targets (CostModel): the round trip after the last send,
+        // delivery then the target's interrupt entry, is the least the initiator waits. The
+        // simulation never waits for an idle CPU, but the kernels it models did: it took the IPI.
+        var roundTrip = _cost.IpiDelivery + _cost.IpiHandler;
+        long deliveredAt = Stopwatch.GetTimestamp() + roundTrip.Ticks;
+        if (roundTrip.Ticks > 0)
         {
-            deliveredAt = Math.Max(deliveredAt, start + _cost.IpiDelivery + _cost.IpiHandler);
+            Count(Counter.ChargedNanoseconds, roundTrip.Ns);
         }
 
+        var acks = new AcksIn(this, request, start, targets);
+        WaitUntil(ref acks, park: true);
         var spin = default(SpinWait);
-        while (Volatile.Read(ref request->AcksRemaining) != 0 || Stopwatch.GetTimestamp() < deliveredAt)
+        while (Stopwatch.GetTimestamp() < deliveredAt)
         {
             PollPoint();
             spin.SpinOnce(sleep1Threshold: -1);
-            if (spin.Count % 1024 == 0 && Stopwatch.GetTimestamp() - start > _watchdogTicks)
-            {
-                throw new ShootdownTimeoutException(Id, targets, Stopwatch.GetElapsedTime(start));
-            }
+        }
+
+        if (_controller != null)
+        {
+            CheckRoundComplete(posted, kind, va, pages);
         }
 
         Count(Counter.AckWaitNanoseconds, (long)Stopwatch.GetElapsedTime(start).TotalNanoseconds);
         Machine.Trace.ShootdownEnd(Id, count);
         return count;
+    }
+
+    /// <summary>Controlled mode: a target that acknowledged must no longer cache a stale translation of the pages.</summary>
+    private void CheckRoundComplete(ulong posted, ShootdownKind kind, ulong va, int pages)
+    {
+        if (kind == ShootdownKind.All)
+        {
+            return;
+        }
+
+        ulong first = va >> Pte.PageShift;
+        int n = kind == ShootdownKind.Page ? 1 : pages;
+        for (ulong rest = posted; rest != 0; rest &= rest - 1)
+        {
+            var target = _machine.CpuAt(BitOperations.TrailingZeroCount(rest));
+            for (int i = 0; i < n; i++)
+            {
+                if (target.HoldsStale(first + (ulong)i))
+                {
+                    throw new IncompleteShootdownException(Id, target.Id, (first + (ulong)i) << Pte.PageShift);
+                }
+            }
+        }
+    }
+
+    /// <summary>The watchdog fired: abandons the round so late acknowledgements are ignored, and fails the machine.</summary>
+    private void AbandonRound(CpuShared* request, long start, ulong targets)
+    {
+        uint round = ++request->Round;
+        Volatile.Write(ref request->AckWord, (long)((ulong)round << 32));
+        var error = new ShootdownTimeoutException(Id, targets, Stopwatch.GetElapsedTime(start));
+        _machine.Fail(error);
+        throw error;
+    }
+
+    // ---------------------------------------------------------------- cross-CPU waits
+
+    /// <summary>
+    /// Waits until <paramref name="condition"/> holds, servicing this CPU's mailbox throughout.
+    /// Spins for <see cref="Machine.CrossCpuSpin"/>, then (with <paramref name="park"/>) parks the
+    /// host thread until an IPI, an acknowledgement or a lock release rings this CPU, so a
+    /// descheduled CPU's host thread gets the core. Without <paramref name="park"/>, returns false
+    /// when the spin is over. In controlled mode, a condition for the scheduler.
+    /// </summary>
+    internal bool WaitUntil<T>(ref T condition, bool park)
+        where T : struct, ICrossCpuWait
+    {
+        if (_controller != null)
+        {
+            return ControlledWait(ref condition, park);
+        }
+
+        long spinEnd = 0;
+        while (true)
+        {
+            PollPoint();
+            if (condition.IsMet())
+            {
+                return true;
+            }
+
+            _machine.ThrowIfStopping();
+            condition.Tick();
+            long now = Stopwatch.GetTimestamp();
+            if (spinEnd == 0)
+            {
+                spinEnd = now + _spinTicks;
+            }
+
+            if (now < spinEnd)
+            {
+                Thread.SpinWait(20);
+                continue;
+            }
+
+            if (!park)
+            {
+                return false;
+            }
+
+            Park(ref condition);
+        }
+    }
+
+    private void Park<T>(ref T condition)
+        where T : struct, ICrossCpuWait
+    {
+        // With more CPUs than host cores a parked CPU publishes itself idle first (serving what
+        // is already posted), as a blocked thread does: shootdowns then mark it flush-pending
+        // instead of waiting for a host thread that is off its core, and it flushes before it
+        // goes on. Otherwise it stays a running CPU that an IPI rings awake, so IPI counts do
+        // not depend on how long a wait took.
+        if (_parkIdle)
+        {
+            EnterIdle();
+        }
+
+        _doorbell.Reset();
+        Interlocked.Exchange(ref _shared->Parked, 1);
+
+        // Dekker with Ring: we publish Parked then test the condition and the mailbox; a ringer
+        // makes either true then reads Parked. A short timeout covers conditions nobody rings for.
+        if (!MailPending && !condition.IsMet() && !_machine.IsStopping)
+        {
+            _doorbell.Wait(1);
+        }
+
+        Volatile.Write(ref _shared->Parked, 0);
+        if (_parkIdle)
+        {
+            LeaveIdle();
+        }
+
+        Count(Counter.CrossCpuParks);
+    }
+
+    /// <summary>Wakes this CPU's thread from a park whether or not it announced one (machine stop).</summary>
+    internal void RingAlways() => _doorbell.Set();
+
+    internal void DisposeDoorbell() => _doorbell.Dispose();
+
+    private bool MailPending => (Volatile.Read(ref _shared->State) & MailMask) != 0;
+
+    /// <summary>Wakes this CPU's thread if it is parked in a cross-CPU wait.</summary>
+    internal void Ring()
+    {
+        if (Volatile.Read(ref _shared->Parked) != 0)
+        {
+            _doorbell.Set();
+        }
+    }
+
+    private bool ControlledWait<T>(ref T condition, bool park)
+        where T : struct, ICrossCpuWait
+    {
+        var td = KernelThread.Current;
+        if (!park)
+        {
+            // A bounded spin: one chance for another thread to run, then the caller blocks its own way.
+            _controller!.Yield(td, spinning: true);
+            PollPoint();
+            return condition.IsMet();
+        }
+
+        var copy = condition;
+        while (true)
+        {
+            PollPoint();
+            if (condition.IsMet())
+            {
+                return true;
+            }
+
+            _controller!.WaitUntil(td, () => MailPending || copy.IsMet());
+        }
     }
 
     // ---------------------------------------------------------------- idle protocol
@@ -568,6 +991,15 @@ public sealed unsafe partial class Cpu
             {
                 ServiceMailbox();
                 continue;
+            }
+
+            if (_machine.Planted(PlantedBug.IdleEntryNotAtomic))
+            {
+                // The planted bug: "no mail" and "not running" become two steps, and the plain
+                // store loses whatever was posted in between.
+                SchedulingPoint();
+                Volatile.Write(ref _shared->State, s & ~Running);
+                return;
             }
 
             if (Interlocked.CompareExchange(ref _shared->State, s & ~Running, s) == s)
@@ -587,13 +1019,43 @@ public sealed unsafe partial class Cpu
             {
                 if ((s & FlushPending) != 0)
                 {
-                    FlushLocal();
+                    // Everything the deferred shootdowns asked for, at once; charged what they
+                    // asked (handler and invalidations), as if the IPIs had been taken while idle.
+                    // The flush hooks hear of it like any other whole-TLB flush.
+                    Count(Counter.IpiFlushes);
+                    FlushAll(new CostCharge(
+                        Interlocked.Exchange(ref _shared->DeferredChargeTicks, 0),
+                        Interlocked.Exchange(ref _shared->DeferredChargeNs, 0)));
                 }
 
                 return;
             }
         }
     }
+
+    /// <summary>The acknowledgement wait of a shootdown round, with its watchdog.</summary>
+    private readonly struct AcksIn(Cpu cpu, CpuShared* request, long start, ulong targets) : ICrossCpuWait
+    {
+        public bool IsMet() => (uint)Volatile.Read(ref request->AckWord) == 0;
+
+        public void Tick()
+        {
+            if (Stopwatch.GetTimestamp() - start > cpu._watchdogTicks)
+            {
+                cpu.AbandonRound(request, start, targets);
+            }
+        }
+    }
+}
+
+/// <summary>The condition of a cross-CPU wait (<see cref="Cpu.WaitUntil"/>).</summary>
+internal interface ICrossCpuWait
+{
+    /// <summary>True when the wait is over.</summary>
+    bool IsMet();
+
+    /// <summary>Called on each unsuccessful check (a watchdog may throw).</summary>
+    void Tick();
 }
 
 /// <summary>What a shootdown asks the targets to invalidate.</summary>
@@ -619,6 +1081,17 @@ internal struct CpuShared
     [FieldOffset(0)]
     public ulong State;
 
+    /// <summary>1 while this CPU's thread is parked in a cross-CPU wait (see <see cref="Cpu.Ring"/>).</summary>
+    [FieldOffset(8)]
+    public int Parked;
+
+    /// <summary>Cost-model charges owed by shootdowns that found this CPU idle, paid when it next runs.</summary>
+    [FieldOffset(16)]
+    public long DeferredChargeTicks;
+
+    [FieldOffset(24)]
+    public long DeferredChargeNs;
+
     [FieldOffset(128)]
     public int Kind;
 
@@ -628,6 +1101,11 @@ internal struct CpuShared
     [FieldOffset(136)]
     public ulong Va;
 
+    /// <summary>The open round in the high 32 bits, acknowledgements still due in the low 32.</summary>
     [FieldOffset(144)]
-    public long AcksRemaining;
+    public long AckWord;
+
+    /// <summary>The initiator's round counter (written only by this CPU).</summary>
+    [FieldOffset(152)]
+    public uint Round;
 }

@@ -9,13 +9,14 @@ namespace Native.PageTable;
 /// </summary>
 public sealed class KMutex
 {
-    private const int SpinsBeforeBlocking = 4000;
-
     private readonly Lock _turnstileLock = new();
     private readonly Queue<KernelThread> _blocked = new();
     private readonly bool _spinOnly;
     private int _owner;
     private int _waiters;
+
+    // CPUs spinning on the mutex (they may park: unlock rings them).
+    private ulong _spinners;
 
     /// <summary>Creates a mutex named <paramref name="name"/>.</summary>
     public KMutex(string name, bool spinOnly = false)
@@ -37,6 +38,7 @@ public sealed class KMutex
     internal void Lock(KernelThread td)
     {
         var cpu = td.Cpu ?? throw new InvalidOperationException($"{td} holds no CPU");
+        cpu.SchedulingPoint();
         if (Interlocked.CompareExchange(ref _owner, td.Id, 0) == 0)
         {
             cpu.Count(Counter.LockAcquisitions);
@@ -80,6 +82,13 @@ public sealed class KMutex
         // Full fence before reading _waiters: a blocker increments _waiters before its last
         // attempt, so either it sees the mutex free or we see it waiting.
         Interlocked.Exchange(ref _owner, 0);
+        td.Cpu?.SchedulingPoint();
+        ulong spinners = Volatile.Read(ref _spinners);
+        if (spinners != 0)
+        {
+            RingSpinners(td, spinners);
+        }
+
         if (Volatile.Read(ref _waiters) > 0)
         {
             lock (_turnstileLock)
@@ -90,6 +99,15 @@ public sealed class KMutex
                     next.Wakeup.Set();
                 }
             }
+        }
+    }
+
+    private static void RingSpinners(KernelThread td, ulong spinners)
+    {
+        var cpus = td.Machine.Cpus;
+        for (; spinners != 0; spinners &= spinners - 1)
+        {
+            cpus[System.Numerics.BitOperations.TrailingZeroCount(spinners)].Ring();
         }
     }
 
@@ -104,20 +122,38 @@ public sealed class KMutex
 
     private void LockContended(KernelThread td)
     {
-        var spin = default(SpinWait);
         while (true)
         {
-            for (int i = 0; i < SpinsBeforeBlocking || _spinOnly; i++)
-            {
-                td.Cpu!.PollPoint();
-                if (Volatile.Read(ref _owner) == 0 && Interlocked.CompareExchange(ref _owner, td.Id, 0) == 0)
-                {
-                    return;
-                }
+            td.Machine.ThrowIfStopping();
 
-                spin.SpinOnce(sleep1Threshold: -1);
+            // Spin (servicing the mailbox) while the owner is likely to let go soon; a spin mutex
+            // then parks its host thread, still a running CPU that answers IPIs, until the owner
+            // rings it at unlock.
+            var cpu = td.Cpu!;
+            var free = new Free(this);
+            Interlocked.Or(ref _spinners, cpu.Mask);
+            bool acquired;
+            try
+            {
+                acquired = cpu.WaitUntil(ref free, park: _spinOnly) && Interlocked.CompareExchange(ref _owner, td.Id, 0) == 0;
+            }
+            finally
+            {
+                Interlocked.And(ref _spinners, ~cpu.Mask);
             }
 
+            if (acquired)
+            {
+                return;
+            }
+
+            if (_spinOnly)
+            {
+                continue;
+            }
+
+            // A thread in a critical section may spin but not block (it would switch out).
+            td.AssertMaySwitch($"blocking on mutex {Name}");
             bool blocked;
             lock (_turnstileLock)
             {
@@ -138,9 +174,27 @@ public sealed class KMutex
                 // Block like a turnstile: give the CPU up so shootdowns do not wait for us.
                 td.Cpu!.Count(Counter.Sleeps);
                 td.Machine.Scheduler.Release(td);
-                td.Wakeup.Wait();
+                if (td.Machine.Controller is { } controller)
+                {
+                    controller.WaitUntil(td, () => td.Wakeup.IsSet || td.Machine.IsStopping);
+                }
+                else
+                {
+                    td.Wakeup.Wait();
+                }
+
                 td.Machine.Scheduler.Acquire(td);
             }
+        }
+    }
+
+    /// <summary>The spin condition: the mutex is free. Registers the spinner's CPU so that unlock rings it if it parks.</summary>
+    private readonly struct Free(KMutex mutex) : ICrossCpuWait
+    {
+        public bool IsMet() => Volatile.Read(ref mutex._owner) == 0;
+
+        public void Tick()
+        {
         }
     }
 }

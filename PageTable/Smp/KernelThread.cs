@@ -37,6 +37,9 @@ public sealed class KernelThread
         BoundCpu = bound ? preferredCpu : -1;
         VmSpace = vmspace;
         _host = new Thread(Main) { IsBackground = true, Name = name };
+
+        // Oversubscribed, a woken sleeper's spin would hold the core the waker's CPU needs.
+        Wakeup = new ManualResetEventSlim(false, machine.Oversubscribed ? 1 : SleepSpins);
     }
 
     /// <summary>The running kernel thread; throws when the caller is not one.</summary>
@@ -70,6 +73,12 @@ public sealed class KernelThread
     /// <summary>True when the thread may not migrate: pinned or bound.</summary>
     public bool IsPinned => PinCount > 0 || BoundCpu >= 0;
 
+    /// <summary>
+    /// Nesting depth of <see cref="CriticalEnter"/> (FreeBSD's <c>td_critnest</c>, Linux's
+    /// preemption count): while it is above 0 the thread may not sleep, block on a mutex or yield.
+    /// </summary>
+    public int CriticalNesting { get; private set; }
+
     /// <summary>The user address space the thread runs in, or null for a pure kernel thread.</summary>
     public VmSpace? VmSpace { get; private set; }
 
@@ -84,7 +93,10 @@ public sealed class KernelThread
 
     internal SemaphoreSlim CpuGranted { get; } = new(0);
 
-    internal ManualResetEventSlim Wakeup { get; } = new(false, SleepSpins);
+    internal ManualResetEventSlim Wakeup { get; }
+
+    /// <summary>The controlled scheduler's view of this thread, in controlled mode.</summary>
+    internal ControlledScheduler.Slot? Controlled { get; set; }
 
     internal int GrantedCpu { get; set; } = -1;
 
@@ -110,6 +122,46 @@ public sealed class KernelThread
     /// <summary><c>sched_unpin</c> from code that already knows it runs as this thread (no check).</summary>
     internal void UnpinSelf() => PinCount--;
 
+    /// <summary>
+    /// <c>critical_enter</c> (<c>preempt_disable</c>): until the matching <see cref="CriticalExit"/>
+    /// the thread keeps its CPU; a sleep, a blocking mutex or a yield inside throws instead of
+    /// switching (FreeBSD: "switch in a critical section"; Linux: "scheduling while atomic").
+    /// </summary>
+    public void CriticalEnter()
+    {
+        RequireSelf();
+        CriticalNesting++;
+    }
+
+    /// <summary><c>critical_exit</c> (<c>preempt_enable</c>).</summary>
+    public void CriticalExit()
+    {
+        RequireSelf();
+        if (CriticalNesting == 0)
+        {
+            throw new InvalidOperationException($"{Name}: critical_exit without critical_enter");
+        }
+
+        CriticalNesting--;
+    }
+
+    /// <summary><c>critical_enter</c> from code that already knows it runs as this thread (no check).</summary>
+    internal void CriticalEnterSelf() => CriticalNesting++;
+
+    /// <summary><c>critical_exit</c> from code that already knows it runs as this thread (no check).</summary>
+    internal void CriticalExitSelf() => CriticalNesting--;
+
+    /// <summary>Throws when the thread is in a critical section: <paramref name="what"/> would switch it out.</summary>
+    internal void AssertMaySwitch(string what)
+    {
+        if (CriticalNesting > 0)
+        {
+            throw new InvalidOperationException(
+                $"{this}: {what} inside a critical section (depth {CriticalNesting}): a thread holding a CPU-private mapping "
+                + "that forbids preemption (kmap_atomic, pmap_quick_enter_page) may not sleep, block or yield");
+        }
+    }
+
     /// <summary><c>sched_unpin</c>.</summary>
     public void SchedUnpin()
     {
@@ -126,6 +178,7 @@ public sealed class KernelThread
     public void Yield()
     {
         RequireSelf();
+        AssertMaySwitch("yield");
         Machine.Scheduler.Release(this);
         Machine.Scheduler.Acquire(this);
     }
@@ -184,11 +237,15 @@ public sealed class KernelThread
 
     internal void Start() => _host.Start();
 
+    /// <summary>Waits (from any thread) until the thread has ended; false on timeout.</summary>
+    internal bool WaitExited(TimeSpan timeout) => _exited.Wait(timeout);
+
     private void Main()
     {
         s_current = this;
         try
         {
+            Machine.Controller?.Begin(this);
             Machine.Scheduler.Acquire(this);
             try
             {
@@ -202,6 +259,7 @@ public sealed class KernelThread
         catch (Exception ex)
         {
             Fault = ex;
+            Machine.ReportFault(this, ex);
         }
         finally
         {
@@ -209,6 +267,7 @@ public sealed class KernelThread
             _hasExited = true;
             _exited.Set();
             Machine.ThreadExited(this);
+            Machine.Controller?.Exit(this);
         }
     }
 

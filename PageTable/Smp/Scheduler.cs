@@ -50,8 +50,22 @@ internal sealed class Scheduler
 
         if (cpu < 0)
         {
+            if (_machine.Controller is { } controller)
+            {
+                controller.WaitUntil(td, () => td.CpuGranted.CurrentCount > 0 || _machine.IsStopping);
+            }
+
             td.CpuGranted.Wait();
             cpu = td.GrantedCpu;
+            if (cpu < 0 || _machine.IsStopping)
+            {
+                lock (_lock)
+                {
+                    _waiting.Remove(td);
+                }
+
+                _machine.ThrowIfStopping();
+            }
         }
 
         SwitchIn(td, _machine.CpuAt(cpu));
@@ -60,11 +74,17 @@ internal sealed class Scheduler
     /// <summary>Switches <paramref name="td"/> out and gives its CPU to the first waiter that may use it.</summary>
     public void Release(KernelThread td)
     {
+        if (td.Cpu == null && _machine.IsStopping)
+        {
+            return; // stopped while it waited for a CPU
+        }
+
         var cpu = td.Cpu ?? throw new InvalidOperationException($"{td} holds no CPU");
         _machine.OnSwitchOut(cpu, td);
 
         // Serve everything already posted, then publish idle: from here on shootdowns mark the
         // CPU flush-pending instead of waiting for it.
+        cpu.SchedulingPoint();
         cpu.EnterIdle();
         cpu.Owner = null;
         td.Cpu = null;

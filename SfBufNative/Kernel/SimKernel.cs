@@ -46,7 +46,7 @@ public sealed class SimKernel : IDisposable
     /// <summary>True when the direct map gives every page a KVA (amd64): no sf_buf is needed at all.</summary>
     public bool HasDirectMap => SfBufs is DirectMapMapper;
 
-    /// <summary><c>exec_map</c>: the submap execve took image-header KVA from (original kernels only); carved lazily.</summary>
+    /// <summary><c>exec_map</c>: the submap execve took KVA from for the image header and the partial pages of segments (original kernels only); carved lazily.</summary>
     public KvaArena ExecMap => Submap(ref _execMap, "exec_map", ExecMapPages);
 
     /// <summary><c>pager_map</c>: the submap the vnode pager mapped pages in (original kernels only); carved lazily.</summary>

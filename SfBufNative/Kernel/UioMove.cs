@@ -43,7 +43,7 @@ public static class UioMove
                 var sf = kernel.SfBufs.Alloc(page, SfBufFlags.CpuPrivate);
                 try
                 {
-                    error = uio.Move(td.Cpu!, sf.Kva + (ulong)pageOffset, cnt);
+                    error = uio.Move(td.Cpu!, kernel.SfBufs.Kva(sf) + (ulong)pageOffset, cnt);
                 }
                 finally
                 {

@@ -22,14 +22,22 @@ public sealed unsafe class DirectMapMapper : SfBufMapper
         : base(machine)
     {
         _dmapBytes = machine.Layout.DirectMapBytes;
-        if (_dmapBytes == 0)
+        try
         {
-            throw new InvalidOperationException("sfbuf-amd64 needs a direct map: boot the machine with MachineFlavor.Amd64");
-        }
+            if (_dmapBytes == 0)
+            {
+                throw new InvalidOperationException("sfbuf-amd64 needs a direct map: boot the machine with MachineFlavor.Amd64");
+            }
 
-        if (Checked)
+            if (Checked)
+            {
+                _outstanding = (int*)machine.Ledger.AllocZeroed((nuint)machine.Physical.FrameCount * sizeof(int));
+            }
+        }
+        catch
         {
-            _outstanding = (int*)machine.Ledger.AllocZeroed((nuint)machine.Physical.FrameCount * sizeof(int));
+            Dispose(); // the instruments
+            throw;
         }
     }
 

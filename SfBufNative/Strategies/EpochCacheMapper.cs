@@ -532,6 +532,7 @@ public sealed unsafe partial class EpochCacheMapper : SfBufMapper, IContextSwitc
         Interlocked.Increment(ref s->Generation);
         ulong old = Machine.KernelPmap.ExchangePte(_window.PageAddress(slot), Pte.Make(frame, NewPteFlags));
         Debug.Assert(!Pte.IsValid(old), "a clean slot's PTE is invalid");
+        Machine.KernelPmap.CountMapping(1); // every miss is one mapping of one page (PaperChecks)
         Volatile.Write(ref s->Ref, 1);
 
         // Publish in the index (index writes are made under the lock only). A slot still indexed

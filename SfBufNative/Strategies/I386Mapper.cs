@@ -43,21 +43,37 @@ public sealed unsafe partial class I386Mapper : SfBufMapper
     private long _recycles;
     private long _failures;
 
-    internal I386Mapper(Machine machine, int? nsfbufs)
-        : base(machine)
+    internal I386Mapper(Machine machine, int? nsfbufs, bool instruments = true)
+        : base(machine, instruments: instruments)
     {
         _window = machine.Layout.SfBufWindow;
         Nsfbufs = nsfbufs ?? _window.Pages;
         if (Nsfbufs < 1 || Nsfbufs > _window.Pages)
         {
+            Dispose();
             throw new ArgumentOutOfRangeException(nameof(nsfbufs), Nsfbufs, $"nsfbufs must be 1 to the sf_buf window's {_window.Pages} pages");
         }
 
         int buckets = (int)BitOperations.RoundUpToPowerOf2((uint)Nsfbufs + 1) >> 1; // largest power of two <= nsfbufs
         _hashMask = (uint)buckets - 1;
-        _buckets = (int*)machine.Ledger.Alloc((nuint)buckets * sizeof(int));
+        try
+        {
+            _buckets = (int*)machine.Ledger.Alloc((nuint)buckets * sizeof(int));
+            _entries = (SfBufEntry*)machine.Ledger.AllocZeroed((nuint)Nsfbufs * (nuint)sizeof(SfBufEntry));
+        }
+        catch
+        {
+            // Half built: give back what was allocated, and the instruments.
+            if (_buckets != null)
+            {
+                machine.Ledger.Free(_buckets);
+            }
+
+            Dispose();
+            throw;
+        }
+
         new Span<int>(_buckets, buckets).Fill(NoEntry);
-        _entries = (SfBufEntry*)machine.Ledger.AllocZeroed((nuint)Nsfbufs * (nuint)sizeof(SfBufEntry));
         for (int i = 0; i < Nsfbufs; i++)
         {
             _entries[i].HashNext = _entries[i].HashPrev = NoEntry;
@@ -85,9 +101,11 @@ public sealed unsafe partial class I386Mapper : SfBufMapper
         try
         {
             int i;
+            bool slept = false;
             while (true)
             {
-                i = Lookup(page.Frame);
+                // (A planted bug skips the probe after a sleep, as FreeBSD 2006 did.)
+                i = slept && Machine.Planted(PlantedBug.WakeOneWithoutReprobe) ? NoEntry : Lookup(page.Frame);
                 if (i != NoEntry)
                 {
                     Hit(i);
@@ -96,7 +114,7 @@ public sealed unsafe partial class I386Mapper : SfBufMapper
 
                 if (_freeHead != NoEntry)
                 {
-                    i = Recycle(page.Frame);
+                    i = Recycle(page.Frame, td, flags);
                     break;
                 }
 
@@ -112,6 +130,7 @@ public sealed unsafe partial class I386Mapper : SfBufMapper
                 _allocWait++;
                 var result = Machine.Sleep(_freeListChannel, _lock, cancellation: token);
                 _allocWant--;
+                slept = true;
                 if (result == SleepResult.Interrupted)
                 {
                     _failures++;
@@ -120,6 +139,11 @@ public sealed unsafe partial class I386Mapper : SfBufMapper
             }
 
             Shootdown(td, i, (flags & SfBufFlags.CpuPrivate) != 0);
+            if (Checked)
+            {
+                TagOwnership(td, i, flags);
+            }
+
             return new SfBuf(_window.PageAddress(i), page, i, Id, _entries[i].Generation);
         }
         finally
@@ -157,9 +181,17 @@ public sealed unsafe partial class I386Mapper : SfBufMapper
             {
                 AppendFree(sf.Slot);
                 _used--;
-                if (_allocWant > 0)
+                Machine.KernelPmap.UntagPrivate(sf.Kva);
+                if (_allocWant > 0 && !Machine.Planted(PlantedBug.MissingWakeup))
                 {
-                    Machine.Wakeup(_freeListChannel);
+                    if (Machine.Planted(PlantedBug.WakeOneWithoutReprobe))
+                    {
+                        Machine.WakeupOne(_freeListChannel);
+                    }
+                    else
+                    {
+                        Machine.Wakeup(_freeListChannel);
+                    }
                 }
             }
         }
@@ -215,7 +247,7 @@ public sealed unsafe partial class I386Mapper : SfBufMapper
         _hits++;
     }
 
-    private int Recycle(uint frame)
+    private int Recycle(uint frame, KernelThread td, SfBufFlags flags)
     {
         int i = _freeHead;
         SfBufEntry* e = _entries + i;
@@ -237,6 +269,12 @@ public sealed unsafe partial class I386Mapper : SfBufMapper
         // New PTE with PG_A (and PG_M) clear, so the next recycle can tell whether this mapping
         // was ever used. The exchange returns the old PTE atomically (see the class remarks).
         ulong opte = Machine.KernelPmap.ExchangePte(_window.PageAddress(i), Pte.Make(frame, NewPteFlags));
+        Machine.KernelPmap.CountMapping(1);
+        if (Machine.Planted(PlantedBug.Mask2005))
+        {
+            Recycle2005(i, opte, td, flags);
+            return i;
+        }
 
         // The 2006 rule: only a used (valid and accessed) old mapping can be cached anywhere, so
         // only then is no CPU known clean. An unused one leaves the mask as it was.
@@ -246,6 +284,47 @@ public sealed unsafe partial class I386Mapper : SfBufMapper
         }
 
         return i;
+    }
+
+    /// <summary>The planted bug: the earlier 2005 revision's mask rule (reference A.3.6), unsafe in one corner case.</summary>
+    private void Recycle2005(int i, ulong opte, KernelThread td, SfBufFlags flags)
+    {
+        SfBufEntry* e = _entries + i;
+        ulong kva = _window.PageAddress(i);
+        bool used = (opte & (Pte.PG_V | Pte.PG_A)) == (Pte.PG_V | Pte.PG_A);
+        var cpu = td.Cpu!;
+        if ((flags & SfBufFlags.CpuPrivate) != 0)
+        {
+            e->CpuMask = used ? cpu.Mask : Machine.AllCpusMask;
+            if (used)
+            {
+                cpu.InvalidateLocal(kva >> Pte.PageShift);
+            }
+        }
+        else
+        {
+            e->CpuMask = Machine.AllCpusMask;
+            if (used)
+            {
+                Machine.KernelPmap.InvalidatePage(kva);
+            }
+        }
+    }
+
+    /// <summary>Checked mode: a private mapping only this CPU uses is tagged with its CPU; any other user makes it shared.</summary>
+    private void TagOwnership(KernelThread td, int i, SfBufFlags flags)
+    {
+        ulong kva = _window.PageAddress(i);
+        int cpu = td.Cpu!.Id;
+        var pmap = Machine.KernelPmap;
+        if ((flags & SfBufFlags.CpuPrivate) != 0 && (_entries[i].RefCount == 1 || pmap.PrivateOwner(kva) == cpu))
+        {
+            pmap.TagPrivate(kva, cpu);
+        }
+        else
+        {
+            pmap.UntagPrivate(kva);
+        }
     }
 
     private void Shootdown(KernelThread td, int i, bool cpuPrivate)

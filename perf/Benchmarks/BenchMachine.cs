@@ -21,10 +21,10 @@ internal sealed class BenchMachine : IDisposable
     private volatile bool _stopping;
     private bool _disposed;
 
-    /// <summary>Boots the machine and starts the server (and the responder when <paramref name="responder"/>).</summary>
-    public BenchMachine(bool responder)
+    /// <summary>Boots the machine and starts the server (and the responder when <paramref name="responder"/>); <paramref name="isChecked"/> turns the oracle on.</summary>
+    public BenchMachine(bool responder, bool isChecked = false)
     {
-        Machine = new Machine(new MachineOptions { Cost = CostModel.Zero, Checked = false });
+        Machine = new Machine(new MachineOptions { Cost = CostModel.Zero, Checked = isChecked });
         try
         {
             Server = new KernelServer(Machine, ServerCpu);

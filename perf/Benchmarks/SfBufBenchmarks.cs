@@ -99,7 +99,7 @@ public class SfBufBenchmarks
         for (int i = 0; i < Ops; i++)
         {
             var sf = mapper.Alloc(pages[i % pages.Length]);
-            sum += SfBufMapper.Kva(sf);
+            sum += mapper.Kva(sf);
             mapper.Free(sf);
         }
 
@@ -131,7 +131,7 @@ public class SfBufBenchmarks
         for (int i = 0; i < Ops; i++)
         {
             var sf = mapper.Alloc(pages[i % pages.Length]);
-            sum += SfBufMapper.Kva(sf);
+            sum += mapper.Kva(sf);
             mapper.Free(sf);
         }
 
@@ -144,7 +144,7 @@ public class SfBufBenchmarks
         for (int i = 0; i < Ops; i++)
         {
             var sf = mapper.Alloc(pages[i % pages.Length]);
-            sum += SfBufMapper.Kva(sf);
+            sum += mapper.Kva(sf);
             mapper.Free(sf);
         }
 
@@ -157,7 +157,7 @@ public class SfBufBenchmarks
         for (int i = 0; i < Ops; i++)
         {
             var sf = mapper.Alloc(pages[i % pages.Length]);
-            sum += SfBufMapper.Kva(sf);
+            sum += mapper.Kva(sf);
             mapper.Free(sf);
         }
 
@@ -170,7 +170,7 @@ public class SfBufBenchmarks
         for (int i = 0; i < Ops; i++)
         {
             var sf = mapper.Alloc(pages[i % pages.Length]);
-            sum += SfBufMapper.Kva(sf);
+            sum += mapper.Kva(sf);
             mapper.Free(sf);
         }
 

@@ -93,7 +93,7 @@ internal static class MachineCommand
             var result = PingPong.Run(machine, rounds);
             PrintResult(result, options.Cost);
 
-            long stale = result.Counters[Counter.StaleAccesses];
+            long stale = result.Counters[Counter.StaleAccesses] + result.Counters[Counter.LatentStaleAccesses];
             if (stale != 0)
             {
                 Error($"{stale} stale translation(s): a TLB kept a mapping a shootdown should have removed");

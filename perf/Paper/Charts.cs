@@ -25,6 +25,28 @@ internal static class Charts
                 r => bulk ? r.MbPerS : r.OpsPerS));
         }
 
+        // Per experiment, one line per strategy against the CPU count: the modelled mapping cost
+        // (deterministic where the counts are) and the IPIs sent per unit.
+        if (rows.Select(r => r.Cpus).Distinct().Count() > 1)
+        {
+            foreach (var group in rows.Where(r => r.Experiment is not ("lru" or "memcpy")).GroupBy(r => r.Experiment))
+            {
+                var list = group.ToList();
+                files.Add(AgainstCpus(
+                    Path.Combine(directory, $"modelled-{group.Key}.png"),
+                    $"{group.Key}: modelled mapping cost ({list[0].ModelProfile} profile)",
+                    $"µs per {list[0].Unit}",
+                    list,
+                    r => r.ModelledNs / 1000));
+                files.Add(AgainstCpus(
+                    Path.Combine(directory, $"ipis-vs-cpus-{group.Key}.png"),
+                    $"{group.Key}: IPIs sent per {list[0].Unit} against the CPU count",
+                    $"IPIs / {list[0].Unit}",
+                    list,
+                    r => r["ipis_sent"] / r.Units));
+            }
+        }
+
         var bulkRows = rows.Where(r => r.Bytes > 0 && r.Experiment != "memcpy").ToList();
         if (bulkRows.Count > 0)
         {
@@ -78,10 +100,19 @@ internal static class Charts
             plot.Legend.ManualItems.Add(new LegendItem { LabelText = strategies[s], FillColor = s_palette.GetColor(s) });
         }
 
-        plot.ShowLegend(Alignment.UpperLeft);
+        // Beside the data with the peers on board: inside, nine entries would hide bars.
+        if (strategies.Count > 3)
+        {
+            plot.ShowLegend(Edge.Right);
+        }
+        else
+        {
+            plot.ShowLegend(Alignment.UpperLeft);
+        }
+
         plot.Title(title);
         plot.YLabel(yLabel);
-        plot.SavePng(path, 800, 450);
+        plot.SavePng(path, strategies.Count > 3 ? 1000 : 800, 450);
         return path;
     }
 
@@ -114,10 +145,41 @@ internal static class Charts
             plot.Legend.ManualItems.Add(new LegendItem { LabelText = strategies[s], FillColor = s_palette.GetColor(s) });
         }
 
-        plot.ShowLegend(Alignment.UpperRight);
+        if (strategies.Count > 3)
+        {
+            plot.ShowLegend(Edge.Right);
+        }
+        else
+        {
+            plot.ShowLegend(Alignment.UpperRight);
+        }
+
         plot.Title($"IPIs sent per MiB moved, {cpus} CPUs");
         plot.YLabel("IPIs / MiB");
         plot.SavePng(path, 1000, 450);
+        return path;
+    }
+
+    /// <summary>One line per strategy: <paramref name="value"/> against the CPU count.</summary>
+    public static string AgainstCpus(string path, string title, string yLabel, IReadOnlyList<PaperRow> rows, Func<PaperRow, double> value)
+    {
+        var plot = new Plot();
+        var strategies = SfBufMapper.StrategyNames.Where(s => rows.Any(r => r.Strategy == s)).ToList();
+        var cpuCounts = rows.Select(r => r.Cpus).Distinct().Order().ToList();
+        for (int s = 0; s < strategies.Count; s++)
+        {
+            var points = rows.Where(r => r.Strategy == strategies[s]).OrderBy(r => r.Cpus).ToList();
+            var line = plot.Add.Scatter(points.Select(r => (double)r.Cpus).ToArray(), points.Select(value).ToArray(), s_palette.GetColor(s));
+            line.LegendText = strategies[s];
+        }
+
+        plot.Axes.Bottom.TickGenerator = new ScottPlot.TickGenerators.NumericManual(
+            [.. cpuCounts.Select(c => new Tick(c, c.ToString(System.Globalization.CultureInfo.InvariantCulture)))]);
+        plot.ShowLegend(Edge.Right);
+        plot.Title(title);
+        plot.XLabel("simulated CPUs");
+        plot.YLabel(yLabel);
+        plot.SavePng(path, 800, 450);
         return path;
     }
 
@@ -126,18 +188,26 @@ internal static class Charts
         var plot = new Plot();
         int cpus = rows.Min(r => r.Cpus);
         int i = 0;
-        foreach (var group in rows.Where(r => r.Cpus == cpus && Number(r.Params["hit_rate"]) is not null).GroupBy(r => r.Strategy))
+        foreach (var group in rows.Where(r => r.Cpus == cpus && JsonValues.Number(r.Params["hit_rate"]) is not null).GroupBy(r => r.Strategy))
         {
-            var points = group.OrderBy(r => Number(r.Params["fraction_of_pool"])).ToList();
+            var points = group.OrderBy(r => JsonValues.Number(r.Params["fraction_of_pool"])).ToList();
             var line = plot.Add.Scatter(
-                points.Select(r => Number(r.Params["fraction_of_pool"])!.Value).ToArray(),
-                points.Select(r => 100 * Number(r.Params["hit_rate"])!.Value).ToArray(),
+                points.Select(r => JsonValues.Number(r.Params["fraction_of_pool"])!.Value).ToArray(),
+                points.Select(r => 100 * JsonValues.Number(r.Params["hit_rate"])!.Value).ToArray(),
                 s_palette.GetColor(i++));
             line.LegendText = group.Key;
         }
 
         plot.Add.VerticalLine(1.0, color: Colors.Gray).LegendText = "nsfbufs";
-        plot.ShowLegend(Alignment.UpperRight);
+        if (i > 3)
+        {
+            plot.ShowLegend(Edge.Right);
+        }
+        else
+        {
+            plot.ShowLegend(Alignment.UpperRight);
+        }
+
         plot.Title("sf_buf hit rate, cyclic working set");
         plot.XLabel("working set / nsfbufs");
         plot.YLabel("hits (%)");
@@ -145,13 +215,4 @@ internal static class Charts
         plot.SavePng(path, 800, 450);
         return path;
     }
-
-    /// <summary>A parameter as a number (rows read back from JSON hold whole numbers as longs), or null.</summary>
-    private static double? Number(object? value) => value switch
-    {
-        double d => d,
-        long l => l,
-        int n => n,
-        _ => null,
-    };
 }

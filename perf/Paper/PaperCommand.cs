@@ -1,5 +1,6 @@
 using System.CommandLine;
 using Native.PageTable;
+using Native.Perf.Stats;
 using Native.SfBufNative;
 using Spectre.Console;
 
@@ -7,60 +8,40 @@ namespace Native.Perf.Paper;
 
 /// <summary>
 /// <c>perf paper</c>: the main job. Runs each experiment for each strategy and CPU count on the
-/// embedded default machine and prints the results side by side, the comparison with the original
-/// mechanisms, and the invariant checks; optionally JSON, CSV and PNG charts.
+/// embedded default machine, repeated and interleaved, and prints the results side by side with
+/// their statistics, the comparison with the original mechanisms, warnings and the checks of
+/// every trial's exact relations; optionally JSON, CSV, Markdown and PNG charts.
 /// </summary>
 internal static class PaperCommand
 {
     public static Command Create()
     {
-        var quick = new Option<bool>("--quick") { Description = "All experiments at small sizes (under a minute on 2 cores)" };
-        var cpus = new Option<int[]>("--cpus")
-        {
-            Description = "CPU counts to run",
-            DefaultValueFactory = _ => [1, 2],
-            AllowMultipleArgumentsPerToken = true,
-        };
-        var strategies = new Option<string[]>("--strategies")
-        {
-            Description = $"Strategies ({string.Join(", ", SfBufMapper.StrategyNames)})",
-            DefaultValueFactory = _ => [.. SfBufMapper.StrategyNames],
-            AllowMultipleArgumentsPerToken = true,
-        };
-        var experiments = new Option<string[]>("--experiments")
-        {
-            Description = $"Experiments ({string.Join(", ", Experiments.Names)}; groups: {string.Join(", ", Experiments.Groups.Keys)})",
-            DefaultValueFactory = _ => [.. Experiments.Names],
-            AllowMultipleArgumentsPerToken = true,
-        };
-        var cost = new Option<string>("--cost")
-        {
-            Description = "Cost profile: zero, default, or host (written by perf calibrate)",
-            DefaultValueFactory = _ => CostModel.Default.Name,
-        };
+        var options = new PlanOptions();
+        var repeat = new Option<int?>("--repeat") { Description = "Timed trials per cell, interleaved across strategies (default 5; 3 with --quick)" };
+        var inProcess = new Option<bool>("--in-process") { Description = "Run every round in this process instead of one process per round" };
         var json = new Option<FileInfo?>("--json") { Description = "Write the rows as JSON" };
         var csv = new Option<FileInfo?>("--csv") { Description = "Write the rows as CSV" };
         var plot = new Option<DirectoryInfo?>("--plot") { Description = "Write PNG charts into this directory" };
-        var markdown = new Option<FileInfo?>("--markdown") { Description = "Write a Markdown results table" };
-        var unchecked_ = new Option<bool>("--unchecked") { Description = "Turn the stale-translation oracle off (stale_accesses is then not measured)" };
+        var markdown = new Option<FileInfo?>("--markdown") { Description = "Write Markdown results tables" };
 
-        var command = new Command("paper", "Reproduce the paper's evaluation: every experiment x strategy x CPU count.")
+        var command = new Command("paper", "Reproduce the paper's evaluation: every experiment x strategy x CPU count, repeated.")
         {
-            quick, cpus, strategies, experiments, cost, json, csv, plot, markdown, unchecked_,
+            options.Quick, options.Cpus, options.Strategies, options.Peers, options.Experiments, options.Cost, options.Model, options.Checked,
+            repeat, inProcess, json, csv, plot, markdown,
         };
         command.SetAction(parse =>
         {
             try
             {
-                var names = Expand(parse.GetRequiredValue(experiments));
-                var chosen = parse.GetRequiredValue(strategies);
-                foreach (var s in chosen.Where(s => !SfBufMapper.StrategyNames.Contains(s)))
+                bool quick = parse.GetValue(options.Quick);
+                int rounds = parse.GetValue(repeat) ?? (quick ? 3 : 5);
+                if (rounds < 1)
                 {
-                    throw new ArgumentException($"unknown strategy '{s}'; known: {string.Join(", ", SfBufMapper.StrategyNames)}");
+                    throw new ArgumentException("--repeat needs at least 1 trial per cell");
                 }
 
-                var settings = new PaperSettings(CostProfiles.Load(parse.GetRequiredValue(cost)), parse.GetValue(quick), !parse.GetValue(unchecked_));
-                return Run(settings, names, chosen, parse.GetRequiredValue(cpus), new Outputs(parse.GetValue(json), parse.GetValue(csv), parse.GetValue(plot), parse.GetValue(markdown)));
+                var plan = options.Plan(parse, quick ? TrialSize.Quick : TrialSize.Full, rounds);
+                return Run(plan, !parse.GetValue(inProcess), new Outputs(parse.GetValue(json), parse.GetValue(csv), parse.GetValue(plot), parse.GetValue(markdown)));
             }
             catch (ArgumentException ex)
             {
@@ -70,50 +51,45 @@ internal static class PaperCommand
             catch (ExperimentFailedException ex)
             {
                 AnsiConsole.MarkupLine($"[red bold]error:[/] {Markup.Escape(ex.Message)}");
-                AnsiConsole.WriteException(ex.InnerException!, ExceptionFormats.ShortenPaths);
+                if (ex.InnerException is { } inner)
+                {
+                    AnsiConsole.WriteException(inner, ExceptionFormats.ShortenPaths);
+                }
+
                 return 1;
             }
         });
         return command;
     }
 
-    private static int Run(PaperSettings settings, string[] experiments, string[] strategies, int[] cpuCounts, Outputs outputs)
+    private static int Run(PaperPlan plan, bool childProcesses, Outputs outputs)
     {
         var (json, csv, plot, markdown) = outputs;
         var defaults = new MachineOptions();
-        AnsiConsole.MarkupLine($"[bold]perf paper[/]{(settings.Quick ? " --quick" : string.Empty)}: {experiments.Length} experiments x {strategies.Length} strategies x cpus {string.Join(",", cpuCounts)}");
+        int cells = plan.Cells().Count;
+        AnsiConsole.MarkupLine($"[bold]perf paper[/]{(plan.Size == TrialSize.Quick ? " --quick" : string.Empty)}: {plan.Experiments.Length} experiments x {plan.Strategies.Length} strategies x cpus {string.Join(",", plan.CpuCounts)}"
+            + $" = {cells} cells, {plan.Rounds} timed trials each{(plan.Verify ? " + 1 checked verification trial" : string.Empty)}");
         AnsiConsole.WriteLine($"machine: default ({defaults.PhysicalMemoryBytes >> 20} MiB, {defaults.TlbEntries}-entry {defaults.TlbWays}-way TLBs, nsfbufs {defaults.DefaultNsfbufs}), "
-            + $"host {Environment.ProcessorCount} cores, checked mode {(settings.Checked ? "on" : "off")}");
-        AnsiConsole.WriteLine($"cost profile: {settings.Cost}");
-        AnsiConsole.WriteLine($"  source: {settings.Cost.Source}");
+            + $"host {PaperRunner.HostCores} cores; timed trials {(plan.CheckedTiming ? "checked (oracle on)" : "unchecked (oracle off; verified by a checked trial per cell at reduced size)")}; "
+            + $"rounds {(childProcesses ? "each in a fresh process" : "in this process")}, strategies rotated within a round");
+        AnsiConsole.WriteLine($"cost profile: {plan.Cost}");
+        AnsiConsole.WriteLine($"  source: {plan.Cost.Source}");
+        AnsiConsole.WriteLine($"modelled mapping cost priced with: {plan.Model.Name}; statistics: {SampleSummary.CiMethod}");
 
-        var rows = new List<PaperRow>();
-        var jobs = (from e in experiments from s in strategies from c in cpuCounts select (e, s, c)).ToArray();
-        var clock = System.Diagnostics.Stopwatch.StartNew();
+        PaperRun run = null!;
         AnsiConsole.Progress()
             .Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new ElapsedTimeColumn())
             .Start(ctx =>
             {
-                var task = ctx.AddTask("experiments", maxValue: jobs.Length);
-                foreach (var (e, s, c) in jobs)
+                var task = ctx.AddTask("trials", maxValue: cells * (plan.Rounds + (plan.Verify ? 1 : 0)));
+                run = PaperRunner.Run(plan, childProcesses, done =>
                 {
-                    task.Description = $"{e} {s} {c}cpu";
-                    var trial = new Trial(settings, s, c);
-                    try
-                    {
-                        rows.AddRange(Experiments.Run(e, trial));
-                    }
-                    catch (Exception ex)
-                    {
-                        throw new ExperimentFailedException($"{e} with {s} on {c} CPU(s) failed: {ex.Message}", ex);
-                    }
-
-                    // Only a clean run is torn down; after a failure its threads may still be blocked.
-                    trial.Dispose();
+                    task.Description = done;
                     task.Increment(1);
-                }
+                });
             });
 
+        var rows = run.Rows;
         PaperReport.PrintTables(rows);
         PaperReport.PrintComparison(rows);
         if (json != null)
@@ -142,47 +118,161 @@ internal static class PaperCommand
             }
         }
 
-        var problems = PaperReport.Check(rows);
-        AnsiConsole.WriteLine($"{rows.Count} rows in {clock.Elapsed.TotalSeconds:0.0} s; stale accesses: {rows.Sum(r => r["stale_accesses"])}");
-        if (problems.Count > 0)
+        foreach (var warning in run.Warnings)
+        {
+            AnsiConsole.MarkupLine($"[yellow bold]warning:[/] {Markup.Escape(warning)}");
+        }
+
+        int trials = run.Timed.Count + run.Verification.Count;
+        var all = run.Verification.Concat(run.Timed).ToList();
+        long stale = all.Sum(m => m["stale_accesses"]);
+        long latent = all.Sum(m => m["latent_stale_accesses"]);
+        int checkedTrials = all.Count(m => m.Checked);
+        AnsiConsole.WriteLine($"{rows.Count} rows from {trials} trials in {run.Elapsed.TotalSeconds:0.0} s; in {checkedTrials} checked trials: stale accesses {stale}, latent stale accesses {latent}");
+        if (run.Problems.Count > 0)
         {
             AnsiConsole.MarkupLine("[red bold]invariant violations:[/]");
-            problems.ForEach(p => AnsiConsole.WriteLine($"  {p}"));
+            run.Problems.ForEach(p => AnsiConsole.WriteLine($"  {p}"));
             return 1;
         }
 
-        AnsiConsole.MarkupLine("[green]all invariants hold[/] (0 stale accesses; direct map: 0 PTE writes, 0 shootdowns; i386 private users: 0 IPIs; original: >= 2 shootdowns per mapping on SMP; hot sendfile: i386 <= 1% of original's shootdowns)");
+        AnsiConsole.MarkupLine($"[green]all invariants hold[/] in every trial: 0 stale and 0 latent stale accesses; every kernel PTE write a recorded mapping; "
+            + "original: exactly the shootdown rounds its mechanisms imply, IPIs = rounds x (N-1) less idle deferrals; direct map: no mapping; "
+            + "sfbuf-i386: one mapping per miss, no IPI for private users; "
+            + (plan.Strategies.Any(s => SfBufMapper.Describe(s).IsPeer) ? "each peer's own counts (PaperChecks); " : string.Empty)
+            + "and each experiment's own relations");
         return 0;
+    }
+
+    /// <summary>
+    /// The strategies to run, in the order results list them: the names given (<c>all</c> for
+    /// every one), plus the peers with <c>--peers</c>.
+    /// </summary>
+    internal static string[] ChooseStrategies(string[] names, bool peers)
+    {
+        var wanted = new HashSet<string>(StringComparer.Ordinal);
+        foreach (var name in names)
+        {
+            if (name == "all")
+            {
+                wanted.UnionWith(SfBufMapper.StrategyNames);
+            }
+            else if (SfBufMapper.StrategyNames.Contains(name))
+            {
+                wanted.Add(name);
+            }
+            else
+            {
+                throw new ArgumentException($"unknown strategy '{name}'; known: {string.Join(", ", SfBufMapper.StrategyNames)}, all");
+            }
+        }
+
+        if (peers)
+        {
+            wanted.UnionWith(SfBufMapper.PeerNames);
+        }
+
+        return [.. SfBufMapper.StrategyNames.Where(wanted.Contains)];
     }
 
     /// <summary>A written file's path relative to the working directory, as the user named it.</summary>
     private static string Shown(string path) => Path.GetRelativePath(Environment.CurrentDirectory, path);
+}
 
-    private static string[] Expand(string[] names)
+/// <summary>The options <c>perf paper</c> and <c>perf paper-round</c> share: what to run and how.</summary>
+internal sealed class PlanOptions
+{
+    public Option<bool> Quick { get; } = new("--quick") { Description = "All experiments at small sizes (under a minute on 2 cores)" };
+
+    public Option<int[]> Cpus { get; } = new("--cpus")
     {
-        var result = new List<string>();
-        foreach (var name in names)
+        Description = "CPU counts to run (more than the host's cores run oversubscribed, unpinned)",
+        DefaultValueFactory = _ => [1, 2],
+        AllowMultipleArgumentsPerToken = true,
+    };
+
+    public Option<string[]> Strategies { get; } = new("--strategies")
+    {
+        Description = $"Strategies ({string.Join(", ", SfBufMapper.StrategyNames)}), or all; default the paper's three",
+        DefaultValueFactory = _ => [.. SfBufMapper.PaperStrategyNames],
+        AllowMultipleArgumentsPerToken = true,
+    };
+
+    public Option<bool> Peers { get; } = new("--peers") { Description = $"Add the peers ({string.Join(", ", SfBufMapper.PeerNames)}) to the strategies" };
+
+    public Option<string[]> Experiments { get; } = new("--experiments")
+    {
+        Description = $"Experiments ({string.Join(", ", Paper.Experiments.Names)}; groups: {string.Join(", ", Paper.Experiments.Groups.Keys)})",
+        DefaultValueFactory = _ => [.. Paper.Experiments.Names],
+        AllowMultipleArgumentsPerToken = true,
+    };
+
+    public Option<string> Cost { get; } = new("--cost")
+    {
+        Description = "Cost profile the machine charges: zero, default, or host (written by perf calibrate)",
+        DefaultValueFactory = _ => CostModel.Default.Name,
+    };
+
+    public Option<string?> Model { get; } = new("--model")
+    {
+        Description = "Cost profile the modelled mapping cost is priced with (default: --cost, or default when --cost is zero)",
+    };
+
+    public Option<bool> Checked { get; } = new("--checked") { Description = "Time with the stale-translation oracle on (slower; no separate verification trial)" };
+
+    /// <summary>The plan the parsed options describe.</summary>
+    public PaperPlan Plan(ParseResult parse, TrialSize size, int rounds)
+    {
+        var experiments = Paper.Experiments.Expand(parse.GetRequiredValue(Experiments));
+        var strategies = PaperCommand.ChooseStrategies(parse.GetRequiredValue(Strategies), parse.GetValue(Peers));
+
+        var cpus = parse.GetRequiredValue(Cpus).Distinct().Order().ToArray();
+        foreach (int c in cpus.Where(c => c < 1 || c > MachineOptions.MaxCpus))
         {
-            if (Experiments.Groups.TryGetValue(name, out var members))
-            {
-                result.AddRange(members);
-            }
-            else if (Experiments.Names.Contains(name))
-            {
-                result.Add(name);
-            }
-            else
-            {
-                throw new ArgumentException($"unknown experiment '{name}'; known: {string.Join(", ", Experiments.Names)}");
-            }
+            throw new ArgumentException($"a machine has 1 to {MachineOptions.MaxCpus} CPUs, not {c}");
         }
 
-        return [.. result.Distinct()];
+        var cost = CostProfiles.Load(parse.GetRequiredValue(Cost));
+        var model = parse.GetValue(Model) is { } name ? CostProfiles.Load(name)
+            : cost.Name == CostModel.Zero.Name ? CostModel.Default : cost;
+        return new PaperPlan(experiments, strategies, cpus, cost, model, size, rounds, parse.GetValue(Checked));
     }
 }
 
-/// <summary>An experiment threw; carries which one.</summary>
-internal sealed class ExperimentFailedException(string message, Exception inner) : Exception(message, inner);
-
 /// <summary>The files <c>perf paper</c> writes besides the terminal output.</summary>
 internal sealed record Outputs(FileInfo? Json, FileInfo? Csv, DirectoryInfo? Plot, FileInfo? Markdown);
+
+/// <summary>
+/// <c>perf paper-round</c> (hidden): runs one round of a <c>perf paper</c> plan in this process
+/// and prints each trial's measurements as one JSON line; <c>perf paper</c> starts one per round.
+/// </summary>
+internal static class PaperRoundCommand
+{
+    public static Command Create()
+    {
+        var options = new PlanOptions();
+        var round = new Option<int>("--round") { Description = "Which round (0-based): sets the strategies' rotation", Required = true };
+        var size = new Option<TrialSize>("--size") { Description = "Trial size", DefaultValueFactory = _ => TrialSize.Full };
+        var command = new Command("paper-round", "One round of perf paper, as JSON lines (used by perf paper).")
+        {
+            options.Cpus, options.Strategies, options.Peers, options.Experiments, options.Cost, options.Model, options.Checked, round, size,
+        };
+        command.Hidden = true;
+        command.SetAction(parse =>
+        {
+            var plan = options.Plan(parse, parse.GetValue(size), rounds: 1);
+            int r = parse.GetValue(round);
+            PaperRunner.Prejit();
+            var output = Console.Out;
+            foreach (var cell in RepeatedTrials.RoundOrder(plan.Cells(), c => c.Group, r))
+            {
+                var trial = PaperRunner.RunTrial(plan, cell, plan.Size, plan.CheckedTiming);
+                output.WriteLine(PaperRunner.FormatTrial(trial));
+                output.Flush();
+            }
+
+            return 0;
+        });
+        return command;
+    }
+}

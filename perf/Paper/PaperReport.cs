@@ -1,20 +1,37 @@
 using System.Globalization;
 using System.Text;
 using System.Text.Json;
+using Native.Perf.Stats;
 using Native.SfBufNative;
 using Spectre.Console;
 
 namespace Native.Perf.Paper;
 
-/// <summary>Renders <c>perf paper</c>'s rows: the terminal tables, the paper comparison, the checks, JSON and CSV.</summary>
+/// <summary>
+/// Renders <c>perf paper</c>'s rows: the terminal tables, the comparison with the original
+/// mechanisms (paired speedups with their CIs), warnings, JSON, CSV and Markdown. Generic over the
+/// strategies: every strategy in the rows gets its rows and its comparison column.
+/// </summary>
 internal static class PaperReport
 {
-    private static readonly JsonSerializerOptions s_json = new() { WriteIndented = true };
+    /// <summary>The strategy every other is compared with.</summary>
+    public const string Baseline = SfBufMapper.Original;
+
+    /// <summary>JSON options of every file and of the round protocol: snake_case where no name is given.</summary>
+    public static readonly JsonSerializerOptions Json = new()
+    {
+        WriteIndented = true,
+        PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower,
+    };
+
+    /// <summary>The same, one object per line.</summary>
+    public static readonly JsonSerializerOptions JsonLine = new(Json) { WriteIndented = false };
 
     private static readonly (string Key, string Header)[] s_perUnit =
     [
         ("pte_writes", "PTE wr"),
         ("local_invalidations", "invlpg"),
+        ("full_flushes", "flushes"),
         ("shootdowns", "shootdn"),
         ("ipis_sent", "IPIs"),
         ("tlb_misses", "TLB miss"),
@@ -23,9 +40,13 @@ internal static class PaperReport
         ("sfbuf_waits", "waits"),
         ("sfbuf_fails", "fails"),
         ("stale_accesses", "stale"),
+        ("latent_stale_accesses", "latent"),
     ];
 
-    /// <summary>One table per experiment: throughput and per-MB (or per-op) counts, side by side.</summary>
+    /// <summary>
+    /// One table per experiment: median throughput with its CI and CV, the modelled mapping cost,
+    /// and per-MB (or per-op) counts, side by side.
+    /// </summary>
     public static void PrintTables(IReadOnlyList<PaperRow> rows)
     {
         foreach (var group in rows.GroupBy(r => r.Experiment))
@@ -40,7 +61,10 @@ internal static class PaperReport
                 table.AddColumn(new TableColumn("working set").RightAligned()).AddColumn(new TableColumn("hit rate").RightAligned());
             }
 
-            table.AddColumn(new TableColumn(first.Bytes > 0 ? "MB/s" : "ops/s").RightAligned());
+            table.AddColumn(new TableColumn(first.Bytes > 0 ? "MB/s" : "ops/s").RightAligned())
+                .AddColumn(new TableColumn("95% CI").RightAligned())
+                .AddColumn(new TableColumn("CV").RightAligned())
+                .AddColumn(new TableColumn($"model/{first.Unit}").RightAligned());
             foreach (var (_, header) in s_perUnit)
             {
                 table.AddColumn(new TableColumn(header).RightAligned());
@@ -48,14 +72,17 @@ internal static class PaperReport
 
             foreach (var row in group)
             {
-                var cells = new List<string> { row.Strategy, row.Cpus.ToString(CultureInfo.InvariantCulture) };
+                var cells = new List<string> { row.Strategy, CpusCell(row) };
                 if (lru)
                 {
-                    cells.Add($"{row.Params["working_set_pages"]} ({(double)row.Params["fraction_of_pool"]:0.##}x)");
-                    cells.Add(row.Params["hit_rate"] is double rate ? $"{rate:P1}" : "n/a");
+                    cells.Add($"{row.Params["working_set_pages"]} ({JsonValues.Number(row.Params["fraction_of_pool"]):0.##}x)");
+                    cells.Add(JsonValues.Number(row.Params["hit_rate"]) is { } rate ? $"{rate:P1}" : "n/a");
                 }
 
-                cells.Add(row.Bytes > 0 ? row.MbPerS.ToString("N0", CultureInfo.InvariantCulture) : row.OpsPerS.ToString("N0", CultureInfo.InvariantCulture));
+                cells.Add(Number(row.Throughput));
+                cells.Add(Interval(row.CiLow, row.CiHigh, Number));
+                cells.Add(row.Samples.Count < 2 ? "-" : $"{row.Cv:P1}");
+                cells.Add(Nanoseconds(row.ModelledNs));
                 foreach (var (key, _) in s_perUnit)
                 {
                     cells.Add(PerUnit(row, key));
@@ -68,88 +95,84 @@ internal static class PaperReport
         }
     }
 
-    /// <summary>The paper's comparison: speedup over <c>original</c> and how far IPIs fell, per experiment and CPU count.</summary>
-    public static void PrintComparison(IReadOnlyList<PaperRow> rows)
+    /// <summary>One paired comparison: a strategy's throughput over the baseline's, round by round.</summary>
+    public sealed record Speedup(string Experiment, string Point, int Cpus, string Strategy, SampleSummary Ratio, double BaselineIpis, double Ipis, bool Oversubscribed)
     {
-        var table = new Table().Border(TableBorder.Rounded).Title("[bold]sf_buf against the original mechanisms[/]")
-            .AddColumn("experiment").AddColumn(new TableColumn("cpus").RightAligned())
-            .AddColumn(new TableColumn("sfbuf-i386 speedup").RightAligned())
-            .AddColumn(new TableColumn("sfbuf-amd64 speedup").RightAligned())
-            .AddColumn(new TableColumn("i386 IPIs vs original").RightAligned())
-            .AddColumn(new TableColumn("amd64 IPIs vs original").RightAligned());
-        foreach (var group in rows.Where(r => r.Experiment is not ("lru" or "memcpy")).GroupBy(r => (r.Experiment, r.Cpus)))
+        /// <summary>The CI excludes 1.0: a real speedup (or slowdown).</summary>
+        public bool Significant => Ratio.DiffersFromOne;
+    }
+
+    /// <summary>The paired speedups of every strategy over <see cref="Baseline"/>, per experiment point and CPU count.</summary>
+    public static List<Speedup> Speedups(IReadOnlyList<PaperRow> rows)
+    {
+        var result = new List<Speedup>();
+        foreach (var group in rows.Where(r => r.Experiment != "memcpy").GroupBy(r => (r.Experiment, r.Point, r.Cpus)))
         {
-            var original = group.FirstOrDefault(r => r.Strategy == SfBufMapper.Original);
-            if (original is null)
+            var baseline = group.FirstOrDefault(r => r.Strategy == Baseline);
+            if (baseline is null || baseline.Samples.Count == 0 || baseline.Samples.Any(s => s <= 0))
             {
                 continue;
             }
 
-            var i386 = group.FirstOrDefault(r => r.Strategy == SfBufMapper.I386);
-            var amd64 = group.FirstOrDefault(r => r.Strategy == SfBufMapper.Amd64);
-            table.AddRow(
-                group.Key.Experiment,
-                group.Key.Cpus.ToString(CultureInfo.InvariantCulture),
-                Speedup(i386, original),
-                Speedup(amd64, original),
-                IpiChange(i386, original),
-                IpiChange(amd64, original));
+            foreach (var row in group.Where(r => r.Strategy != Baseline && r.Samples.Count == baseline.Samples.Count))
+            {
+                result.Add(new Speedup(group.Key.Experiment, group.Key.Point, group.Key.Cpus, row.Strategy,
+                    SampleSummary.OfRatios(row.Samples, baseline.Samples),
+                    baseline["ipis_sent"] / baseline.Units, row["ipis_sent"] / row.Units, row.Oversubscribed));
+            }
+        }
+
+        return result;
+    }
+
+    /// <summary>
+    /// The paper's comparison: per experiment and CPU count, each strategy's paired speedup over
+    /// <c>original</c> (median of the per-round ratios, with its 95% CI; "n.s." when the CI
+    /// includes 1.0) and how far its IPIs fell.
+    /// </summary>
+    public static void PrintComparison(IReadOnlyList<PaperRow> rows)
+    {
+        var speedups = Speedups(rows);
+        if (speedups.Count == 0)
+        {
+            return;
+        }
+
+        var strategies = speedups.Select(s => s.Strategy).Distinct().ToList();
+        var table = new Table().Border(TableBorder.Rounded)
+            .Title("[bold]against the original mechanisms[/]: paired speedup, median [[95% CI]]; IPIs per unit (and how far they fell from original's)")
+            .AddColumn("experiment").AddColumn(new TableColumn("cpus").RightAligned())
+            .AddColumn(new TableColumn($"{Baseline} IPIs").RightAligned());
+        foreach (var s in strategies)
+        {
+            table.AddColumn(new TableColumn(Markup.Escape(s)).RightAligned());
+        }
+
+        foreach (var group in speedups.GroupBy(s => (s.Experiment, s.Point, s.Cpus)))
+        {
+            var cells = new List<string>
+            {
+                group.Key.Experiment + (group.Key.Point.Length > 0 ? $" [{group.Key.Point}]" : string.Empty),
+                group.Key.Cpus.ToString(CultureInfo.InvariantCulture) + (group.First().Oversubscribed ? "*" : string.Empty),
+                Fmt(group.First().BaselineIpis),
+            };
+            foreach (var strategy in strategies)
+            {
+                var s = group.FirstOrDefault(x => x.Strategy == strategy);
+                cells.Add(s is null ? "-" : $"{SpeedupText(s, "\n")}\nIPIs {IpiChange(s.BaselineIpis, s.Ipis)}");
+            }
+
+            table.AddRow(cells.Select(c => new Text(c)));
         }
 
         AnsiConsole.Write(table);
+        AnsiConsole.WriteLine($"speedups: per-round ratios of paired trials; {SampleSummary.CiMethod}; n.s. = the CI includes 1.0 (not a speedup); * = oversubscribed.");
     }
 
     /// <summary>
-    /// The invariants every run must show; returns the violations (empty when all hold).
-    /// </summary>
-    public static List<string> Check(IReadOnlyList<PaperRow> rows)
-    {
-        var problems = new List<string>();
-        foreach (var r in rows)
-        {
-            string where = $"{r.Experiment}/{r.Strategy}/{r.Cpus}cpu";
-            if (r["stale_accesses"] != 0)
-            {
-                problems.Add($"{where}: {r["stale_accesses"]} stale accesses");
-            }
-
-            if (r.Strategy == SfBufMapper.Amd64 && (r["pte_writes"] != 0 || r["shootdowns"] != 0))
-            {
-                problems.Add($"{where}: the direct map wrote {r["pte_writes"]} kernel PTEs and sent {r["shootdowns"]} shootdowns");
-            }
-
-            if (r.Strategy == SfBufMapper.I386 && r.Experiment is "pipe" or "pipe-huge" or "md-seq" or "md-rand" or "ptrace-word" or "ptrace-page"
-                && r["ipis_sent"] != 0)
-            {
-                problems.Add($"{where}: private mappings sent {r["ipis_sent"]} IPIs");
-            }
-
-            if (r.Strategy == SfBufMapper.Original && r.Cpus > 1)
-            {
-                long mappings = r.Experiment is "pipe" or "pipe-huge" ? Convert.ToInt64(r.Params["direct_writes"], CultureInfo.InvariantCulture) : r["sfbuf_misses"];
-                if (r["shootdowns"] < 2 * mappings)
-                {
-                    problems.Add($"{where}: {r["shootdowns"]} shootdown rounds for {mappings} mappings (expected at least 2 each)");
-                }
-            }
-        }
-
-        foreach (var cpus in rows.Where(r => r.Experiment == "sendfile-hot").Select(r => r.Cpus).Distinct())
-        {
-            var i386 = rows.FirstOrDefault(r => r.Experiment == "sendfile-hot" && r.Cpus == cpus && r.Strategy == SfBufMapper.I386);
-            var original = rows.FirstOrDefault(r => r.Experiment == "sendfile-hot" && r.Cpus == cpus && r.Strategy == SfBufMapper.Original);
-            if (i386 != null && original != null && i386["shootdowns"] / i386.Units > 0.01 * (original["shootdowns"] / original.Units))
-            {
-                problems.Add($"sendfile-hot/{cpus}cpu: sfbuf-i386 sent more than 1% of original's shootdowns per MB");
-            }
-        }
-
-        return problems;
-    }
-
-    /// <summary>
-    /// A Markdown summary: throughput and shootdowns/IPIs per unit for every experiment, strategy
-    /// and CPU count (the README's results table), then the LRU hit rates.
+    /// A Markdown summary: median throughput with its CI, shootdowns/IPIs and the modelled cost
+    /// per unit for every experiment, strategy and CPU count (the README's results table), the
+    /// paired speedups over <c>original</c>, then the LRU hit rates.
     /// </summary>
     public static void WriteMarkdown(string path, IReadOnlyList<PaperRow> rows)
     {
@@ -161,7 +184,7 @@ internal static class PaperReport
         {
             foreach (var s in strategies)
             {
-                text.Append(CultureInfo.InvariantCulture, $" {s} {c}cpu |");
+                text.Append(CultureInfo.InvariantCulture, $" {s} {c}cpu{(rows.Any(r => r.Cpus == c && r.Oversubscribed) ? "*" : string.Empty)} |");
             }
         }
 
@@ -170,7 +193,7 @@ internal static class PaperReport
         foreach (var group in rows.Where(r => r.Experiment != "lru").GroupBy(r => r.Experiment))
         {
             var first = group.First();
-            text.Append(CultureInfo.InvariantCulture, $"| {group.Key} | {(first.Bytes > 0 ? "MiB/s" : "ops/s")}<br>shootdowns / IPIs per {first.Unit} |");
+            text.Append(CultureInfo.InvariantCulture, $"| {group.Key} | {(first.Bytes > 0 ? "MiB/s" : "ops/s")} [95% CI]<br>shootdowns / IPIs per {first.Unit}<br>modelled cost per {first.Unit} |");
             foreach (var c in cpus)
             {
                 foreach (var s in strategies)
@@ -178,25 +201,44 @@ internal static class PaperReport
                     var r = group.FirstOrDefault(x => x.Cpus == c && x.Strategy == s);
                     text.Append(r == null
                         ? " - |"
-                        : string.Create(CultureInfo.InvariantCulture, $" {Throughput(r):N0}<br>{Fmt(r["shootdowns"] / r.Units)} / {Fmt(r["ipis_sent"] / r.Units)} |"));
+                        : string.Create(CultureInfo.InvariantCulture, $" {Number(r.Throughput)} {Interval(r.CiLow, r.CiHigh, Number)}<br>{Fmt(r["shootdowns"] / r.Units)} / {Fmt(r["ipis_sent"] / r.Units)}<br>{Nanoseconds(r.ModelledNs)} |"));
                 }
             }
 
             text.AppendLine();
         }
 
-        var lru = rows.Where(r => r.Experiment == "lru" && r.Params["hit_rate"] is double).ToList();
+        var speedups = Speedups(rows).Where(s => s.Point.Length == 0).ToList();
+        if (speedups.Count > 0)
+        {
+            var others = speedups.Select(s => s.Strategy).Distinct().ToList();
+            text.AppendLine().AppendLine("| experiment | cpus | " + string.Join(" | ", others.Select(s => $"{s} over {Baseline}")) + " |");
+            text.AppendLine("|---|---:|" + string.Concat(Enumerable.Repeat("---:|", others.Count)));
+            foreach (var group in speedups.GroupBy(s => (s.Experiment, s.Cpus)))
+            {
+                text.Append(CultureInfo.InvariantCulture, $"| {group.Key.Experiment} | {group.Key.Cpus}{(group.First().Oversubscribed ? "*" : string.Empty)} |");
+                foreach (var strategy in others)
+                {
+                    var s = group.FirstOrDefault(x => x.Strategy == strategy);
+                    text.Append(CultureInfo.InvariantCulture, $" {(s is null ? "-" : SpeedupText(s))} |");
+                }
+
+                text.AppendLine();
+            }
+        }
+
+        var lru = rows.Where(r => r.Experiment == "lru" && JsonValues.Number(r.Params["hit_rate"]) is not null).ToList();
         if (lru.Count > 0)
         {
             text.AppendLine().AppendLine("| LRU: working set / nsfbufs | " + string.Join(" | ", lru.Select(r => (r.Strategy, r.Cpus)).Distinct().Select(k => $"{k.Strategy} {k.Cpus}cpu hits")) + " |");
             text.AppendLine("|---|" + string.Concat(Enumerable.Repeat("---:|", lru.Select(r => (r.Strategy, r.Cpus)).Distinct().Count())));
-            foreach (var f in lru.Select(r => (double)r.Params["fraction_of_pool"]).Distinct().Order())
+            foreach (var f in lru.Select(r => JsonValues.Number(r.Params["fraction_of_pool"])!.Value).Distinct().Order())
             {
                 text.Append(CultureInfo.InvariantCulture, $"| {f:0.##} |");
                 foreach (var key in lru.Select(r => (r.Strategy, r.Cpus)).Distinct())
                 {
-                    var r = lru.FirstOrDefault(x => x.Strategy == key.Strategy && x.Cpus == key.Cpus && (double)x.Params["fraction_of_pool"] == f);
-                    text.Append(r == null ? " - |" : string.Create(CultureInfo.InvariantCulture, $" {(double)r.Params["hit_rate"]:P1} |"));
+                    var r = lru.FirstOrDefault(x => x.Strategy == key.Strategy && x.Cpus == key.Cpus && JsonValues.Number(x.Params["fraction_of_pool"]) == f);
+                    text.Append(r == null ? " - |" : string.Create(CultureInfo.InvariantCulture, $" {JsonValues.Number(r.Params["hit_rate"]):P1} |"));
                 }
 
                 text.AppendLine();
@@ -207,22 +249,53 @@ internal static class PaperReport
     }
 
     public static void WriteJson(string path, IReadOnlyList<PaperRow> rows) =>
-        File.WriteAllText(path, JsonSerializer.Serialize(rows, s_json));
+        File.WriteAllText(path, JsonSerializer.Serialize(rows, Json));
 
     public static void WriteCsv(string path, IReadOnlyList<PaperRow> rows)
     {
         var text = new StringBuilder();
-        text.Append("experiment,strategy,cpus,cost_profile,params,seconds,bytes,ops,mb_per_s,ops_per_s,")
+        text.Append("experiment,point,strategy,cpus,cost_profile,params,seconds,bytes,ops,mb_per_s,ops_per_s,samples,ci_low,ci_high,cv,modelled_ns,model_profile,oversubscribed,")
             .AppendLine(string.Join(',', PaperRow.CounterKeys));
         foreach (var r in rows)
         {
             string parameters = string.Join(';', r.Params.Select(p => $"{p.Key}={Convert.ToString(p.Value, CultureInfo.InvariantCulture)}"));
-            text.Append(CultureInfo.InvariantCulture, $"{r.Experiment},{r.Strategy},{r.Cpus},{r.CostProfile},\"{parameters}\",{r.Seconds:0.######},{r.Bytes},{r.Ops},{r.MbPerS:0.###},{r.OpsPerS:0.###},")
+            string samples = string.Join(';', r.Samples.Select(s => s.ToString("0.###", CultureInfo.InvariantCulture)));
+            text.Append(CultureInfo.InvariantCulture, $"{r.Experiment},{r.Point},{r.Strategy},{r.Cpus},{r.CostProfile},\"{parameters}\",{r.Seconds:0.######},{r.Bytes},{r.Ops},{r.MbPerS:0.###},{r.OpsPerS:0.###},")
+                .Append(CultureInfo.InvariantCulture, $"\"{samples}\",{r.CiLow:0.###},{r.CiHigh:0.###},{r.Cv:0.####},{r.ModelledNs:0.###},{r.ModelProfile},{(r.Oversubscribed ? "true" : "false")},")
                 .AppendLine(string.Join(',', PaperRow.CounterKeys.Select(k => r[k].ToString(CultureInfo.InvariantCulture))));
         }
 
         File.WriteAllText(path, text.ToString());
     }
+
+    /// <summary>A speedup as text: <c>2.05x [1.90, 2.21]</c>, or with <c>n.s.</c> when its CI includes 1.0; <paramref name="separator"/> between the median and the CI.</summary>
+    public static string SpeedupText(Speedup s, string separator = " ")
+    {
+        var r = s.Ratio;
+        string median = r.Median.ToString("0.00", CultureInfo.InvariantCulture) + "x";
+        if (r.CiLow is null)
+        {
+            return $"{median} (1 round, no CI)";
+        }
+
+        return $"{median}{separator}{Interval(r.CiLow, r.CiHigh, v => v.ToString("0.00", CultureInfo.InvariantCulture))}{(s.Significant ? string.Empty : " n.s.")}";
+    }
+
+    /// <summary>A modelled cost in ns, µs or ms.</summary>
+    public static string Nanoseconds(double ns) => ns switch
+    {
+        0 => "0",
+        < 1_000 => ns.ToString("0.#", CultureInfo.InvariantCulture) + " ns",
+        < 1_000_000 => (ns / 1e3).ToString("0.##", CultureInfo.InvariantCulture) + " µs",
+        _ => (ns / 1e6).ToString("0.##", CultureInfo.InvariantCulture) + " ms",
+    };
+
+    private static string CpusCell(PaperRow row) => row.Cpus.ToString(CultureInfo.InvariantCulture) + (row.Oversubscribed ? "*" : string.Empty);
+
+    private static string Interval(double? low, double? high, Func<double, string> format) =>
+        low is { } l && high is { } h ? $"[{format(l)}, {format(h)}]" : "-";
+
+    private static string Number(double v) => v.ToString(Math.Abs(v) >= 100 ? "N0" : "0.##", CultureInfo.InvariantCulture);
 
     private static string PerUnit(PaperRow row, string key)
     {
@@ -232,20 +305,6 @@ internal static class PaperReport
 
     private static string Fmt(double v) => v == 0 ? "0" : v >= 100 ? v.ToString("N0", CultureInfo.InvariantCulture) : v.ToString("0.##", CultureInfo.InvariantCulture);
 
-    private static double Throughput(PaperRow r) => r.Bytes > 0 ? r.MbPerS : r.OpsPerS;
-
-    private static string Speedup(PaperRow? candidate, PaperRow original) =>
-        candidate is null || Throughput(original) <= 0 ? "-" : $"{Throughput(candidate) / Throughput(original):0.00}x";
-
-    private static string IpiChange(PaperRow? candidate, PaperRow original)
-    {
-        if (candidate is null)
-        {
-            return "-";
-        }
-
-        double before = original["ipis_sent"] / original.Units;
-        double after = candidate["ipis_sent"] / candidate.Units;
-        return before == 0 ? (after == 0 ? "none either way" : $"{after:0.###}/unit") : $"-{1 - (after / before):P0}";
-    }
+    private static string IpiChange(double before, double after) =>
+        before == 0 || after == 0 ? Fmt(after) : $"{Fmt(after)} ({((after / before) - 1).ToString("+0%;-0%;0%", CultureInfo.InvariantCulture)})";
 }

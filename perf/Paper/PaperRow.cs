@@ -1,10 +1,15 @@
 using System.Text.Json.Serialization;
+using Native.Perf.Stats;
 
 namespace Native.Perf.Paper;
 
 /// <summary>
-/// One result row of <c>perf paper</c>, in the fixed JSON schema: one experiment, one
-/// strategy, one CPU count.
+/// One result row of <c>perf paper</c>, in the fixed JSON schema: one experiment (point), one
+/// strategy, one CPU count, summarising its repeated timed trials. <c>mb_per_s</c> and
+/// <c>ops_per_s</c> are medians; <c>samples</c> holds each round's throughput (MiB/s for bulk
+/// experiments, operations/s otherwise) with its CI and CV; <c>counters</c> are those of the
+/// median trial, except <c>stale_accesses</c> and <c>latent_stale_accesses</c>, summed over every
+/// checked trial of the cell.
 /// </summary>
 internal sealed record PaperRow
 {
@@ -23,24 +28,72 @@ internal sealed record PaperRow
     [JsonPropertyName("params")]
     public required IReadOnlyDictionary<string, object> Params { get; init; }
 
+    /// <summary>Median seconds of one timed trial.</summary>
     [JsonPropertyName("seconds")]
     public required double Seconds { get; init; }
 
+    /// <summary>Bytes one trial moved.</summary>
     [JsonPropertyName("bytes")]
     public required long Bytes { get; init; }
 
+    /// <summary>Operations one trial did.</summary>
     [JsonPropertyName("ops")]
     public required long Ops { get; init; }
 
-    /// <summary>MiB (2^20 bytes) per second; 0 for experiments that move no bulk data.</summary>
+    /// <summary>Median MiB (2^20 bytes) per second; 0 for experiments that move no bulk data.</summary>
     [JsonPropertyName("mb_per_s")]
-    public double MbPerS => Bytes == 0 || Seconds <= 0 ? 0 : Bytes / (double)(1 << 20) / Seconds;
+    public required double MbPerS { get; init; }
 
+    /// <summary>Median operations per second.</summary>
     [JsonPropertyName("ops_per_s")]
-    public double OpsPerS => Seconds <= 0 ? 0 : Ops / Seconds;
+    public required double OpsPerS { get; init; }
 
     [JsonPropertyName("counters")]
     public required IReadOnlyDictionary<string, long> Counters { get; init; }
+
+    /// <summary>Each timed round's throughput, in round order (MiB/s, or operations/s).</summary>
+    [JsonPropertyName("samples")]
+    public IReadOnlyList<double> Samples { get; init; } = [];
+
+    /// <summary>Lower end of the 95% CI of the median throughput (<see cref="SampleSummary.CiMethod"/>); null with one sample.</summary>
+    [JsonPropertyName("ci_low")]
+    public double? CiLow { get; init; }
+
+    /// <summary>Upper end of the 95% CI of the median throughput; null with one sample.</summary>
+    [JsonPropertyName("ci_high")]
+    public double? CiHigh { get; init; }
+
+    /// <summary>Coefficient of variation of the samples.</summary>
+    [JsonPropertyName("cv")]
+    public double Cv { get; init; }
+
+    /// <summary>The modelled cost of the mapping machinery per MiB (or per operation), in ns: the counts priced by <see cref="ModelProfile"/>.</summary>
+    [JsonPropertyName("modelled_ns")]
+    public double ModelledNs { get; init; }
+
+    /// <summary>Its parts per MiB (or per operation), in ns.</summary>
+    [JsonPropertyName("modelled")]
+    public Native.PageTable.MappingCost? Modelled { get; init; }
+
+    /// <summary>The cost profile the modelled cost is priced with.</summary>
+    [JsonPropertyName("model_profile")]
+    public string ModelProfile { get; init; } = string.Empty;
+
+    /// <summary>The experiment point (the working set of lru), empty otherwise.</summary>
+    [JsonPropertyName("point")]
+    public string Point { get; init; } = string.Empty;
+
+    /// <summary>More simulated CPUs than the host has cores: the threads time-share cores.</summary>
+    [JsonPropertyName("oversubscribed")]
+    public bool Oversubscribed { get; init; }
+
+    /// <summary>True when the timed trials ran with the stale-translation oracle on (<c>--checked</c>).</summary>
+    [JsonPropertyName("timed_checked")]
+    public bool TimedChecked { get; init; }
+
+    /// <summary>Checked trials of the cell (the verification trial, and the timed ones under <c>--checked</c>).</summary>
+    [JsonPropertyName("checked_trials")]
+    public int CheckedTrials { get; init; }
 
     /// <summary>A counter by schema name (0 when absent).</summary>
     public long this[string counter] => Counters.GetValueOrDefault(counter);
@@ -53,11 +106,20 @@ internal sealed record PaperRow
     [JsonIgnore]
     public string Unit => Bytes > 0 ? "MB" : "op";
 
+    /// <summary>The median throughput: MiB/s for bulk experiments, operations/s otherwise.</summary>
+    [JsonIgnore]
+    public double Throughput => Bytes > 0 ? MbPerS : OpsPerS;
+
+    /// <summary>The statistics of <see cref="Samples"/> (of the one throughput, for rows saved before rows had samples).</summary>
+    [JsonIgnore]
+    public SampleSummary Summary => SampleSummary.Of(Samples.Count > 0 ? Samples : [Throughput]);
+
     /// <summary>The schema's counter names, in order.</summary>
     public static readonly string[] CounterKeys =
     [
-        "pte_writes", "pte_clears", "user_pte_writes", "local_invalidations", "full_flushes", "shootdowns", "ipis_sent",
-        "ipi_targets", "tlb_misses", "sfbuf_hits", "sfbuf_misses", "sfbuf_waits", "sfbuf_fails", "lock_contentions",
-        "stale_accesses",
+        "pte_writes", "pte_clears", "user_pte_writes", "local_invalidations", "full_flushes", "mapping_flushes", "shootdowns", "ipis_sent",
+        "ipi_targets", "idle_targets_deferred", "tlb_misses", "mapping_tlb_misses", "mappings", "mapped_pages",
+        "sfbuf_hits", "sfbuf_misses", "sfbuf_waits", "sfbuf_fails", "lock_contentions", "stale_accesses",
+        "latent_stale_accesses", "charged_ns", "cross_cpu_parks",
     ];
 }

@@ -28,20 +28,8 @@ internal static class PlotCommand
     /// <summary>Reads rows back, turning JSON parameter values into the numbers and strings the charts expect.</summary>
     public static List<PaperRow> Load(string path)
     {
-        var rows = JsonSerializer.Deserialize<List<PaperRow>>(File.ReadAllText(path))
+        var rows = JsonSerializer.Deserialize<List<PaperRow>>(File.ReadAllText(path), PaperReport.Json)
             ?? throw new InvalidDataException($"{path} holds no rows");
-        return [.. rows.Select(r => r with
-        {
-            Params = r.Params.ToDictionary(p => p.Key, p => p.Value is JsonElement e ? Plain(e) : p.Value, StringComparer.Ordinal),
-        })];
+        return [.. rows.Select(r => r with { Params = JsonValues.Plain(r.Params) })];
     }
-
-    private static object Plain(JsonElement e) => e.ValueKind switch
-    {
-        JsonValueKind.Number => e.TryGetInt64(out long l) && !e.GetRawText().Contains('.', StringComparison.Ordinal) ? l : e.GetDouble(),
-        JsonValueKind.String => e.GetString()!,
-        JsonValueKind.True => true,
-        JsonValueKind.False => false,
-        _ => e.GetRawText(),
-    };
 }

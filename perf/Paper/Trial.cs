@@ -5,6 +5,19 @@ using Native.SfBufNative.Kernel;
 
 namespace Native.Perf.Paper;
 
+/// <summary>How much work a trial does.</summary>
+internal enum TrialSize
+{
+    /// <summary>The full run's sizes: long enough to time.</summary>
+    Full,
+
+    /// <summary><c>--quick</c>: small sizes, the same shape.</summary>
+    Quick,
+
+    /// <summary>The checked verification trial: the smallest size that still exercises every path.</summary>
+    Check,
+}
+
 /// <summary>
 /// One experiment run: a freshly booted default machine with the chosen CPU count, cost profile
 /// and sf_buf strategy, and the measurement window (time, machine counters, sf_buf statistics).
@@ -17,29 +30,54 @@ internal sealed class Trial : IDisposable
     private SfBufStats? _sfBefore;
     private SfBufStats? _sfAfter;
 
-    public Trial(PaperSettings settings, string strategy, int cpus)
+    public Trial(CostModel cost, string strategy, int cpus, TrialSize size, bool isChecked, CostModel? model = null)
     {
-        Settings = settings;
+        Cost = cost;
+        Model = model ?? cost;
         Strategy = strategy;
         Cpus = cpus;
-        Machine = new Machine(new MachineOptions { Cpus = cpus, Cost = settings.Cost, Checked = settings.Checked });
+        Size = size;
+        Machine = new Machine(new MachineOptions { Cpus = cpus, Cost = cost, Checked = isChecked });
         Kernel = new SimKernel(Machine, strategy);
     }
 
-    public PaperSettings Settings { get; }
+    /// <summary>The profile the machine charges.</summary>
+    public CostModel Cost { get; }
+
+    /// <summary>The profile the modelled mapping cost is priced with.</summary>
+    public CostModel Model { get; }
 
     public string Strategy { get; }
 
     public int Cpus { get; }
 
+    public TrialSize Size { get; }
+
     public Machine Machine { get; }
 
     public SimKernel Kernel { get; }
 
+    /// <summary>True when the stale-translation oracle is on in this trial.</summary>
+    public bool IsChecked => Machine.Options.Checked;
+
     /// <summary>The CPU a second party (reader, NIC) runs on: the other CPU when there are two.</summary>
     public int PeerCpu => Cpus - 1;
 
-    public bool Quick => Settings.Quick;
+    /// <summary>Picks the size of this trial from the full, quick and check sizes.</summary>
+    public T Pick<T>(T full, T quick, T check) => Size switch
+    {
+        TrialSize.Full => full,
+        TrialSize.Quick => quick,
+        _ => check,
+    };
+
+    /// <summary>
+    /// Each CPU's share of <paramref name="total"/> work, in whole <paramref name="granule"/>s (at
+    /// least one): experiments that run one worker per CPU do the same total work at every CPU
+    /// count, so that rows at different CPU counts compare like with like and a trial on more
+    /// CPUs than the host has cores does not grow with them.
+    /// </summary>
+    public long Share(long total, long granule = 1) => Math.Max(granule, total / Cpus / granule * granule);
 
     /// <summary>Starts the measurement window.</summary>
     public void Begin()
@@ -57,8 +95,8 @@ internal sealed class Trial : IDisposable
         _sfAfter = Kernel.SfBufs.Stats();
     }
 
-    /// <summary>The row for what was measured between <see cref="Begin"/> and <see cref="End"/>.</summary>
-    public PaperRow Row(string experiment, long bytes, long ops, IReadOnlyDictionary<string, object> parameters)
+    /// <summary>What was measured between <see cref="Begin"/> and <see cref="End"/>.</summary>
+    public Measurement Measure(string experiment, long bytes, long ops, IReadOnlyDictionary<string, object> parameters, string point = "")
     {
         if (_before is null || _after is null || _sfBefore is null || _sfAfter is null)
         {
@@ -73,31 +111,54 @@ internal sealed class Trial : IDisposable
             ["user_pte_writes"] = d[Counter.UserPteWrites],
             ["local_invalidations"] = d[Counter.LocalInvalidations],
             ["full_flushes"] = d[Counter.FullFlushes] + d[Counter.NonGlobalFlushes],
+            ["mapping_flushes"] = d[Counter.MappingFlushes],
             ["shootdowns"] = d[Counter.ShootdownRounds],
             ["ipis_sent"] = d[Counter.IpisSent],
             ["ipi_targets"] = d[Counter.IpiTargets],
+            ["idle_targets_deferred"] = d[Counter.IdleTargetsDeferred],
             ["tlb_misses"] = d[Counter.TlbMisses],
+            ["mapping_tlb_misses"] = d[Counter.MappingTlbMisses],
+            ["mappings"] = d[Counter.Mappings],
+            ["mapped_pages"] = d[Counter.MappedPages],
             ["sfbuf_hits"] = _sfAfter.Hits - _sfBefore.Hits,
             ["sfbuf_misses"] = _sfAfter.Misses - _sfBefore.Misses,
             ["sfbuf_waits"] = _sfAfter.AllocWait - _sfBefore.AllocWait,
-            ["sfbuf_fails"] = (_sfAfter.Failures - _sfBefore.Failures) + (_sfAfter.AllocFail - _sfBefore.AllocFail),
+            ["sfbuf_fails"] = _sfAfter.Failures - _sfBefore.Failures,
             ["lock_contentions"] = d[Counter.LockContentions],
-            ["stale_accesses"] = Machine.Counters()[Counter.StaleAccesses],
+            ["stale_accesses"] = IsChecked ? Machine.Counters()[Counter.StaleAccesses] : 0,
+            ["latent_stale_accesses"] = IsChecked ? Machine.Counters()[Counter.LatentStaleAccesses] : 0,
+            ["charged_ns"] = d[Counter.ChargedNanoseconds],
+            ["cross_cpu_parks"] = d[Counter.CrossCpuParks],
         };
 
-        return new PaperRow
+        // The strategy's own counts (pkmap flushes, kmap_local saves, lwbuf syncs, emap flushes...),
+        // as deltas over the window; pool sizes and high-water marks as they stand at the end.
+        foreach (var (key, after) in _sfAfter.Details)
+        {
+            counters[key] = IsLevel(key) ? after : after - _sfBefore.Details.GetValueOrDefault(key);
+        }
+
+        return new Measurement
         {
             Experiment = experiment,
             Strategy = Strategy,
             Cpus = Cpus,
-            CostProfile = Settings.Cost.Name,
+            CostProfile = Cost.Name,
+            Point = point,
             Params = parameters,
             Seconds = _clock.Elapsed.TotalSeconds,
             Bytes = bytes,
             Ops = ops,
             Counters = counters,
+            Checked = IsChecked,
+            Modelled = MappingCost.Of(d, Model),
+            Warnings = Machine.Warnings,
         };
     }
+
+    /// <summary>Details that are levels (sizes, high-water marks), not counts.</summary>
+    public static bool IsLevel(string key) => key.EndsWith(".last_pkmap", StringComparison.Ordinal)
+        || key.EndsWith(".peak_in_use", StringComparison.Ordinal) || key.EndsWith(".objects", StringComparison.Ordinal);
 
     /// <summary>Joins every thread (rethrowing the first failure).</summary>
     public static void JoinAll(params KernelThread[] threads)
@@ -114,6 +175,3 @@ internal sealed class Trial : IDisposable
         Machine.Dispose();
     }
 }
-
-/// <summary>What <c>perf paper</c> was asked for.</summary>
-internal sealed record PaperSettings(CostModel Cost, bool Quick, bool Checked);

@@ -53,7 +53,7 @@ public sealed partial class ExecTests(string strategy, int cpus) : StrategyFixtu
         long entryOffset = (long)(text.Offset + (elf.Entry - text.VirtAddr));
         Assert.That(run.EntryBytes, Is.EqualTo(file.AsSpan((int)entryOffset, run.EntryBytes!.Length).ToArray()));
 
-        // Every mapped page: file bytes where a segment has them, zeroes elsewhere (.bss, gaps).
+        // Every mapped page: the file page where one is mapped, the .bss page's fragment and zeroes.
         var expected = ExpectedImage(elf.Loads, bias, file);
         foreach (var (va, bytes) in expected)
         {
@@ -61,9 +61,41 @@ public sealed partial class ExecTests(string strategy, int cpus) : StrategyFixtu
         }
 
         Assert.That(result.MappedPages, Is.EqualTo(layout.Pages.Count + Exec.StackPages));
-        Assert.That(result.PageCopies, Is.EqualTo(layout.Copies));
+        Assert.That(result.SharedPages, Is.EqualTo(layout.Shared.Count), "file pages are mapped from the page cache, not copied");
+        Assert.That(result.FragmentCopies, Is.EqualTo(layout.Fragments));
+        Assert.That(result.VmSpace.SharedPages, Is.EqualTo(layout.Shared.Count));
         Assert.That(run.PagesIn, Is.EqualTo(layout.FilePages), "a cold page cache reads each needed file page once");
-        AssertCounts(run, layout.Copies, firstPageMapped: true);
+        AssertCounts(run, layout.Fragments, firstPageMapped: true);
+    }
+
+    [Test]
+    public void FilePagesAreSharedWithThePageCacheAndCopiedOnWrite()
+    {
+        var elf = ReadElf(RequireHostFile(HostTrue));
+        var layout = Layout(elf.Loads, Exec.PieBase);
+        ulong text = layout.Shared.Keys.Min();
+        using var machine = NewMachine();
+        using var kernel = new SimKernel(machine, Strategy);
+        var vnode = kernel.FileSystem.AddHostFile(HostTrue, HostTrue);
+        machine.Run(0, () =>
+        {
+            Assert.That(Exec.Execve(kernel, HostTrue, out var result), Is.EqualTo(Errno.OK));
+            var space = result!.VmSpace;
+            var cached = space.Pmap.Extract(text)!.Value;
+            Assert.That(VnodePager.GetPage(kernel, vnode, (long)((text - Exec.PieBase) >> Pte.PageShift), out var page), Is.EqualTo(Errno.OK));
+            Assert.That(cached, Is.EqualTo(page), "the image maps the page-cache page itself");
+            machine.Physical.Unwire(page);
+            Assert.That(space.Pmap.ReadPte(text) & Pte.PG_RW, Is.Zero, "shared file pages are mapped read-only");
+
+            // A debugger's write (PT_WRITE_D) copies the page for this process; the cache keeps its bytes.
+            var original = machine.Physical.PhysicalBytes(cached).ToArray();
+            var tracer = Ptrace.Create(kernel);
+            Assert.That(tracer.PokeWord(space, text, 0xdead_beef_0bad_f00d), Is.EqualTo(Errno.OK));
+            Assert.That(space.Pmap.Extract(text), Is.Not.EqualTo(cached), "the write went to a private copy");
+            Assert.That(machine.Physical.PhysicalBytes(cached).ToArray(), Is.EqualTo(original), "the page cache is untouched");
+            Assert.That(tracer.PeekWord(space, text, out ulong back), Is.EqualTo(Errno.OK));
+            Assert.That(back, Is.EqualTo(0xdead_beef_0bad_f00dUL));
+        });
     }
 
     [Test]
@@ -88,7 +120,7 @@ public sealed partial class ExecTests(string strategy, int cpus) : StrategyFixtu
         Assert.That(first.Result!.VmSpace.ResidentPages, Is.Zero, "the first image was destroyed by the second exec");
         Assert.That(second.SpaceAfter, Is.SameAs(second.Result!.VmSpace));
         Assert.That(second.Image, Is.EqualTo(first.Image), "the same bytes are loaded again");
-        AssertCounts(second, layout.Copies, firstPageMapped: true);
+        AssertCounts(second, layout.Fragments, firstPageMapped: true);
     }
 
     [Test]
@@ -106,7 +138,7 @@ public sealed partial class ExecTests(string strategy, int cpus) : StrategyFixtu
         Assert.That(run.SpaceBefore, Is.Null);
         Assert.That(run.SpaceAfter, Is.SameAs(run.Result!.VmSpace));
         Assert.That(run.Image, Is.EqualTo(ExpectedImage(elf.Loads, Exec.PieBase, file)));
-        AssertCounts(run, layout.Copies, firstPageMapped: true);
+        AssertCounts(run, layout.Fragments, firstPageMapped: true);
     }
 
     [Test]
@@ -138,7 +170,7 @@ public sealed partial class ExecTests(string strategy, int cpus) : StrategyFixtu
         Assert.That(run.Result.Entry, Is.EqualTo(entry));
         Assert.That(run.Result.ElfEntry, Is.EqualTo(entry));
         Assert.That(run.Image, Is.EqualTo(ExpectedImage(loads, 0, file)));
-        AssertCounts(run, layout.Copies, firstPageMapped: true);
+        AssertCounts(run, layout.Fragments, firstPageMapped: true);
     }
 
     [TestCaseSource(nameof(MalformedNames))]
@@ -155,7 +187,7 @@ public sealed partial class ExecTests(string strategy, int cpus) : StrategyFixtu
         Assert.That(run.Reason, Does.Contain(because));
         AssertCallerUnchanged(run);
         Assert.That(run.Counts[Counter.UserPteWrites], Is.Zero, "no address space was built");
-        AssertCounts(run, copies: 0, firstPageMapped: file.Length > 0);
+        AssertCounts(run, fragments: 0, firstPageMapped: file.Length > 0);
     }
 
     [Test]
@@ -172,7 +204,7 @@ public sealed partial class ExecTests(string strategy, int cpus) : StrategyFixtu
         Assert.That(run.Error, Is.EqualTo(Errno.ENOMEM), run.Reason);
         AssertCallerUnchanged(run);
         Assert.That(run.Counts[Counter.UserPteWrites], Is.Zero, "refused before any page was allocated");
-        AssertCounts(run, copies: 0, firstPageMapped: true);
+        AssertCounts(run, fragments: 0, firstPageMapped: true);
     }
 
     [Test]
@@ -184,7 +216,7 @@ public sealed partial class ExecTests(string strategy, int cpus) : StrategyFixtu
 
         Assert.That(run.Error, Is.EqualTo(Errno.ENOENT));
         AssertCallerUnchanged(run);
-        AssertCounts(run, copies: 0, firstPageMapped: false);
+        AssertCounts(run, fragments: 0, firstPageMapped: false);
     }
 
     [Test]
@@ -231,7 +263,7 @@ public sealed partial class ExecTests(string strategy, int cpus) : StrategyFixtu
 
     // ------------------------------------------------------------------ expectations
 
-    private void AssertCounts(ExecRun run, int copies, bool firstPageMapped)
+    private void AssertCounts(ExecRun run, int fragments, bool firstPageMapped)
     {
         var d = run.Counts;
         long pagesIn = run.PagesIn;
@@ -255,15 +287,16 @@ public sealed partial class ExecTests(string strategy, int cpus) : StrategyFixtu
                 Assert.That(d[Counter.ShootdownRounds], Is.Zero);
                 break;
             case SfBufMapper.Original:
-                // exec_map qenter; pager_map kenter per page-in; qenter of the file page and of the
-                // user page per page copy.
-                Assert.That(d[Counter.KernelPteWrites], Is.EqualTo(headerMappings + pagesIn + (2 * copies)));
-                Assert.That(d[Counter.KernelPteClears], Is.EqualTo(headerMappings + pagesIn + (2 * copies)));
+                // exec_map qenter of the header; pager_map kenter per page-in; an exec_map kenter
+                // per partial page. Nothing else: file pages are mapped, not copied.
+                Assert.That(d[Counter.KernelPteWrites], Is.EqualTo(headerMappings + pagesIn + fragments));
+                Assert.That(d[Counter.KernelPteClears], Is.EqualTo(headerMappings + pagesIn + fragments));
+                Assert.That(d[Counter.Mappings], Is.EqualTo(headerMappings + pagesIn + fragments));
                 if (Cpus > 1)
                 {
-                    // qenter + qremove of the header (2), the pager's global invalidation per
-                    // page-in (1), qenter + qremove of two mappings per page copy (4).
-                    Assert.That(d[Counter.ShootdownRounds], Is.EqualTo((2 * headerMappings) + pagesIn + (4 * copies)));
+                    // qenter + qremove of the header (2), the global invalidation at unmap of each
+                    // pager_map page (1) and of each partial page (1).
+                    Assert.That(d[Counter.ShootdownRounds], Is.EqualTo((2 * headerMappings) + pagesIn + fragments));
                 }
 
                 break;
@@ -273,8 +306,9 @@ public sealed partial class ExecTests(string strategy, int cpus) : StrategyFixtu
                 break;
             default:
                 // Shared mappings (the header, each page-in) send at most one round each; the
-                // private copy mappings never send one.
+                // private partial-page mappings never send one.
                 Assert.That(d[Counter.ShootdownRounds], Is.LessThanOrEqualTo(headerMappings + pagesIn));
+                Assert.That(d[Counter.Mappings], Is.LessThanOrEqualTo(headerMappings + pagesIn + fragments));
                 break;
         }
     }
@@ -286,15 +320,21 @@ public sealed partial class ExecTests(string strategy, int cpus) : StrategyFixtu
         Assert.That(run.Caller!.ResidentPages, Is.EqualTo(1));
         Assert.That(run.MarkerAfter, Is.EqualTo(s_marker), "the caller's memory still holds its marker");
         Assert.That(run.FreePagesLost, Is.EqualTo(run.PagesIn), "only page-cache pages stay allocated: the half-built image is gone");
+        Assert.That(run.Counts[Counter.StaleAccesses], Is.Zero);
     }
 
-    /// <summary>The pages the image covers, the page copies exec makes, and the file pages it reads (page 0 included).</summary>
-    private static (HashSet<ulong> Pages, int Copies, int FilePages) Layout(IReadOnlyList<LoadLine> loads, ulong bias)
+    /// <summary>
+    /// What FreeBSD 5.x's <c>elf_load_section</c> does with these segments (the rule restated
+    /// independently of the loader): the pages the image covers, the file pages it maps shared
+    /// (va to file page), the partial pages it copies, and the file pages it reads (page 0 included).
+    /// </summary>
+    private static (HashSet<ulong> Pages, Dictionary<ulong, ulong> Shared, int Fragments, int FilePages) Layout(IReadOnlyList<LoadLine> loads, ulong bias)
     {
         var pages = new HashSet<ulong>();
+        var shared = new Dictionary<ulong, ulong>();
         var filePages = new HashSet<ulong> { 0 };
-        int copies = 0;
-        foreach (var l in loads)
+        int fragments = 0;
+        foreach (var l in loads.Where(l => l.MemSize > 0))
         {
             ulong start = bias + l.VirtAddr;
             for (ulong va = Trunc(start); va < start + l.MemSize; va += Pte.PageSize)
@@ -302,34 +342,46 @@ public sealed partial class ExecTests(string strategy, int cpus) : StrategyFixtu
                 pages.Add(va);
             }
 
-            if (l.FileSize > 0)
+            ulong fileEnd = l.Offset + l.FileSize;
+            ulong mapLen = (l.MemSize > l.FileSize ? Trunc(fileEnd) : Round(fileEnd)) - Trunc(l.Offset);
+            for (ulong k = 0; k < mapLen; k += Pte.PageSize)
             {
-                copies += (int)((Round(start + l.FileSize) - Trunc(start)) >> Pte.PageShift);
-                for (ulong off = Trunc(l.Offset); off < l.Offset + l.FileSize; off += Pte.PageSize)
-                {
-                    filePages.Add(off >> Pte.PageShift);
-                }
+                shared[Trunc(start) + k] = (Trunc(l.Offset) + k) >> Pte.PageShift;
+                filePages.Add((Trunc(l.Offset) + k) >> Pte.PageShift);
+            }
+
+            if (l.MemSize > l.FileSize && fileEnd != Trunc(fileEnd))
+            {
+                fragments++;
+                filePages.Add(fileEnd >> Pte.PageShift);
             }
         }
 
-        return (pages, copies, filePages.Count);
+        return (pages, shared, fragments, filePages.Count);
     }
 
     private static Dictionary<ulong, byte[]> ExpectedImage(IReadOnlyList<LoadLine> loads, ulong bias, byte[] file)
     {
+        var layout = Layout(loads, bias);
         var image = new Dictionary<ulong, byte[]>();
-        foreach (var page in Layout(loads, bias).Pages)
+        foreach (var page in layout.Pages)
         {
             image[page] = new byte[Pte.PageSize];
         }
 
-        foreach (var l in loads)
+        // A shared page is the whole file page (zeroes past EOF), as the process sees the cache.
+        foreach (var (va, filePage) in layout.Shared)
         {
-            for (ulong i = 0; i < l.FileSize; i++)
-            {
-                ulong va = bias + l.VirtAddr + i;
-                image[Trunc(va)][(int)(va & Pte.PageMask)] = file[(int)(l.Offset + i)];
-            }
+            long at = (long)filePage << Pte.PageShift;
+            file.AsSpan((int)at, (int)Math.Min(Pte.PageSize, file.Length - at)).CopyTo(image[va]);
+        }
+
+        // The .bss page starts with the file bytes of the partial page, then zeroes.
+        foreach (var l in loads.Where(l => l.MemSize > l.FileSize))
+        {
+            ulong fileEnd = l.Offset + l.FileSize;
+            int length = (int)(fileEnd - Trunc(fileEnd));
+            file.AsSpan((int)Trunc(fileEnd), length).CopyTo(image[Trunc(bias + l.VirtAddr + l.FileSize)]);
         }
 
         return image;

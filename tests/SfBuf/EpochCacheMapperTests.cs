@@ -37,7 +37,7 @@ public sealed class EpochCacheMapperTests
             {
                 var sf = sfbufs.Alloc(page);
                 var again = sfbufs.Alloc(page);
-                read ^= m.CurrentCpu.ReadUInt64(SfBufMapper.Kva(again));
+                read ^= m.CurrentCpu.ReadUInt64(sfbufs.Kva(again));
                 sfbufs.Free(again);
                 sfbufs.Free(sf);
             }
@@ -65,7 +65,7 @@ public sealed class EpochCacheMapperTests
         var before = m.Counters();
 
         m.Run(0, () => sf = sfbufs.Alloc(page));
-        m.Run(1, () => readOnOne = m.CurrentCpu.ReadUInt64(SfBufMapper.Kva(sf)));
+        m.Run(1, () => readOnOne = m.CurrentCpu.ReadUInt64(sfbufs.Kva(sf)));
         m.Run(0, () => sfbufs.Free(sf));
         var d = m.Counters() - before;
 

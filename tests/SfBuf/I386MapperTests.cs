@@ -29,7 +29,7 @@ public sealed class I386MapperTests
         Assert.That(second.Kva, Is.EqualTo(first.Kva));
         Assert.That(second.Slot, Is.EqualTo(first.Slot));
         Assert.That(SfBufMapper.Page(second), Is.EqualTo(page));
-        Assert.That(SfBufMapper.Kva(first), Is.EqualTo(m.Layout.SfBufWindow.PageAddress(first.Slot)));
+        Assert.That(first.Kva, Is.EqualTo(m.Layout.SfBufWindow.PageAddress(first.Slot)));
         Assert.That(entry.HasPage, Is.True);
         Assert.That(entry.Frame, Is.EqualTo(page.Frame));
         Assert.That(entry.RefCount, Is.EqualTo(2));

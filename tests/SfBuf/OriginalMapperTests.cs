@@ -191,4 +191,45 @@ public sealed class OriginalMapperTests
         Assert.That(() => m.Run(0, () => original.Free(second)), Throws.InvalidOperationException);
         Assert.That(m.KernelMap.FreePages, Is.EqualTo(1));
     }
+
+    [Test]
+    public void SendfilesPoolMapsAtFixedAddressesWithQenterAtAllocAndQremoveAtFree()
+    {
+        // The pre-paper sendfile pool: nsfbufs buffers carved from kernel_map once, each with its
+        // own page of KVA; alloc maps (one broadcast round), free unmaps (another) and returns the
+        // buffer, whose address the next alloc reuses.
+        const int Nsfbufs = 8;
+        using var m = new SimMachine(SfBufRig.Small(windowPages: Nsfbufs, kernelMapPages: 64));
+        using var original = (OriginalMapper)SfBufMapper.Create(SfBufMapper.Original, m);
+        var pages = SfBufRig.NewPages(m, Nsfbufs + 1);
+        var held = new List<SfBufHandle>();
+        SfBufHandle none = default, again = default;
+        CounterSnapshot? d = null;
+        m.Run(0, () =>
+        {
+            var before = m.Counters();
+            held.AddRange(pages.Take(Nsfbufs).Select(p => original.SendfileAlloc(p)));
+            none = original.SendfileAlloc(pages[Nsfbufs], SfBufFlags.NoWait);
+            ulong freed = held[3].Kva;
+            original.Free(held[3]);
+            again = original.SendfileAlloc(pages[Nsfbufs]);
+            Assert.That(again.Kva, Is.EqualTo(freed), "a freed buffer keeps its address");
+            Assert.That(m.CurrentCpu.ReadUInt64(again.Kva), Is.EqualTo(SfBufRig.Stamp(pages[Nsfbufs])));
+            held[3] = again;
+            held.ForEach(original.Free);
+            d = m.Counters() - before;
+        });
+
+        ulong start = held.Min(sf => sf.Kva);
+        Assert.That(held.Select(sf => (sf.Kva - start) >> Pte.PageShift), Is.All.LessThan((ulong)Nsfbufs), "one run of nsfbufs pages");
+        Assert.That(none.IsNone, Is.True, "NoWait with the pool exhausted gets no buffer");
+        Assert.That(m.KernelMap.FreePages, Is.EqualTo(64 - Nsfbufs), "the pool stays carved; nothing else is held");
+        Assert.That(d![Counter.Mappings], Is.EqualTo(Nsfbufs + 1));
+        Assert.That(d[Counter.ShootdownRounds], Is.EqualTo(2 * (Nsfbufs + 1)));
+        Assert.That(d[Counter.KernelPteWrites], Is.EqualTo(d[Counter.MappedPages]));
+        var stats = original.Stats();
+        Assert.That(stats.Failures, Is.EqualTo(1), "the refused NoWait allocation, counted once");
+        Assert.That(stats.NsfbufsUsed, Is.Zero);
+        Assert.That(m.Counters()[Counter.StaleAccesses], Is.Zero);
+    }
 }

@@ -5,12 +5,13 @@ namespace Native.SfBufNative.Kernel;
 /// <summary>What a successful <see cref="Exec.Execve(SimKernel, string, out ExecResult?)"/> built.</summary>
 public sealed class ExecResult
 {
-    internal ExecResult(ElfImage image, VmSpace vmspace, int mappedPages, int pageCopies)
+    internal ExecResult(ElfImage image, VmSpace vmspace, int mappedPages, int sharedPages, int fragmentCopies)
     {
         Image = image;
         VmSpace = vmspace;
         MappedPages = mappedPages;
-        PageCopies = pageCopies;
+        SharedPages = sharedPages;
+        FragmentCopies = fragmentCopies;
     }
 
     /// <summary>The parsed image.</summary>
@@ -40,10 +41,13 @@ public sealed class ExecResult
     /// <summary>User pages mapped in the new space: the segments' pages (each once) plus the stack.</summary>
     public int MappedPages { get; }
 
+    /// <summary>File pages mapped from the page cache, shared (read-only or copy-on-write), not copied.</summary>
+    public int SharedPages { get; }
+
     /// <summary>
-    /// Page copies from the page cache into the image: one per page of each segment that holds
-    /// file bytes (a page two segments share counts once per segment). Each copy held two
-    /// private sf_bufs, one for the file page and one for the new user page.
+    /// Partial pages whose file bytes were copied into anonymous memory, each through one
+    /// ephemeral mapping of the file page (the partial last page of a segment with a .bss, or a
+    /// page two segments share, once per segment).
     /// </summary>
-    public int PageCopies { get; }
+    public int FragmentCopies { get; }
 }

@@ -293,11 +293,11 @@ public sealed class MemoryDisk
                     var cpu = td.Cpu!;
                     if (cmd == BioCommand.Read)
                     {
-                        cpu.Copy(p, sf.Kva + (ulong)offs, len);
+                        cpu.Copy(p, sfbufs.Kva(sf) + (ulong)offs, len);
                     }
                     else
                     {
-                        cpu.Copy(sf.Kva + (ulong)offs, p, len);
+                        cpu.Copy(sfbufs.Kva(sf) + (ulong)offs, p, len);
                     }
                 }
                 finally

@@ -96,10 +96,13 @@ public sealed class Nic
             var cpu = _kernel.Machine.CurrentCpu; // bound: it never changes
             while (_so.NextToTransmit() is { } m)
             {
+                // A sendfile page's address is made valid on this CPU by sf_buf_kva, here where the
+                // driver reads it (lwbuf and emap need that step on the reading CPU).
+                ulong data = m.ExtType == MbufExtType.SfBuf ? _kernel.SfBufs.Kva(m.SfBuf) + (m.Data - m.ExtBuf) : m.Data;
                 for (int done = 0; done < m.Length;)
                 {
                     int n = Math.Min(m.Length - done, buffer.Length);
-                    cpu.Read(m.Data + (ulong)done, buffer.AsSpan(0, n));
+                    cpu.Read(data + (ulong)done, buffer.AsSpan(0, n));
                     sha.AppendData(buffer, 0, n);
                     done += n;
                 }

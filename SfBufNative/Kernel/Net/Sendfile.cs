@@ -10,9 +10,10 @@ namespace Native.SfBufNative.Kernel;
 /// The mbuf's free routine, <see cref="SfBufMext(SimKernel, SfBuf)"/>, frees the sf_buf and
 /// unwires the page once the NIC has transmitted it.
 /// <para>
-/// Only the sf_buf interface is used: with <c>original</c> each page costs <c>kernel_map</c> KVA
-/// and a <c>pmap_qenter</c> at alloc and a <c>pmap_qremove</c> at free (two broadcast shootdowns),
-/// exactly the pre-sf_buf sendfile pool; nothing here depends on the strategy.
+/// With <c>original</c> the pages go through sendfile's pre-paper pool instead
+/// (<see cref="OriginalMapper.SendfileAlloc"/>: a fixed page of KVA per buffer, <c>pmap_qenter</c>
+/// at alloc and <c>pmap_qremove</c> at free, two broadcast shootdowns per page), as
+/// <c>uipc_syscalls.c</c> did before the sf_buf interface; the free routine is the same.
 /// </para>
 /// </summary>
 public static class Sendfile
@@ -80,7 +81,10 @@ public static class Sendfile
                     return error;
                 }
 
-                var sf = kernel.SfBufs.Alloc(page, SfBufFlags.Catch, signal);
+                // Before sf_buf (original): sendfile's own pool of fixed-KVA buffers.
+                var sf = kernel.IsOriginal
+                    ? kernel.Original.SendfileAlloc(page, SfBufFlags.Catch, signal)
+                    : kernel.SfBufs.Alloc(page, SfBufFlags.Catch, signal);
                 if (sf.IsNone)
                 {
                     kernel.SfBufs.RecordAllocFail();

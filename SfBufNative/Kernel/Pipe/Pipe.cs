@@ -12,7 +12,9 @@ namespace Native.SfBufNative.Kernel;
 /// i386, the direct map on amd64). With the <c>original</c> strategy the writer instead maps its
 /// pages into the pipe's own KVA window with <c>pmap_qenter</c>, the reader copies from the
 /// window, and the writer unmaps it with <c>pmap_qremove</c>: two broadcast shootdowns per
-/// direct write. A writer interrupted mid-transfer clones what the reader has not taken yet into
+/// direct write. Either way the writer holds (and maps) its pages and releases (and unmaps) them
+/// with the pipe mutex dropped, as <c>pipe_build_write_buffer</c> and
+/// <c>pipe_destroy_write_buffer</c> ran. A writer interrupted mid-transfer clones what the reader has not taken yet into
 /// the pipe buffer (<c>pipe_clone_write_buffer</c>) and returns a short write.
 /// </para>
 /// </summary>
@@ -290,7 +292,22 @@ public sealed class Pipe
             }
         }
 
-        int error = BuildWriteBuffer(uio, out long size);
+        // pipe_build_write_buffer runs with the pipe mutex dropped, as in FreeBSD: holding the
+        // pages (and, originally, mapping the window with its shootdown) must not stall the
+        // reader. The writer flag keeps other writers out; readers look at a direct write only
+        // once it is published below.
+        _mtx.Unlock();
+        int error;
+        long size;
+        try
+        {
+            error = BuildWriteBuffer(uio, out size);
+        }
+        finally
+        {
+            _mtx.Lock();
+        }
+
         if (error != Errno.OK)
         {
             return error;
@@ -332,8 +349,20 @@ public sealed class Pipe
             _kernel.Machine.Sleep(this, _mtx, cancellation: CancellationToken.None);
         }
 
-        DestroyWriteBuffer();
+        // Withdrawn under the mutex, then torn down without it (pipe_destroy_write_buffer ran
+        // unlocked too): no reader starts on it once it is withdrawn.
         _directActive = false;
+        _directCnt = 0;
+        _mtx.Unlock();
+        try
+        {
+            DestroyWriteBuffer();
+        }
+        finally
+        {
+            _mtx.Lock();
+        }
+
         _kernel.Machine.Wakeup(this);
         return error;
     }

@@ -15,10 +15,11 @@ namespace Native.SfBufNative.Kernel;
 /// <c>pmap_qremove</c> (two broadcast shootdowns per page on SMP), then <c>kmem_free</c>.
 /// </para>
 /// <para>
-/// Differences from FreeBSD, on purpose: there is no <c>vm_fault</c> (the simulated address
-/// spaces map their memory eagerly), so an unmapped target page is <see cref="Errno.EFAULT"/>; and
-/// a write to a read-only mapping is allowed without copy-on-write, as ptrace's
-/// <c>VM_PROT_OVERRIDE_WRITE</c> allows it (there are no shared objects to protect here).
+/// Differences from FreeBSD, on purpose: there is no page-in <c>vm_fault</c> (the simulated
+/// address spaces map their memory eagerly), so an unmapped target page is
+/// <see cref="Errno.EFAULT"/>; a write to a read-only anonymous mapping is allowed, as ptrace's
+/// <c>VM_PROT_OVERRIDE_WRITE</c> allows it; a write to a shared file page (an exec'd image)
+/// copies it first, as the copy-on-write fault does.
 /// </para>
 /// </summary>
 public static class ProcRwMem
@@ -60,6 +61,13 @@ public static class ProcRwMem
                 ulong uva = (ulong)uio.Offset;
                 long pageOffset = (long)(uva & Pte.PageMask);
                 long len = Math.Min(Pte.PageSize - pageOffset, uio.Resid);
+
+                // vm_fault with VM_PROT_OVERRIDE_WRITE: a write to a shared file page (an exec'd
+                // image) gives the target its own copy first, never touching the page cache.
+                if (uio.Direction == UioDirection.Write && uio.Offset >= 0 && VmLayout.IsUser(uva))
+                {
+                    target.ResolveWriteFault(uva, overrideProtection: true);
+                }
 
                 // A negative offset or a kernel address is no user page: nothing is found.
                 if (uio.Offset < 0 || target.Pmap.ExtractAndHold(uva) is not { } page)

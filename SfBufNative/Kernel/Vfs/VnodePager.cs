@@ -129,6 +129,7 @@ public static class VnodePager
                 // vm_pager_map_page: pager_map KVA + pmap_kenter; unmap with a global invalidation.
                 ulong va = kernel.PagerMap.Alloc(1, wait: true);
                 kernel.Machine.KernelPmap.KEnter(va, page);
+                kernel.Machine.KernelPmap.CountMapping(1);
                 Fill(kernel.Cpu, va, data, count);
                 kernel.Machine.KernelPmap.KRemove(va);
                 kernel.Machine.KernelPmap.InvalidatePage(va);
@@ -139,7 +140,7 @@ public static class VnodePager
                 var sf = kernel.SfBufs.Alloc(page, SfBufFlags.Default);
                 try
                 {
-                    Fill(kernel.Cpu, sf.Kva, data, count);
+                    Fill(kernel.Cpu, kernel.SfBufs.Kva(sf), data, count);
                 }
                 finally
                 {

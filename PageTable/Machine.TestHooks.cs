@@ -1,0 +1,38 @@
+namespace Native.PageTable;
+
+/// <summary>White-box views and planted bugs for tests (internal; reached through InternalsVisibleTo).</summary>
+public sealed partial class Machine
+{
+    /// <summary>Switches a planted bug on (tests prove the oracles and the explorer find it).</summary>
+    internal void TestHookPlant(PlantedBug bug) => Interlocked.Or(ref _planted, (int)bug);
+
+    /// <summary>CPU <paramref name="cpu"/>'s shootdown request word: the open round (high 32 bits) and acknowledgements due (low 32).</summary>
+    internal unsafe (uint Round, uint Due) TestHookAckWord(int cpu)
+    {
+        long word = Volatile.Read(ref SharedOf(cpu)->AckWord);
+        return ((uint)((ulong)word >> 32), (uint)word);
+    }
+}
+
+/// <summary>Bugs a test can plant, each one a known way to break TLB coherence or liveness.</summary>
+[Flags]
+internal enum PlantedBug
+{
+    /// <summary>None.</summary>
+    None = 0,
+
+    /// <summary>An IPI handler acknowledges before it invalidates.</summary>
+    AckBeforeInvalidate = 1,
+
+    /// <summary>Idle entry checks the mailbox and clears RUNNING in two steps, with a plain store.</summary>
+    IdleEntryNotAtomic = 2,
+
+    /// <summary>sfbuf-i386 recycles with the 2005 mask rule (reference A.3.6).</summary>
+    Mask2005 = 4,
+
+    /// <summary>sfbuf-i386 free wakes one waiter, and alloc does not probe the hash again after sleeping.</summary>
+    WakeOneWithoutReprobe = 8,
+
+    /// <summary>sfbuf-i386 free never wakes the sleepers.</summary>
+    MissingWakeup = 16,
+}

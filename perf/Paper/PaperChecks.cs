@@ -1,0 +1,148 @@
+using Native.SfBufNative;
+
+namespace Native.Perf.Paper;
+
+/// <summary>
+/// The exact relations every trial's counts must satisfy. Common to every experiment and every
+/// strategy (peers included): no stale and no latent stale access (checked trials); every kernel
+/// PTE write is a page of a mapping the mechanism recorded (<c>pte_writes = mapped_pages</c>), so a
+/// mapping made without being counted fails here; every shootdown target got an IPI or was
+/// deferred idle, and no round targets more CPUs than there are others. Per strategy: the direct map maps nothing; <c>original</c>
+/// unmaps everything it maps and on SMP sends exactly the rounds its mechanisms imply
+/// (<see cref="Experiment.OriginalRounds"/>), each a broadcast to N-1 CPUs, so IPIs = rounds × (N-1)
+/// less idle deferrals; <c>sfbuf-i386</c> maps once per miss, never unmaps, and sends nothing for
+/// private users; each peer the counts its algorithm fixes (<see cref="CheckPeer"/>). Then each
+/// experiment's own relations (<see cref="Experiment.Relations"/>).
+/// </summary>
+internal static class PaperChecks
+{
+    /// <summary>The violations in <paramref name="m"/>, each naming the trial; empty when every relation holds.</summary>
+    public static List<string> Check(Measurement m)
+    {
+        ArgumentNullException.ThrowIfNull(m);
+        var experiment = Experiments.Get(m.Experiment);
+        string where = $"{m.Experiment}{(m.Point.Length > 0 ? $"[{m.Point}]" : string.Empty)}/{m.Strategy}/{m.Cpus}cpu{(m.Checked ? " (checked)" : string.Empty)}";
+        var problems = new List<string>();
+        void Expect(bool holds, string what)
+        {
+            if (!holds)
+            {
+                problems.Add($"{where}: {what}");
+            }
+        }
+
+        long rounds = m["shootdowns"];
+        long targets = m["ipi_targets"];
+        Expect(m["stale_accesses"] == 0, $"{m["stale_accesses"]} stale accesses");
+        Expect(m["latent_stale_accesses"] == 0, $"{m["latent_stale_accesses"]} latent stale accesses");
+        Expect(m["pte_writes"] == m["mapped_pages"],
+            $"{m["pte_writes"]} kernel PTE writes but {m["mapped_pages"]} pages of recorded mappings (a mapping made without being counted?)");
+        Expect(m["ipis_sent"] + m["idle_targets_deferred"] == targets,
+            $"{m["ipis_sent"]} IPIs sent + {m["idle_targets_deferred"]} idle targets deferred != {targets} targets");
+        Expect(targets <= rounds * (m.Cpus - 1), $"{targets} shootdown targets in {rounds} rounds on {m.Cpus} CPUs");
+
+        switch (m.Strategy)
+        {
+            case SfBufMapper.Amd64:
+                Expect(m["mappings"] == 0 && m["pte_writes"] == 0 && rounds == 0,
+                    $"the direct map made {m["mappings"]} mappings, wrote {m["pte_writes"]} kernel PTEs and sent {rounds} shootdowns");
+                break;
+            case SfBufMapper.Original:
+                Expect(m["pte_clears"] == m["mapped_pages"], $"{m["pte_clears"]} PTEs cleared for {m["mapped_pages"]} mapped (each mapping is removed again)");
+                if (m.Cpus == 1)
+                {
+                    Expect(rounds == 0, $"{rounds} shootdowns on a uniprocessor");
+                }
+                else
+                {
+                    long expected = experiment.OriginalRounds(m);
+                    Expect(rounds == expected, $"{rounds} shootdown rounds for {m["mappings"]} mappings (expected {expected})");
+                    Expect(targets == rounds * (m.Cpus - 1), $"{targets} targets in {rounds} broadcast rounds (expected {rounds * (m.Cpus - 1)}): IPIs = rounds x (N-1) less idle deferrals");
+                }
+
+                break;
+            case SfBufMapper.I386:
+                Expect(m["mappings"] == m["sfbuf_misses"], $"{m["mappings"]} mappings for {m["sfbuf_misses"]} sf_buf misses (one each)");
+                Expect(m["pte_clears"] == 0, $"{m["pte_clears"]} PTEs cleared (inactive sf_bufs keep their mapping)");
+                if (experiment.PrivateMappings)
+                {
+                    Expect(rounds == 0 && m["ipis_sent"] == 0, $"private mappings sent {rounds} shootdowns and {m["ipis_sent"]} IPIs");
+                }
+
+                break;
+        }
+
+        if (SfBufMapper.Describe(m.Strategy).IsPeer)
+        {
+            CheckPeer(m, experiment, Expect);
+        }
+
+        problems.AddRange(experiment.Relations(m).Select(p => $"{where}: {p}"));
+        return problems;
+    }
+
+    /// <summary>
+    /// The counts each peer's algorithm fixes, in one trial:
+    /// <list type="bullet">
+    /// <item>every peer records one mapping per new mapping it makes (<c>sfbuf_misses</c>), plus
+    /// one per page <c>kmap_local</c> writes again when a thread switches back in;</item>
+    /// <item><c>netbsd-emap</c>: no shootdown and no IPI anywhere (consumers flush their own TLB),
+    /// and every mapping flush is a consume or a switch flush;</item>
+    /// <item><c>linux-kmap-atomic</c>, <c>linux-kmap-local</c>, <c>freebsd-quick</c>: none for private
+    /// users (their shared users go through <c>kmap</c> or <c>sfbuf-i386</c>);</item>
+    /// <item>the kmap pool: at most one global flush per wrap of the clock hand, so between two
+    /// flushes at least <c>LAST_PKMAP</c> minus the slots in use new mappings,
+    /// <c>(flushes - 1) x (LAST_PKMAP - peak in use) &lt;= new mappings</c>; and the global flush
+    /// is its only shootdown;</item>
+    /// <item><c>dragonfly-lwbuf</c>: every shootdown is an <c>lwbuf_set_global</c>, one per shared
+    /// allocation on SMP; private users none;</item>
+    /// <item><c>linux-kmap-local</c>: every map saved at a switch-out is restored at the switch-in.</item>
+    /// </list>
+    /// </summary>
+    private static void CheckPeer(Measurement m, Experiment experiment, Action<bool, string> expect)
+    {
+        long rounds = m["shootdowns"];
+        long restores = m["kmap_local.restores"];
+        expect(m["mappings"] == m["sfbuf_misses"] + restores,
+            $"{m["mappings"]} mappings for {m["sfbuf_misses"]} sf_buf misses{(restores > 0 ? $" and {restores} kmap_local restores" : string.Empty)} (one each)");
+
+        bool perCpuPrivate = m.Strategy is SfBufMapper.LinuxKmapAtomic or SfBufMapper.LinuxKmapLocal or SfBufMapper.FreeBsdQuick;
+        if (m.Strategy == SfBufMapper.NetBsdEmap || (perCpuPrivate && experiment.PrivateMappings))
+        {
+            expect(rounds == 0 && m["ipis_sent"] == 0, $"{rounds} shootdowns and {m["ipis_sent"]} IPIs where the algorithm sends none");
+        }
+
+        if (m.Counters.TryGetValue("pkmap.global_flushes", out long flushes))
+        {
+            long lastPkmap = m["pkmap.last_pkmap"], peak = m["pkmap.peak_in_use"], newMappings = m["pkmap.new_mappings"];
+            expect(flushes <= m["pkmap.wraps"], $"{flushes} global flushes in {m["pkmap.wraps"]} wraps of the clock hand");
+            expect(peak >= lastPkmap || flushes <= 1 || (flushes - 1) * (lastPkmap - peak) <= newMappings,
+                $"{flushes} global flushes for {newMappings} new mappings (LAST_PKMAP {lastPkmap}, at most {peak} in use)");
+            expect(rounds == (m.Cpus > 1 ? flushes : 0), $"{rounds} shootdowns for {flushes} global pkmap flushes (the flush is kmap's only shootdown)");
+        }
+
+        if (m.Strategy == SfBufMapper.DragonFlyLwbuf)
+        {
+            long syncs = m["lwbuf.set_global_syncs"];
+            expect(rounds == syncs, $"{rounds} shootdowns but {syncs} lwbuf_set_global invalidations");
+            expect(syncs == (m.Cpus > 1 ? m["lwbuf.shared_allocs"] : 0),
+                $"{syncs} cross-CPU invalidations for {m["lwbuf.shared_allocs"]} shared allocations (expected one each on SMP, none on a uniprocessor)");
+            if (experiment.PrivateMappings)
+            {
+                expect(syncs == 0, $"private users caused {syncs} cross-CPU invalidations");
+            }
+        }
+
+        if (m.Counters.TryGetValue("emap.consume_flushes", out long consumeFlushes))
+        {
+            long switchFlushes = m["emap.switch_flushes"];
+            expect(m["mapping_flushes"] == consumeFlushes + switchFlushes,
+                $"{m["mapping_flushes"]} mapping flushes for {consumeFlushes} consume and {switchFlushes} switch flushes (the flush is emap's only invalidation)");
+        }
+
+        if (m.Counters.TryGetValue("kmap_local.saves", out long saves))
+        {
+            expect(saves == restores, $"{saves} kmap_local maps saved at switch-out, {restores} restored");
+        }
+    }
+}

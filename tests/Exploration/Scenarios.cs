@@ -1,0 +1,398 @@
+using Native.PageTable;
+using Native.SfBufNative;
+using Native.Tests.Machine;
+using Native.Tests.SfBuf;
+using SfBufHandle = Native.SfBufNative.SfBuf;
+
+namespace Native.Tests.Exploration;
+
+/// <summary>
+/// The interleavings the explorer drives. Each starts its kernel threads from the test thread
+/// (they run only once the controlled schedule starts), keeps its own invariants, and is small
+/// enough for hundreds of schedules a second.
+/// </summary>
+internal static class Scenarios
+{
+    /// <summary>
+    /// IPI cross-fire: every CPU remaps its own kernel page and broadcasts the invalidation
+    /// (odd CPUs without <c>smp_ipi_mtx</c>) while the others read it under its mutex, so
+    /// shootdowns cross and every target holds a translation to drop.
+    /// </summary>
+    public static Scenario IpiCrossFire(int cpus) => new($"ipi-crossfire-{cpus}cpu", Sim.Small(cpus), run =>
+    {
+        var m = run.M;
+        var mutexes = Enumerable.Range(0, cpus).Select(i => new KMutex($"page{i}")).ToArray();
+        var mapped = new ulong[cpus]; // marker now mapped, 0 before the first map
+        var pages = Enumerable.Range(0, cpus).Select(i => new[] { Sim.NewPage(m, Marker(i, 0)), Sim.NewPage(m, Marker(i, 1)) }).ToArray();
+        for (int c = 0; c < cpus; c++)
+        {
+            int me = c;
+            var random = run.RandomFor(me);
+            m.StartThread($"cpu{me}", () =>
+            {
+                var cpu = m.CurrentCpu;
+                for (int round = 0; round < 3; round++)
+                {
+                    int other = (me + 1 + random.Next(cpus - 1)) % cpus;
+                    ReadUnder(run, mutexes[other], m.Layout.KernelMap.PageAddress(other), () => mapped[other]);
+
+                    ulong va = m.Layout.KernelMap.PageAddress(me);
+                    mutexes[me].Lock();
+                    m.KernelPmap.KEnter(va, pages[me][round % 2]);
+                    cpu.InvalidatePage(va);
+                    cpu.ShootdownAllButSelf(ShootdownKind.Page, va, serialize: me % 2 == 0);
+                    mapped[me] = Marker(me, round % 2);
+                    mutexes[me].Unlock();
+                    ReadUnder(run, mutexes[me], va, () => mapped[me]);
+                }
+            }, cpu: me, bound: true);
+        }
+    })
+    { ExpectedSteps = 150 * cpus };
+
+    /// <summary>
+    /// Idle entry and exit racing a shootdown: a reader on CPU 1 sleeps between reads, so its
+    /// CPU goes idle and comes back while CPU 0 remaps the page it reads and shoots it down.
+    /// </summary>
+    public static Scenario IdleVersusShootdown() => new("idle-vs-shootdown", Sim.Small(2), run =>
+    {
+        var m = run.M;
+        var mutex = new KMutex("page");
+        var channel = new object();
+        ulong mapped = 0;
+        ulong va = m.Layout.KernelMap.Start;
+        var pages = new[] { Sim.NewPage(m, Marker(0, 0)), Sim.NewPage(m, Marker(0, 1)) };
+        m.StartThread("remapper", () =>
+        {
+            for (int round = 0; round < 4; round++)
+            {
+                mutex.Lock();
+                m.KernelPmap.KEnter(va, pages[round % 2]);
+                m.KernelPmap.InvalidatePage(va);
+                mapped = Marker(0, round % 2);
+                mutex.Unlock();
+            }
+        }, cpu: 0, bound: true);
+        m.StartThread("reader", () =>
+        {
+            for (int round = 0; round < 4; round++)
+            {
+                ReadUnder(run, mutex, va, () => mapped);
+                m.Sleep(channel, timeout: TimeSpan.FromMilliseconds(1)); // CPU 1 goes idle
+            }
+        }, cpu: 1, bound: true);
+    })
+    { ExpectedSteps = 200 };
+
+    /// <summary>Kernel-mutex hand-off: three threads on two CPUs increment a shared count under a mutex, yielding inside.</summary>
+    public static Scenario MutexHandOff(bool spinOnly) => new($"mutex-handoff{(spinOnly ? "-spin" : "")}", Sim.Small(2), run =>
+    {
+        var m = run.M;
+        var mutex = new KMutex("count", spinOnly);
+        var count = new int[1];
+        run.State["count"] = count;
+        for (int t = 0; t < 3; t++)
+        {
+            m.StartThread($"incrementer{t}", () =>
+            {
+                for (int k = 0; k < 3; k++)
+                {
+                    mutex.Lock();
+                    int seen = count[0];
+                    m.CurrentCpu.Poll(); // another thread may run here; the mutex keeps it out
+                    count[0] = seen + 1;
+                    mutex.Unlock();
+                }
+            }, cpu: t % 2);
+        }
+    })
+    {
+        ExpectedSteps = 150,
+        Check = run =>
+        {
+            int n = ((int[])run.State["count"])[0];
+            if (n != 9)
+            {
+                run.Fail($"the count is {n}, not 9: an update was lost");
+            }
+        },
+    };
+
+    /// <summary><c>msleep</c>/<c>wakeup</c> with cancellation: a consumer sleeps for items (PCATCH) while a third thread cancels at a random moment.</summary>
+    public static Scenario SleepWakeupCancel() => new("sleep-wakeup-cancel", Sim.Small(2), run =>
+    {
+        var m = run.M;
+        var mutex = new KMutex("queue");
+        var channel = new object();
+        var queue = new Queue<int>();
+        var cancel = new CancellationTokenSource();
+        run.State["cancel"] = cancel;
+        var result = new int[2]; // got, interrupted
+        run.State["result"] = result;
+        var random = run.RandomFor(0);
+        bool wakeOne = random.Next(2) == 0;
+        int delay = random.Next(12);
+        m.StartThread("consumer", () =>
+        {
+            mutex.Lock();
+            while (result[0] < 3)
+            {
+                if (queue.Count > 0)
+                {
+                    queue.Dequeue();
+                    result[0]++;
+                    continue;
+                }
+
+                if (m.Sleep(channel, mutex, cancellation: cancel.Token) == SleepResult.Interrupted)
+                {
+                    result[1] = 1;
+                    break;
+                }
+            }
+
+            mutex.Unlock();
+        }, cpu: 0);
+        m.StartThread("producer", () =>
+        {
+            for (int i = 0; i < 3; i++)
+            {
+                mutex.Lock();
+                queue.Enqueue(i);
+                _ = wakeOne ? m.WakeupOne(channel) : m.Wakeup(channel);
+                mutex.Unlock();
+            }
+        }, cpu: 1);
+        m.StartThread("canceller", () =>
+        {
+            for (int i = 0; i < delay; i++)
+            {
+                m.CurrentCpu.Poll();
+            }
+
+            cancel.Cancel();
+        });
+    })
+    {
+        ExpectedSteps = 150,
+        Check = run =>
+        {
+            var result = (int[])run.State["result"];
+            if (result[0] != 3 && result[1] != 1)
+            {
+                run.Fail($"the consumer ended with {result[0]} items and no interruption");
+            }
+        },
+    };
+
+    /// <summary>
+    /// sf_buf alloc/free/recycle with remote caching: each CPU allocates from a tiny pool (shared
+    /// or CPU-private, NoWait), touches some mappings and not others, and hands shared ones to
+    /// another CPU, which reads and frees them.
+    /// </summary>
+    public static Scenario SfBufRemote(string strategy, int cpus) => SfBufScenario($"sfbuf-remote-{strategy}-{cpus}cpu", strategy, cpus, (run, mapper, pages, live) =>
+    {
+        var m = run.M;
+        var inbox = Enumerable.Range(0, cpus).Select(_ => new Queue<(SfBufHandle Sf, VmPage Page)>()).ToArray();
+        var finished = new bool[cpus];
+        for (int c = 0; c < cpus; c++)
+        {
+            int me = c;
+            var random = run.RandomFor(me);
+            m.StartThread($"cpu{me}", () =>
+            {
+                var held = new List<(SfBufHandle Sf, VmPage Page, bool Shared)>();
+                for (int op = 0; op < 10; op++)
+                {
+                    while (inbox[me].TryDequeue(out var given))
+                    {
+                        Touch(run, given.Sf, given.Page);
+                        live.Release(given.Sf, given.Page);
+                        mapper.Free(given.Sf);
+                    }
+
+                    int choice = random.Next(10);
+                    if (held.Count == 0 || (held.Count < 2 && choice < 4))
+                    {
+                        var page = pages[random.Next(pages.Length)];
+                        bool shared = random.Next(2) == 0;
+                        var sf = mapper.Alloc(page, SfBufFlags.NoWait | (shared ? 0 : SfBufFlags.CpuPrivate));
+                        if (!sf.IsNone)
+                        {
+                            live.Add(run, sf, page);
+                            held.Add((sf, page, shared));
+                        }
+                    }
+                    else if (choice < 7)
+                    {
+                        var (sf, page, _) = held[random.Next(held.Count)];
+                        Touch(run, sf, page);
+                    }
+                    else
+                    {
+                        int i = random.Next(held.Count);
+                        var (sf, page, shared) = held[i];
+                        held.RemoveAt(i);
+                        int to = (me + 1 + random.Next(cpus - 1)) % cpus;
+                        if (shared && !finished[to])
+                        {
+                            inbox[to].Enqueue((sf, page)); // the other CPU reads and frees it
+                        }
+                        else
+                        {
+                            live.Release(sf, page);
+                            mapper.Free(sf);
+                        }
+                    }
+                }
+
+                foreach (var (sf, page, _) in held)
+                {
+                    live.Release(sf, page);
+                    mapper.Free(sf);
+                }
+
+                while (inbox[me].TryDequeue(out var given))
+                {
+                    live.Release(given.Sf, given.Page);
+                    mapper.Free(given.Sf);
+                }
+
+                finished[me] = true;
+            }, cpu: me, bound: true);
+        }
+    }, pageCount: 5);
+
+    /// <summary>
+    /// sf_buf exhaustion: four threads on <paramref name="cpus"/> CPUs allocate (waiting, some
+    /// with PCATCH) from a pool of two while another thread cancels: two want a page each of
+    /// their own, two want the same page, so allocations sleep, wake, share, recycle and are
+    /// interrupted.
+    /// </summary>
+    public static Scenario SfBufExhaustion(string strategy, int cpus) => SfBufScenario($"sfbuf-exhaustion-{strategy}-{cpus}cpu", strategy, cpus, (run, mapper, pages, live) =>
+    {
+        var m = run.M;
+        var cancel = new CancellationTokenSource();
+        run.State["cancel"] = cancel;
+        for (int t = 0; t < 4; t++)
+        {
+            var random = run.RandomFor(t);
+            var page = pages[t < 2 ? t + 1 : 0];
+            m.StartThread($"user{t}", () =>
+            {
+                for (int op = 0; op < 3; op++)
+                {
+                    var flags = random.Next(3) == 0 ? SfBufFlags.Catch : SfBufFlags.Default;
+                    var sf = mapper.Alloc(page, flags, cancel.Token);
+                    if (sf.IsNone)
+                    {
+                        continue; // interrupted
+                    }
+
+                    live.Add(run, sf, page);
+                    for (int touch = 0; touch < 3; touch++)
+                    {
+                        Touch(run, sf, page);
+                    }
+
+                    live.Release(sf, page);
+                    mapper.Free(sf);
+                }
+            }, cpu: t % cpus);
+        }
+
+        int delay = run.RandomFor(9).Next(200);
+        m.StartThread("canceller", () =>
+        {
+            for (int i = 0; i < delay; i++)
+            {
+                m.CurrentCpu.Poll();
+            }
+
+            cancel.Cancel();
+        });
+    });
+
+    private static Scenario SfBufScenario(string name, string strategy, int cpus, Action<ExploreRun, SfBufMapper, VmPage[], LiveHandles> threads, int pageCount = 3)
+    {
+        var flavor = strategy == SfBufMapper.Amd64 ? MachineFlavor.Amd64 : MachineFlavor.I386;
+        return new Scenario(name, SfBufRig.Small(cpus, flavor, windowPages: 8, kernelMapPages: 2), run =>
+        {
+            var mapper = SfBufMapper.Create(strategy, run.M, strategy == SfBufMapper.I386 ? 2 : null);
+            run.State["mapper"] = mapper;
+            var pages = SfBufRig.NewPages(run.M, pageCount);
+            threads(run, mapper, pages, new LiveHandles(mapper is I386Mapper));
+        })
+        {
+            ExpectedSteps = 300,
+        };
+    }
+
+    private static ulong Marker(int cpu, int version) => 0x5a00_0000_0000_0000UL | ((ulong)(uint)cpu << 8) | (uint)version;
+
+    private static void ReadUnder(ExploreRun run, KMutex mutex, ulong va, Func<ulong> expected)
+    {
+        mutex.Lock();
+        ulong marker = expected();
+        if (marker != 0)
+        {
+            ulong read = run.M.CurrentCpu.ReadUInt64(va);
+            if (read != marker)
+            {
+                run.Fail($"cpu {run.M.CurrentCpu.Id} read 0x{read:x} at 0x{va:x}, expected 0x{marker:x}");
+            }
+        }
+
+        mutex.Unlock();
+    }
+
+    private static void Touch(ExploreRun run, SfBufHandle sf, VmPage page)
+    {
+        ulong read = run.M.CurrentCpu.ReadUInt64(sf.Kva + 8);
+        if (read != SfBufRig.Stamp(page))
+        {
+            run.Fail($"cpu {run.M.CurrentCpu.Id} read 0x{read:x} through {sf}, expected page {page}'s stamp");
+        }
+    }
+
+    /// <summary>
+    /// The live handles per page: for a cache of mappings (sfbuf-i386), two live handles of one
+    /// page must be the same sf_buf. Released before the free, added after the alloc, so it never
+    /// claims a handle is live when it is not.
+    /// </summary>
+    internal sealed class LiveHandles(bool onePerPage)
+    {
+        private readonly Dictionary<uint, (ulong Kva, int Count)> _live = [];
+
+        public void Add(ExploreRun run, SfBufHandle sf, VmPage page)
+        {
+            if (_live.TryGetValue(page.Frame, out var held))
+            {
+                if (onePerPage && held.Kva != sf.Kva)
+                {
+                    run.Fail($"page {page} is mapped by two live sf_bufs at once (0x{held.Kva:x} and 0x{sf.Kva:x})");
+                }
+
+                _live[page.Frame] = (held.Kva, held.Count + 1);
+            }
+            else
+            {
+                _live[page.Frame] = (sf.Kva, 1);
+            }
+        }
+
+        public void Release(SfBufHandle sf, VmPage page)
+        {
+            _ = sf;
+            var held = _live[page.Frame];
+            if (held.Count == 1)
+            {
+                _live.Remove(page.Frame);
+            }
+            else
+            {
+                _live[page.Frame] = (held.Kva, held.Count - 1);
+            }
+        }
+    }
+}

@@ -1,0 +1,232 @@
+using Native.PageTable;
+using Native.SfBufNative;
+using Native.SfBufNative.Kernel;
+using NUnit.Framework;
+using SfBufHandle = Native.SfBufNative.SfBuf;
+using SimMachine = Native.PageTable.Machine;
+
+namespace Native.Tests.Machine;
+
+/// <summary>
+/// Faults injected where the machine cannot prevent them: native allocation refused at every
+/// allocation point of boot, mapper construction and kernel set-up (a clear error, nothing
+/// leaked); cancellation at every interruptible wait (the documented failure value, nothing
+/// lost); a kernel thread that dies holding sf_bufs and locks (reported; Dispose reclaims all).
+/// </summary>
+[TestFixture]
+[NonParallelizable]
+public sealed class FaultInjectionTests
+{
+    [TearDown]
+    public void LiftTheLimit() => NativeLedger.TestHookLimitAllocations(null);
+
+    [TestCase(MachineFlavor.Amd64, 1)]
+    [TestCase(MachineFlavor.I386, 3)]
+    public void ARefusedAllocationAtEveryPointOfBootFailsClearlyAndLeaksNothing(MachineFlavor flavor, int cpus)
+    {
+        long before = NativeLedger.ProcessOutstandingBytes;
+        int points = 0;
+        while (true)
+        {
+            NativeLedger.TestHookLimitAllocations(points);
+            SimMachine m;
+            try
+            {
+                m = new SimMachine(Sim.Small(cpus) with { Flavor = flavor });
+            }
+            catch (NativeAllocationException e)
+            {
+                NativeLedger.TestHookLimitAllocations(null);
+                Assert.That(e.Message, Does.Contain("refused"));
+                Assert.That(NativeLedger.ProcessOutstandingBytes, Is.EqualTo(before), $"allocation point {points} of boot leaked");
+                points++;
+                continue;
+            }
+
+            NativeLedger.TestHookLimitAllocations(null);
+            m.Dispose();
+            break;
+        }
+
+        Assert.That(points, Is.GreaterThanOrEqualTo(5 + (2 * cpus)), "frames, descriptors, page table, counters, mailboxes, and a TLB per CPU");
+        Assert.That(NativeLedger.ProcessOutstandingBytes, Is.EqualTo(before));
+    }
+
+    [TestCaseSource(typeof(SfBufMapper), nameof(SfBufMapper.StrategyNames))]
+    public void ARefusedAllocationAtEveryPointOfMapperAndKernelSetUpFailsClearlyAndLeaksNothing(string strategy)
+    {
+        using var m = new SimMachine(Sim.Small() with { Flavor = strategy == SfBufMapper.Amd64 ? MachineFlavor.Amd64 : MachineFlavor.I386 });
+        long machineBytes = m.NativeBytes;
+        int liveMappers = SfBufMetrics.LiveCount;
+        int failures = 0;
+        for (int points = 0; ; points++)
+        {
+            NativeLedger.TestHookLimitAllocations(points);
+            SimKernel kernel;
+            try
+            {
+                kernel = new SimKernel(m, strategy);
+            }
+            catch (NativeAllocationException)
+            {
+                NativeLedger.TestHookLimitAllocations(null);
+                Assert.That(m.NativeBytes, Is.EqualTo(machineBytes), $"allocation point {points} of {strategy}'s set-up leaked native memory");
+                Assert.That(SfBufMetrics.LiveCount, Is.EqualTo(liveMappers), $"allocation point {points} of {strategy}'s set-up left its instruments published");
+                failures++;
+                continue;
+            }
+
+            NativeLedger.TestHookLimitAllocations(null);
+            kernel.Dispose();
+            break;
+        }
+
+        // (A mapper's blocks belong to the machine's ledger: they go back when the machine does.)
+        machineBytes = m.NativeBytes;
+
+        // An address space (its page directory) is set up the same way.
+        NativeLedger.TestHookLimitAllocations(0);
+        Assert.That(m.CreateVmSpace, Throws.TypeOf<NativeAllocationException>());
+        NativeLedger.TestHookLimitAllocations(null);
+        Assert.That(m.NativeBytes, Is.EqualTo(machineBytes));
+        Assert.That(failures, Is.EqualTo(strategy == SfBufMapper.I386 ? 2 : 1), "every allocation point was refused once");
+    }
+
+    [TestCaseSource(typeof(SfBufMapper), nameof(SfBufMapper.StrategyNames))]
+    public void AKernelThreadThatDiesHoldingSfBufsAndALockIsReportedAndDisposeReclaimsEverything(string strategy)
+    {
+        long before = NativeLedger.ProcessOutstandingBytes;
+        var m = new SimMachine(Sim.Small() with { Flavor = strategy == SfBufMapper.Amd64 ? MachineFlavor.Amd64 : MachineFlavor.I386 });
+        var mapper = SfBufMapper.Create(strategy, m);
+        var subsystem = new KMutex("subsystem");
+        var pages = Enumerable.Range(0, 3).Select(i => Sim.NewPage(m, (ulong)i)).ToArray();
+        var dying = m.StartThread("dies-holding", () =>
+        {
+            subsystem.Lock();
+            KernelThread.Current.SchedPin();
+            foreach (var page in pages)
+            {
+                mapper.Alloc(page, SfBufFlags.CpuPrivate);
+            }
+
+            throw new InvalidTimeZoneException("a kernel bug with three sf_bufs and a lock held");
+        }, cpu: 0);
+        Assert.That(() => dying.Join(Sim.Patience), Throws.TypeOf<InvalidTimeZoneException>());
+        var blocked = m.StartThread("wants-the-lock", subsystem.Lock, cpu: 1);
+        Sim.WaitUntil(() => blocked.Cpu == null, "the next user blocks on the orphaned lock");
+
+        Assert.That(m.Faults, Has.Count.EqualTo(1));
+        Assert.That(m.Faults[0].Thread, Is.SameAs(dying));
+        Assert.That(m.Faults[0].Fault.Message, Does.Contain("three sf_bufs"));
+        Assert.That(mapper.Stats().NsfbufsUsed, Is.EqualTo(strategy == SfBufMapper.Amd64 ? 0 : 3), "the dead thread's sf_bufs are still accounted for");
+        mapper.Dispose();
+        m.Dispose();
+
+        Assert.That(m.NativeBytes, Is.Zero);
+        Assert.That(NativeLedger.ProcessOutstandingBytes, Is.EqualTo(before));
+        Assert.That(m.StoppedAtDispose, Has.Count.EqualTo(1).And.Some.Contains("wants-the-lock"));
+        Assert.That(blocked.Fault, Is.TypeOf<MachineStoppedException>());
+    }
+
+    [TestCaseSource(typeof(SfBufMapper), nameof(SfBufMapper.StrategyNames))]
+    public void CancellationEndsEveryInterruptibleWaitWithItsDocumentedResult(string strategy)
+    {
+        using var m = new SimMachine(new MachineOptions { Cpus = 2, PhysicalMemoryBytes = 32UL << 20, KernelMapPages = 64 });
+        using var kernel = new SimKernel(m, strategy, nsfbufs: 2);
+        var space = m.CreateVmSpace();
+        const ulong buffer = 0x1000_0000;
+        m.Run(0, () => space.MapAnonymous(buffer, 16 * Pte.PageSize), space);
+
+        // msleep with PCATCH.
+        Assert.That(Interrupted(m, space, token => (int)m.Sleep(new object(), cancellation: token)), Is.EqualTo((int)SleepResult.Interrupted));
+
+        // kernel_map exhausted: a waiting KVA allocation.
+        m.Run(0, () => m.KernelMap.Alloc(m.KernelMap.FreePages, wait: false));
+        Assert.That(Interrupted(m, space, token => (int)m.KernelMap.Alloc(1, wait: true, token)), Is.Zero);
+
+        // A pipe read on an empty pipe: EINTR.
+        Pipe pipe = null!;
+        m.Run(0, () => pipe = Pipe.Create(kernel));
+        Assert.That(Interrupted(m, space, token => pipe.Read(new Uio(buffer, 100, UioSegment.UserSpace, UioDirection.Read), token)), Is.EqualTo(Errno.EINTR));
+
+        // A buffered pipe write into a full pipe: EINTR, or the short count if some bytes moved.
+        long accepted = 0;
+        m.Run(0, () =>
+        {
+            for (int i = 0; i < 4; i++)
+            {
+                Assert.That(pipe.Write(new Uio(buffer, 4000, UioSegment.UserSpace, UioDirection.Write)), Is.Zero);
+            }
+        }, space);
+        int writeResult = Interrupted(m, space, token =>
+        {
+            var uio = new Uio(buffer, 4000, UioSegment.UserSpace, UioDirection.Write);
+            int error = pipe.Write(uio, token);
+            accepted = 4000 - uio.Resid;
+            return error;
+        });
+        Assert.That(writeResult == Errno.EINTR ? accepted == 0 : writeResult == Errno.OK && accepted is > 0 and < 4000, Is.True, $"result {writeResult}, {accepted} bytes accepted");
+        long drained = 0;
+        m.Run(0, () =>
+        {
+            pipe.CloseWrite();
+            while (true)
+            {
+                var uio = new Uio(buffer, 8000, UioSegment.UserSpace, UioDirection.Read);
+                Assert.That(pipe.Read(uio), Is.Zero);
+                if (uio.Resid == 8000)
+                {
+                    break;
+                }
+
+                drained += 8000 - uio.Resid;
+            }
+        }, space);
+        Assert.That(drained, Is.EqualTo(16000 + accepted), "no byte of an interrupted write is lost or duplicated");
+
+        // A socket with no NIC never drains: the lingering close's wait is interrupted.
+        var socket = new Socket(kernel, sendBufferHiWat: 4096);
+        Assert.That(Interrupted(m, space, token => socket.Send(new Uio(buffer, 3000, UioSegment.UserSpace, UioDirection.Write), token)), Is.Zero);
+        Assert.That(Interrupted(m, space, socket.WaitDrained), Is.EqualTo(Errno.EINTR));
+
+        // A full socket buffer: the send waits for space and is interrupted before moving anything.
+        Assert.That(Interrupted(m, space, token => socket.Send(new Uio(buffer, 8000, UioSegment.UserSpace, UioDirection.Write), token)), Is.EqualTo(Errno.EINTR));
+
+        // The sf_buf pool (or kernel_map) exhausted: Catch returns no sf_buf; the direct map never waits.
+        var held = new List<SfBufHandle>();
+        var pages = Enumerable.Range(0, 70).Select(i => Sim.NewPage(m, (ulong)i)).ToArray();
+        m.Run(0, () =>
+        {
+            foreach (var page in pages)
+            {
+                var sf = kernel.SfBufs.Alloc(page, SfBufFlags.NoWait);
+                if (sf.IsNone)
+                {
+                    break;
+                }
+
+                held.Add(sf);
+            }
+        });
+        var extra = Sim.NewPage(m, 99);
+        int gotNone = Interrupted(m, space, token => kernel.SfBufs.Alloc(extra, SfBufFlags.Catch, token).IsNone ? 1 : 0, mayNotBlock: strategy == SfBufMapper.Amd64);
+        Assert.That(gotNone, Is.EqualTo(strategy == SfBufMapper.Amd64 ? 0 : 1));
+        m.Run(0, () => held.ForEach(kernel.SfBufs.Free));
+        Assert.That(m.Counters()[Counter.StaleAccesses] + m.Counters()[Counter.LatentStaleAccesses], Is.Zero);
+    }
+
+    /// <summary>
+    /// Runs <paramref name="wait"/> on a kernel thread, cancels once the thread has blocked (given its
+    /// CPU up), and returns what the wait returned. <paramref name="mayNotBlock"/>: the call may simply finish.
+    /// </summary>
+    private static int Interrupted(SimMachine m, VmSpace space, Func<CancellationToken, int> wait, bool mayNotBlock = false)
+    {
+        using var signal = new CancellationTokenSource();
+        int result = int.MinValue;
+        var waiter = m.StartThread("waiter", () => result = wait(signal.Token), cpu: 1, vmspace: space);
+        Sim.WaitUntil(() => (waiter.HasRun && waiter.Cpu == null) || (mayNotBlock && waiter.HasExited), "the waiter blocks");
+        signal.Cancel();
+        Sim.Join(waiter);
+        return result;
+    }
+}

@@ -1,0 +1,186 @@
+using System.Collections.Concurrent;
+using System.Runtime.InteropServices;
+using Native.PageTable;
+using Native.SfBufNative;
+using NUnit.Framework;
+using SfBufHandle = Native.SfBufNative.SfBuf;
+using SimMachine = Native.PageTable.Machine;
+
+namespace Native.Tests.SfBuf;
+
+/// <summary>
+/// Every strategy under real concurrency: two kernel threads pinned to two CPUs make random
+/// sf_buf operations (shared and private allocations, reads and writes through them, frees,
+/// shared mappings handed to the other CPU) with both oracles on. The default run makes a
+/// million operations per strategy; the Long category ten million
+/// (<c>dotnet test --filter TestCategory=Long</c>; <c>SFBUF_STRESS_OPS</c> overrides both).
+/// </summary>
+[TestFixture]
+[NonParallelizable]
+[Category("Stress")]
+public sealed class SfBufStressTests
+{
+    private const int Nsfbufs = 64;
+    private const int PageCount = 3 * Nsfbufs;
+    private const int MaxHeld = 4;
+    private const int MaxInFlight = 4;
+
+    [TestCaseSource(typeof(SfBufMapper), nameof(SfBufMapper.StrategyNames))]
+    public void AMillionRandomOperationsOnTwoPinnedCpus(string strategy) => Stress(strategy, Operations(1_000_000));
+
+    [TestCaseSource(typeof(SfBufMapper), nameof(SfBufMapper.StrategyNames))]
+    [Category("Long")]
+    [Explicit("the long form: dotnet test --filter TestCategory=Long")]
+    public void TenMillionRandomOperationsOnTwoPinnedCpus(string strategy) => Stress(strategy, Operations(10_000_000));
+
+    private static long Operations(long defaultCount) =>
+        long.TryParse(Environment.GetEnvironmentVariable("SFBUF_STRESS_OPS"), out long n) && n > 0 ? n : defaultCount;
+
+    private static void Stress(string strategy, long totalOperations)
+    {
+        var flavor = strategy == SfBufMapper.Amd64 ? MachineFlavor.Amd64 : MachineFlavor.I386;
+        using var m = new SimMachine(SfBufRig.Small(flavor: flavor));
+        using var sfbufs = SfBufMapper.Create(strategy, m, strategy == SfBufMapper.I386 ? Nsfbufs : null);
+        bool cache = sfbufs is I386Mapper;
+        var pages = SfBufRig.NewPages(m, PageCount);
+        var inbox = new[] { new ConcurrentQueue<(SfBufHandle Sf, VmPage Page)>(), new ConcurrentQueue<(SfBufHandle Sf, VmPage Page)>() };
+        var operations = new long[2];
+        var allocations = new long[2];
+        var handedOver = new long[2];
+        var badReads = new long[2];
+        var badHandles = new long[2];
+        var before = m.Counters();
+        long perThread = totalOperations / 2;
+
+        Assert.That(m.Options.Checked, Is.True, "both oracles are on");
+        var threads = Enumerable.Range(0, 2).Select(cpu => m.StartThread($"stress-cpu{cpu}", () =>
+        {
+            var random = new Random(0x5f00 + cpu);
+            var c = m.CurrentCpu;
+            var held = new List<(SfBufHandle Sf, VmPage Page, bool Shared)>(MaxHeld);
+            var mine = inbox[cpu];
+            var theirs = inbox[1 - cpu];
+
+            void Check(SfBufHandle sf, VmPage page, int word)
+            {
+                if (c.ReadUInt64(sf.Kva + (ulong)(8 * word)) != SfBufRig.Stamp(page))
+                {
+                    badReads[cpu]++;
+                }
+            }
+
+            while (operations[cpu] < perThread)
+            {
+                // A shared mapping the other CPU allocated (and referenced) for us: read it, free it.
+                if (mine.TryDequeue(out var delivered))
+                {
+                    Check(delivered.Sf, delivered.Page, random.Next(512));
+                    sfbufs.Free(delivered.Sf);
+                    operations[cpu] += 2;
+                }
+
+                int choice = random.Next(16);
+                if (held.Count == 0 || (held.Count < MaxHeld && choice < 5))
+                {
+                    var page = pages[random.Next(PageCount)];
+                    bool shared = random.Next(2) == 0;
+                    var sf = sfbufs.Alloc(page, shared ? SfBufFlags.Default : SfBufFlags.CpuPrivate);
+                    if (sf.IsNone || sf.Page != page)
+                    {
+                        badHandles[cpu]++;
+                    }
+
+                    held.Add((sf, page, shared));
+                    allocations[cpu]++;
+                }
+                else if (choice < 11)
+                {
+                    var (sf, page, _) = held[random.Next(held.Count)];
+                    int word = random.Next(512);
+                    if (random.Next(4) == 0)
+                    {
+                        c.WriteUInt64(sf.Kva + (ulong)(8 * word), SfBufRig.Stamp(page));
+                    }
+                    else
+                    {
+                        Check(sf, page, word);
+                    }
+                }
+                else if (choice == 11 && theirs.Count < MaxInFlight && held.Find(h => h.Shared) is { Sf.IsNone: false } share)
+                {
+                    // Another reference to a shared mapping, handed to the other CPU (sendfile's NIC pattern).
+                    var again = sfbufs.Alloc(share.Page);
+                    if (cache && again.Kva != share.Sf.Kva)
+                    {
+                        badHandles[cpu]++;
+                    }
+
+                    theirs.Enqueue((again, share.Page));
+                    allocations[cpu]++;
+                    handedOver[cpu]++;
+                }
+                else
+                {
+                    int victim = random.Next(held.Count);
+                    sfbufs.Free(held[victim].Sf);
+                    held.RemoveAt(victim);
+                }
+
+                operations[cpu]++;
+            }
+
+            foreach (var (sf, _, _) in held)
+            {
+                sfbufs.Free(sf);
+            }
+        }, cpu, bound: true)).ToArray();
+        SfBufRig.JoinAll(threads, TimeSpan.FromMinutes(30));
+
+        m.Run(0, () =>
+        {
+            foreach (var queue in inbox)
+            {
+                while (queue.TryDequeue(out var left))
+                {
+                    sfbufs.Free(left.Sf);
+                }
+            }
+        });
+
+        var d = m.Counters() - before;
+        var stats = sfbufs.Stats();
+        TestContext.Out.WriteLine($"{strategy}: {operations.Sum():#,0} operations, {allocations.Sum():#,0} allocations, {handedOver.Sum():#,0} handed to the other CPU");
+        TestContext.Out.WriteLine(d.ToString());
+
+        Assert.That(m.PinsHostThreads || m.Warnings.Count > 0, Is.True);
+        Assert.That(operations.Sum(), Is.GreaterThanOrEqualTo(totalOperations - 1));
+        Assert.That(d[Counter.StaleAccesses], Is.Zero);
+        Assert.That(d[Counter.LatentStaleAccesses], Is.Zero);
+        Assert.That(badReads, Is.All.EqualTo(0), "every read through an sf_buf saw its page's stamp");
+        Assert.That(badHandles, Is.All.EqualTo(0));
+        Assert.That(handedOver.Sum(), Is.GreaterThan(0));
+        Assert.That(stats.NsfbufsUsed, Is.Zero, "nothing is left referenced");
+        Assert.That(stats.Failures, Is.Zero);
+        Assert.That(d[Counter.IpisSent] + d[Counter.IdleTargetsDeferred], Is.EqualTo(d[Counter.IpiTargets]), "every target was interrupted or deferred");
+        Assert.That(d[Counter.IpisReceived], Is.EqualTo(d[Counter.IpisSent]), "every IPI sent was serviced");
+        switch (strategy)
+        {
+            case SfBufMapper.Original:
+                Assert.That(d[Counter.ShootdownRounds], Is.EqualTo(2 * allocations.Sum()), "qenter and qremove each broadcast");
+                break;
+            case SfBufMapper.I386:
+                Assert.That(stats.Hits + stats.Misses, Is.EqualTo(allocations.Sum()));
+                Assert.That(d[Counter.ShootdownRounds], Is.LessThan(allocations.Sum()));
+                break;
+            case SfBufMapper.Amd64:
+                Assert.That(d[Counter.KernelPteWrites] + d[Counter.ShootdownRounds], Is.Zero);
+                break;
+        }
+
+        foreach (var page in pages)
+        {
+            var words = MemoryMarshal.Cast<byte, ulong>(m.Physical.PhysicalBytes(page)).ToArray();
+            Assert.That(words, Is.All.EqualTo(SfBufRig.Stamp(page)), $"{page}");
+        }
+    }
+}
