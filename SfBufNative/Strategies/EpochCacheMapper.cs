@@ -54,6 +54,18 @@ public sealed unsafe partial class EpochCacheMapper : SfBufMapper, IContextSwitc
     /// <summary>Retired batches above this many pages are invalidated with one full flush.</summary>
     public const int FlushCeiling = 32;
 
+    /// <summary><see cref="SfBufStats.Details"/> key: slots retired (unmapped, PTE cleared), one per recycle.</summary>
+    public const string DetailRetiredSlots = "epoch.retired_slots";
+
+    /// <summary><see cref="SfBufStats.Details"/> key: batches retired, one new global epoch each.</summary>
+    public const string DetailBatches = "epoch.batches";
+
+    /// <summary><see cref="SfBufStats.Details"/> key: fallback shootdowns, the strategy's only IPIs.</summary>
+    public const string DetailFallbackShootdowns = "epoch.fallback_shootdowns";
+
+    /// <summary><see cref="SfBufStats.Details"/> key: flush points that found retired slots to invalidate.</summary>
+    public const string DetailFlushPoints = "epoch.flush_points";
+
     private const int BatchRing = 8;
     private const long CleanState = -1;
     private const long RetiredState = -2;
@@ -92,21 +104,38 @@ public sealed unsafe partial class EpochCacheMapper : SfBufMapper, IContextSwitc
         Nsfbufs = nsfbufs ?? _window.Pages;
         if (Nsfbufs < 1 || Nsfbufs > _window.Pages)
         {
+            Dispose();
             throw new ArgumentOutOfRangeException(nameof(nsfbufs), Nsfbufs, $"nsfbufs must be 1 to the sf_buf window's {_window.Pages} pages");
         }
 
         _cpuCount = machine.Cpus.Count;
         BatchSize = Math.Clamp(Nsfbufs / 8, 1, 512);
         LowWater = Math.Max(1, BatchSize / 4);
-        var ledger = machine.Ledger;
-        _slots = (EpochSlot*)ledger.AllocZeroed((nuint)Nsfbufs * (nuint)sizeof(EpochSlot));
-        _slotOfFrame = (int*)ledger.AllocZeroed((nuint)machine.Physical.FrameCount * sizeof(int));
-        _perCpu = (EpochPerCpu*)ledger.AllocZeroed((nuint)_cpuCount * (nuint)sizeof(EpochPerCpu));
-        _shared = (EpochShared*)ledger.AllocZeroed((nuint)sizeof(EpochShared));
-        _batches = (EpochBatch*)ledger.AllocZeroed(BatchRing * (nuint)sizeof(EpochBatch));
-        _batchSlots = (int*)ledger.AllocZeroed(BatchRing * FlushCeiling * sizeof(int));
-        _cleanStack = (int*)ledger.Alloc((nuint)Nsfbufs * sizeof(int));
-        _retiredQueue = (int*)ledger.Alloc((nuint)Nsfbufs * sizeof(int));
+        // One block, so that set-up either gets all of it or fails holding nothing (the per-CPU
+        // and shared lines first, at 128-byte boundaries; then the 64-byte slots; then the ints).
+        nuint perCpuBytes = (nuint)_cpuCount * (nuint)sizeof(EpochPerCpu);
+        nuint slotBytes = (nuint)Nsfbufs * (nuint)sizeof(EpochSlot);
+        nuint batchBytes = BatchRing * (nuint)sizeof(EpochBatch);
+        nuint intCount = (BatchRing * FlushCeiling) + machine.Physical.FrameCount + (2 * (nuint)Nsfbufs);
+        byte* block;
+        try
+        {
+            block = (byte*)machine.Ledger.AllocZeroed(perCpuBytes + (nuint)sizeof(EpochShared) + slotBytes + batchBytes + (intCount * sizeof(int)), alignment: 128);
+        }
+        catch
+        {
+            Dispose(); // the instruments the base published
+            throw;
+        }
+
+        _perCpu = (EpochPerCpu*)block;
+        _shared = (EpochShared*)(block + perCpuBytes);
+        _slots = (EpochSlot*)(_shared + 1);
+        _batches = (EpochBatch*)((byte*)_slots + slotBytes);
+        _batchSlots = (int*)((byte*)_batches + batchBytes);
+        _slotOfFrame = _batchSlots + (BatchRing * FlushCeiling);
+        _cleanStack = _slotOfFrame + machine.Physical.FrameCount;
+        _retiredQueue = _cleanStack + Nsfbufs;
 
         // Every slot starts clean: its PTE is invalid and no TLB has ever seen its address.
         // Pushed in reverse so that slot 0 is used first, as FreeBSD's free list hands them out.
@@ -145,7 +174,7 @@ public sealed unsafe partial class EpochCacheMapper : SfBufMapper, IContextSwitc
         var td = KernelThread.Current;
         var cpu = td.Cpu!;
         FlushPoint(cpu);
-        int slot = TryHit(page.Frame, cpu.Id);
+        int slot = TryHit(page.Frame, cpu);
         if (slot >= 0)
         {
             _perCpu[cpu.Id].Hits++;
@@ -197,17 +226,17 @@ public sealed unsafe partial class EpochCacheMapper : SfBufMapper, IContextSwitc
 
                 if (IsMyTurn(wait) && EnsureClean(td, needed))
                 {
-                    int cpu = td.Cpu!.Id;
+                    var cpu = td.Cpu!;
                     for (int i = 0; i < pages.Length; i++)
                     {
                         int slot = TryHit(pages[i].Frame, cpu);
                         if (slot >= 0)
                         {
-                            _perCpu[cpu].Hits++;
+                            _perCpu[cpu.Id].Hits++;
                         }
                         else
                         {
-                            slot = Install(td.Cpu!, pages[i].Frame);
+                            slot = Install(cpu, pages[i].Frame);
                         }
 
                         result[i] = Handle(slot, pages[i]);
@@ -250,6 +279,7 @@ public sealed unsafe partial class EpochCacheMapper : SfBufMapper, IContextSwitc
                     : $"stale handle {sf}: the sf_buf now maps another page or was retired (double free?)");
             }
 
+            cpu.SchedulingPoint(); // a retire may test the count between the read and the CAS
             if (Interlocked.CompareExchange(ref s->Ref, r - 1, r) == r)
             {
                 if (r == 1)
@@ -267,12 +297,13 @@ public sealed unsafe partial class EpochCacheMapper : SfBufMapper, IContextSwitc
     /// <inheritdoc/>
     public override SfBufStats Stats()
     {
-        long hits = 0, misses = 0, used = 0;
+        long hits = 0, misses = 0, used = 0, flushPoints = 0;
         for (int i = 0; i < _cpuCount; i++)
         {
             hits += Volatile.Read(ref _perCpu[i].Hits);
             misses += Volatile.Read(ref _perCpu[i].Misses);
             used += Volatile.Read(ref _perCpu[i].Used);
+            flushPoints += Volatile.Read(ref _perCpu[i].FlushPoints);
         }
 
         return new SfBufStats
@@ -287,6 +318,13 @@ public sealed unsafe partial class EpochCacheMapper : SfBufMapper, IContextSwitc
             Misses = misses,
             Recycles = Volatile.Read(ref _recycles),
             Failures = Volatile.Read(ref _failures),
+            Details = new Dictionary<string, long>(StringComparer.Ordinal)
+            {
+                [DetailRetiredSlots] = Volatile.Read(ref _recycles),
+                [DetailBatches] = Volatile.Read(ref _batchesRetired),
+                [DetailFallbackShootdowns] = Volatile.Read(ref _fallbackShootdowns),
+                [DetailFlushPoints] = flushPoints,
+            },
         };
     }
 
@@ -324,7 +362,7 @@ public sealed unsafe partial class EpochCacheMapper : SfBufMapper, IContextSwitc
 
     /// <summary>Takes a reference on the slot mapping <paramref name="frame"/>, lock-free; -1 if there is none.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private int TryHit(uint frame, int cpu)
+    private int TryHit(uint frame, Cpu cpu)
     {
         int slot = IndexedSlot(frame);
         if (slot < 0)
@@ -333,6 +371,10 @@ public sealed unsafe partial class EpochCacheMapper : SfBufMapper, IContextSwitc
         }
 
         EpochSlot* s = _slots + slot;
+
+        // The index entry may be retired, and even reinstalled for another page, from here to
+        // the increment: the explorer interleaves retire and install at this point.
+        cpu.SchedulingPoint();
         TestHooks?.BeforeHitIncrement?.Invoke();
         while (true)
         {
@@ -346,7 +388,7 @@ public sealed unsafe partial class EpochCacheMapper : SfBufMapper, IContextSwitc
             {
                 if (r == 0)
                 {
-                    _perCpu[cpu].Used++;
+                    _perCpu[cpu.Id].Used++;
                 }
 
                 // I3 holds only while the count is held: re-check the page after taking it. A
@@ -358,7 +400,7 @@ public sealed unsafe partial class EpochCacheMapper : SfBufMapper, IContextSwitc
                     return slot;
                 }
 
-                Release(s, cpu);
+                Release(s, cpu.Id);
                 return -1;
             }
         }
@@ -416,12 +458,16 @@ public sealed unsafe partial class EpochCacheMapper : SfBufMapper, IContextSwitc
             return; // advanced by a fallback shootdown meanwhile
         }
 
+        // Read before, publish after (I2): a batch retired from here on has a later epoch than
+        // the one this CPU publishes, so it is never counted as invalidated here.
+        cpu.SchedulingPoint();
         if (!InvalidateRetired(cpu, observed, global))
         {
             cpu.FlushLocal();
         }
 
         pc->FlushPoints++;
+        cpu.SchedulingPoint();
         RaiseObserved(pc, global);
     }
 
@@ -496,7 +542,7 @@ public sealed unsafe partial class EpochCacheMapper : SfBufMapper, IContextSwitc
             while (true)
             {
                 // Another thread may have mapped the page while this one waited for the lock.
-                int slot = TryHit(page.Frame, td.Cpu!.Id);
+                int slot = TryHit(page.Frame, td.Cpu!);
                 if (slot >= 0)
                 {
                     _perCpu[td.Cpu!.Id].Hits++;
@@ -600,7 +646,7 @@ public sealed unsafe partial class EpochCacheMapper : SfBufMapper, IContextSwitc
         }
 
         FlushPoint(self);
-        long safe = SafeEpoch();
+        long safe = SafeEpoch(self);
         while (_retiredCount > 0)
         {
             int slot = _retiredQueue[_retiredHead];
@@ -618,7 +664,7 @@ public sealed unsafe partial class EpochCacheMapper : SfBufMapper, IContextSwitc
     }
 
     /// <summary>The lowest epoch observed by any CPU that is running a thread (idle CPUs flush before they run).</summary>
-    private long SafeEpoch()
+    private long SafeEpoch(Cpu self)
     {
         long safe = long.MaxValue;
         var cpus = Machine.Cpus;
@@ -627,6 +673,7 @@ public sealed unsafe partial class EpochCacheMapper : SfBufMapper, IContextSwitc
             // Read the epoch first: a CPU seen idle afterwards will pass a flush point before it
             // runs, and one seen running has published at least this epoch.
             long observed = Volatile.Read(ref _perCpu[i].ObservedEpoch);
+            self.SchedulingPoint();
             if (!cpus[i].IsIdle)
             {
                 safe = Math.Min(safe, observed);
@@ -636,21 +683,17 @@ public sealed unsafe partial class EpochCacheMapper : SfBufMapper, IContextSwitc
         return safe;
     }
 
+    /// <summary>
+    /// Waits for every running CPU to pass <paramref name="need"/> on its own, for the machine's
+    /// cross-CPU spin (servicing this CPU's mailbox meanwhile), then forces the laggards.
+    /// </summary>
     private void WaitForEpoch(KernelThread td, long need)
     {
         var cpu = td.Cpu!;
-        long start = Stopwatch.GetTimestamp();
-        var spin = default(SpinWait);
-        while (!IsPast(need, SafeEpoch()))
+        var passed = new EpochPassed(this, cpu, need);
+        if (!cpu.WaitUntil(ref passed, park: false))
         {
-            if (Stopwatch.GetElapsedTime(start) > FallbackAfter)
-            {
-                ForceEpoch(cpu, need);
-                return;
-            }
-
-            cpu.PollPoint();
-            spin.SpinOnce(sleep1Threshold: -1);
+            ForceEpoch(cpu, need);
         }
     }
 
@@ -721,6 +764,7 @@ public sealed unsafe partial class EpochCacheMapper : SfBufMapper, IContextSwitc
                 continue;
             }
 
+            cpu.SchedulingPoint(); // a lock-free hit may take the slot between the test and the CAS
             if (Interlocked.CompareExchange(ref s->Ref, RetiredState, 0) != 0)
             {
                 continue; // hit meanwhile
@@ -748,10 +792,15 @@ public sealed unsafe partial class EpochCacheMapper : SfBufMapper, IContextSwitc
         _batchesRetired++;
         batch->Count = retired;
         Volatile.Write(ref batch->Epoch, epoch);
+        cpu.SchedulingPoint(); // flush points racing the publication of the batch
         Interlocked.Exchange(ref _shared->GlobalEpoch, epoch);
         FlushPoint(cpu);
     }
 
+    /// <summary>
+    /// I2 decides when a retired slot is clean: every running CPU has published an epoch at least
+    /// the slot's retire epoch, so it has invalidated the slot since it was unmapped.
+    /// </summary>
     private bool IsPast(long retireEpoch, long safe) => TestHooks is { RecycleOneEpochEarly: true }
         ? retireEpoch <= safe + 1
         : retireEpoch <= safe;
@@ -846,8 +895,15 @@ public sealed unsafe partial class EpochCacheMapper : SfBufMapper, IContextSwitc
         return (int)used;
     }
 
-    /// <summary>How long a miss spins for laggards before the fallback shootdown.</summary>
-    private static TimeSpan FallbackAfter { get; } = TimeSpan.FromMicroseconds(20);
+    /// <summary>A cross-CPU wait for every running CPU to publish an epoch at least <c>Need</c>.</summary>
+    private readonly struct EpochPassed(EpochCacheMapper mapper, Cpu self, long need) : ICrossCpuWait
+    {
+        public bool IsMet() => mapper.IsPast(need, mapper.SafeEpoch(self));
+
+        public void Tick()
+        {
+        }
+    }
 }
 
 /// <summary>A thread's place among the waiters for a slot.</summary>

@@ -9,7 +9,7 @@ namespace Native.Tests.Exploration;
 /// cancellation and the sf_buf strategies under the machine's controlled scheduler (random walk
 /// and PCT): every schedule passes with the real code, and each planted bug is found within the
 /// CI budget. <c>SFBUF_EXPLORE_SCHEDULES=10000</c> runs the long form (category Long for the
-/// sf_buf scenarios on every strategy).
+/// sf_buf scenarios on every strategy, epoch-cache's on 2 and 3 CPUs included).
 /// </summary>
 [TestFixture]
 [NonParallelizable]
@@ -60,6 +60,30 @@ public sealed class ExplorationTests
         Assert.That(steps, Is.EqualTo(found.Steps));
     }
 
+    /// <summary>
+    /// epoch-cache's planted bug: a retired slot counts as clean one epoch early, so a CPU that
+    /// still caches its old translation can be handed the slot's new mapping. The explorer must
+    /// find it on the remote-caching scenario within the CI budget, with a seed that replays it.
+    /// </summary>
+    [Test]
+    public void TheExplorerFindsEpochCacheRecyclingOneEpochEarly()
+    {
+        var scenario = Scenarios.SfBufRemote(SfBufMapper.EpochCache, 2, ("recycle-one-epoch-early", PlantRecycleOneEpochEarly));
+
+        var found = Explorer.Explore(scenario, Explorer.CiBugBudget);
+
+        Assert.That(found, Is.Not.Null, $"recycling one epoch early survived {Explorer.CiBugBudget} schedules of {scenario.Name}");
+        TestContext.Out.WriteLine($"RecycleOneEpochEarly: {found}");
+        Assert.That(found!.What, Does.Match("(?i)stale|expected page"), "found as a stale translation, not as some other failure");
+
+        string? again = Explorer.RunOne(scenario, found.Seed, PlantedBug.None, out _, out int steps);
+        Assert.That(again, Is.EqualTo(found.What), "the seed replays the failing schedule");
+        Assert.That(steps, Is.EqualTo(found.Steps));
+    }
+
+    private static void PlantRecycleOneEpochEarly(SfBufMapper mapper) =>
+        ((EpochCacheMapper)mapper).TestHooks = new EpochCacheTestHooks { RecycleOneEpochEarly = true };
+
     private static Dictionary<string, Func<Scenario>> BuildScenarios()
     {
         var all = new Func<Scenario>[]
@@ -73,7 +97,7 @@ public sealed class ExplorationTests
         }.Concat(
             from strategy in SfBufMapper.StrategyNames
             from cpus in new[] { 2, 3 }
-            from make in new Func<string, int, Scenario>[] { Scenarios.SfBufRemote, Scenarios.SfBufExhaustion }
+            from make in new Func<string, int, Scenario>[] { (s, c) => Scenarios.SfBufRemote(s, c), Scenarios.SfBufExhaustion }
             select (Func<Scenario>)(() => make(strategy, cpus)));
         return all.ToDictionary(f => f().Name);
     }
