@@ -63,7 +63,7 @@ public sealed record SfBufStrategyInfo(
         new(SfBufMapper.FreeBsdQuick, "FreeBSD 11", "pmap_quick_enter_page / pmap_quick_remove_page (i386 pmap.c, r286296); sf_buf for the rest",
             SfBufStrategyGroup.Peer, true, true, false, "pmap_quick_enter_page (nested: sfbuf-i386 CPU-private)", "sfbuf-i386",
             (machine, nsfbufs) => new Strategies.FreeBsd.QuickMapper(machine, nsfbufs)),
-        new(SfBufMapper.EpochCache, "this project", "sfbuf-i386's mapping cache with a lock-free page index and epoch-deferred recycling (peers.md §9: Linux's page_address, NetBSD's emap generations, DragonFly's lwbuf)",
+        new(SfBufMapper.EpochCache, "this project", "sfbuf-i386's mapping cache with a lock-free page index (Linux's page_address) and epoch-deferred, batched recycling (NetBSD emap's generations, kmap's batched flush): EpochCacheMapper.cs",
             SfBufStrategyGroup.Own, true, true, false, "the shared cache: no hint needed, no IPI", "the same: lock-free hit, no IPI on a miss unless the epoch fallback runs",
             (machine, nsfbufs) => new EpochCacheMapper(machine, nsfbufs)),
     ];

@@ -30,8 +30,9 @@ namespace Native.SfBufNative;
 /// <c>tlb_single_page_flush_ceiling</c>) and publishes the epoch it read before flushing. An
 /// idle CPU is not waited for: it passes a flush point before it runs a thread again.</item>
 /// <item><b>Fallback.</b> Only when a miss finds no clean slot and a running CPU has not passed
-/// the needed epoch within a short spin does the pool send one full-flush shootdown to the
-/// laggards, which advances them all at once.</item>
+/// the needed epoch within the machine's cross-CPU spin does the pool send one full-flush
+/// shootdown to the laggards, which advances them all at once. It is the only IPI this strategy
+/// sends.</item>
 /// <item><b>No hint.</b> Because a new mapping is valid everywhere, <c>SFB_CPUPRIVATE</c> changes
 /// nothing (it is still checked for its pin, as the interface requires).</item>
 /// <item><b>Exhaustion.</b> Waiters for a slot are served first come, first served (tickets), and
@@ -39,14 +40,16 @@ namespace Native.SfBufNative;
 /// never holds one while waiting for the other (the <c>kmap</c> deadlock).</item>
 /// </list>
 /// <para>
-/// Invariants (checked by the stale-translation oracles in every test):
-/// I1: a slot in the clean state has an invalid PTE and no CPU that is running a thread holds a
-/// translation for its address, except a CPU that has not yet passed the slot's retire epoch, in
-/// which case the slot is not clean. I2: a CPU's observed epoch E means it has invalidated every
-/// slot retired at an epoch ≤ E since it observed its previous epoch; observed epochs only grow.
-/// I3: an indexed slot with reference count ≥ 0 maps the page it is indexed under. I4: only the
-/// pool lock's holder moves a slot out of the retired or clean states, and only the holder of the
-/// last reference moves it to 0.
+/// Invariants (checked by the stale-translation and latent-staleness oracles in every test, by
+/// <c>TestHookCheckInvariants</c>, and under the interleaving explorer):
+/// I1: a clean slot has an invalid PTE and no CPU that is running a thread holds a translation
+/// for its address (kept by <see cref="ReclaimClean"/> with I2; so <see cref="Install"/> needs no
+/// invalidation). I2: a CPU's published epoch E means it has invalidated every slot retired at an
+/// epoch ≤ E; published epochs only grow (kept by <see cref="CatchUp"/>: read before, publish
+/// after). I3: an indexed slot with reference count ≥ 0 maps the page it is indexed under, and no
+/// two slots are indexed under one page (kept by <see cref="TryHit"/>'s re-check and by index
+/// writes under the pool lock). I4: only the pool lock's holder moves a slot out of the retired or
+/// clean states, and only the holder of the last reference moves it to 0.
 /// </para>
 /// </summary>
 public sealed unsafe partial class EpochCacheMapper : SfBufMapper, IContextSwitchHook
@@ -108,12 +111,12 @@ public sealed unsafe partial class EpochCacheMapper : SfBufMapper, IContextSwitc
             throw new ArgumentOutOfRangeException(nameof(nsfbufs), Nsfbufs, $"nsfbufs must be 1 to the sf_buf window's {_window.Pages} pages");
         }
 
-        _cpuCount = machine.Cpus.Count;
+        int cpuCount = machine.Cpus.Count;
         BatchSize = Math.Clamp(Nsfbufs / 8, 1, 512);
         LowWater = Math.Max(1, BatchSize / 4);
         // One block, so that set-up either gets all of it or fails holding nothing (the per-CPU
         // and shared lines first, at 128-byte boundaries; then the 64-byte slots; then the ints).
-        nuint perCpuBytes = (nuint)_cpuCount * (nuint)sizeof(EpochPerCpu);
+        nuint perCpuBytes = (nuint)cpuCount * (nuint)sizeof(EpochPerCpu);
         nuint slotBytes = (nuint)Nsfbufs * (nuint)sizeof(EpochSlot);
         nuint batchBytes = BatchRing * (nuint)sizeof(EpochBatch);
         nuint intCount = (BatchRing * FlushCeiling) + machine.Physical.FrameCount + (2 * (nuint)Nsfbufs);
@@ -124,9 +127,11 @@ public sealed unsafe partial class EpochCacheMapper : SfBufMapper, IContextSwitc
         }
         catch
         {
-            Dispose(); // the instruments the base published
+            Dispose(); // the instruments the base published (Stats reads no CPU yet: _cpuCount is 0)
             throw;
         }
+
+        _cpuCount = cpuCount;
 
         _perCpu = (EpochPerCpu*)block;
         _shared = (EpochShared*)(block + perCpuBytes);
@@ -637,7 +642,11 @@ public sealed unsafe partial class EpochCacheMapper : SfBufMapper, IContextSwitc
         return _cleanCount >= needed;
     }
 
-    /// <summary>Moves retired slots whose epoch every running CPU has passed to the clean stack.</summary>
+    /// <summary>
+    /// Moves retired slots whose epoch every running CPU has passed to the clean stack: by I2 each
+    /// of those CPUs has invalidated the slot since its PTE was cleared, and an idle one will flush
+    /// before it runs, so I1 holds for every slot moved (pool lock held: I4).
+    /// </summary>
     private void ReclaimClean(Cpu self)
     {
         if (_retiredCount == 0)

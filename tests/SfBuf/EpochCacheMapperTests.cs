@@ -74,6 +74,7 @@ public sealed class EpochCacheMapperTests
         Assert.That(d[Counter.LocalInvalidations], Is.Zero, "a clean slot is cached nowhere");
         Assert.That(d[Counter.ShootdownRounds], Is.Zero);
         Assert.That(d[Counter.StaleAccesses], Is.Zero);
+        Assert.That(d[Counter.LatentStaleAccesses], Is.Zero);
     }
 
     // ------------------------------------------------------------------ retire, epochs, reclaim
@@ -134,6 +135,7 @@ public sealed class EpochCacheMapperTests
         var cpu1 = m.Counters() - beforeCpu1;
 
         Assert.That(d[Counter.StaleAccesses], Is.Zero);
+        Assert.That(d[Counter.LatentStaleAccesses], Is.Zero);
         Assert.That(d[Counter.ShootdownRounds], Is.Zero, "recycling waited out an epoch instead");
         Assert.That(d[Counter.IpisSent], Is.Zero);
         Assert.That(sfbufs.Stats().Recycles, Is.GreaterThanOrEqualTo(24));
@@ -166,6 +168,7 @@ public sealed class EpochCacheMapperTests
         }
 
         Assert.That(d[Counter.StaleAccesses], Is.Zero);
+        Assert.That(d[Counter.LatentStaleAccesses], Is.Zero);
         Assert.That(sfbufs.FallbackShootdowns, Is.GreaterThan(0), "the busy CPU never passed an epoch by itself");
         Assert.That(d[Counter.ShootdownRounds], Is.EqualTo(sfbufs.FallbackShootdowns), "every round was a fallback");
         Assert.That(d[Counter.IpisSent], Is.EqualTo(sfbufs.FallbackShootdowns));
@@ -234,6 +237,7 @@ public sealed class EpochCacheMapperTests
 
         SfBufRig.JoinAll(threads, SfBufRig.Patience);
         Assert.That(m.Counters()[Counter.StaleAccesses], Is.Zero);
+        Assert.That(m.Counters()[Counter.LatentStaleAccesses], Is.Zero);
         Assert.That(sfbufs.Stats().NsfbufsUsed, Is.Zero);
     }
 
@@ -383,6 +387,7 @@ public sealed class EpochCacheMapperTests
         Assert.That(sfbufs.Stats().NsfbufsUsed, Is.Zero);
         Assert.That(sfbufs.Stats().Recycles, Is.GreaterThan(0));
         Assert.That(m.Counters()[Counter.StaleAccesses], Is.Zero);
+        Assert.That(m.Counters()[Counter.LatentStaleAccesses], Is.Zero);
     }
 
     // ------------------------------------------------------------------ helpers
