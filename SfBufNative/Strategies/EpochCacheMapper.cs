@@ -221,15 +221,23 @@ public sealed unsafe partial class EpochCacheMapper : SfBufMapper, IContextSwitc
         {
             while (true)
             {
-                // Under the lock only this thread installs, so a page not indexed now, or indexed
-                // to a retired slot, needs a clean slot below.
-                int needed = 0;
-                foreach (var page in pages)
+                // Under the lock only this thread installs or retires, so a page not indexed now,
+                // or indexed to a retired slot, needs a clean slot below. EnsureClean may retire
+                // an inactive slot of one of these pages itself: count again after it, and ask
+                // for more while that left too few (each round the count grows, so it ends).
+                bool ready = false;
+                if (IsMyTurn(wait))
                 {
-                    needed += LiveSlot(page.Frame) < 0 ? 1 : 0;
+                    int needed;
+                    do
+                    {
+                        needed = Missing(pages);
+                        ready = EnsureClean(td, needed);
+                    }
+                    while (ready && Missing(pages) > needed);
                 }
 
-                if (IsMyTurn(wait) && EnsureClean(td, needed))
+                if (ready)
                 {
                     var cpu = td.Cpu!;
                     for (int i = 0; i < pages.Length; i++)
@@ -261,6 +269,18 @@ public sealed unsafe partial class EpochCacheMapper : SfBufMapper, IContextSwitc
             LeaveQueue(ref wait);
             _lock.Unlock(td);
         }
+    }
+
+    /// <summary>Pages of <paramref name="pages"/> without a live slot: an upper bound on the installs they need (pool lock held).</summary>
+    private int Missing(ReadOnlySpan<VmPage> pages)
+    {
+        int missing = 0;
+        foreach (var page in pages)
+        {
+            missing += LiveSlot(page.Frame) < 0 ? 1 : 0;
+        }
+
+        return missing;
     }
 
     /// <inheritdoc/>
@@ -575,7 +595,11 @@ public sealed unsafe partial class EpochCacheMapper : SfBufMapper, IContextSwitc
     /// <summary>Maps a clean slot to <paramref name="frame"/>: one PTE write, no invalidation anywhere (I1).</summary>
     private int Install(Cpu cpu, uint frame)
     {
-        Debug.Assert(_cleanCount > 0, "EnsureClean precedes Install");
+        if (_cleanCount == 0)
+        {
+            throw new InvalidOperationException("epoch-cache: an install without a clean slot (EnsureClean must precede it)");
+        }
+
         int slot = _cleanStack[--_cleanCount];
         EpochSlot* s = _slots + slot;
         s->Frame = frame;
