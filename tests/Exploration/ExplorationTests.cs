@@ -81,6 +81,42 @@ public sealed class ExplorationTests
         Assert.That(steps, Is.EqualTo(found.Steps));
     }
 
+    /// <summary>
+    /// The epoch-cache scenarios reach what they exist to interleave: over their schedules slots
+    /// are retired and recycled and the epoch fallback runs, and after every schedule the pool's
+    /// structural invariants (I1, I3, the slot states and use counts) hold.
+    /// </summary>
+    [TestCase(2)]
+    [TestCase(3)]
+    public void TheEpochCacheScenariosRetireRecycleAndFallBackAndKeepTheInvariants(int cpus)
+    {
+        long retired = 0, batches = 0, fallbacks = 0;
+        foreach (var make in new Func<string, int, Scenario>[] { (s, c) => Scenarios.SfBufRemote(s, c), Scenarios.SfBufExhaustion })
+        {
+            var scenario = make(SfBufMapper.EpochCache, cpus) with
+            {
+                Check = run =>
+                {
+                    var mapper = (EpochCacheMapper)run.State["mapper"];
+                    var details = mapper.Stats().Details;
+                    retired += details[EpochCacheMapper.DetailRetiredSlots];
+                    batches += details[EpochCacheMapper.DetailBatches];
+                    fallbacks += details[EpochCacheMapper.DetailFallbackShootdowns];
+                    foreach (var problem in mapper.TestHookCheckInvariants())
+                    {
+                        run.Fail(problem);
+                    }
+                },
+            };
+            Explorer.AssertAllPass(scenario, 100);
+        }
+
+        TestContext.Out.WriteLine($"{cpus} CPUs: {retired} slots retired in {batches} batches, {fallbacks} fallback shootdowns");
+        Assert.That(retired, Is.GreaterThan(0));
+        Assert.That(batches, Is.GreaterThan(0));
+        Assert.That(fallbacks, Is.GreaterThan(0), "some schedule left a running CPU behind the needed epoch");
+    }
+
     private static void PlantRecycleOneEpochEarly(SfBufMapper mapper) =>
         ((EpochCacheMapper)mapper).TestHooks = new EpochCacheTestHooks { RecycleOneEpochEarly = true };
 
