@@ -47,6 +47,9 @@ public abstract class SfBufMapper : IDisposable
     /// <summary>FreeBSD's <c>pmap_quick_enter_page</c> for private users; shared or nested ones fall back to sfbuf-i386.</summary>
     public const string FreeBsdQuick = "freebsd-quick";
 
+    /// <summary>Our own: lock-free hits, slots recycled after an epoch instead of a shootdown.</summary>
+    public const string EpochCache = "epoch-cache";
+
     private static int s_nextId;
     private readonly bool _instruments;
     private readonly bool _kvaOnAccessingCpu;
@@ -69,7 +72,7 @@ public abstract class SfBufMapper : IDisposable
         _instruments = instruments;
     }
 
-    /// <summary>Every strategy, by name, in the order results list them (<see cref="SfBufStrategyInfo.All"/>): the paper's three, then the peers.</summary>
+    /// <summary>Every strategy, by name, in the order results list them (<see cref="SfBufStrategyInfo.All"/>): the paper's three, the peers, then our own.</summary>
     public static IReadOnlyList<string> StrategyNames { get; } = [.. SfBufStrategyInfo.All.Select(i => i.Name)];
 
     /// <summary>The paper's three strategies.</summary>
@@ -77,6 +80,9 @@ public abstract class SfBufMapper : IDisposable
 
     /// <summary>The peers: what Linux, DragonFly, NetBSD and later FreeBSD chose instead.</summary>
     public static IReadOnlyList<string> PeerNames { get; } = SfBufStrategyInfo.NamesOf(SfBufStrategyGroup.Peer);
+
+    /// <summary>The project's own strategies.</summary>
+    public static IReadOnlyList<string> OwnNames { get; } = SfBufStrategyInfo.NamesOf(SfBufStrategyGroup.Own);
 
     /// <summary>The strategy's name.</summary>
     public abstract string Name { get; }

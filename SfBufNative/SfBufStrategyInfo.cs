@@ -55,7 +55,7 @@ public sealed record SfBufStrategyInfo(
         + "so this would run correctly but measure a remap with a broadcast shootdown per use, not this mechanism";
 
     /// <summary>
-    /// Every strategy, in the order results list them: the paper's three, then the peers. A new
+    /// Every strategy, in the order results list them: the paper's three, the peers, then our own. A new
     /// strategy is one entry here (and its file or folder under <c>Strategies/</c>).
     /// </summary>
     public static IReadOnlyList<SfBufStrategyInfo> All { get; } =
@@ -101,6 +101,12 @@ public sealed record SfBufStrategyInfo(
             (machine, nsfbufs) => new Strategies.FreeBsd.QuickMapper(machine, nsfbufs))
         {
             NotOnHost = "its saving is the per-CPU quick-map page invalidated with a local invlpg only (pmap_quick_enter_page); " + HostFlushesEverywhere,
+        },
+        new(SfBufMapper.EpochCache, "this project", "sfbuf-i386's mapping cache with a lock-free page index (Linux's page_address) and epoch-deferred, batched recycling (NetBSD emap's generations, kmap's batched flush): EpochCacheMapper.cs",
+            SfBufStrategyGroup.Own, true, true, false, "the shared cache: no hint needed, no IPI", "the same: lock-free hit, no IPI on a miss unless the epoch fallback runs", SfBufPrivateRules.None, 0, true,
+            (machine, nsfbufs) => new EpochCacheMapper(machine, nsfbufs))
+        {
+            NotOnHost = "its saving is invalidation deferred to the flush points every CPU passes anyway (context switch, idle, epoch catch-up); user space cannot defer the host kernel's flush of a retired slot, so this would measure a broadcast shootdown per recycled slot, not this mechanism",
         },
     ];
 
@@ -175,5 +181,5 @@ public enum SfBufStrategyGroup
     Peer,
 
     /// <summary>The project's own designs.</summary>
-    Project,
+    Own,
 }

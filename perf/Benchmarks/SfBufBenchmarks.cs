@@ -33,7 +33,7 @@ public class SfBufBenchmarks
     private ulong _sink;
 
     /// <summary>The strategy.</summary>
-    [Params(SfBufMapper.Original, SfBufMapper.I386, SfBufMapper.Amd64)]
+    [Params(SfBufMapper.Original, SfBufMapper.I386, SfBufMapper.Amd64, SfBufMapper.EpochCache)]
     public string Strategy { get; set; } = SfBufMapper.I386;
 
     /// <summary>Hit (one page) or miss (more pages than the pool).</summary>
@@ -118,6 +118,7 @@ public class SfBufBenchmarks
             DirectMapMapper d => Sealed(d, pages),
             I386Mapper i => Sealed(i, pages),
             OriginalMapper o => Sealed(o, pages),
+            EpochCacheMapper e => Sealed(e, pages),
             _ => throw new InvalidOperationException(_mapper.Name),
         };
     });
@@ -151,6 +152,19 @@ public class SfBufBenchmarks
     }
 
     private static ulong Sealed(OriginalMapper mapper, VmPage[] pages)
+    {
+        ulong sum = 0;
+        for (int i = 0; i < Ops; i++)
+        {
+            var sf = mapper.Alloc(pages[i % pages.Length]);
+            sum += mapper.Kva(sf);
+            mapper.Free(sf);
+        }
+
+        return sum;
+    }
+
+    private static ulong Sealed(EpochCacheMapper mapper, VmPage[] pages)
     {
         ulong sum = 0;
         for (int i = 0; i < Ops; i++)

@@ -11,7 +11,8 @@ namespace Native.Perf.Paper;
 /// unmaps everything it maps and on SMP sends exactly the rounds its mechanisms imply
 /// (<see cref="Experiment.OriginalRounds"/>), each a broadcast to N-1 CPUs, so IPIs = rounds × (N-1)
 /// less idle deferrals; <c>sfbuf-i386</c> maps once per miss, never unmaps, and sends nothing for
-/// private users; each peer the counts its algorithm fixes (<see cref="CheckPeer"/>). Then each
+/// private users; each peer the counts its algorithm fixes (<see cref="CheckPeer"/>); <c>epoch-cache</c>
+/// maps once per miss and sends IPIs only from its epoch fallback (<see cref="CheckEpochCache"/>). Then each
 /// experiment's own relations (<see cref="Experiment.Relations"/>).
 /// </summary>
 internal static class PaperChecks
@@ -85,6 +86,9 @@ internal static class PaperChecks
                 }
 
                 break;
+            case SfBufMapper.EpochCache:
+                CheckEpochCache(m, Expect);
+                break;
         }
 
         if (SfBufMapper.Describe(m.Strategy).IsPeer)
@@ -94,6 +98,24 @@ internal static class PaperChecks
 
         problems.AddRange(experiment.Relations(m).Select(p => $"{where}: {p}"));
         return problems;
+    }
+
+    /// <summary>
+    /// The counts <c>epoch-cache</c>'s algorithm fixes, in one trial: one mapping per miss (a
+    /// recycled slot is installed with one PTE write and nothing else); one PTE clear per retired
+    /// slot and nothing else unmapped; its only shootdowns are the fallback's, one round each, so
+    /// without the fallback not one IPI; and a round goes to at most the N-1 other CPUs.
+    /// </summary>
+    private static void CheckEpochCache(Measurement m, Action<bool, string> expect)
+    {
+        long rounds = m["shootdowns"];
+        long fallbacks = m[EpochCacheMapper.DetailFallbackShootdowns];
+        expect(m["mappings"] == m["sfbuf_misses"], $"{m["mappings"]} mappings for {m["sfbuf_misses"]} sf_buf misses (one each)");
+        expect(m["pte_clears"] == m[EpochCacheMapper.DetailRetiredSlots],
+            $"{m["pte_clears"]} PTEs cleared for {m[EpochCacheMapper.DetailRetiredSlots]} retired slots (retiring is the only unmap)");
+        expect(rounds == fallbacks, $"{rounds} shootdowns but {fallbacks} epoch fallbacks (the fallback is the only shootdown)");
+        expect(fallbacks > 0 || m["ipis_sent"] == 0, $"{m["ipis_sent"]} IPIs sent without an epoch fallback");
+        expect(m["ipis_sent"] <= fallbacks * (m.Cpus - 1), $"{m["ipis_sent"]} IPIs for {fallbacks} fallbacks on {m.Cpus} CPUs");
     }
 
     /// <summary>

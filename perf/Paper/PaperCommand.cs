@@ -140,6 +140,7 @@ internal static class PaperCommand
             + "original: exactly the shootdown rounds its mechanisms imply, IPIs = rounds x (N-1) less idle deferrals; direct map: no mapping; "
             + "sfbuf-i386: one mapping per miss, no IPI for private users; "
             + (plan.Strategies.Any(s => SfBufMapper.Describe(s).IsPeer) ? "each peer's own counts (PaperChecks); " : string.Empty)
+            + (plan.Strategies.Contains(SfBufMapper.EpochCache) ? "epoch-cache: one mapping per miss, shootdowns only from its epoch fallback; " : string.Empty)
             + "and each experiment's own relations");
         return 0;
     }

@@ -9,7 +9,7 @@ namespace Native.Tests.Exploration;
 /// cancellation and the sf_buf strategies under the machine's controlled scheduler (random walk
 /// and PCT): every schedule passes with the real code, and each planted bug is found within the
 /// CI budget. <c>SFBUF_EXPLORE_SCHEDULES=10000</c> runs the long form (category Long for the
-/// sf_buf scenarios on every strategy).
+/// sf_buf scenarios on every strategy, epoch-cache's on 2 and 3 CPUs included).
 /// </summary>
 [TestFixture]
 [NonParallelizable]
@@ -60,6 +60,66 @@ public sealed class ExplorationTests
         Assert.That(steps, Is.EqualTo(found.Steps));
     }
 
+    /// <summary>
+    /// epoch-cache's planted bug: a retired slot counts as clean one epoch early, so a CPU that
+    /// still caches its old translation can be handed the slot's new mapping. The explorer must
+    /// find it on the remote-caching scenario within the CI budget, with a seed that replays it.
+    /// </summary>
+    [Test]
+    public void TheExplorerFindsEpochCacheRecyclingOneEpochEarly()
+    {
+        var scenario = Scenarios.SfBufRemote(SfBufMapper.EpochCache, 2, ("recycle-one-epoch-early", PlantRecycleOneEpochEarly));
+
+        var found = Explorer.Explore(scenario, Explorer.CiBugBudget);
+
+        Assert.That(found, Is.Not.Null, $"recycling one epoch early survived {Explorer.CiBugBudget} schedules of {scenario.Name}");
+        TestContext.Out.WriteLine($"RecycleOneEpochEarly: {found}");
+        Assert.That(found!.What, Does.Match("(?i)stale|expected page"), "found as a stale translation, not as some other failure");
+
+        string? again = Explorer.RunOne(scenario, found.Seed, PlantedBug.None, out _, out int steps);
+        Assert.That(again, Is.EqualTo(found.What), "the seed replays the failing schedule");
+        Assert.That(steps, Is.EqualTo(found.Steps));
+    }
+
+    /// <summary>
+    /// The epoch-cache scenarios reach what they exist to interleave: over their schedules slots
+    /// are retired and recycled and the epoch fallback runs, and after every schedule the pool's
+    /// structural invariants (I1, I3, the slot states and use counts) hold.
+    /// </summary>
+    [TestCase(2)]
+    [TestCase(3)]
+    public void TheEpochCacheScenariosRetireRecycleAndFallBackAndKeepTheInvariants(int cpus)
+    {
+        long retired = 0, batches = 0, fallbacks = 0;
+        foreach (var make in new Func<string, int, Scenario>[] { (s, c) => Scenarios.SfBufRemote(s, c), Scenarios.SfBufExhaustion })
+        {
+            var scenario = make(SfBufMapper.EpochCache, cpus) with
+            {
+                Check = run =>
+                {
+                    var mapper = (EpochCacheMapper)run.State["mapper"];
+                    var details = mapper.Stats().Details;
+                    retired += details[EpochCacheMapper.DetailRetiredSlots];
+                    batches += details[EpochCacheMapper.DetailBatches];
+                    fallbacks += details[EpochCacheMapper.DetailFallbackShootdowns];
+                    foreach (var problem in mapper.TestHookCheckInvariants())
+                    {
+                        run.Fail(problem);
+                    }
+                },
+            };
+            Explorer.AssertAllPass(scenario, 100);
+        }
+
+        TestContext.Out.WriteLine($"{cpus} CPUs: {retired} slots retired in {batches} batches, {fallbacks} fallback shootdowns");
+        Assert.That(retired, Is.GreaterThan(0));
+        Assert.That(batches, Is.GreaterThan(0));
+        Assert.That(fallbacks, Is.GreaterThan(0), "some schedule left a running CPU behind the needed epoch");
+    }
+
+    private static void PlantRecycleOneEpochEarly(SfBufMapper mapper) =>
+        ((EpochCacheMapper)mapper).TestHooks = new EpochCacheTestHooks { RecycleOneEpochEarly = true };
+
     private static Dictionary<string, Func<Scenario>> BuildScenarios()
     {
         var all = new Func<Scenario>[]
@@ -73,7 +133,7 @@ public sealed class ExplorationTests
         }.Concat(
             from strategy in SfBufMapper.StrategyNames
             from cpus in new[] { 2, 3 }
-            from make in new Func<string, int, Scenario>[] { Scenarios.SfBufRemote, Scenarios.SfBufExhaustion }
+            from make in new Func<string, int, Scenario>[] { (s, c) => Scenarios.SfBufRemote(s, c), Scenarios.SfBufExhaustion }
             select (Func<Scenario>)(() => make(strategy, cpus)));
         return all.ToDictionary(f => f().Name);
     }

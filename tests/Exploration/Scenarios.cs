@@ -190,7 +190,11 @@ internal static class Scenarios
     /// or CPU-private, NoWait), touches some mappings and not others, and hands shared ones to
     /// another CPU, which reads and frees them.
     /// </summary>
-    public static Scenario SfBufRemote(string strategy, int cpus) => SfBufScenario($"sfbuf-remote-{strategy}-{cpus}cpu", strategy, cpus, (run, mapper, pages, live) =>
+    /// <param name="strategy">The strategy.</param>
+    /// <param name="cpus">The CPU count.</param>
+    /// <param name="plant">Plants a strategy's own bug in the new mapper (its name is added to the scenario's).</param>
+    public static Scenario SfBufRemote(string strategy, int cpus, (string Name, Action<SfBufMapper> Apply)? plant = null) => SfBufScenario(
+        $"sfbuf-remote-{strategy}-{cpus}cpu{(plant is { } p ? $"-{p.Name}" : string.Empty)}", strategy, cpus, (run, mapper, pages, live) =>
     {
         var m = run.M;
         var info = SfBufMapper.Describe(strategy);
@@ -262,7 +266,7 @@ internal static class Scenarios
                 finished[me] = true;
             }, cpu: me, bound: true);
         }
-    }, pageCount: 5);
+    }, pageCount: 5, plant?.Apply);
 
     /// <summary>
     /// sf_buf exhaustion: four threads on <paramref name="cpus"/> CPUs allocate (waiting, some
@@ -319,15 +323,22 @@ internal static class Scenarios
         });
     });
 
-    private static Scenario SfBufScenario(string name, string strategy, int cpus, Action<ExploreRun, SfBufMapper, VmPage[], LiveHandles> threads, int pageCount = 3)
+    /// <summary>
+    /// The pool for the caches of mappings: two slots, fewer than the scenarios' pages, so that
+    /// every schedule recycles (and, for epoch-cache, retires, waits out or forces an epoch).
+    /// </summary>
+    private const int CachePool = 2;
+
+    private static Scenario SfBufScenario(string name, string strategy, int cpus, Action<ExploreRun, SfBufMapper, VmPage[], LiveHandles> threads, int pageCount = 3, Action<SfBufMapper>? plant = null)
     {
         var flavor = strategy == SfBufMapper.Amd64 ? MachineFlavor.Amd64 : MachineFlavor.I386;
         return new Scenario(name, SfBufRig.Small(cpus, flavor, windowPages: 8, kernelMapPages: 2), run =>
         {
-            var mapper = SfBufMapper.Create(strategy, run.M, strategy == SfBufMapper.I386 ? 2 : null);
+            var mapper = SfBufMapper.Create(strategy, run.M, strategy is SfBufMapper.I386 or SfBufMapper.EpochCache ? CachePool : null);
             run.State["mapper"] = mapper;
+            plant?.Invoke(mapper);
             var pages = SfBufRig.NewPages(run.M, pageCount);
-            threads(run, mapper, pages, new LiveHandles(mapper is I386Mapper));
+            threads(run, mapper, pages, new LiveHandles(mapper is I386Mapper or EpochCacheMapper));
         })
         {
             ExpectedSteps = 300,
@@ -363,7 +374,7 @@ internal static class Scenarios
     }
 
     /// <summary>
-    /// The live handles per page: for a cache of mappings (sfbuf-i386), two live handles of one
+    /// The live handles per page: for a cache of mappings (sfbuf-i386, epoch-cache), two live handles of one
     /// page must be the same sf_buf. Released before the free, added after the alloc, so it never
     /// claims a handle is live when it is not.
     /// </summary>

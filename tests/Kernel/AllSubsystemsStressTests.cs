@@ -656,6 +656,10 @@ public sealed class AllSubsystemsStressTests
                 Assert.That(stats.Recycles, Is.GreaterThan(0), "the working set does not fit: cached mappings were recycled");
                 Assert.That(stats.AllocWait, Is.GreaterThan(0), "the pool ran dry and allocations slept (sf_allocwait)");
                 break;
+            case SfBufMapper.EpochCache:
+                Assert.That(stats.NsfbufsPeak, Is.LessThanOrEqualTo(Pool));
+                Assert.That(stats.Recycles, Is.GreaterThan(0), "the working set does not fit: cached mappings were recycled");
+                break;
             case SfBufMapper.Original:
                 Assert.That(stats.AllocWait, Is.GreaterThan(0), "sendfile's pool ran dry and allocations slept (sf_allocwait)");
                 Assert.That(

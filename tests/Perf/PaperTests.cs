@@ -236,7 +236,7 @@ public sealed class PaperTests
     {
         Assert.That(PaperCommand.ChooseStrategies(["all"], peers: false), Is.EqualTo(SfBufMapper.StrategyNames));
         Assert.That(PaperCommand.ChooseStrategies([.. SfBufMapper.PaperStrategyNames], peers: false), Is.EqualTo(SfBufMapper.PaperStrategyNames));
-        Assert.That(PaperCommand.ChooseStrategies([.. SfBufMapper.PaperStrategyNames], peers: true), Is.EqualTo(SfBufMapper.StrategyNames));
+        Assert.That(PaperCommand.ChooseStrategies([.. SfBufMapper.PaperStrategyNames], peers: true), Is.EqualTo(SfBufMapper.PaperStrategyNames.Concat(SfBufMapper.PeerNames)));
         Assert.That(PaperCommand.ChooseStrategies([SfBufMapper.NetBsdEmap, SfBufMapper.Original], peers: false), Is.EqualTo(new[] { SfBufMapper.Original, SfBufMapper.NetBsdEmap }), "in the order results list them");
         foreach (var name in SfBufMapper.StrategyNames)
         {
@@ -308,6 +308,27 @@ public sealed class PaperTests
         var pagein = Row("vnode-pagein", SfBufMapper.DragonFlyLwbuf, 2);
         Assert.That(pagein["lwbuf.shared_allocs"], Is.GreaterThan(0));
         Assert.That(pagein["shootdowns"], Is.EqualTo(pagein["lwbuf.shared_allocs"]));
+    }
+
+    [Test]
+    public void EpochCacheMapsOncePerMissAndSendsIpisOnlyFromItsEpochFallback()
+    {
+        foreach (var m in Trials(SfBufMapper.EpochCache))
+        {
+            string where = $"{m.Experiment}{m.Point}/{m.Cpus}cpu{(m.Checked ? " (checked)" : string.Empty)}";
+            long fallbacks = m[EpochCacheMapper.DetailFallbackShootdowns];
+            Assert.That(m["mappings"], Is.EqualTo(m["sfbuf_misses"]), where);
+            Assert.That(m["pte_writes"], Is.EqualTo(m["mapped_pages"]), where);
+            Assert.That(m["pte_clears"], Is.EqualTo(m[EpochCacheMapper.DetailRetiredSlots]), $"{where}: retiring is the only unmap");
+            Assert.That(m["shootdowns"], Is.EqualTo(fallbacks), $"{where}: the fallback is the only shootdown");
+            Assert.That(m["ipis_sent"], Is.LessThanOrEqualTo(fallbacks * (m.Cpus - 1)), where);
+            Assert.That(m["latent_stale_accesses"] + m["stale_accesses"], Is.Zero, where);
+        }
+
+        // A file twice the pool: every page misses, and the slots it recycles were retired first.
+        var cold = Row("sendfile-cold", SfBufMapper.EpochCache, 2);
+        Assert.That(cold[EpochCacheMapper.DetailRetiredSlots], Is.GreaterThan(0));
+        Assert.That(cold[EpochCacheMapper.DetailBatches], Is.GreaterThan(0));
     }
 
     [Test]

@@ -40,8 +40,8 @@ public sealed class SfBufStressTests
     {
         var flavor = strategy == SfBufMapper.Amd64 ? MachineFlavor.Amd64 : MachineFlavor.I386;
         using var m = new SimMachine(SfBufRig.Small(flavor: flavor));
-        using var sfbufs = SfBufMapper.Create(strategy, m, strategy == SfBufMapper.I386 ? Nsfbufs : null);
-        bool cache = sfbufs is I386Mapper;
+        using var sfbufs = SfBufMapper.Create(strategy, m, strategy is SfBufMapper.I386 or SfBufMapper.EpochCache ? Nsfbufs : null);
+        bool cache = sfbufs is I386Mapper or EpochCacheMapper;
         var info = SfBufMapper.Describe(strategy);
         var pages = SfBufRig.NewPages(m, PageCount);
         var inbox = new[] { new ConcurrentQueue<(SfBufHandle Sf, VmPage Page)>(), new ConcurrentQueue<(SfBufHandle Sf, VmPage Page)>() };
@@ -184,6 +184,14 @@ public sealed class SfBufStressTests
                 break;
             case SfBufMapper.Amd64:
                 Assert.That(d[Counter.KernelPteWrites] + d[Counter.ShootdownRounds], Is.Zero);
+                break;
+            case SfBufMapper.EpochCache:
+                var epoch = (EpochCacheMapper)sfbufs;
+                Assert.That(stats.Hits + stats.Misses, Is.EqualTo(allocations.Sum()));
+                Assert.That(d[Counter.Mappings], Is.EqualTo(stats.Misses), "one mapping per miss");
+                Assert.That(stats.Recycles, Is.GreaterThan(0), "three times the pool's pages: slots were retired and recycled");
+                Assert.That(d[Counter.ShootdownRounds], Is.EqualTo(epoch.FallbackShootdowns), "the epoch fallback is the only shootdown");
+                Assert.That(epoch.TestHookCheckInvariants(), Is.Empty);
                 break;
         }
 

@@ -71,4 +71,7 @@ internal abstract class Experiment
     protected static bool IsOriginal(Measurement m) => m.Strategy == SfBufMapper.Original;
 
     protected static bool IsI386(Measurement m) => m.Strategy == SfBufMapper.I386;
+
+    /// <summary>A cache of mappings by page that keeps inactive mappings (sfbuf-i386, epoch-cache): a miss is one mapping.</summary>
+    protected static bool IsMappingCache(Measurement m) => m.Strategy is SfBufMapper.I386 or SfBufMapper.EpochCache;
 }

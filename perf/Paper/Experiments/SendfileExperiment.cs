@@ -76,7 +76,7 @@ internal sealed class SendfileExperiment(bool hot) : Experiment
             return Expect(m["mappings"] == pages, $"{m["mappings"]} pool mappings for {pages} pages sent (one each)");
         }
 
-        if (IsI386(m))
+        if (IsMappingCache(m))
         {
             // Hot: every page is still cached from the warm-up pass; cold: the file cycles through twice the pool.
             return hot

@@ -1,0 +1,1014 @@
+using System.Diagnostics;
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
+using Native.PageTable;
+
+namespace Native.SfBufNative;
+
+/// <summary>
+/// <c>epoch-cache</c>: a cache of mappings whose hits take no lock and whose recycled slots wait
+/// out an epoch instead of sending a shootdown, so that every mapping is valid on every CPU from
+/// the moment it is made, with no IPI, no caller hint and no invalidation at map time.
+/// <para>
+/// Like <c>sfbuf-i386</c>, a pool of <c>nsfbufs</c> slots each owns one fixed page of the sf_buf
+/// window, and an inactive slot (reference count 0) keeps its mapping so that the next
+/// allocation of its page is a hit. Unlike it:
+/// </para>
+/// <list type="bullet">
+/// <item><b>Lock-free hits.</b> A per-frame index (<c>page → slot</c>, the role of Linux's
+/// <c>page_address</c> slot with <c>WANT_PAGE_VIRTUAL</c>) is read without a lock; the slot's
+/// reference count is taken with increment-if-not-negative and the slot's page re-checked after
+/// the increment. Statistics are per CPU. A hit writes only the slot's own cache line.</item>
+/// <item><b>Quarantine instead of shootdowns.</b> A slot is recycled in two steps. <i>Retire</i>
+/// (under the pool lock, a batch at a time, chosen by a second-chance clock): the reference count
+/// goes 0 → retired, the slot leaves the index, its PTE is cleared, and the batch is stamped with
+/// a new global epoch. <i>Clean</i>: once every CPU has passed a flush point since that epoch, no
+/// TLB can hold the old translation, and the slot may be mapped to a new page with a PTE write
+/// and nothing else. A CPU passes a flush point whenever it runs an sf_buf operation or switches
+/// a thread in: it invalidates the slots retired since the epoch it last observed (one
+/// <c>invlpg</c> each, or one full flush above <see cref="FlushCeiling"/> pages, Linux's
+/// <c>tlb_single_page_flush_ceiling</c>) and publishes the epoch it read before flushing. An
+/// idle CPU is not waited for: it passes a flush point before it runs a thread again.</item>
+/// <item><b>Fallback.</b> Only when a miss finds no clean slot and a running CPU has not passed
+/// the needed epoch within the machine's cross-CPU spin does the pool send one full-flush
+/// shootdown to the laggards, which advances them all at once. It is the only IPI this strategy
+/// sends.</item>
+/// <item><b>No hint.</b> Because a new mapping is valid everywhere, <c>SFB_CPUPRIVATE</c> changes
+/// nothing (it is still checked for its pin, as the interface requires).</item>
+/// <item><b>Exhaustion.</b> Waiters for a slot are served first come, first served (tickets), and
+/// <see cref="AllocMany"/> takes several mappings all or nothing, so that a caller needing two
+/// never holds one while waiting for the other (the <c>kmap</c> deadlock).</item>
+/// </list>
+/// <para>
+/// Invariants (checked by the stale-translation and latent-staleness oracles in every test, by
+/// <c>TestHookCheckInvariants</c>, and under the interleaving explorer):
+/// I1: a clean slot has an invalid PTE and no CPU that is running a thread holds a translation
+/// for its address (kept by <see cref="ReclaimClean"/> with I2; so <see cref="Install"/> needs no
+/// invalidation). I2: a CPU's published epoch E means it has invalidated every slot retired at an
+/// epoch ≤ E; published epochs only grow (kept by <see cref="CatchUp"/>: read before, publish
+/// after). I3: an indexed slot with reference count ≥ 0 maps the page it is indexed under, and no
+/// two slots are indexed under one page (kept by <see cref="TryHit"/>'s re-check and by index
+/// writes under the pool lock). I4: only the pool lock's holder moves a slot out of the retired or
+/// clean states, and only the holder of the last reference moves it to 0.
+/// </para>
+/// </summary>
+public sealed unsafe partial class EpochCacheMapper : SfBufMapper, IContextSwitchHook
+{
+    /// <summary>Retired batches above this many pages are invalidated with one full flush.</summary>
+    public const int FlushCeiling = 32;
+
+    /// <summary><see cref="SfBufStats.Details"/> key: slots retired (unmapped, PTE cleared), one per recycle.</summary>
+    public const string DetailRetiredSlots = "epoch.retired_slots";
+
+    /// <summary><see cref="SfBufStats.Details"/> key: batches retired, one new global epoch each.</summary>
+    public const string DetailBatches = "epoch.batches";
+
+    /// <summary><see cref="SfBufStats.Details"/> key: fallback shootdowns, the strategy's only IPIs.</summary>
+    public const string DetailFallbackShootdowns = "epoch.fallback_shootdowns";
+
+    /// <summary><see cref="SfBufStats.Details"/> key: flush points that found retired slots to invalidate.</summary>
+    public const string DetailFlushPoints = "epoch.flush_points";
+
+    private const int BatchRing = 8;
+    private const long CleanState = -1;
+    private const long RetiredState = -2;
+    private const ulong NewPteFlags = Pte.PG_V | Pte.PG_RW | Pte.PG_G;
+
+    private readonly KvaRegion _window;
+    private readonly EpochSlot* _slots;
+    private readonly int* _slotOfFrame;
+    private readonly EpochPerCpu* _perCpu;
+    private readonly EpochShared* _shared;
+    private readonly EpochBatch* _batches;
+    private readonly int* _batchSlots;
+    private readonly int* _cleanStack;
+    private readonly int* _retiredQueue;
+    private readonly KMutex _lock = new("epoch_cache");
+    private readonly object _waitChannel = new();
+    private readonly HashSet<long> _abandonedTickets = [];
+    private readonly int _cpuCount;
+    private int _cleanCount;
+    private int _retiredHead;
+    private int _retiredCount;
+    private int _clockHand;
+    private long _nextTicket;
+    private long _servingTicket;
+    private int _peak;
+    private long _allocWait;
+    private long _failures;
+    private long _recycles;
+    private long _fallbackShootdowns;
+    private long _batchesRetired;
+
+    internal EpochCacheMapper(Machine machine, int? nsfbufs)
+        : base(machine)
+    {
+        _window = machine.Layout.SfBufWindow;
+        Nsfbufs = nsfbufs ?? _window.Pages;
+        if (Nsfbufs < 1 || Nsfbufs > _window.Pages)
+        {
+            Dispose();
+            throw new ArgumentOutOfRangeException(nameof(nsfbufs), Nsfbufs, $"nsfbufs must be 1 to the sf_buf window's {_window.Pages} pages");
+        }
+
+        int cpuCount = machine.Cpus.Count;
+        BatchSize = Math.Clamp(Nsfbufs / 8, 1, 512);
+        LowWater = Math.Max(1, BatchSize / 4);
+        // One block, so that set-up either gets all of it or fails holding nothing (the per-CPU
+        // and shared lines first, at 128-byte boundaries; then the 64-byte slots; then the ints).
+        nuint perCpuBytes = (nuint)cpuCount * (nuint)sizeof(EpochPerCpu);
+        nuint slotBytes = (nuint)Nsfbufs * (nuint)sizeof(EpochSlot);
+        nuint batchBytes = BatchRing * (nuint)sizeof(EpochBatch);
+        nuint intCount = (BatchRing * FlushCeiling) + machine.Physical.FrameCount + (2 * (nuint)Nsfbufs);
+        byte* block;
+        try
+        {
+            block = (byte*)machine.Ledger.AllocZeroed(perCpuBytes + (nuint)sizeof(EpochShared) + slotBytes + batchBytes + (intCount * sizeof(int)), alignment: 128);
+        }
+        catch
+        {
+            Dispose(); // the instruments the base published (Stats reads no CPU yet: _cpuCount is 0)
+            throw;
+        }
+
+        _cpuCount = cpuCount;
+
+        _perCpu = (EpochPerCpu*)block;
+        _shared = (EpochShared*)(block + perCpuBytes);
+        _slots = (EpochSlot*)(_shared + 1);
+        _batches = (EpochBatch*)((byte*)_slots + slotBytes);
+        _batchSlots = (int*)((byte*)_batches + batchBytes);
+        _slotOfFrame = _batchSlots + (BatchRing * FlushCeiling);
+        _cleanStack = _slotOfFrame + machine.Physical.FrameCount;
+        _retiredQueue = _cleanStack + Nsfbufs;
+
+        // Every slot starts clean: its PTE is invalid and no TLB has ever seen its address.
+        // Pushed in reverse so that slot 0 is used first, as FreeBSD's free list hands them out.
+        for (int i = Nsfbufs - 1; i >= 0; i--)
+        {
+            _slots[i].Ref = CleanState;
+            _cleanStack[_cleanCount++] = i;
+        }
+
+        machine.AddContextSwitchHook(this);
+    }
+
+    /// <summary><c>nsfbufs</c>: the pool size.</summary>
+    public int Nsfbufs { get; }
+
+    /// <summary>Slots retired at once when clean slots run low.</summary>
+    public int BatchSize { get; }
+
+    /// <summary>A batch is retired ahead when fewer clean slots than this remain.</summary>
+    public int LowWater { get; }
+
+    /// <summary>The current global epoch (batches retired so far).</summary>
+    public long GlobalEpoch => Volatile.Read(ref _shared->GlobalEpoch);
+
+    /// <summary>Full-flush shootdowns sent because a running CPU lagged behind a needed epoch.</summary>
+    public long FallbackShootdowns => Volatile.Read(ref _fallbackShootdowns);
+
+    /// <inheritdoc/>
+    public override string Name => EpochCache;
+
+    /// <inheritdoc/>
+    public override SfBuf Alloc(VmPage page, SfBufFlags flags = SfBufFlags.Default, CancellationToken cancellation = default)
+    {
+        Machine.Physical.CheckFrame(page.Frame);
+        CheckAlloc(page, flags);
+        var td = KernelThread.Current;
+        var cpu = td.Cpu!;
+        FlushPoint(cpu);
+        int slot = TryHit(page.Frame, cpu);
+        if (slot >= 0)
+        {
+            _perCpu[cpu.Id].Hits++;
+            return Handle(slot, page);
+        }
+
+        return AllocSlow(td, page, flags, cancellation);
+    }
+
+    /// <summary>
+    /// Maps every page of <paramref name="pages"/> or none: the allocation waits (or fails, per
+    /// <paramref name="flags"/>) holding nothing, so two callers that each need several mappings
+    /// cannot deadlock holding part of what the other needs.
+    /// </summary>
+    /// <returns>True with every handle in <paramref name="result"/>; false (NoWait or a cancelled Catch) with none held.</returns>
+    public bool AllocMany(ReadOnlySpan<VmPage> pages, Span<SfBuf> result, SfBufFlags flags = SfBufFlags.Default, CancellationToken cancellation = default)
+    {
+        if (result.Length < pages.Length)
+        {
+            throw new ArgumentException($"{result.Length} handles cannot hold {pages.Length} mappings", nameof(result));
+        }
+
+        if (pages.Length > Nsfbufs)
+        {
+            throw new ArgumentOutOfRangeException(nameof(pages), pages.Length, $"more pages than the pool's {Nsfbufs} slots can never be mapped at once");
+        }
+
+        foreach (var page in pages)
+        {
+            Machine.Physical.CheckFrame(page.Frame);
+            CheckAlloc(page, flags);
+        }
+
+        var td = KernelThread.Current;
+        FlushPoint(td.Cpu!);
+        _lock.Lock(td);
+        var wait = WaitState.None;
+        try
+        {
+            while (true)
+            {
+                // Under the lock only this thread installs or retires, so a page not indexed now,
+                // or indexed to a retired slot, needs a clean slot below. EnsureClean may retire
+                // an inactive slot of one of these pages itself: count again after it, and ask
+                // for more while that left too few (each round the count grows, so it ends).
+                bool ready = false;
+                if (IsMyTurn(wait))
+                {
+                    int needed;
+                    do
+                    {
+                        needed = Missing(pages);
+                        ready = EnsureClean(td, needed);
+                    }
+                    while (ready && Missing(pages) > needed);
+                }
+
+                if (ready)
+                {
+                    var cpu = td.Cpu!;
+                    for (int i = 0; i < pages.Length; i++)
+                    {
+                        int slot = TryHit(pages[i].Frame, cpu);
+                        if (slot >= 0)
+                        {
+                            _perCpu[cpu.Id].Hits++;
+                        }
+                        else
+                        {
+                            slot = Install(cpu, pages[i].Frame);
+                        }
+
+                        result[i] = Handle(slot, pages[i]);
+                    }
+
+                    return true;
+                }
+
+                if (!WaitForSlot(td, flags, cancellation, ref wait))
+                {
+                    return false;
+                }
+            }
+        }
+        finally
+        {
+            LeaveQueue(ref wait);
+            _lock.Unlock(td);
+        }
+    }
+
+    /// <summary>Pages of <paramref name="pages"/> without a live slot: an upper bound on the installs they need (pool lock held).</summary>
+    private int Missing(ReadOnlySpan<VmPage> pages)
+    {
+        int missing = 0;
+        foreach (var page in pages)
+        {
+            missing += LiveSlot(page.Frame) < 0 ? 1 : 0;
+        }
+
+        return missing;
+    }
+
+    /// <inheritdoc/>
+    public override void Free(SfBuf sf)
+    {
+        CheckOwner(sf);
+        if ((uint)sf.Slot >= (uint)Nsfbufs || sf.Kva != _window.PageAddress(sf.Slot))
+        {
+            throw new ArgumentException($"{sf} is not an sf_buf of this pool", nameof(sf));
+        }
+
+        var cpu = KernelThread.Current.Cpu!;
+        EpochSlot* s = _slots + sf.Slot;
+        while (true)
+        {
+            long r = Volatile.Read(ref s->Ref);
+            if (r <= 0 || s->Frame != sf.Page.Frame || Volatile.Read(ref s->Generation) != sf.Generation)
+            {
+                throw new InvalidOperationException(r == 0
+                    ? $"double free of {sf}: its reference count is already 0"
+                    : $"stale handle {sf}: the sf_buf now maps another page or was retired (double free?)");
+            }
+
+            cpu.SchedulingPoint(); // a retire may test the count between the read and the CAS
+            if (Interlocked.CompareExchange(ref s->Ref, r - 1, r) == r)
+            {
+                if (r == 1)
+                {
+                    BecameInactive(s, cpu.Id);
+                }
+
+                break;
+            }
+        }
+
+        FlushPoint(cpu);
+    }
+
+    /// <inheritdoc/>
+    public override SfBufStats Stats()
+    {
+        long hits = 0, misses = 0, used = 0, flushPoints = 0;
+        for (int i = 0; i < _cpuCount; i++)
+        {
+            hits += Volatile.Read(ref _perCpu[i].Hits);
+            misses += Volatile.Read(ref _perCpu[i].Misses);
+            used += Volatile.Read(ref _perCpu[i].Used);
+            flushPoints += Volatile.Read(ref _perCpu[i].FlushPoints);
+        }
+
+        return new SfBufStats
+        {
+            Strategy = Name,
+            Nsfbufs = Nsfbufs,
+            NsfbufsUsed = (int)Math.Max(0, used),
+            NsfbufsPeak = Math.Max(Volatile.Read(ref _peak), (int)Math.Max(0, used)),
+            AllocWait = Volatile.Read(ref _allocWait),
+            AllocFail = AllocFailCount,
+            Hits = hits,
+            Misses = misses,
+            Recycles = Volatile.Read(ref _recycles),
+            Failures = Volatile.Read(ref _failures),
+            Details = new Dictionary<string, long>(StringComparer.Ordinal)
+            {
+                [DetailRetiredSlots] = Volatile.Read(ref _recycles),
+                [DetailBatches] = Volatile.Read(ref _batchesRetired),
+                [DetailFallbackShootdowns] = Volatile.Read(ref _fallbackShootdowns),
+                [DetailFlushPoints] = flushPoints,
+            },
+        };
+    }
+
+    /// <summary>A thread starts running on <paramref name="cpu"/>: a flush point, before it touches memory.</summary>
+    void IContextSwitchHook.SwitchIn(Cpu cpu, KernelThread thread, int migratedFrom) => FlushPoint(cpu);
+
+    /// <summary>Nothing: a CPU without a thread accesses nothing, and is treated as flushed until it runs one.</summary>
+    void IContextSwitchHook.SwitchOut(Cpu cpu, KernelThread thread)
+    {
+    }
+
+    /// <inheritdoc/>
+    protected override void Dispose(bool disposing)
+    {
+        if (disposing)
+        {
+            Machine.RemoveContextSwitchHook(this);
+        }
+
+        base.Dispose(disposing);
+    }
+
+    // ---------------------------------------------------------------- hit path
+
+    /// <summary>The slot indexed under <paramref name="frame"/>, or -1.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private int IndexedSlot(uint frame) => Volatile.Read(ref _slotOfFrame[frame]) - 1;
+
+    /// <summary>The indexed slot if it is not retired (a hit will find it), else -1.</summary>
+    private int LiveSlot(uint frame)
+    {
+        int slot = IndexedSlot(frame);
+        return slot >= 0 && Volatile.Read(ref _slots[slot].Ref) >= 0 ? slot : -1;
+    }
+
+    /// <summary>Takes a reference on the slot mapping <paramref name="frame"/>, lock-free; -1 if there is none.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private int TryHit(uint frame, Cpu cpu)
+    {
+        int slot = IndexedSlot(frame);
+        if (slot < 0)
+        {
+            return -1;
+        }
+
+        EpochSlot* s = _slots + slot;
+
+        // The index entry may be retired, and even reinstalled for another page, from here to
+        // the increment: the explorer interleaves retire and install at this point.
+        cpu.SchedulingPoint();
+        TestHooks?.BeforeHitIncrement?.Invoke();
+        while (true)
+        {
+            long r = Volatile.Read(ref s->Ref);
+            if (r < 0)
+            {
+                return -1; // retired or clean: never revived
+            }
+
+            if (Interlocked.CompareExchange(ref s->Ref, r + 1, r) == r)
+            {
+                if (r == 0)
+                {
+                    _perCpu[cpu.Id].Used++;
+                }
+
+                // I3 holds only while the count is held: re-check the page after taking it. A
+                // mismatch means the index entry was read before the slot was retired and
+                // reinstalled for another page (possible only across a long delay): give the
+                // reference back as a free would.
+                if (s->Frame == frame)
+                {
+                    return slot;
+                }
+
+                Release(s, cpu.Id);
+                return -1;
+            }
+        }
+    }
+
+    /// <summary>Drops one reference; the last one makes the slot inactive (mapping kept).</summary>
+    private void Release(EpochSlot* s, int cpu)
+    {
+        if (Interlocked.Decrement(ref s->Ref) == 0)
+        {
+            BecameInactive(s, cpu);
+        }
+    }
+
+    private void BecameInactive(EpochSlot* s, int cpu)
+    {
+        // The clock gives a slot that was just used a second chance.
+        s->Referenced = 1;
+        _perCpu[cpu].Used--;
+
+        // The Interlocked that dropped the count is a full fence: a waiter registered before it
+        // is seen here, and one registering after it sees the count at 0 when it scans.
+        if (Volatile.Read(ref _shared->Waiters) != 0)
+        {
+            WakeWaiters();
+        }
+    }
+
+    private SfBuf Handle(int slot, VmPage page) =>
+        new(_window.PageAddress(slot), page, slot, Id, Volatile.Read(ref _slots[slot].Generation));
+
+    // ---------------------------------------------------------------- flush points
+
+    /// <summary>
+    /// A flush point on <paramref name="cpu"/> (its own thread): invalidate what was retired since
+    /// the epoch this CPU last observed, then publish the epoch read before invalidating.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private void FlushPoint(Cpu cpu)
+    {
+        long global = Volatile.Read(ref _shared->GlobalEpoch);
+        if (global != Volatile.Read(ref _perCpu[cpu.Id].ObservedEpoch))
+        {
+            CatchUp(cpu, global);
+        }
+    }
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private void CatchUp(Cpu cpu, long global)
+    {
+        EpochPerCpu* pc = _perCpu + cpu.Id;
+        long observed = Volatile.Read(ref pc->ObservedEpoch);
+        if (observed >= global)
+        {
+            return; // advanced by a fallback shootdown meanwhile
+        }
+
+        // Read before, publish after (I2): a batch retired from here on has a later epoch than
+        // the one this CPU publishes, so it is never counted as invalidated here.
+        cpu.SchedulingPoint();
+        if (!InvalidateRetired(cpu, observed, global))
+        {
+            cpu.FlushLocal();
+        }
+
+        pc->FlushPoints++;
+        cpu.SchedulingPoint();
+        RaiseObserved(pc, global);
+    }
+
+    /// <summary>
+    /// Invalidates page by page the slots of batches (<paramref name="from"/>, <paramref name="to"/>]
+    /// if they are few enough and still described in the ring; false means "flush everything".
+    /// </summary>
+    private bool InvalidateRetired(Cpu cpu, long from, long to)
+    {
+        if (to - from > BatchRing)
+        {
+            return false;
+        }
+
+        int total = 0;
+        for (long e = from + 1; e <= to; e++)
+        {
+            EpochBatch* b = _batches + (e % BatchRing);
+            if (Volatile.Read(ref b->Epoch) != e)
+            {
+                return false;
+            }
+
+            total += b->Count;
+            if (total > FlushCeiling)
+            {
+                return false;
+            }
+        }
+
+        for (long e = from + 1; e <= to; e++)
+        {
+            EpochBatch* b = _batches + (e % BatchRing);
+            int count = b->Count;
+            int* slots = _batchSlots + ((e % BatchRing) * FlushCeiling);
+            for (int i = 0; i < count; i++)
+            {
+                cpu.InvalidateLocal(_window.PageAddress(slots[i]) >> Pte.PageShift);
+            }
+
+            // Seqlock check: a descriptor rewritten for a later epoch while it was read may have
+            // named other slots; then only a full flush is certain.
+            if (Volatile.Read(ref b->Epoch) != e)
+            {
+                return false;
+            }
+        }
+
+        return true;
+    }
+
+    private static void RaiseObserved(EpochPerCpu* pc, long epoch)
+    {
+        while (true)
+        {
+            long seen = Volatile.Read(ref pc->ObservedEpoch);
+            if (seen >= epoch || Interlocked.CompareExchange(ref pc->ObservedEpoch, epoch, seen) == seen)
+            {
+                return;
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- miss path (pool lock)
+
+    private SfBuf AllocSlow(KernelThread td, VmPage page, SfBufFlags flags, CancellationToken cancellation)
+    {
+        _lock.Lock(td);
+        var wait = WaitState.None;
+        try
+        {
+            while (true)
+            {
+                // Another thread may have mapped the page while this one waited for the lock.
+                int slot = TryHit(page.Frame, td.Cpu!);
+                if (slot >= 0)
+                {
+                    _perCpu[td.Cpu!.Id].Hits++;
+                    return Handle(slot, page);
+                }
+
+                if (IsMyTurn(wait) && EnsureClean(td, 1))
+                {
+                    return Handle(Install(td.Cpu!, page.Frame), page);
+                }
+
+                if (!WaitForSlot(td, flags, cancellation, ref wait))
+                {
+                    return SfBuf.None;
+                }
+            }
+        }
+        finally
+        {
+            LeaveQueue(ref wait);
+            _lock.Unlock(td);
+        }
+    }
+
+    /// <summary>Maps a clean slot to <paramref name="frame"/>: one PTE write, no invalidation anywhere (I1).</summary>
+    private int Install(Cpu cpu, uint frame)
+    {
+        if (_cleanCount == 0)
+        {
+            throw new InvalidOperationException("epoch-cache: an install without a clean slot (EnsureClean must precede it)");
+        }
+
+        int slot = _cleanStack[--_cleanCount];
+        EpochSlot* s = _slots + slot;
+        s->Frame = frame;
+        s->Referenced = 0;
+        Interlocked.Increment(ref s->Generation);
+        ulong old = Machine.KernelPmap.ExchangePte(_window.PageAddress(slot), Pte.Make(frame, NewPteFlags));
+        Debug.Assert(!Pte.IsValid(old), "a clean slot's PTE is invalid");
+        Machine.KernelPmap.CountMapping(1); // every miss is one mapping of one page (PaperChecks)
+        Volatile.Write(ref s->Ref, 1);
+
+        // Publish in the index (index writes are made under the lock only). A slot still indexed
+        // under this frame is retired, or a live one would have been hit: replace it.
+        Volatile.Write(ref _slotOfFrame[frame], slot + 1);
+
+        EpochPerCpu* pc = _perCpu + cpu.Id;
+        pc->Misses++;
+        pc->Used++;
+        int used = CurrentUsed();
+        if (used > _peak)
+        {
+            _peak = used;
+        }
+
+        return slot;
+    }
+
+    /// <summary>
+    /// Makes at least <paramref name="needed"/> clean slots available, retiring a batch ahead
+    /// when they run low and waiting out (or, as the last resort, shooting down) the epoch of
+    /// the oldest retired batch. False when not enough slots are inactive: the caller waits.
+    /// </summary>
+    private bool EnsureClean(KernelThread td, int needed)
+    {
+        if (needed == 0)
+        {
+            return true;
+        }
+
+        ReclaimClean(td.Cpu!);
+
+        // Retire ahead while the retired slots are few, so that the next batch has time to
+        // become clean on its own; counting the retired ones keeps the clock from evicting more
+        // cached mappings than needed.
+        if (_cleanCount + _retiredCount - needed < LowWater)
+        {
+            RetireBatch(td.Cpu!, Math.Max(BatchSize, needed - _cleanCount - _retiredCount));
+        }
+
+        if (_cleanCount >= needed)
+        {
+            return true;
+        }
+
+        if (_retiredCount + _cleanCount < needed)
+        {
+            return false; // everything else is in use: the pool is exhausted
+        }
+
+        // The retired batches must become clean: wait briefly for the laggards to pass a flush
+        // point on their own (they do at every sf_buf operation and context switch), then force them.
+        long need = Volatile.Read(ref _slots[_retiredQueue[(_retiredHead + needed - _cleanCount - 1) % Nsfbufs]].RetireEpoch);
+        WaitForEpoch(td, need);
+        ReclaimClean(td.Cpu!);
+        return _cleanCount >= needed;
+    }
+
+    /// <summary>
+    /// Moves retired slots whose epoch every running CPU has passed to the clean stack: by I2 each
+    /// of those CPUs has invalidated the slot since its PTE was cleared, and an idle one will flush
+    /// before it runs, so I1 holds for every slot moved (pool lock held: I4).
+    /// </summary>
+    private void ReclaimClean(Cpu self)
+    {
+        if (_retiredCount == 0)
+        {
+            return;
+        }
+
+        FlushPoint(self);
+        long safe = SafeEpoch(self);
+        while (_retiredCount > 0)
+        {
+            int slot = _retiredQueue[_retiredHead];
+            EpochSlot* s = _slots + slot;
+            if (!IsPast(s->RetireEpoch, safe))
+            {
+                break;
+            }
+
+            _retiredHead = (_retiredHead + 1) % Nsfbufs;
+            _retiredCount--;
+            Volatile.Write(ref s->Ref, CleanState);
+            _cleanStack[_cleanCount++] = slot;
+        }
+    }
+
+    /// <summary>The lowest epoch observed by any CPU that is running a thread (idle CPUs flush before they run).</summary>
+    private long SafeEpoch(Cpu self)
+    {
+        long safe = long.MaxValue;
+        var cpus = Machine.Cpus;
+        for (int i = 0; i < _cpuCount; i++)
+        {
+            // Read the epoch first: a CPU seen idle afterwards will pass a flush point before it
+            // runs, and one seen running has published at least this epoch.
+            long observed = Volatile.Read(ref _perCpu[i].ObservedEpoch);
+            self.SchedulingPoint();
+            if (!cpus[i].IsIdle)
+            {
+                safe = Math.Min(safe, observed);
+            }
+        }
+
+        return safe;
+    }
+
+    /// <summary>
+    /// Waits for every running CPU to pass <paramref name="need"/> on its own, for the machine's
+    /// cross-CPU spin (servicing this CPU's mailbox meanwhile), then forces the laggards.
+    /// </summary>
+    private void WaitForEpoch(KernelThread td, long need)
+    {
+        var cpu = td.Cpu!;
+        var passed = new EpochPassed(this, cpu, need);
+        if (!cpu.WaitUntil(ref passed, park: false))
+        {
+            ForceEpoch(cpu, need);
+        }
+    }
+
+    /// <summary>The fallback: one full-flush shootdown to every running CPU that has not observed <paramref name="need"/>.</summary>
+    private void ForceEpoch(Cpu self, long need)
+    {
+        ulong laggards = 0;
+        var cpus = Machine.Cpus;
+        for (int i = 0; i < _cpuCount; i++)
+        {
+            if (i != self.Id && Volatile.Read(ref _perCpu[i].ObservedEpoch) < need && !cpus[i].IsIdle)
+            {
+                laggards |= 1UL << i;
+            }
+        }
+
+        if (laggards == 0)
+        {
+            return;
+        }
+
+        // Every target flushes its whole TLB after the batch was published (or is idle and
+        // flushes before it runs), so it has passed the epoch: advance it on its behalf.
+        long global = Volatile.Read(ref _shared->GlobalEpoch);
+        var td = KernelThread.Current;
+        td.PinSelf();
+        try
+        {
+            self.Shootdown(laggards, ShootdownKind.All);
+        }
+        finally
+        {
+            td.UnpinSelf();
+        }
+
+        _fallbackShootdowns++;
+        for (ulong rest = laggards; rest != 0; rest &= rest - 1)
+        {
+            RaiseObserved(_perCpu + System.Numerics.BitOperations.TrailingZeroCount(rest), global);
+        }
+    }
+
+    /// <summary>
+    /// Retires up to <paramref name="want"/> inactive slots chosen by a second-chance clock:
+    /// reference count 0 → retired, out of the index, PTE cleared; then one new epoch for the batch.
+    /// </summary>
+    private void RetireBatch(Cpu cpu, int want)
+    {
+        long epoch = Volatile.Read(ref _shared->GlobalEpoch) + 1; // only the lock holder advances it
+        EpochBatch* batch = _batches + (epoch % BatchRing);
+        int* batchSlots = _batchSlots + ((epoch % BatchRing) * FlushCeiling);
+        Volatile.Write(ref batch->Epoch, 0);
+
+        int retired = 0;
+        for (int scanned = 0; retired < want && scanned < 2 * Nsfbufs; scanned++)
+        {
+            int slot = _clockHand;
+            _clockHand = (_clockHand + 1) % Nsfbufs;
+            EpochSlot* s = _slots + slot;
+            if (Volatile.Read(ref s->Ref) != 0)
+            {
+                continue;
+            }
+
+            if (s->Referenced != 0)
+            {
+                s->Referenced = 0;
+                continue;
+            }
+
+            cpu.SchedulingPoint(); // a lock-free hit may take the slot between the test and the CAS
+            if (Interlocked.CompareExchange(ref s->Ref, RetiredState, 0) != 0)
+            {
+                continue; // hit meanwhile
+            }
+
+            Interlocked.CompareExchange(ref _slotOfFrame[s->Frame], 0, slot + 1);
+            Machine.KernelPmap.ExchangePte(_window.PageAddress(slot), 0);
+            s->RetireEpoch = epoch;
+            if (retired < FlushCeiling)
+            {
+                batchSlots[retired] = slot;
+            }
+
+            _retiredQueue[(_retiredHead + _retiredCount) % Nsfbufs] = slot;
+            _retiredCount++;
+            retired++;
+        }
+
+        if (retired == 0)
+        {
+            return;
+        }
+
+        _recycles += retired;
+        _batchesRetired++;
+        batch->Count = retired;
+        Volatile.Write(ref batch->Epoch, epoch);
+        cpu.SchedulingPoint(); // flush points racing the publication of the batch
+        Interlocked.Exchange(ref _shared->GlobalEpoch, epoch);
+        FlushPoint(cpu);
+    }
+
+    /// <summary>
+    /// I2 decides when a retired slot is clean: every running CPU has published an epoch at least
+    /// the slot's retire epoch, so it has invalidated the slot since it was unmapped.
+    /// </summary>
+    private bool IsPast(long retireEpoch, long safe) => TestHooks is { RecycleOneEpochEarly: true }
+        ? retireEpoch <= safe + 1
+        : retireEpoch <= safe;
+
+    // ---------------------------------------------------------------- waiting (pool lock held)
+
+    private bool IsMyTurn(WaitState wait) => wait.Ticket < 0 ? _nextTicket == _servingTicket : wait.Ticket == _servingTicket;
+
+    /// <summary>
+    /// Queues for a slot, first come first served; false for NoWait or a cancelled Catch. The
+    /// first call only registers as a waiter and returns for one more scan, so a free between
+    /// the failed scan and the sleep is never missed (see <see cref="BecameInactive"/>).
+    /// </summary>
+    private bool WaitForSlot(KernelThread td, SfBufFlags flags, CancellationToken cancellation, ref WaitState wait)
+    {
+        if ((flags & SfBufFlags.NoWait) != 0)
+        {
+            _failures++;
+            return false;
+        }
+
+        if (wait.Ticket < 0)
+        {
+            wait.Ticket = _nextTicket++;
+        }
+
+        if (!wait.Registered)
+        {
+            Interlocked.Increment(ref _shared->Waiters);
+            wait.Registered = true;
+            return true;
+        }
+
+        _allocWait++;
+        var token = (flags & SfBufFlags.Catch) != 0 ? cancellation : CancellationToken.None;
+        if (Machine.Sleep(_waitChannel, _lock, cancellation: token) == SleepResult.Interrupted)
+        {
+            _failures++;
+            return false;
+        }
+
+        return true;
+    }
+
+    /// <summary>Leaves the queue (served, hit, failed or cancelled) and lets the next waiter in.</summary>
+    private void LeaveQueue(ref WaitState wait)
+    {
+        if (wait.Registered)
+        {
+            Interlocked.Decrement(ref _shared->Waiters);
+        }
+
+        if (wait.Ticket >= 0)
+        {
+            _abandonedTickets.Add(wait.Ticket);
+            while (_abandonedTickets.Remove(_servingTicket))
+            {
+                _servingTicket++;
+            }
+
+            if (_nextTicket != _servingTicket)
+            {
+                Machine.Wakeup(_waitChannel);
+            }
+        }
+
+        wait = WaitState.None;
+    }
+
+    private void WakeWaiters()
+    {
+        var td = KernelThread.Current;
+        _lock.Lock(td);
+        try
+        {
+            Machine.Wakeup(_waitChannel);
+        }
+        finally
+        {
+            _lock.Unlock(td);
+        }
+    }
+
+    private int CurrentUsed()
+    {
+        long used = 0;
+        for (int i = 0; i < _cpuCount; i++)
+        {
+            used += Volatile.Read(ref _perCpu[i].Used);
+        }
+
+        return (int)used;
+    }
+
+    /// <summary>A cross-CPU wait for every running CPU to publish an epoch at least <c>Need</c>.</summary>
+    private readonly struct EpochPassed(EpochCacheMapper mapper, Cpu self, long need) : ICrossCpuWait
+    {
+        public bool IsMet() => mapper.IsPast(need, mapper.SafeEpoch(self));
+
+        public void Tick()
+        {
+        }
+    }
+}
+
+/// <summary>A thread's place among the waiters for a slot.</summary>
+internal struct WaitState
+{
+    public long Ticket;
+    public bool Registered;
+
+    public static WaitState None => new() { Ticket = -1 };
+}
+
+/// <summary>One epoch-cache slot on its own cache line; its KVA is implied by its index.</summary>
+[StructLayout(LayoutKind.Explicit, Size = 64)]
+internal struct EpochSlot
+{
+    /// <summary>≥ 0: references (0 = inactive, mapping kept); -1 clean; -2 retired.</summary>
+    [FieldOffset(0)]
+    public long Ref;
+
+    [FieldOffset(8)]
+    public uint Frame;
+
+    /// <summary>Bumped at every install: handles from an earlier mapping are stale.</summary>
+    [FieldOffset(12)]
+    public int Generation;
+
+    [FieldOffset(16)]
+    public long RetireEpoch;
+
+    /// <summary>The clock's second-chance bit, set when the slot goes inactive.</summary>
+    [FieldOffset(24)]
+    public int Referenced;
+}
+
+/// <summary>A CPU's epoch and statistics, on lines of their own.</summary>
+[StructLayout(LayoutKind.Explicit, Size = 128)]
+internal struct EpochPerCpu
+{
+    [FieldOffset(0)]
+    public long ObservedEpoch;
+
+    [FieldOffset(8)]
+    public long Hits;
+
+    [FieldOffset(16)]
+    public long Misses;
+
+    /// <summary>0 → 1 transitions minus 1 → 0 transitions made on this CPU.</summary>
+    [FieldOffset(24)]
+    public long Used;
+
+    [FieldOffset(32)]
+    public long FlushPoints;
+}
+
+/// <summary>The read-mostly words every operation reads: the global epoch and the waiter count.</summary>
+[StructLayout(LayoutKind.Explicit, Size = 128)]
+internal struct EpochShared
+{
+    [FieldOffset(0)]
+    public long GlobalEpoch;
+
+    [FieldOffset(8)]
+    public int Waiters;
+}
+
+/// <summary>The description of a retired batch, for page-by-page invalidation at flush points.</summary>
+[StructLayout(LayoutKind.Sequential)]
+internal struct EpochBatch
+{
+    /// <summary>The batch's epoch; 0 while the descriptor is being rewritten.</summary>
+    public long Epoch;
+
+    public int Count;
+}
