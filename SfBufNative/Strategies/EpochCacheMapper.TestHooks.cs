@@ -21,12 +21,25 @@ public sealed unsafe partial class EpochCacheMapper
     /// <summary>The slot the index names for a frame, or -1.</summary>
     internal int TestHookIndexed(uint frame) => IndexedSlot(frame);
 
-    /// <summary>Clean slots ready to install, and retired ones waiting for their epoch.</summary>
-    internal (int Clean, int Retired) TestHookPool() => (_cleanCount, _retiredCount);
+    /// <summary>Clean slots on the stack, retired ones waiting for their epoch, and clean ones in the CPUs' magazines.</summary>
+    internal (int Clean, int Retired, int InMagazines) TestHookPool()
+    {
+        int inMagazines = 0;
+        for (int c = 0; c < _cpuCount; c++)
+        {
+            for (int i = 0; i < MagazineSize; i++)
+            {
+                inMagazines += Volatile.Read(ref Magazine(c)[1 + i]) >= 0 ? 1 : 0;
+            }
+        }
+
+        return (_cleanCount, _retiredCount, inMagazines);
+    }
 
     /// <summary>
     /// Checks the structural invariants with no operation in flight (the pool lock is not taken):
-    /// I1 clean slots have an invalid PTE; I3 an indexed slot that is not retired maps its frame
+    /// I1 clean slots (stack and magazines) have an invalid PTE; I4 each is in one place only, and
+    /// a magazine's entries at or above its fill mark are empty; I3 an indexed slot that is not retired maps its frame
     /// with a valid PTE, and no two slots are indexed under one frame; every slot is in exactly
     /// one of clean, retired, or mapped; the per-CPU use counts add up to the slots referenced;
     /// I2 observed epochs never exceed the global epoch. Returns the violations (empty when sound).
@@ -40,6 +53,24 @@ public sealed unsafe partial class EpochCacheMapper
             if (!clean.Add(_cleanStack[i]))
             {
                 problems.Add($"slot {_cleanStack[i]} is twice on the clean stack");
+            }
+        }
+
+        for (int c = 0; c < _cpuCount; c++)
+        {
+            int* m = Magazine(c);
+            for (int i = 0; i < MagazineSize; i++)
+            {
+                int slot = m[1 + i];
+                if (slot >= 0 && !clean.Add(slot))
+                {
+                    problems.Add($"slot {slot} is clean in two places (CPU {c}'s magazine, entry {i})");
+                }
+
+                if (slot >= 0 && i >= m[0])
+                {
+                    problems.Add($"CPU {c}'s magazine holds slot {slot} at entry {i}, above its fill mark {m[0]}");
+                }
             }
         }
 
@@ -80,6 +111,11 @@ public sealed unsafe partial class EpochCacheMapper
 
         for (uint frame = 0; frame < Machine.Physical.FrameCount; frame++)
         {
+            if (Volatile.Read(ref _slotOfFrame[frame]) == InstallingEntry)
+            {
+                problems.Add($"frame 0x{frame:x}'s index entry is still claimed by an install");
+            }
+
             int slot = IndexedSlot(frame);
             if (slot >= 0 && _slots[slot].Ref >= 0 && _slots[slot].Frame != frame)
             {

@@ -29,27 +29,37 @@ namespace Native.SfBufNative;
 /// <c>invlpg</c> each, or one full flush above <see cref="FlushCeiling"/> pages, Linux's
 /// <c>tlb_single_page_flush_ceiling</c>) and publishes the epoch it read before flushing. An
 /// idle CPU is not waited for: it passes a flush point before it runs a thread again.</item>
+/// <item><b>Misses without a lock.</b> Each CPU keeps a magazine of clean slots; a miss takes
+/// one with an atomic exchange, claims the page's index entry with a compare-and-swap (so two
+/// CPUs missing on one page never map it twice: the loser hits the winner's slot), writes the
+/// PTE and publishes. Only when the magazine is empty (or waiters are queued) does a miss take
+/// the pool lock, which recycles, refills the magazine and serves waiters.</item>
 /// <item><b>Fallback.</b> Only when a miss finds no clean slot and a running CPU has not passed
 /// the needed epoch within the machine's cross-CPU spin does the pool send one full-flush
 /// shootdown to the laggards, which advances them all at once. It is the only IPI this strategy
 /// sends.</item>
 /// <item><b>No hint.</b> Because a new mapping is valid everywhere, <c>SFB_CPUPRIVATE</c> changes
 /// nothing (it is still checked for its pin, as the interface requires).</item>
-/// <item><b>Exhaustion.</b> Waiters for a slot are served first come, first served (tickets), and
-/// <see cref="AllocMany"/> takes several mappings all or nothing, so that a caller needing two
-/// never holds one while waiting for the other (the <c>kmap</c> deadlock).</item>
+/// <item><b>Exhaustion.</b> Waiters for a slot are served first come, first served (tickets;
+/// a miss goes to the queue instead of its magazine while anyone waits), clean slots idle in
+/// magazines are taken back before the pool counts as exhausted, and <see cref="AllocMany"/>
+/// takes several mappings all or nothing, so that a caller needing two never holds one while
+/// waiting for the other (the <c>kmap</c> deadlock).</item>
 /// </list>
 /// <para>
 /// Invariants (checked by the stale-translation and latent-staleness oracles in every test, by
 /// <c>TestHookCheckInvariants</c>, and under the interleaving explorer):
-/// I1: a clean slot has an invalid PTE and no CPU that is running a thread holds a translation
-/// for its address (kept by <see cref="ReclaimClean"/> with I2; so <see cref="Install"/> needs no
-/// invalidation). I2: a CPU's published epoch E means it has invalidated every slot retired at an
-/// epoch ≤ E; published epochs only grow (kept by <see cref="CatchUp"/>: read before, publish
-/// after). I3: an indexed slot with reference count ≥ 0 maps the page it is indexed under, and no
-/// two slots are indexed under one page (kept by <see cref="TryHit"/>'s re-check and by index
-/// writes under the pool lock). I4: only the pool lock's holder moves a slot out of the retired or
-/// clean states, and only the holder of the last reference moves it to 0.
+/// I1: a clean slot (on the clean stack or in a magazine) has an invalid PTE and no CPU that is
+/// running a thread holds a translation for its address (kept by <see cref="ReclaimClean"/> with
+/// I2; so <see cref="Install"/> needs no invalidation). I2: a CPU's published epoch E means it has
+/// invalidated every slot retired at an epoch ≤ E; published epochs only grow (kept by
+/// <see cref="CatchUp"/>: read before, publish after). I3: an indexed slot with reference count
+/// ≥ 0 maps the page it is indexed under, and no two slots map one page while either is
+/// referenced or inactive (kept by <see cref="TryHit"/>'s re-check and by <see cref="MapOrHit"/>,
+/// which installs only after claiming the page's index entry). I4: a clean slot has exactly one
+/// owner: the clean stack (moved only by the pool lock's holder), one CPU's magazine entry (taken
+/// by atomic exchange), or the install it was taken for; only the pool lock's holder moves a slot
+/// out of the retired state, and only the holder of the last reference moves it to 0.
 /// </para>
 /// </summary>
 public sealed unsafe partial class EpochCacheMapper : SfBufMapper, IContextSwitchHook
@@ -69,9 +79,17 @@ public sealed unsafe partial class EpochCacheMapper : SfBufMapper, IContextSwitc
     /// <summary><see cref="SfBufStats.Details"/> key: flush points that found retired slots to invalidate.</summary>
     public const string DetailFlushPoints = "epoch.flush_points";
 
+    /// <summary><see cref="SfBufStats.Details"/> key: misses that took the pool lock (the rest took a clean slot from their CPU's magazine).</summary>
+    public const string DetailLockedMisses = "epoch.locked_misses";
+
+    /// <summary><see cref="SfBufStats.Details"/> key: clean slots taken back from CPUs' magazines when the pool ran short.</summary>
+    public const string DetailSteals = "epoch.magazine_steals";
+
     private const int BatchRing = 8;
     private const long CleanState = -1;
     private const long RetiredState = -2;
+    private const int Empty = -1;            // a magazine entry without a slot
+    private const int InstallingEntry = -1;  // an index entry claimed by an install in progress (entries are slot + 1)
     private const ulong NewPteFlags = Pte.PG_V | Pte.PG_RW | Pte.PG_G;
 
     private readonly KvaRegion _window;
@@ -83,6 +101,8 @@ public sealed unsafe partial class EpochCacheMapper : SfBufMapper, IContextSwitc
     private readonly int* _batchSlots;
     private readonly int* _cleanStack;
     private readonly int* _retiredQueue;
+    private readonly int* _magazines;
+    private readonly int _magazineStride;
     private readonly KMutex _lock = new("epoch_cache");
     private readonly object _waitChannel = new();
     private readonly HashSet<long> _abandonedTickets = [];
@@ -99,6 +119,8 @@ public sealed unsafe partial class EpochCacheMapper : SfBufMapper, IContextSwitc
     private long _recycles;
     private long _fallbackShootdowns;
     private long _batchesRetired;
+    private long _steals;
+    private bool _retireAhead;
 
     internal EpochCacheMapper(Machine machine, int? nsfbufs)
         : base(machine)
@@ -114,12 +136,15 @@ public sealed unsafe partial class EpochCacheMapper : SfBufMapper, IContextSwitc
         int cpuCount = machine.Cpus.Count;
         BatchSize = Math.Clamp(Nsfbufs / 8, 1, 512);
         LowWater = Math.Max(1, BatchSize / 4);
+        MagazineSize = Math.Clamp(BatchSize / (2 * cpuCount), 1, 64);
+        _magazineStride = (1 + MagazineSize + 15) / 16 * 16; // whole 64-byte lines per CPU
         // One block, so that set-up either gets all of it or fails holding nothing (the per-CPU
-        // and shared lines first, at 128-byte boundaries; then the 64-byte slots; then the ints).
+        // and shared lines first, at 128-byte boundaries; then the 64-byte slots; then the ints,
+        // the per-CPU magazines first so that each starts a cache line).
         nuint perCpuBytes = (nuint)cpuCount * (nuint)sizeof(EpochPerCpu);
         nuint slotBytes = (nuint)Nsfbufs * (nuint)sizeof(EpochSlot);
         nuint batchBytes = BatchRing * (nuint)sizeof(EpochBatch);
-        nuint intCount = (BatchRing * FlushCeiling) + machine.Physical.FrameCount + (2 * (nuint)Nsfbufs);
+        nuint intCount = ((nuint)cpuCount * (nuint)_magazineStride) + (BatchRing * FlushCeiling) + machine.Physical.FrameCount + (2 * (nuint)Nsfbufs);
         byte* block;
         try
         {
@@ -137,7 +162,8 @@ public sealed unsafe partial class EpochCacheMapper : SfBufMapper, IContextSwitc
         _shared = (EpochShared*)(block + perCpuBytes);
         _slots = (EpochSlot*)(_shared + 1);
         _batches = (EpochBatch*)((byte*)_slots + slotBytes);
-        _batchSlots = (int*)((byte*)_batches + batchBytes);
+        _magazines = (int*)((byte*)_batches + batchBytes);
+        _batchSlots = _magazines + (cpuCount * _magazineStride);
         _slotOfFrame = _batchSlots + (BatchRing * FlushCeiling);
         _cleanStack = _slotOfFrame + machine.Physical.FrameCount;
         _retiredQueue = _cleanStack + Nsfbufs;
@@ -148,6 +174,11 @@ public sealed unsafe partial class EpochCacheMapper : SfBufMapper, IContextSwitc
         {
             _slots[i].Ref = CleanState;
             _cleanStack[_cleanCount++] = i;
+        }
+
+        for (int c = 0; c < cpuCount; c++)
+        {
+            new Span<int>(Magazine(c) + 1, MagazineSize).Fill(Empty);
         }
 
         machine.AddContextSwitchHook(this);
@@ -161,6 +192,9 @@ public sealed unsafe partial class EpochCacheMapper : SfBufMapper, IContextSwitc
 
     /// <summary>A batch is retired ahead when fewer clean slots than this remain.</summary>
     public int LowWater { get; }
+
+    /// <summary>Clean slots a CPU keeps for misses that take no lock.</summary>
+    public int MagazineSize { get; }
 
     /// <summary>The current global epoch (batches retired so far).</summary>
     public long GlobalEpoch => Volatile.Read(ref _shared->GlobalEpoch);
@@ -184,6 +218,23 @@ public sealed unsafe partial class EpochCacheMapper : SfBufMapper, IContextSwitc
         {
             _perCpu[cpu.Id].Hits++;
             return Handle(slot, page);
+        }
+
+        // A miss with a clean slot in this CPU's magazine takes no lock; with waiters queued it
+        // joins the queue instead, so that they are served first.
+        if (Volatile.Read(ref _shared->Waiters) == 0)
+        {
+            int clean = PopMagazine(cpu.Id);
+            if (clean >= 0)
+            {
+                slot = MapOrHit(cpu, page.Frame, clean);
+                if (slot != clean)
+                {
+                    PushBackMagazine(cpu.Id, clean);
+                }
+
+                return Handle(slot, page);
+            }
         }
 
         return AllocSlow(td, page, flags, cancellation);
@@ -221,8 +272,9 @@ public sealed unsafe partial class EpochCacheMapper : SfBufMapper, IContextSwitc
         {
             while (true)
             {
-                // Under the lock only this thread installs or retires, so a page not indexed now,
-                // or indexed to a retired slot, needs a clean slot below. EnsureClean may retire
+                // Under the lock only this thread retires, so a page not indexed now, or indexed to
+                // a retired slot, needs at most one clean slot below (an install another CPU makes
+                // from its magazine meanwhile only turns one into a hit). EnsureClean may retire
                 // an inactive slot of one of these pages itself: count again after it, and ask
                 // for more while that left too few (each round the count grows, so it ends).
                 bool ready = false;
@@ -249,7 +301,7 @@ public sealed unsafe partial class EpochCacheMapper : SfBufMapper, IContextSwitc
                         }
                         else
                         {
-                            slot = Install(cpu, pages[i].Frame);
+                            slot = MapOrHitLocked(cpu, pages[i].Frame);
                         }
 
                         result[i] = Handle(slot, pages[i]);
@@ -322,9 +374,10 @@ public sealed unsafe partial class EpochCacheMapper : SfBufMapper, IContextSwitc
     /// <inheritdoc/>
     public override SfBufStats Stats()
     {
-        long hits = 0, misses = 0, used = 0, flushPoints = 0;
+        long hits = 0, misses = 0, used = 0, flushPoints = 0, lockedMisses = 0;
         for (int i = 0; i < _cpuCount; i++)
         {
+            lockedMisses += Volatile.Read(ref _perCpu[i].LockedMisses);
             hits += Volatile.Read(ref _perCpu[i].Hits);
             misses += Volatile.Read(ref _perCpu[i].Misses);
             used += Volatile.Read(ref _perCpu[i].Used);
@@ -349,6 +402,8 @@ public sealed unsafe partial class EpochCacheMapper : SfBufMapper, IContextSwitc
                 [DetailBatches] = Volatile.Read(ref _batchesRetired),
                 [DetailFallbackShootdowns] = Volatile.Read(ref _fallbackShootdowns),
                 [DetailFlushPoints] = flushPoints,
+                [DetailLockedMisses] = lockedMisses,
+                [DetailSteals] = Volatile.Read(ref _steals),
             },
         };
     }
@@ -556,12 +611,13 @@ public sealed unsafe partial class EpochCacheMapper : SfBufMapper, IContextSwitc
         }
     }
 
-    // ---------------------------------------------------------------- miss path (pool lock)
+    // ---------------------------------------------------------------- miss path
 
     private SfBuf AllocSlow(KernelThread td, VmPage page, SfBufFlags flags, CancellationToken cancellation)
     {
         _lock.Lock(td);
         var wait = WaitState.None;
+        bool refill = false;
         try
         {
             while (true)
@@ -574,9 +630,12 @@ public sealed unsafe partial class EpochCacheMapper : SfBufMapper, IContextSwitc
                     return Handle(slot, page);
                 }
 
-                if (IsMyTurn(wait) && EnsureClean(td, 1))
+                // Ask for a magazine's worth more when nobody else waits: the next misses on
+                // this CPU then take no lock. Only one slot is waited for.
+                if (IsMyTurn(wait) && EnsureClean(td, 1, wanted: wait.Ticket < 0 ? 1 + MagazineSize : 1))
                 {
-                    return Handle(Install(td.Cpu!, page.Frame), page);
+                    refill = true;
+                    return Handle(MapOrHitLocked(td.Cpu!, page.Frame), page);
                 }
 
                 if (!WaitForSlot(td, flags, cancellation, ref wait))
@@ -588,20 +647,88 @@ public sealed unsafe partial class EpochCacheMapper : SfBufMapper, IContextSwitc
         finally
         {
             LeaveQueue(ref wait);
+            if (refill && Volatile.Read(ref _shared->Waiters) == 0)
+            {
+                RefillMagazine(td.Cpu!.Id);
+            }
+
             _lock.Unlock(td);
         }
     }
 
-    /// <summary>Maps a clean slot to <paramref name="frame"/>: one PTE write, no invalidation anywhere (I1).</summary>
-    private int Install(Cpu cpu, uint frame)
+    /// <summary>
+    /// Maps <paramref name="frame"/> with a slot from the clean stack (pool lock held), or hits the
+    /// slot another CPU installed meanwhile and puts the clean one back.
+    /// </summary>
+    private int MapOrHitLocked(Cpu cpu, uint frame)
     {
         if (_cleanCount == 0)
         {
             throw new InvalidOperationException("epoch-cache: an install without a clean slot (EnsureClean must precede it)");
         }
 
-        int slot = _cleanStack[--_cleanCount];
+        int clean = _cleanStack[--_cleanCount];
+        int slot = MapOrHit(cpu, frame, clean);
+        if (slot != clean)
+        {
+            _cleanStack[_cleanCount++] = clean;
+        }
+        else
+        {
+            _perCpu[cpu.Id].LockedMisses++;
+        }
+
+        return slot;
+    }
+
+    /// <summary>
+    /// Maps <paramref name="frame"/> with <paramref name="clean"/>, a clean slot the caller owns,
+    /// and returns it with one reference; or, when another CPU has mapped the frame meanwhile,
+    /// takes a reference on that slot and returns it instead (the caller keeps the clean one).
+    /// Lock-free: the frame's index entry is claimed first (I3: one slot per page), so two CPUs
+    /// missing on one page never map it twice.
+    /// </summary>
+    private int MapOrHit(Cpu cpu, uint frame, int clean)
+    {
+        while (true)
+        {
+            int entry = Volatile.Read(ref _slotOfFrame[frame]);
+            if (entry == InstallingEntry)
+            {
+                // Another CPU is between its claim and its publication: a few stores that never
+                // wait for anything, so spin (servicing this CPU's mailbox) until it is done.
+                cpu.Poll();
+                Thread.SpinWait(1);
+                continue;
+            }
+
+            if (entry > 0)
+            {
+                int hit = TryHit(frame, cpu);
+                if (hit >= 0)
+                {
+                    _perCpu[cpu.Id].Hits++;
+                    return hit;
+                }
+            }
+
+            cpu.SchedulingPoint(); // another CPU may claim, publish or retire the entry here
+            if (Interlocked.CompareExchange(ref _slotOfFrame[frame], InstallingEntry, entry) == entry)
+            {
+                Install(cpu, clean, frame);
+                return clean;
+            }
+        }
+    }
+
+    /// <summary>
+    /// Maps the clean slot <paramref name="slot"/> to <paramref name="frame"/>, whose index entry
+    /// the caller has claimed: one PTE write, no invalidation anywhere (I1), then publication.
+    /// </summary>
+    private void Install(Cpu cpu, int slot, uint frame)
+    {
         EpochSlot* s = _slots + slot;
+        Debug.Assert(Volatile.Read(ref s->Ref) == CleanState, "only a clean slot is installed");
         s->Frame = frame;
         s->Referenced = 0;
         Interlocked.Increment(ref s->Generation);
@@ -609,48 +736,136 @@ public sealed unsafe partial class EpochCacheMapper : SfBufMapper, IContextSwitc
         Debug.Assert(!Pte.IsValid(old), "a clean slot's PTE is invalid");
         Machine.KernelPmap.CountMapping(1); // every miss is one mapping of one page (PaperChecks)
         Volatile.Write(ref s->Ref, 1);
-
-        // Publish in the index (index writes are made under the lock only). A slot still indexed
-        // under this frame is retired, or a live one would have been hit: replace it.
+        cpu.SchedulingPoint(); // hits on the claimed entry spin until it is published
         Volatile.Write(ref _slotOfFrame[frame], slot + 1);
 
         EpochPerCpu* pc = _perCpu + cpu.Id;
         pc->Misses++;
         pc->Used++;
         int used = CurrentUsed();
-        if (used > _peak)
+        for (int peak = Volatile.Read(ref _peak); used > peak; peak = Volatile.Read(ref _peak))
         {
-            _peak = used;
+            if (Interlocked.CompareExchange(ref _peak, used, peak) == peak)
+            {
+                break;
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- per-CPU magazines
+
+    /// <summary>
+    /// CPU <paramref name="cpu"/>'s magazine: word 0 is its fill mark (written by the CPU's own
+    /// thread only; every entry at or above it is empty), then <see cref="MagazineSize"/> entries,
+    /// each a clean slot or empty. An entry is taken with an atomic exchange, by its CPU without
+    /// the lock, or by a lock holder stealing when the pool runs short.
+    /// </summary>
+    private int* Magazine(int cpu) => _magazines + (cpu * _magazineStride);
+
+    /// <summary>Takes a clean slot from this CPU's magazine, or -1 (its own thread, no lock).</summary>
+    private int PopMagazine(int cpu)
+    {
+        int* m = Magazine(cpu);
+        int n = m[0];
+        while (n > 0)
+        {
+            n--;
+            int slot = Interlocked.Exchange(ref m[1 + n], Empty);
+            if (slot >= 0)
+            {
+                m[0] = n;
+                return slot;
+            }
         }
 
-        return slot;
+        m[0] = 0;
+        return -1;
+    }
+
+    /// <summary>Returns an unused clean slot just taken by <see cref="PopMagazine"/> (its own thread, which has not blocked since).</summary>
+    private void PushBackMagazine(int cpu, int slot)
+    {
+        int* m = Magazine(cpu);
+        Volatile.Write(ref m[1 + m[0]], slot);
+        m[0]++;
+    }
+
+    /// <summary>Fills this CPU's magazine from the clean stack (pool lock held, by the CPU's own thread).</summary>
+    private void RefillMagazine(int cpu)
+    {
+        int* m = Magazine(cpu);
+        int n = m[0];
+        while (n < MagazineSize && _cleanCount > 0)
+        {
+            Volatile.Write(ref m[1 + n], _cleanStack[--_cleanCount]);
+            n++;
+        }
+
+        m[0] = n;
+    }
+
+    /// <summary>Takes every clean slot out of every CPU's magazine onto the clean stack (pool lock held).</summary>
+    private void StealMagazines(Cpu self)
+    {
+        for (int c = 0; c < _cpuCount; c++)
+        {
+            int* m = Magazine(c);
+            for (int i = 0; i < MagazineSize; i++)
+            {
+                self.SchedulingPoint(); // the owner may pop the entry first
+                int slot = Interlocked.Exchange(ref m[1 + i], Empty);
+                if (slot >= 0)
+                {
+                    _cleanStack[_cleanCount++] = slot;
+                    _steals++;
+                }
+            }
+        }
     }
 
     /// <summary>
     /// Makes at least <paramref name="needed"/> clean slots available, retiring a batch ahead
-    /// when they run low and waiting out (or, as the last resort, shooting down) the epoch of
-    /// the oldest retired batch. False when not enough slots are inactive: the caller waits.
+    /// when fewer than <paramref name="wanted"/> are in sight, taking back the magazines' clean
+    /// slots when the stack is short, and waiting out (or, as the last resort, shooting down) the
+    /// epoch of the oldest retired batch. False when not enough slots are inactive: the caller waits.
     /// </summary>
-    private bool EnsureClean(KernelThread td, int needed)
+    private bool EnsureClean(KernelThread td, int needed, int wanted = 0)
     {
         if (needed == 0)
         {
             return true;
         }
 
+        wanted = Math.Max(wanted, needed);
         ReclaimClean(td.Cpu!);
 
-        // Retire ahead while the retired slots are few, so that the next batch has time to
-        // become clean on its own; counting the retired ones keeps the clock from evicting more
-        // cached mappings than needed.
-        if (_cleanCount + _retiredCount - needed < LowWater)
+        // Once misses have outrun the clean slots, retire ahead while the retired slots are few,
+        // so that the next batch has time to become clean on its own; counting the retired ones
+        // keeps the clock from evicting more cached mappings than needed. Before that, a cached
+        // mapping is evicted only on demand, as LRU does: a reserve kept from the start would
+        // make the cache smaller than nsfbufs for a working set that fits it exactly.
+        if (_retireAhead && _cleanCount + _retiredCount - wanted < LowWater)
         {
-            RetireBatch(td.Cpu!, Math.Max(BatchSize, needed - _cleanCount - _retiredCount));
+            RetireBatch(td.Cpu!, Math.Max(BatchSize, wanted - _cleanCount - _retiredCount));
         }
 
         if (_cleanCount >= needed)
         {
             return true;
+        }
+
+        // Clean slots idle in other CPUs' magazines are cheaper than waiting for an epoch, and
+        // the pool is exhausted only when they are counted too.
+        StealMagazines(td.Cpu!);
+        if (_cleanCount >= needed)
+        {
+            return true;
+        }
+
+        if (_cleanCount + _retiredCount < needed)
+        {
+            _retireAhead = true;
+            RetireBatch(td.Cpu!, Math.Max(BatchSize, needed - _cleanCount - _retiredCount));
         }
 
         if (_retiredCount + _cleanCount < needed)
@@ -990,6 +1205,10 @@ internal struct EpochPerCpu
 
     [FieldOffset(32)]
     public long FlushPoints;
+
+    /// <summary>Misses that took the pool lock (no clean slot in the magazine, or waiters queued).</summary>
+    [FieldOffset(40)]
+    public long LockedMisses;
 }
 
 /// <summary>The read-mostly words every operation reads: the global epoch and the waiter count.</summary>

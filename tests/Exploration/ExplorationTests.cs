@@ -83,14 +83,15 @@ public sealed class ExplorationTests
 
     /// <summary>
     /// The epoch-cache scenarios reach what they exist to interleave: over their schedules slots
-    /// are retired and recycled and the epoch fallback runs, and after every schedule the pool's
+    /// are retired and recycled, misses take slots from magazines and the lock holder takes them
+    /// back, the epoch fallback runs, and after every schedule the pool's
     /// structural invariants (I1, I3, the slot states and use counts) hold.
     /// </summary>
     [TestCase(2)]
     [TestCase(3)]
     public void TheEpochCacheScenariosRetireRecycleAndFallBackAndKeepTheInvariants(int cpus)
     {
-        long retired = 0, batches = 0, fallbacks = 0;
+        long retired = 0, batches = 0, fallbacks = 0, misses = 0, lockedMisses = 0, steals = 0;
         foreach (var make in new Func<string, int, Scenario>[] { (s, c) => Scenarios.SfBufRemote(s, c), Scenarios.SfBufExhaustion })
         {
             var scenario = make(SfBufMapper.EpochCache, cpus) with
@@ -102,6 +103,9 @@ public sealed class ExplorationTests
                     retired += details[EpochCacheMapper.DetailRetiredSlots];
                     batches += details[EpochCacheMapper.DetailBatches];
                     fallbacks += details[EpochCacheMapper.DetailFallbackShootdowns];
+                    misses += mapper.Stats().Misses;
+                    lockedMisses += details[EpochCacheMapper.DetailLockedMisses];
+                    steals += details[EpochCacheMapper.DetailSteals];
                     foreach (var problem in mapper.TestHookCheckInvariants())
                     {
                         run.Fail(problem);
@@ -111,10 +115,12 @@ public sealed class ExplorationTests
             Explorer.AssertAllPass(scenario, 100);
         }
 
-        TestContext.Out.WriteLine($"{cpus} CPUs: {retired} slots retired in {batches} batches, {fallbacks} fallback shootdowns");
+        TestContext.Out.WriteLine($"{cpus} CPUs: {retired} slots retired in {batches} batches, {fallbacks} fallback shootdowns, {misses - lockedMisses} of {misses} misses without the lock, {steals} magazine steals");
         Assert.That(retired, Is.GreaterThan(0));
         Assert.That(batches, Is.GreaterThan(0));
         Assert.That(fallbacks, Is.GreaterThan(0), "some schedule left a running CPU behind the needed epoch");
+        Assert.That(lockedMisses, Is.LessThan(misses), "some misses took a clean slot from their CPU's magazine");
+        Assert.That(steals, Is.GreaterThan(0), "some schedule took clean slots back from a magazine");
     }
 
     private static void PlantRecycleOneEpochEarly(SfBufMapper mapper) =>

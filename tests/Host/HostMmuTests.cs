@@ -22,9 +22,9 @@ public sealed unsafe class HostMmuTests
     /// <summary>
     /// One remap after another of one kernel page, each to a different frame, with the other core
     /// reading every word of the page through the remapped address after each remap: a missed
-    /// invalidation would show the previous frame's words. 100,000 remaps in the default run;
-    /// <c>SFBUF_HOST_REMAPS=1000000</c> is the long form (a million: 12 to 15 minutes on a loaded
-    /// 2-core host whose remaps cost 80 µs, where every hand-off also waits for both threads to be scheduled).
+    /// invalidation would show the previous frame's words. A million remaps (64 s on a quiet
+    /// 2-core host; 12 to 15 minutes on a loaded one, where every hand-off waits for both threads
+    /// to be scheduled); <c>SFBUF_HOST_REMAPS=N</c> sets another count.
     /// </summary>
     [Test]
     public void RemapsOfASlotAreSeenExactlyByTheOtherCore()
@@ -277,7 +277,7 @@ public sealed unsafe class HostMmuTests
         string? text = Environment.GetEnvironmentVariable("SFBUF_HOST_REMAPS");
         if (string.IsNullOrEmpty(text))
         {
-            return 100_000;
+            return 1_000_000;
         }
 
         return int.TryParse(text, System.Globalization.CultureInfo.InvariantCulture, out int n) && n >= 2

@@ -77,6 +77,79 @@ public sealed class EpochCacheMapperTests
         Assert.That(d[Counter.LatentStaleAccesses], Is.Zero);
     }
 
+    [Test]
+    public void MissesServedFromTheCpusMagazineTakeNoLock()
+    {
+        // 512 clean slots, 200 first-time pages: no retire is needed, so every locked miss
+        // refills the magazine in full and the next MagazineSize misses take no lock.
+        using var m = new SimMachine(SfBufRig.Small(windowPages: 512));
+        using var sfbufs = Create(m, 512);
+        var pages = SfBufRig.NewPages(m, 200);
+        CounterSnapshot? d = null;
+
+        m.Run(0, () =>
+        {
+            var before = m.Counters();
+            foreach (var page in pages)
+            {
+                var sf = sfbufs.Alloc(page);
+                Assert.That(m.CurrentCpu.ReadUInt64(sfbufs.Kva(sf)), Is.EqualTo(SfBufRig.Stamp(page)));
+                sfbufs.Free(sf);
+            }
+
+            d = m.Counters() - before;
+        });
+
+        var stats = sfbufs.Stats();
+        long locked = stats.Details[EpochCacheMapper.DetailLockedMisses];
+        int perLock = sfbufs.MagazineSize + 1;
+        Assert.That(sfbufs.MagazineSize, Is.GreaterThan(1));
+        Assert.That(stats.Misses, Is.EqualTo(200));
+        Assert.That(locked, Is.EqualTo((200 + perLock - 1) / perLock), "one locked miss per magazine refill");
+        Assert.That(d![Counter.LockAcquisitions], Is.EqualTo(locked), "a miss from the magazine takes no lock");
+        Assert.That(d[Counter.KernelPteWrites], Is.EqualTo(200), "one PTE write per miss, wherever its slot came from");
+        Assert.That(d[Counter.StaleAccesses], Is.Zero);
+        Assert.That(sfbufs.TestHookCheckInvariants(), Is.Empty);
+    }
+
+    [Test]
+    public void CleanSlotsIdleInAnotherCpusMagazineAreTakenBackBeforeThePoolCountsAsExhausted()
+    {
+        using var m = new SimMachine(SfBufRig.Small());
+        using var sfbufs = Create(m, 64);
+        var pages = SfBufRig.NewPages(m, 66);
+        var held = new List<SfBufHandle>();
+
+        // CPU 1's one miss refills its magazine; then CPU 0 maps everything else.
+        m.Run(1, () => sfbufs.Free(sfbufs.Alloc(pages[65])));
+        var (_, _, inMagazines) = sfbufs.TestHookPool();
+        Assert.That(inMagazines, Is.EqualTo(sfbufs.MagazineSize), "CPU 1's magazine was filled");
+
+        m.Run(0, () =>
+        {
+            for (int i = 0; i < 65; i++)
+            {
+                var sf = sfbufs.Alloc(pages[i], SfBufFlags.NoWait);
+                if (sf.IsNone)
+                {
+                    break;
+                }
+
+                held.Add(sf);
+            }
+
+            Assert.That(held, Has.Count.EqualTo(64), "every slot of the pool, CPU 1's idle ones included");
+            Assert.That(sfbufs.Alloc(pages[64], SfBufFlags.NoWait).IsNone, Is.True, "the 65th finds the pool exhausted");
+            held.ForEach(sfbufs.Free);
+        });
+
+        var stats = sfbufs.Stats();
+        Assert.That(stats.Details[EpochCacheMapper.DetailSteals], Is.GreaterThanOrEqualTo(sfbufs.MagazineSize));
+        Assert.That(stats.NsfbufsUsed, Is.Zero);
+        Assert.That(m.Counters()[Counter.StaleAccesses], Is.Zero);
+        Assert.That(sfbufs.TestHookCheckInvariants(), Is.Empty);
+    }
+
     // ------------------------------------------------------------------ retire, epochs, reclaim
 
     [Test]
