@@ -319,6 +319,7 @@ public sealed unsafe partial class EpochCacheMapper : SfBufMapper, IContextSwitc
         finally
         {
             LeaveQueue(ref wait);
+            SamplePeak();
             _lock.Unlock(td);
         }
     }
@@ -652,6 +653,8 @@ public sealed unsafe partial class EpochCacheMapper : SfBufMapper, IContextSwitc
                 RefillMagazine(td.Cpu!.Id);
             }
 
+            SamplePeak();
+
             _lock.Unlock(td);
         }
     }
@@ -742,6 +745,15 @@ public sealed unsafe partial class EpochCacheMapper : SfBufMapper, IContextSwitc
         EpochPerCpu* pc = _perCpu + cpu.Id;
         pc->Misses++;
         pc->Used++;
+    }
+
+    /// <summary>
+    /// Raises <c>nsfbufspeak</c> to the slots in use now. Sampled under the pool lock and by
+    /// <see cref="Stats"/>, not at every install: summing the use counts reads every CPU's line,
+    /// which a lock-free miss must not pull across.
+    /// </summary>
+    private int SamplePeak()
+    {
         int used = CurrentUsed();
         for (int peak = Volatile.Read(ref _peak); used > peak; peak = Volatile.Read(ref _peak))
         {
@@ -750,6 +762,8 @@ public sealed unsafe partial class EpochCacheMapper : SfBufMapper, IContextSwitc
                 break;
             }
         }
+
+        return used;
     }
 
     // ---------------------------------------------------------------- per-CPU magazines
