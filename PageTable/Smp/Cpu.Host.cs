@@ -6,9 +6,6 @@ namespace Native.PageTable;
 /// <summary>The CPU's side of the host backend (<see cref="MachineBackend.Host"/>): translation by the host MMU, shootdowns by the host kernel.</summary>
 public sealed unsafe partial class Cpu
 {
-    // Null on the simulated backend: its paths test this one field and go on unchanged.
-    private readonly HostMmu? _host;
-
     /// <summary>
     /// Translation on the host backend. Kernel addresses are translated by the host MMU (the
     /// address returned is the host address of the kernel page, so the access itself goes
@@ -72,7 +69,7 @@ public sealed unsafe partial class Cpu
         }
 
         return va >= VmLayout.KERNBASE
-            ? _host!.KernelAddress(va)
+            ? _machine.Host!.KernelAddress(va)
             : _frames + (pte & Pte.PG_FRAME) + (va & Pte.PageMask);
     }
 

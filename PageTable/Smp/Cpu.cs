@@ -60,7 +60,6 @@ public sealed unsafe partial class Cpu
         _checked = machine.Options.Checked;
         _cost = machine.Cost;
         _watchdogTicks = (long)(machine.Options.ShootdownWatchdog.TotalSeconds * Stopwatch.Frequency);
-        _host = machine.Host;
 
         // The ephemeral-mapping regions, the sf_buf window, the fixmap then kernel_map, are
         // adjacent (one guard page between each, never mapped): one range check classifies a miss.
@@ -259,11 +258,6 @@ public sealed unsafe partial class Cpu
             return _frames + dmapOffset;
         }
 
-        if (_host != null)
-        {
-            return HostTranslate(va, write);
-        }
-
         ulong vpn = va >> Pte.PageShift;
         TlbEntry* e = _tlb.Lookup(vpn);
         if (e != null && (!write || (e->Pte & Pte.PG_M) != 0))
@@ -283,6 +277,13 @@ public sealed unsafe partial class Cpu
     [MethodImpl(MethodImplOptions.NoInlining)]
     private byte* TranslateSlow(ulong va, bool write, TlbEntry* entry)
     {
+        // The host backend never fills the TLB (the host MMU translates), so every access there
+        // arrives here: the check costs the simulated hit path nothing.
+        if (_machine.Host != null)
+        {
+            return HostTranslate(va, write);
+        }
+
         ulong vpn = va >> Pte.PageShift;
         if (_checked)
         {
@@ -716,7 +717,7 @@ public sealed unsafe partial class Cpu
             throw new ArgumentOutOfRangeException(nameof(pages), pages, "a range shootdown needs at least one page");
         }
 
-        if (_host != null)
+        if (_machine.Host != null)
         {
             return HostShootdown(targets, kind, pages);
         }
