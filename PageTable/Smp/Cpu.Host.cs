@@ -31,43 +31,7 @@ public sealed unsafe partial class Cpu
             CheckPrivate(va);
         }
 
-        ulong* ptep = _machine.PteAddress(this, va);
-        if (ptep == null)
-        {
-            Count(Counter.PageFaults);
-            throw new PageFaultException(Id, va, write, "no page table covers this address");
-        }
-
-        ulong pte;
-        while (true)
-        {
-            pte = Volatile.Read(ref *ptep);
-            if (!Pte.IsValid(pte))
-            {
-                Count(Counter.PageFaults);
-                throw new PageFaultException(Id, va, write, "the PTE is not valid");
-            }
-
-            if (write && (pte & Pte.PG_RW) == 0)
-            {
-                Count(Counter.PageFaults);
-
-                // vm_fault, as on the simulated walk: a copy-on-write page gets a private copy.
-                if (VmLayout.IsUser(va) && LoadedPmap?.Owner is { } space && space.ResolveWriteFault(va))
-                {
-                    continue;
-                }
-
-                throw new PageFaultException(Id, va, write, "the page is mapped read-only");
-            }
-
-            ulong used = pte | Pte.PG_A | (write ? Pte.PG_M : 0);
-            if (used == pte || Interlocked.CompareExchange(ref *ptep, used, pte) == pte)
-            {
-                break;
-            }
-        }
-
+        ulong pte = Walk(va, write, out _);
         return va >= VmLayout.KERNBASE
             ? _machine.Host!.KernelAddress(va)
             : _frames + (pte & Pte.PG_FRAME) + (va & Pte.PageMask);

@@ -274,6 +274,53 @@ public sealed unsafe partial class Cpu
         return TranslateSlow(va, write, e);
     }
 
+    /// <summary>
+    /// The page walk both backends share: like x86 hardware, sets <c>PG_A</c> (and <c>PG_M</c> for a
+    /// write) with a locked update of the PTE, *before* the translation is cached (the accessed-bit
+    /// optimisation depends on it), resolving a copy-on-write fault as <c>vm_fault</c> does and
+    /// walking again. Returns the PTE as updated; throws a page fault it cannot resolve.
+    /// </summary>
+    private ulong Walk(ulong va, bool write, out bool resolvedFault)
+    {
+        resolvedFault = false;
+        ulong* ptep = _machine.PteAddress(this, va);
+        if (ptep == null)
+        {
+            Count(Counter.PageFaults);
+            throw new PageFaultException(Id, va, write, "no page table covers this address");
+        }
+
+        while (true)
+        {
+            ulong pte = Volatile.Read(ref *ptep);
+            if (!Pte.IsValid(pte))
+            {
+                Count(Counter.PageFaults);
+                throw new PageFaultException(Id, va, write, "the PTE is not valid");
+            }
+
+            if (write && (pte & Pte.PG_RW) == 0)
+            {
+                Count(Counter.PageFaults);
+
+                // vm_fault: a copy-on-write page gets a private copy, then the access walks again.
+                if (VmLayout.IsUser(va) && LoadedPmap?.Owner is { } space && space.ResolveWriteFault(va))
+                {
+                    resolvedFault = true;
+                    continue;
+                }
+
+                throw new PageFaultException(Id, va, write, "the page is mapped read-only");
+            }
+
+            ulong walked = pte | Pte.PG_A | (write ? Pte.PG_M : 0);
+            if (walked == pte || Interlocked.CompareExchange(ref *ptep, walked, pte) == pte)
+            {
+                return walked;
+            }
+        }
+    }
+
     [MethodImpl(MethodImplOptions.NoInlining)]
     private byte* TranslateSlow(ulong va, bool write, TlbEntry* entry)
     {
@@ -298,44 +345,10 @@ public sealed unsafe partial class Cpu
             CheckPrivate(va);
         }
 
-        ulong* ptep = _machine.PteAddress(this, va);
-        if (ptep == null)
+        ulong walked = Walk(va, write, out bool resolvedFault);
+        if (resolvedFault)
         {
-            Count(Counter.PageFaults);
-            throw new PageFaultException(Id, va, write, "no page table covers this address");
-        }
-
-        // Like x86 hardware: set PG_A (and PG_M for a write) with a locked update of the PTE,
-        // *before* the translation is cached. The accessed-bit optimisation depends on it.
-        ulong pte, walked;
-        while (true)
-        {
-            pte = Volatile.Read(ref *ptep);
-            if (!Pte.IsValid(pte))
-            {
-                Count(Counter.PageFaults);
-                throw new PageFaultException(Id, va, write, "the PTE is not valid");
-            }
-
-            if (write && (pte & Pte.PG_RW) == 0)
-            {
-                Count(Counter.PageFaults);
-
-                // vm_fault: a copy-on-write page gets a private copy, then the access walks again.
-                if (VmLayout.IsUser(va) && LoadedPmap?.Owner is { } space && space.ResolveWriteFault(va))
-                {
-                    entry = _tlb.Lookup(vpn);
-                    continue;
-                }
-
-                throw new PageFaultException(Id, va, write, "the page is mapped read-only");
-            }
-
-            walked = pte | Pte.PG_A | (write ? Pte.PG_M : 0);
-            if (walked == pte || Interlocked.CompareExchange(ref *ptep, walked, pte) == pte)
-            {
-                break;
-            }
+            entry = _tlb.Lookup(vpn); // the copy-on-write fault replaced the page's translation
         }
 
         Count(Counter.TlbMisses);
