@@ -55,7 +55,7 @@ public sealed unsafe partial class Machine : IDisposable
         {
             Cost = new CostTicks(Options.Cost);
             Host = Options.Backend == MachineBackend.Host ? HostMmu.Create(Options) : null;
-            Oversubscribed = Options.Cpus > HostCpu.AllowedCpus().Length;
+            Oversubscribed = Options.Oversubscribed ?? Options.Cpus > HostCpu.AllowedCpus().Length;
             CrossCpuSpin = Options.CrossCpuSpin ?? (Oversubscribed ? TimeSpan.FromMicroseconds(5) : TimeSpan.FromMicroseconds(50));
             Physical = new PhysicalMemory(this, _ledger, Options.PhysicalMemoryBytes);
             Layout = new VmLayout(
@@ -96,7 +96,10 @@ public sealed unsafe partial class Machine : IDisposable
         }
     }
 
-    /// <summary>True when the machine has more simulated CPUs than the host gives the process cores.</summary>
+    /// <summary>
+    /// True when the machine has more simulated CPUs than the host gives the process cores, or
+    /// when <see cref="MachineOptions.Oversubscribed"/> says so (a busy host).
+    /// </summary>
     public bool Oversubscribed { get; }
 
     /// <summary>How long a wait on another CPU spins (servicing the mailbox) before it parks its host thread.</summary>

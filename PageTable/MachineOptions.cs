@@ -60,10 +60,18 @@ public sealed record MachineOptions
 
     /// <summary>
     /// How long a wait on another CPU (IPI acknowledgements, <c>smp_ipi_mtx</c>, a mutex) spins
-    /// before it parks its host thread; null picks 50 µs, or 5 µs when the machine has more CPUs
-    /// than the host has cores (so a descheduled CPU's thread gets the core sooner).
+    /// before it parks its host thread; null picks 50 µs, or 5 µs when the machine is
+    /// <see cref="Oversubscribed"/> (so a descheduled CPU's thread gets the core sooner).
     /// </summary>
     public TimeSpan? CrossCpuSpin { get; init; }
+
+    /// <summary>
+    /// Run as on an oversubscribed host: cross-CPU waits park after 5 µs, a parked CPU publishes
+    /// itself idle, a woken sleeper does not spin. Null (the default) decides by the CPU count:
+    /// more simulated CPUs than host cores. Set it when other processes keep the host's cores
+    /// busy, so that a CPU whose host thread is descheduled is not spun for.
+    /// </summary>
+    public bool? Oversubscribed { get; init; }
 
     /// <summary>Controlled scheduling for exploration (tests); null for real concurrency.</summary>
     internal ControlledScheduler? Controlled { get; init; }

@@ -26,7 +26,7 @@ internal static class PaperCommand
 
         var command = new Command("paper", "Reproduce the paper's evaluation: every experiment x strategy x CPU count, repeated.")
         {
-            options.Quick, options.Cpus, options.Strategies, options.Peers, options.Experiments, options.Cost, options.Model, options.Checked, options.Backend,
+            options.Quick, options.Cpus, options.Strategies, options.Peers, options.Experiments, options.Cost, options.Model, options.Checked, options.Backend, options.Host,
             repeat, inProcess, json, csv, plot, markdown,
         };
         command.SetAction(parse =>
@@ -70,7 +70,7 @@ internal static class PaperCommand
         AnsiConsole.MarkupLine($"[bold]perf paper[/]{(plan.Size == TrialSize.Quick ? " --quick" : string.Empty)}: {plan.Experiments.Length} experiments x {plan.Strategies.Length} strategies x cpus {string.Join(",", plan.CpuCounts)}"
             + $" = {cells} cells, {plan.Rounds} timed trials each{(plan.Verify ? " + 1 checked verification trial" : string.Empty)}");
         AnsiConsole.WriteLine($"machine: default ({defaults.PhysicalMemoryBytes >> 20} MiB, {defaults.TlbEntries}-entry {defaults.TlbWays}-way TLBs, nsfbufs {defaults.DefaultNsfbufs}), "
-            + $"host {PaperRunner.HostCores} cores; timed trials {(plan.CheckedTiming ? "checked (oracle on)" : "unchecked (oracle off; verified by a checked trial per cell at reduced size)")}; "
+            + $"host {PaperRunner.HostCores} cores {(plan.SharedHost && plan.Backend == MachineBackend.Simulated ? "(shared: threads unpinned, parking after 5 us)" : "(threads pinned)")}; timed trials {(plan.CheckedTiming ? "checked (oracle on)" : "unchecked (oracle off; verified by a checked trial per cell at reduced size)")}; "
             + $"rounds {(childProcesses ? "each in a fresh process" : "in this process")}, strategies rotated within a round");
         AnsiConsole.WriteLine($"cost profile: {plan.Cost}");
         AnsiConsole.WriteLine($"  source: {plan.Cost.Source}");
@@ -242,6 +242,13 @@ internal sealed class PlanOptions
 
     public Option<bool> Checked { get; } = new("--checked") { Description = "Time with the stale-translation oracle on (slower; no separate verification trial)" };
 
+    public Option<HostMode> Host { get; } = new("--host")
+    {
+        Description = "dedicated: pin the simulated CPUs' threads to host cores; shared: other processes keep the cores busy, so run unpinned and park early, "
+            + "as on an oversubscribed host; auto (default): shared when other processes keep a quarter of a core busy in a 250 ms sample at the start",
+        DefaultValueFactory = _ => HostMode.Auto,
+    };
+
     public Option<MachineBackend> Backend { get; } = new("--backend")
     {
         Description = "Machine backend: simulated, or host (the host's MMU, Linux x64; nothing is charged there and --cost prices the modelled cost; see perf real)",
@@ -272,8 +279,24 @@ internal sealed class PlanOptions
             strategies = PaperCommand.OnHost(strategies, parse.GetRequiredValue(Strategies));
         }
 
-        return new PaperPlan(experiments, strategies, cpus, cost, model, size, rounds, parse.GetValue(Checked), backend);
+        var host = parse.GetValue(Host);
+        bool shared = host == HostMode.Shared
+            || (host == HostMode.Auto && HostLoad.SampleOtherCoresBusy(PaperRunner.HostCores, TimeSpan.FromMilliseconds(250)) >= HostLoad.BusyCores);
+        return new PaperPlan(experiments, strategies, cpus, cost, model, size, rounds, parse.GetValue(Checked), backend, shared);
     }
+}
+
+/// <summary>Whether other processes share the host's cores (<c>--host</c>).</summary>
+internal enum HostMode
+{
+    /// <summary>Sample the host at the start.</summary>
+    Auto,
+
+    /// <summary>The cores are ours: pinned threads, the usual spins.</summary>
+    Dedicated,
+
+    /// <summary>Other processes keep the cores busy: unpinned threads, early parking.</summary>
+    Shared,
 }
 
 /// <summary>The files <c>perf paper</c> writes besides the terminal output.</summary>
@@ -292,7 +315,7 @@ internal static class PaperRoundCommand
         var size = new Option<TrialSize>("--size") { Description = "Trial size", DefaultValueFactory = _ => TrialSize.Full };
         var command = new Command("paper-round", "One round of perf paper, as JSON lines (used by perf paper).")
         {
-            options.Cpus, options.Strategies, options.Peers, options.Experiments, options.Cost, options.Model, options.Checked, options.Backend, round, size,
+            options.Cpus, options.Strategies, options.Peers, options.Experiments, options.Cost, options.Model, options.Checked, options.Backend, options.Host, round, size,
         };
         command.Hidden = true;
         command.SetAction(parse =>

@@ -19,6 +19,7 @@ namespace Native.Perf.Paper;
 /// <param name="Rounds">Timed trials per cell (<c>--repeat</c>).</param>
 /// <param name="CheckedTiming">Timed trials run with the stale-translation oracle on (<c>--checked</c>).</param>
 /// <param name="Backend">The machine backend: the simulation, or the host's MMU (<c>perf real</c>).</param>
+/// <param name="SharedHost">Other processes keep the host's cores busy: the simulated machines run as oversubscribed, with unpinned threads (<c>--host</c>).</param>
 internal sealed record PaperPlan(
     string[] Experiments,
     string[] Strategies,
@@ -28,7 +29,8 @@ internal sealed record PaperPlan(
     TrialSize Size,
     int Rounds,
     bool CheckedTiming,
-    MachineBackend Backend = MachineBackend.Simulated)
+    MachineBackend Backend = MachineBackend.Simulated,
+    bool SharedHost = false)
 {
     /// <summary>
     /// One verification trial per cell, checked, at the check size; not needed when the timed
@@ -70,6 +72,9 @@ internal sealed record PaperRun(
 /// </summary>
 internal static class PaperRunner
 {
+    /// <summary>A run whose cross-core round trips differ by more than this factor is warned about.</summary>
+    public const double RoundTripDrift = 1.5;
+
     private static int s_prejitted;
 
     /// <summary>Host cores this process may run on.</summary>
@@ -127,7 +132,7 @@ internal static class PaperRunner
     /// <summary>One trial of one cell on a freshly booted machine.</summary>
     public static IReadOnlyList<Measurement> RunTrial(PaperPlan plan, Cell cell, TrialSize size, bool isChecked)
     {
-        var trial = new Trial(plan.Cost, cell.Strategy, cell.Cpus, size, isChecked, plan.Model, plan.Backend);
+        var trial = new Trial(plan.Cost, cell.Strategy, cell.Cpus, size, isChecked, plan.Model, plan.Backend, plan.SharedHost);
         IReadOnlyList<Measurement> result;
         try
         {
@@ -163,6 +168,8 @@ internal static class PaperRunner
         {
             args.AddRange(["--backend", plan.Backend.ToString().ToLowerInvariant()]);
         }
+
+        args.AddRange(["--host", (plan.SharedHost ? HostMode.Shared : HostMode.Dedicated).ToString().ToLowerInvariant()]);
 
         return args;
     }
@@ -319,7 +326,7 @@ internal static class PaperRunner
     }
 
     /// <summary>What the reader of the figures must know: noisy cells, a busy host, oversubscription, unpinned threads.</summary>
-    private static List<string> Warnings(PaperPlan plan, List<PaperRow> rows, IEnumerable<Measurement> trials, HostLoad load)
+    internal static List<string> Warnings(PaperPlan plan, List<PaperRow> rows, IEnumerable<Measurement> trials, HostLoad? load)
     {
         var warnings = new List<string>();
         var noisy = rows.Where(r => r.Cv > 0.10).ToList();
@@ -331,9 +338,30 @@ internal static class PaperRunner
                 + ". Their medians are uncertain (see the CI); more rounds (--repeat) or a quieter host narrow it.");
         }
 
-        if (load.Warning() is { } busy)
+        if (load?.Warning() is { } busy)
         {
             warnings.Add(busy);
+        }
+
+        if (plan.SharedHost && plan.Backend == MachineBackend.Simulated)
+        {
+            warnings.Add("other processes kept the host's cores busy when the run began (or --host shared was given), so the simulated CPUs' threads ran unpinned "
+                + "and parked after 5 us, as on an oversubscribed host; --host dedicated pins them regardless. Speedups are not comparable with a quiet run's: "
+                + "work handed between CPUs (pipe, sendfile, shootdowns) waits for a host thread to be scheduled, which costs the strategies that hand off "
+                + "the most, so their speedups shrink. Counts and the modelled mapping cost are comparable.");
+        }
+
+        // The 10th and 90th percentiles, so that one preempted measurement does not count as a move.
+        var roundTrips = trials.Select(m => JsonValues.Number(m.Params.GetValueOrDefault("round_trip_ns")) ?? 0).Where(v => v > 0).Order().ToList();
+        if (roundTrips.Count > 1)
+        {
+            double low = roundTrips[roundTrips.Count / 10], high = roundTrips[roundTrips.Count - 1 - (roundTrips.Count / 10)];
+            if (high > RoundTripDrift * low)
+            {
+                warnings.Add($"the host's cross-core round trip, measured before each timed trial, ranged from {low:0} to {high:0} ns "
+                    + $"(10th to 90th percentile; median {roundTrips[roundTrips.Count / 2]:0}): the host moved its cores (a VM's vCPUs between physical cores) during the run. "
+                    + "Throughput of cross-CPU work moves with it, so runs made at different round trips differ by more than their CIs; compare the round_trip_ns of their rows.");
+            }
         }
 
         var over = rows.Where(r => r.Oversubscribed).Select(r => r.Cpus).Distinct().Order().ToList();

@@ -33,21 +33,35 @@ internal sealed class Trial : IDisposable
     private readonly HostWindow? _host;
     private readonly double? _roundTripNs;
 
-    public Trial(CostModel cost, string strategy, int cpus, TrialSize size, bool isChecked, CostModel? model = null, MachineBackend backend = MachineBackend.Simulated)
+    public Trial(CostModel cost, string strategy, int cpus, TrialSize size, bool isChecked, CostModel? model = null, MachineBackend backend = MachineBackend.Simulated, bool sharedHost = false)
     {
         Cost = cost;
         Model = model ?? cost;
         Strategy = strategy;
         Cpus = cpus;
         Size = size;
-        if (backend == MachineBackend.Host)
+        if (backend == MachineBackend.Host || size != TrialSize.Check)
         {
-            // The host can move its vCPUs between physical cores mid-run: every host trial records
-            // the cross-core round trip it ran with.
+            // The host can move its vCPUs between physical cores mid-run (on the development VM
+            // between about 100 and 500 ns, for minutes at a time), which moves every cross-CPU
+            // figure: every timed trial records the cross-core round trip it ran with.
             _roundTripNs = CrossCoreRoundTrip.Measure(roundTrips: 2000, batches: 5);
         }
 
-        Machine = new Machine(new MachineOptions { Cpus = cpus, Cost = cost, Checked = isChecked, Backend = backend });
+        // On a host whose cores other processes keep busy, a CPU pinned to a shared core waits a
+        // host time slice for every hand-off (a pipe chunk went from 3 ms to 4 s per MiB): there the
+        // threads run unpinned, so a waiting CPU's core can run the thread it waits for, and the
+        // machine parks early as an oversubscribed one does. The host backend needs its pins.
+        bool unpin = sharedHost && backend == MachineBackend.Simulated;
+        Machine = new Machine(new MachineOptions
+        {
+            Cpus = cpus,
+            Cost = cost,
+            Checked = isChecked,
+            Backend = backend,
+            PinThreads = !unpin,
+            Oversubscribed = unpin ? true : null,
+        });
         Kernel = new SimKernel(Machine, strategy);
         _host = backend == MachineBackend.Host ? new HostWindow(Machine) : null;
     }
@@ -144,7 +158,7 @@ internal sealed class Trial : IDisposable
             ["cross_cpu_parks"] = d[Counter.CrossCpuParks],
         };
         _host?.AddCounters(counters);
-        if (_host != null)
+        if (_roundTripNs != null)
         {
             parameters = new Dictionary<string, object>(parameters, StringComparer.Ordinal) { ["round_trip_ns"] = Math.Round(_roundTripNs ?? -1, 1) };
         }

@@ -24,6 +24,9 @@ public sealed class HostLoad
         (_startBusy, _startOwn) = (BusyJiffies() ?? -1, OwnJiffies() ?? -1);
     }
 
+    /// <summary>Cores other processes must keep busy for the host to count as busy.</summary>
+    public const double BusyCores = 0.25;
+
     /// <summary>The 1-minute load average when the measurement began, or null when unknown.</summary>
     public double? LoadAverageAtStart { get; }
 
@@ -32,6 +35,18 @@ public sealed class HostLoad
 
     /// <summary>Starts watching the host.</summary>
     public static HostLoad Start(int cores) => new(ReadLoadAverage(), cores);
+
+    /// <summary>
+    /// Cores other processes keep busy now: <see cref="OtherCoresBusy"/> over
+    /// <paramref name="window"/> of sleep (the load average would still count a run that just
+    /// ended); null when <c>/proc</c> cannot tell.
+    /// </summary>
+    public static double? SampleOtherCoresBusy(int cores, TimeSpan window)
+    {
+        var load = Start(cores);
+        Thread.Sleep(window);
+        return load.OtherCoresBusy();
+    }
 
     /// <summary>
     /// Cores other processes kept busy on average since <see cref="Start"/> (0 to
@@ -66,7 +81,7 @@ public sealed class HostLoad
     {
         double? others = OtherCoresBusy();
         bool busyBefore = LoadAverageAtStart is { } load && load > Cores;
-        if ((others is null || others < 0.25) && !busyBefore)
+        if ((others is null || others < BusyCores) && !busyBefore)
         {
             return null;
         }

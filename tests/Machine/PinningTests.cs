@@ -53,6 +53,24 @@ public sealed class PinningTests
     }
 
     [Test]
+    public void AMachineToldItsHostIsOversubscribedParksEarlyWhateverItsCpuCount()
+    {
+        // Two CPUs fit a host with two cores, but other processes may keep those cores busy:
+        // the option makes the machine wait as one with more CPUs than cores does.
+        using var told = new SimMachine(Sim.Small() with { Oversubscribed = true, PinThreads = false });
+        Assert.That(told.Oversubscribed, Is.True);
+        Assert.That(told.CrossCpuSpin, Is.EqualTo(TimeSpan.FromMicroseconds(5)));
+        Assert.That(told.PinsHostThreads, Is.False);
+
+        using var notTold = new SimMachine(Sim.Small() with { Cpus = 1 });
+        Assert.That(notTold.Oversubscribed, Is.False, "one CPU never outnumbers the host's cores");
+        Assert.That(notTold.CrossCpuSpin, Is.EqualTo(TimeSpan.FromMicroseconds(50)));
+
+        using var denied = new SimMachine(Sim.Small() with { Cpus = HostCpu.AllowedCpus().Length + 1, Oversubscribed = false });
+        Assert.That(denied.Oversubscribed, Is.False, "the option overrides the CPU count both ways");
+    }
+
+    [Test]
     public void TwoCpusOfATwoCpuMachineMapToDistinctHostCores()
     {
         if (!HostCpu.IsPinningAvailable || HostCpu.AllowedCpus().Length < 2)

@@ -232,6 +232,49 @@ public sealed class PaperTests
     }
 
     [Test]
+    public void OnASharedHostTheTrialsRunUnpinnedAndOversubscribedAndTheRunSaysSo()
+    {
+        using (var trial = new Trial(CostModel.Zero, SfBufMapper.I386, 2, TrialSize.Check, isChecked: true, sharedHost: true))
+        {
+            Assert.That(trial.Machine.Oversubscribed, Is.True);
+            Assert.That(trial.Machine.PinsHostThreads, Is.False);
+        }
+
+        using (var trial = new Trial(CostModel.Zero, SfBufMapper.I386, 2, TrialSize.Check, isChecked: true))
+        {
+            Assert.That(trial.Machine.Oversubscribed, Is.EqualTo(PaperRunner.HostCores < 2));
+        }
+
+        // The child processes are told too, and the relations hold as on a dedicated host.
+        var plan = Plan(["pipe", "ptrace-page"], [SfBufMapper.Original, SfBufMapper.I386], [2], rounds: 1) with { SharedHost = true };
+        Assert.That(string.Join(' ', PaperRunner.RoundArguments(plan, 0)), Does.Contain("--host shared"));
+        Assert.That(string.Join(' ', PaperRunner.RoundArguments(plan with { SharedHost = false }, 0)), Does.Contain("--host dedicated"));
+        var run = PaperRunner.Run(plan, childProcesses: true);
+        Assert.That(run.Problems, Is.Empty);
+        Assert.That(run.Rows, Has.Count.EqualTo(4));
+        Assert.That(run.Warnings, Has.One.Contains("ran unpinned"));
+        Assert.That(PaperRunner.Run(plan with { SharedHost = false }, childProcesses: false).Warnings, Has.None.Contains("ran unpinned"));
+    }
+
+    [Test]
+    public void ARunWhoseCrossCoreRoundTripMovedSaysSo()
+    {
+        static Measurement Timed(double roundTripNs)
+        {
+            using var t = new Trial(CostModel.Zero, SfBufMapper.Amd64, 1, TrialSize.Check, isChecked: false);
+            t.Begin();
+            t.End();
+            return t.Measure("memcpy", 4096, 1, new Dictionary<string, object> { ["round_trip_ns"] = roundTripNs });
+        }
+
+        var plan = Plan(["memcpy"], [SfBufMapper.Amd64], [1], rounds: 2);
+        var steady = PaperRunner.Warnings(plan, [], [Timed(100), Timed(140)], load: null);
+        Assert.That(steady, Has.None.Contains("round trip"));
+        var moved = PaperRunner.Warnings(plan, [], [Timed(100), Timed(480)], load: null);
+        Assert.That(moved, Has.One.Contains("ranged from 100 to 480 ns"));
+    }
+
+    [Test]
     public void PaperAcceptsEveryStrategyNameAllAndThePeersSwitch()
     {
         Assert.That(PaperCommand.ChooseStrategies(["all"], peers: false), Is.EqualTo(SfBufMapper.StrategyNames));

@@ -19,7 +19,7 @@ internal sealed class ExecExperiment(string image = "/bin/true") : Experiment
     public override IReadOnlyList<Measurement> Run(Trial t)
     {
         var m = t.Machine;
-        int perCpu = (int)t.Share(t.Pick(4000, 200, 20));
+        int perCpu = (int)t.Share(t.Pick(8000, 200, 20));
         if (!File.Exists(Image))
         {
             throw new FileNotFoundException($"the exec experiment execs {Image}, which this host does not have", Image);

@@ -55,7 +55,7 @@ internal sealed class PtraceExperiment(bool pages) : Experiment
     private Measurement Pages(Trial t)
     {
         var m = t.Machine;
-        int perCpu = (int)t.Share(t.Pick(80_000, 8_000, 800), 2);
+        int perCpu = (int)t.Share(t.Pick(320_000, 8_000, 800), 2);
         var (target, tracer) = Setup(t);
         var spaces = new VmSpace[t.Cpus];
         m.Run(0, () =>

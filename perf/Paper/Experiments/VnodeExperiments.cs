@@ -76,7 +76,7 @@ internal sealed class VnodeReadExperiment : Experiment
     {
         var m = t.Machine;
         long fileBytes = t.Share(t.Pick(32L << 20, 8L << 20, 2L << 20), Chunk);
-        int passes = t.Pick(8, 2, 1);
+        int passes = t.Pick(32, 2, 1);
         var files = VnodeFiles.Create(t, fileBytes);
         var sinks = new ulong[t.Cpus];
         m.Run(0, () =>
