@@ -74,13 +74,14 @@ public sealed class HostLoad
 
     /// <summary>
     /// A warning when the host was busy (other processes used at least a quarter of a core on
-    /// average, or the load average at the start exceeded the cores), saying what it means for
-    /// the figures; null on a quiet host.
+    /// average; where <c>/proc/stat</c> cannot tell, the load average at the start exceeded the
+    /// cores), saying what it means for the figures; null on a quiet host. The load average alone
+    /// does not count where the CPU time can be measured: it still holds a run that just ended.
     /// </summary>
     public string? Warning()
     {
         double? others = OtherCoresBusy();
-        bool busyBefore = LoadAverageAtStart is { } load && load > Cores;
+        bool busyBefore = others is null && LoadAverageAtStart is { } load && load > Cores;
         if ((others is null || others < BusyCores) && !busyBefore)
         {
             return null;
