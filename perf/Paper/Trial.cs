@@ -49,7 +49,7 @@ internal sealed class Trial : IDisposable
         }
 
         // On a host whose cores other processes keep busy, a CPU pinned to a shared core waits a
-        // host time slice for every hand-off (a pipe chunk went from 3 ms to 4 s per MiB): there the
+        // host time slice for every hand-off (a 16 MiB pipe trial went from 13 ms to 1 s): there the
         // threads run unpinned, so a waiting CPU's core can run the thread it waits for, and the
         // machine parks early as an oversubscribed one does. The host backend needs its pins.
         bool unpin = sharedHost && backend == MachineBackend.Simulated;
