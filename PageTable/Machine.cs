@@ -27,6 +27,7 @@ public sealed unsafe partial class Machine : IDisposable
     private readonly List<(KernelThread Thread, Exception Fault)> _faults = [];
     private readonly List<string> _stoppedAtDispose = [];
     private ITlbFlushHook[] _flushHooks = [];
+    private IPollHook[] _pollHooks = [];
     private int _nextThreadId;
     private int _nextPid;
     private volatile bool _disposed;
@@ -311,6 +312,31 @@ public sealed unsafe partial class Machine : IDisposable
             int before = _flushHooks.Length;
             _flushHooks = [.. _flushHooks.Where(h => !ReferenceEquals(h, hook))];
             return _flushHooks.Length != before;
+        }
+    }
+
+    /// <summary>
+    /// Registers a hook called on a CPU's own thread at every <see cref="Cpu.Poll"/>: the explicit
+    /// poll of a kernel loop that waits without touching memory, where a real CPU takes interrupts.
+    /// </summary>
+    public void AddPollHook(IPollHook hook)
+    {
+        ArgumentNullException.ThrowIfNull(hook);
+        lock (_hooks)
+        {
+            _pollHooks = [.. _pollHooks, hook];
+        }
+    }
+
+    /// <summary>Removes a hook added with <see cref="AddPollHook"/>; true if it was registered.</summary>
+    public bool RemovePollHook(IPollHook hook)
+    {
+        ArgumentNullException.ThrowIfNull(hook);
+        lock (_hooks)
+        {
+            int before = _pollHooks.Length;
+            _pollHooks = [.. _pollHooks.Where(h => !ReferenceEquals(h, hook))];
+            return _pollHooks.Length != before;
         }
     }
 
@@ -612,6 +638,9 @@ public sealed unsafe partial class Machine : IDisposable
     /// <summary>The registered TLB flush hooks (read on every whole-TLB flush; usually empty).</summary>
     internal ITlbFlushHook[] FlushHooks => Volatile.Read(ref _flushHooks);
 
+    /// <summary>The registered poll hooks (read at every <see cref="Cpu.Poll"/>; usually empty).</summary>
+    internal IPollHook[] PollHooks => Volatile.Read(ref _pollHooks);
+
     private Scheduler CreateScheduler()
     {
         int[] hostCores = HostCpu.IsPinningAvailable ? HostCpu.AllowedCpus() : [];
@@ -700,6 +729,13 @@ public interface ITlbFlushHook
 
     /// <summary>The flush announced by <see cref="Flushing"/> is done.</summary>
     void Flushed(Cpu cpu, bool global, long token);
+}
+
+/// <summary>Called on a CPU's own thread at every <see cref="Cpu.Poll"/>; keep it short and never wait in it.</summary>
+public interface IPollHook
+{
+    /// <summary><paramref name="cpu"/>'s thread polls.</summary>
+    void Polled(Cpu cpu);
 }
 
 /// <summary>Called on the switching thread at every context switch; keep it short.</summary>

@@ -601,8 +601,9 @@ public sealed unsafe partial class Cpu
     // ---------------------------------------------------------------- IPIs
 
     /// <summary>
-    /// A poll point: services this CPU's mailbox if any shootdown is waiting. Kernel code that
-    /// loops without touching memory calls it, as a real CPU takes interrupts. Only the thread
+    /// A poll point: services this CPU's mailbox if any shootdown is waiting, then runs the poll
+    /// hooks (<see cref="Machine.AddPollHook"/>). Kernel code that loops without touching memory
+    /// calls it, as a real CPU takes interrupts. Only the thread
     /// holding the CPU may (checked mode refuses anyone else: servicing writes this CPU's TLB).
     /// </summary>
     public void Poll()
@@ -615,6 +616,11 @@ public sealed unsafe partial class Cpu
         }
 
         PollPoint();
+        var hooks = _machine.PollHooks;
+        for (int i = 0; i < hooks.Length; i++)
+        {
+            hooks[i].Polled(this);
+        }
     }
 
     /// <summary>The poll point of the machine's own wait loops and memory accesses (no caller check).</summary>

@@ -24,8 +24,8 @@ namespace Native.SfBufNative;
 /// goes 0 → retired, the slot leaves the index, its PTE is cleared, and the batch is stamped with
 /// a new global epoch. <i>Clean</i>: once every CPU has passed a flush point since that epoch, no
 /// TLB can hold the old translation, and the slot may be mapped to a new page with a PTE write
-/// and nothing else. A CPU passes a flush point whenever it runs an sf_buf operation or switches
-/// a thread in: it invalidates the slots retired since the epoch it last observed (one
+/// and nothing else. A CPU passes a flush point whenever it runs an sf_buf operation, switches
+/// a thread in, or polls (<see cref="Cpu.Poll"/>): it invalidates the slots retired since the epoch it last observed (one
 /// <c>invlpg</c> each, or one full flush above <see cref="FlushCeiling"/> pages, Linux's
 /// <c>tlb_single_page_flush_ceiling</c>) and publishes the epoch it read before flushing. An
 /// idle CPU is not waited for: it passes a flush point before it runs a thread again.</item>
@@ -62,7 +62,7 @@ namespace Native.SfBufNative;
 /// out of the retired state, and only the holder of the last reference moves it to 0.
 /// </para>
 /// </summary>
-public sealed unsafe partial class EpochCacheMapper : SfBufMapper, IContextSwitchHook
+public sealed unsafe partial class EpochCacheMapper : SfBufMapper, IContextSwitchHook, IPollHook
 {
     /// <summary>Retired batches above this many pages are invalidated with one full flush.</summary>
     public const int FlushCeiling = 32;
@@ -186,6 +186,7 @@ public sealed unsafe partial class EpochCacheMapper : SfBufMapper, IContextSwitc
         }
 
         machine.AddContextSwitchHook(this);
+        machine.AddPollHook(this);
     }
 
     /// <summary><c>nsfbufs</c>: the pool size.</summary>
@@ -416,6 +417,13 @@ public sealed unsafe partial class EpochCacheMapper : SfBufMapper, IContextSwitc
     /// <summary>A thread starts running on <paramref name="cpu"/>: a flush point, before it touches memory.</summary>
     void IContextSwitchHook.SwitchIn(Cpu cpu, KernelThread thread, int migratedFrom) => FlushPoint(cpu);
 
+    /// <summary>
+    /// The CPU's thread polls (<see cref="Cpu.Poll"/>, a kernel loop that waits, as a CPU takes
+    /// interrupts): a flush point, so that such a loop does not hold back the epoch a miss waits
+    /// for until the fallback shootdown.
+    /// </summary>
+    void IPollHook.Polled(Cpu cpu) => FlushPoint(cpu);
+
     /// <summary>Nothing: a CPU without a thread accesses nothing, and is treated as flushed until it runs one.</summary>
     void IContextSwitchHook.SwitchOut(Cpu cpu, KernelThread thread)
     {
@@ -427,6 +435,7 @@ public sealed unsafe partial class EpochCacheMapper : SfBufMapper, IContextSwitc
         if (disposing)
         {
             Machine.RemoveContextSwitchHook(this);
+            Machine.RemovePollHook(this);
         }
 
         base.Dispose(disposing);
@@ -892,7 +901,8 @@ public sealed unsafe partial class EpochCacheMapper : SfBufMapper, IContextSwitc
         }
 
         // The retired batches must become clean: wait briefly for the laggards to pass a flush
-        // point on their own (they do at every sf_buf operation and context switch), then force them.
+        // point on their own (they do at every sf_buf operation, context switch and poll),
+        // then force them.
         long need = Volatile.Read(ref _slots[_retiredQueue[(_retiredHead + needed - _cleanCount - 1) % Nsfbufs]].RetireEpoch);
         WaitForEpoch(td, need);
         ReclaimClean(td.Cpu!);

@@ -7,7 +7,8 @@ namespace Native.Tests.Machine;
 /// <summary>
 /// The machine features the peers rest on: critical sections (<c>critical_enter</c>,
 /// <c>preempt_disable</c>) that make a switch throw instead of happening, hooks told about every
-/// whole-TLB flush before and after it, hooks that can be removed, and the per-CPU fixmap.
+/// whole-TLB flush before and after it, hooks told about every poll, hooks that can be
+/// removed, and the per-CPU fixmap.
 /// </summary>
 [TestFixture]
 public sealed class CriticalSectionAndFlushHookTests
@@ -116,6 +117,31 @@ public sealed class CriticalSectionAndFlushHookTests
     }
 
     [Test]
+    public void PollHooksRunOnThePollingCpuAtEveryPollAndCanBeRemoved()
+    {
+        using var m = new SimMachine(Sim.Small(cpus: 2));
+        var hook = new CountingPollHook();
+        m.AddPollHook(hook);
+        m.Run(0, () =>
+        {
+            for (int i = 0; i < 10; i++)
+            {
+                m.CurrentCpu.Poll();
+            }
+        });
+        m.Run(1, () => m.CurrentCpu.Poll());
+        m.Run(1, () => m.CurrentCpu.ReadUInt64(VmLayout.DMAP_BASE)); // a memory access is no poll
+
+        Assert.That(m.RemovePollHook(hook), Is.True);
+        Assert.That(m.RemovePollHook(hook), Is.False, "removed once");
+        m.Run(0, () => m.CurrentCpu.Poll());
+
+        Assert.That(hook.On(0), Is.EqualTo(10), "one call per Cpu.Poll, none after removal");
+        Assert.That(hook.On(1), Is.EqualTo(1));
+        Assert.That(hook.OffCpu, Is.Zero, "every call came on the polling CPU's own thread");
+    }
+
+    [Test]
     public void EachCpuHasItsOwnFixmapSlotsInsideTheKernelRegions()
     {
         using var m = new SimMachine(Sim.Small(cpus: 2));
@@ -133,6 +159,26 @@ public sealed class CriticalSectionAndFlushHookTests
             m.KernelPmap.KRemove(va);
             m.CurrentCpu.InvalidatePage(va);
         });
+    }
+
+    private sealed class CountingPollHook : IPollHook
+    {
+        private readonly long[] _calls = new long[8];
+        private long _offCpu;
+
+        public long OffCpu => Volatile.Read(ref _offCpu);
+
+        public long On(int cpu) => Volatile.Read(ref _calls[cpu]);
+
+        public void Polled(Cpu cpu)
+        {
+            if (KernelThread.CurrentOrNull?.Cpu != cpu)
+            {
+                Interlocked.Increment(ref _offCpu);
+            }
+
+            Interlocked.Increment(ref _calls[cpu.Id]);
+        }
     }
 
     private sealed class RecordingFlushHook : ITlbFlushHook

@@ -224,8 +224,9 @@ public sealed class EpochCacheMapperTests
         var pages = SfBufRig.NewPages(m, 16);
         CounterSnapshot? d = null;
 
-        // CPU 1 runs a thread that answers IPIs but makes no sf_buf call and never switches.
-        using (new BusyCpus(m, [1]))
+        // CPU 1 runs a thread that answers IPIs (at its memory accesses, as a long copy does) but
+        // makes no sf_buf call, never polls, and never switches.
+        using (new BusyCpus(m, [1], polls: false))
         {
             var before = m.Counters();
             m.Run(0, () =>
@@ -246,6 +247,41 @@ public sealed class EpochCacheMapperTests
         Assert.That(d[Counter.ShootdownRounds], Is.EqualTo(sfbufs.FallbackShootdowns), "every round was a fallback");
         Assert.That(d[Counter.IpisSent], Is.EqualTo(sfbufs.FallbackShootdowns));
         Assert.That(d[Counter.ShootdownRounds], Is.LessThanOrEqualTo(8), "one round advances a whole batch, not one page");
+    }
+
+    [Test]
+    public void ACpuThatPollsWhileItWaitsPassesFlushPointsThere()
+    {
+        using var m = new SimMachine(SfBufRig.Small());
+        using var sfbufs = Create(m, 8);
+        var pages = SfBufRig.NewPages(m, 64);
+        CounterSnapshot? d = null;
+
+        // CPU 1 runs a kernel loop that polls (Cpu.Poll), as a CPU spinning for a lock does, and
+        // makes no sf_buf call: each poll is a flush point, so the epochs it holds back pass on
+        // their own and the fallback is not needed (unless the host deschedules CPU 1's thread for
+        // longer than the cross-CPU spin, hence "fewer than half" rather than none).
+        using (new BusyCpus(m, [1]))
+        {
+            var before = m.Counters();
+            m.Run(0, () =>
+            {
+                for (int i = 0; i < pages.Length; i++)
+                {
+                    var sf = sfbufs.Alloc(pages[i]);
+                    Assert.That(m.CurrentCpu.ReadUInt64(sf.Kva), Is.EqualTo(SfBufRig.Stamp(pages[i])));
+                    sfbufs.Free(sf);
+                }
+            });
+            d = m.Counters() - before;
+        }
+
+        long batches = sfbufs.Stats().Details[EpochCacheMapper.DetailBatches];
+        Assert.That(d[Counter.StaleAccesses], Is.Zero);
+        Assert.That(d[Counter.LatentStaleAccesses], Is.Zero);
+        Assert.That(batches, Is.GreaterThanOrEqualTo(8), "pages past the first eight recycle slots, in batches of one");
+        Assert.That(sfbufs.TestHookFlushPoints(1), Is.GreaterThan(0), "CPU 1 invalidated retired slots at its polls");
+        Assert.That(sfbufs.FallbackShootdowns, Is.LessThan(batches / 2), "the polling CPU passed the epochs itself");
     }
 
     [Test]
@@ -516,7 +552,7 @@ public sealed class EpochCacheMapperTests
             }
         });
 
-        // CPU 1 caches every slot, then stays running without a flush point until phase 2.
+        // CPU 1 caches every slot, then stays running without a flush point (or a poll) until phase 2.
         var reader = m.StartThread("stale-reader", () =>
         {
             var cpu = m.CurrentCpu;
@@ -526,7 +562,7 @@ public sealed class EpochCacheMapperTests
             }
 
             Volatile.Write(ref phase, 1);
-            SfBufRig.SpinOnCpu(m, () => Volatile.Read(ref phase) == 2, "the recycled mapping is published");
+            SfBufRig.SpinOnCpu(m, () => Volatile.Read(ref phase) == 2, "the recycled mapping is published", poll: false);
             try
             {
                 cpu.ReadUInt64(next.Kva);

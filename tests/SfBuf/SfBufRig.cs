@@ -58,19 +58,37 @@ internal static class SfBufRig
         }
     }
 
-    /// <summary>Spins on the calling kernel thread's CPU, servicing its mailbox, until <paramref name="condition"/> holds.</summary>
-    public static void SpinOnCpu(SimMachine m, Func<bool> condition, string what)
+    /// <summary>
+    /// Spins on the calling kernel thread's CPU, servicing its mailbox, until <paramref name="condition"/>
+    /// holds: with <see cref="Cpu.Poll"/> (<paramref name="poll"/>), or by reading memory, which
+    /// services IPIs too but runs no poll hook.
+    /// </summary>
+    public static void SpinOnCpu(SimMachine m, Func<bool> condition, string what, bool poll = true)
     {
         var deadline = DateTime.UtcNow + Patience;
+        ulong word = poll ? 0 : m.KernelMemory.Alloc(Pte.PageSize); // a wired kernel page to read
         while (!condition())
         {
-            m.CurrentCpu.Poll();
+            if (poll)
+            {
+                m.CurrentCpu.Poll();
+            }
+            else
+            {
+                m.CurrentCpu.ReadUInt64(word); // services IPIs, but is no poll
+            }
+
             if (DateTime.UtcNow > deadline)
             {
                 throw new TimeoutException($"timed out spinning until {what}");
             }
 
             Thread.Yield();
+        }
+
+        if (!poll)
+        {
+            m.KernelMemory.Free(word, Pte.PageSize);
         }
     }
 
@@ -155,7 +173,12 @@ internal sealed class BusyCpus : IDisposable
     private volatile bool _stop;
     private int _running;
 
-    public BusyCpus(SimMachine m, IEnumerable<int> cpus)
+    /// <summary>
+    /// Keeps <paramref name="cpus"/> running a thread that answers IPIs. With
+    /// <paramref name="polls"/> it polls as a waiting kernel loop does (<see cref="Cpu.Poll"/>);
+    /// without, it only reads memory, as a long copy does, which services IPIs but is no poll.
+    /// </summary>
+    public BusyCpus(SimMachine m, IEnumerable<int> cpus, bool polls = true)
     {
         foreach (int cpu in cpus)
         {
@@ -163,10 +186,24 @@ internal sealed class BusyCpus : IDisposable
             {
                 Interlocked.Increment(ref _running);
                 var self = m.CurrentCpu;
+                ulong word = polls ? 0 : m.KernelMemory.Alloc(Pte.PageSize); // a wired kernel page to read
                 while (!_stop)
                 {
-                    self.Poll();
+                    if (polls)
+                    {
+                        self.Poll();
+                    }
+                    else
+                    {
+                        self.ReadUInt64(word); // services IPIs, but is no poll
+                    }
+
                     Thread.Yield();
+                }
+
+                if (!polls)
+                {
+                    m.KernelMemory.Free(word, Pte.PageSize);
                 }
             }, cpu, bound: true));
         }
