@@ -316,8 +316,10 @@ public sealed unsafe partial class Machine : IDisposable
     }
 
     /// <summary>
-    /// Registers a hook called on a CPU's own thread at every <see cref="Cpu.Poll"/>: the explicit
-    /// poll of a kernel loop that waits without touching memory, where a real CPU takes interrupts.
+    /// Registers a hook called on a CPU's own thread at every <see cref="Cpu.Poll"/> (the explicit
+    /// poll of a kernel loop that waits without touching memory, where a real CPU takes
+    /// interrupts) and when a CPU that published itself idle while parked in a cross-CPU wait
+    /// (oversubscribed machines) runs again.
     /// </summary>
     public void AddPollHook(IPollHook hook)
     {
@@ -731,7 +733,7 @@ public interface ITlbFlushHook
     void Flushed(Cpu cpu, bool global, long token);
 }
 
-/// <summary>Called on a CPU's own thread at every <see cref="Cpu.Poll"/>; keep it short and never wait in it.</summary>
+/// <summary>Called on a CPU's own thread at every <see cref="Cpu.Poll"/> and after an idle park; keep it short and never wait in it.</summary>
 public interface IPollHook
 {
     /// <summary><paramref name="cpu"/>'s thread polls.</summary>

@@ -602,7 +602,8 @@ public sealed unsafe partial class Cpu
 
     /// <summary>
     /// A poll point: services this CPU's mailbox if any shootdown is waiting, then runs the poll
-    /// hooks (<see cref="Machine.AddPollHook"/>). Kernel code that loops without touching memory
+    /// hooks (<see cref="Machine.AddPollHook"/>; they also run when a CPU that parked idle in a
+    /// cross-CPU wait, on an oversubscribed machine, comes back). Kernel code that loops without touching memory
     /// calls it, as a real CPU takes interrupts. Only the thread
     /// holding the CPU may (checked mode refuses anyone else: servicing writes this CPU's TLB).
     /// </summary>
@@ -616,6 +617,11 @@ public sealed unsafe partial class Cpu
         }
 
         PollPoint();
+        RunPollHooks();
+    }
+
+    private void RunPollHooks()
+    {
         var hooks = _machine.PollHooks;
         for (int i = 0; i < hooks.Length; i++)
         {
@@ -964,6 +970,10 @@ public sealed unsafe partial class Cpu
         if (_parkIdle)
         {
             LeaveIdle();
+
+            // Back from idle, as after a switch: mechanisms that let idle CPUs catch up before
+            // they run again (epoch-cache's flush points) get their poll here.
+            RunPollHooks();
         }
 
         Count(Counter.CrossCpuParks);

@@ -21,7 +21,7 @@ public sealed unsafe partial class EpochCacheMapper
     /// <summary>The slot the index names for a frame, or -1.</summary>
     internal int TestHookIndexed(uint frame) => IndexedSlot(frame);
 
-    /// <summary>Clean slots on the stack, retired ones waiting for their epoch, and clean ones in the CPUs' magazines.</summary>
+    /// <summary>Clean slots on the partitions' stacks, retired ones waiting for their epoch, and clean ones in the CPUs' magazines.</summary>
     internal (int Clean, int Retired, int InMagazines) TestHookPool()
     {
         int inMagazines = 0;
@@ -33,7 +33,7 @@ public sealed unsafe partial class EpochCacheMapper
             }
         }
 
-        return (_cleanCount, _retiredCount, inMagazines);
+        return (_cleanCount, RetiredCount(), inMagazines);
     }
 
     /// <summary>
@@ -42,18 +42,61 @@ public sealed unsafe partial class EpochCacheMapper
     /// a magazine's entries at or above its fill mark are empty; I3 an indexed slot that is not retired maps its frame
     /// with a valid PTE, and no two slots are indexed under one frame; every slot is in exactly
     /// one of clean, retired, or mapped; the per-CPU use counts add up to the slots referenced;
-    /// I2 observed epochs never exceed the global epoch. Returns the violations (empty when sound).
+    /// I2 observed epochs never exceed the global epoch; every partition's retire right is free, its
+    /// counts within its size, and its queue in epoch order. Returns the violations (empty when sound).
     /// </summary>
     internal List<string> TestHookCheckInvariants()
     {
         var problems = new List<string>();
         var clean = new HashSet<int>();
-        for (int i = 0; i < _cleanCount; i++)
+        var retired = new HashSet<int>();
+        int cleanOnStacks = 0;
+        for (int c = 0; c < _cpuCount; c++)
         {
-            if (!clean.Add(_cleanStack[i]))
+            var part = _parts[c];
+            for (int i = 0; i < part.Clean; i++)
             {
-                problems.Add($"slot {_cleanStack[i]} is twice on the clean stack");
+                int slot = _cleanStack[part.Start + i];
+                if (!clean.Add(slot))
+                {
+                    problems.Add($"slot {slot} is twice on the clean stacks");
+                }
+
+                if (_slots[slot].Home != c)
+                {
+                    problems.Add($"slot {slot} (partition {_slots[slot].Home}) is on partition {c}'s clean stack");
+                }
             }
+
+            if (part.RetireBusy != 0 || part.Clean > part.Size || part.RetiredTail - part.RetiredHead > part.Size
+                || part.RetiredHead > part.RetiredTail || (part.Size > 0 && part.Hand >= part.Size))
+            {
+                problems.Add($"partition {c}: retire right {part.RetireBusy}, {part.Clean} clean, queue {part.RetiredHead}..{part.RetiredTail}, hand {part.Hand}, size {part.Size}");
+            }
+
+            long previousEpoch = 0;
+            for (long i = part.RetiredHead; i < part.RetiredTail; i++)
+            {
+                int slot = RetiredAt(c, i);
+                long epoch = _slots[slot].RetireEpoch;
+                if (epoch < previousEpoch || epoch > GlobalEpoch)
+                {
+                    problems.Add($"partition {c}'s queue holds slot {slot} at epoch {epoch} after {previousEpoch} (global {GlobalEpoch}): not in epoch order");
+                }
+
+                previousEpoch = epoch;
+                if (!retired.Add(slot) || _slots[slot].Home != c)
+                {
+                    problems.Add($"slot {slot} is twice in the retired queues or in another partition's");
+                }
+            }
+
+            cleanOnStacks += part.Clean;
+        }
+
+        if (cleanOnStacks != _cleanCount)
+        {
+            problems.Add($"the partitions' stacks hold {cleanOnStacks} clean slots, the total says {_cleanCount}");
         }
 
         for (int c = 0; c < _cpuCount; c++)
@@ -72,12 +115,6 @@ public sealed unsafe partial class EpochCacheMapper
                     problems.Add($"CPU {c}'s magazine holds slot {slot} at entry {i}, above its fill mark {m[0]}");
                 }
             }
-        }
-
-        var retired = new HashSet<int>();
-        for (int i = 0; i < _retiredCount; i++)
-        {
-            retired.Add(_retiredQueue[(_retiredHead + i) % Nsfbufs]);
         }
 
         long referenced = 0;

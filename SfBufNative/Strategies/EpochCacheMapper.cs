@@ -20,22 +20,31 @@ namespace Native.SfBufNative;
 /// reference count is taken with increment-if-not-negative and the slot's page re-checked after
 /// the increment. Statistics are per CPU. A hit writes only the slot's own cache line.</item>
 /// <item><b>Quarantine instead of shootdowns.</b> A slot is recycled in two steps. <i>Retire</i>
-/// (under the pool lock, a batch at a time, chosen by a second-chance clock): the reference count
-/// goes 0 → retired, the slot leaves the index, its PTE is cleared, and the batch is stamped with
-/// a new global epoch. <i>Clean</i>: once every CPU has passed a flush point since that epoch, no
-/// TLB can hold the old translation, and the slot may be mapped to a new page with a PTE write
-/// and nothing else. A CPU passes a flush point whenever it runs an sf_buf operation, switches
-/// a thread in, or polls (<see cref="Cpu.Poll"/>): it invalidates the slots retired since the epoch it last observed (one
-/// <c>invlpg</c> each, or one full flush above <see cref="FlushCeiling"/> pages, Linux's
-/// <c>tlb_single_page_flush_ceiling</c>) and publishes the epoch it read before flushing. An
-/// idle CPU is not waited for: it passes a flush point before it runs a thread again.</item>
+/// (a batch at a time, chosen by a second-chance clock): the reference count goes 0 → retired,
+/// the slot leaves the index, its PTE is cleared, and the batch is stamped with a new global
+/// epoch. <i>Clean</i>: once every CPU has passed a flush point since that epoch, no TLB can hold
+/// the old translation, and the slot may be mapped to a new page with a PTE write and nothing
+/// else. A CPU passes a flush point whenever it runs an sf_buf operation, switches a thread in,
+/// or polls (<see cref="Cpu.Poll"/>, and on its return from an idle park): it invalidates the
+/// slots retired since the epoch it last observed (one <c>invlpg</c> each, or one full flush
+/// above <see cref="FlushCeiling"/> pages, Linux's <c>tlb_single_page_flush_ceiling</c>) and
+/// publishes the epoch it read before flushing. An idle CPU is not waited for: it passes a flush
+/// point before it runs a thread again.</item>
+/// <item><b>A partition per CPU.</b> The slots are split into one partition per CPU, each with
+/// its own clean stack, retired queue and clock. A CPU takes clean slots from its own partition
+/// first and retires ahead from it only, and it retires outside the pool lock (holding only its
+/// partition's retire right; a short lock serializes the epoch's publication), so that CPUs
+/// streaming private misses install, free, retire and reclaim slots only they write, and never
+/// wait at the pool lock for each other's retire.</item>
 /// <item><b>Misses without a lock.</b> Each CPU keeps a magazine of clean slots; a miss takes
 /// one with an atomic exchange, claims the page's index entry with a compare-and-swap (so two
 /// CPUs missing on one page never map it twice: the loser hits the winner's slot), writes the
 /// PTE and publishes. Only when the magazine is empty (or waiters are queued) does a miss take
-/// the pool lock, which recycles, refills the magazine and serves waiters.</item>
+/// the pool lock, which reclaims, refills the magazine and serves waiters; after releasing it
+/// the CPU retires a batch of its partition ahead if the partition runs low.</item>
 /// <item><b>Fallback.</b> Only when a miss finds no clean slot and a running CPU has not passed
-/// the needed epoch within the machine's cross-CPU spin does the pool send one full-flush
+/// the epoch that makes enough retired slots clean within the machine's cross-CPU spin does the
+/// pool send one full-flush
 /// shootdown to the laggards, which advances them all at once. It is the only IPI this strategy
 /// sends.</item>
 /// <item><b>No hint.</b> Because a new mapping is valid everywhere, <c>SFB_CPUPRIVATE</c> changes
@@ -49,7 +58,7 @@ namespace Native.SfBufNative;
 /// <para>
 /// Invariants (checked by the stale-translation and latent-staleness oracles in every test, by
 /// <c>TestHookCheckInvariants</c>, and under the interleaving explorer):
-/// I1: a clean slot (on the clean stack or in a magazine) has an invalid PTE and no CPU that is
+/// I1: a clean slot (on a clean stack or in a magazine) has an invalid PTE and no CPU that is
 /// running a thread holds a translation for its address (kept by <see cref="ReclaimClean"/> with
 /// I2; so <see cref="Install"/> needs no invalidation). I2: a CPU's published epoch E means it has
 /// invalidated every slot retired at an epoch ≤ E; published epochs only grow (kept by
@@ -57,9 +66,12 @@ namespace Native.SfBufNative;
 /// ≥ 0 maps the page it is indexed under, and no two slots map one page while either is
 /// referenced or inactive (kept by <see cref="TryHit"/>'s re-check and by <see cref="MapOrHit"/>,
 /// which installs only after claiming the page's index entry). I4: a clean slot has exactly one
-/// owner: the clean stack (moved only by the pool lock's holder), one CPU's magazine entry (taken
-/// by atomic exchange), or the install it was taken for; only the pool lock's holder moves a slot
-/// out of the retired state, and only the holder of the last reference moves it to 0.
+/// owner: its partition's clean stack (moved only by the pool lock's holder), one CPU's magazine
+/// entry (taken by atomic exchange), or the install it was taken for; only the holder of a
+/// partition's retire right moves its slots into the retired state and appends them to its
+/// queue (after their epoch is published), only the pool lock's holder moves a slot out of the
+/// retired state (head first, then the state), and only the holder of the last reference moves
+/// it to 0.
 /// </para>
 /// </summary>
 public sealed unsafe partial class EpochCacheMapper : SfBufMapper, IContextSwitchHook, IPollHook
@@ -104,13 +116,12 @@ public sealed unsafe partial class EpochCacheMapper : SfBufMapper, IContextSwitc
     private readonly int* _magazines;
     private readonly int _magazineStride;
     private readonly KMutex _lock = new("epoch_cache");
+    private readonly KMutex _publishLock = new("epoch_cache_publish", spinOnly: true);
     private readonly object _waitChannel = new();
     private readonly HashSet<long> _abandonedTickets = [];
     private readonly int _cpuCount;
-    private int _cleanCount;
-    private int _retiredHead;
-    private int _retiredCount;
-    private int _clockHand;
+    private readonly PoolPartition[] _parts;
+    private int _cleanCount;    // clean slots on every partition's stack (pool lock)
     private long _nextTicket;
     private long _servingTicket;
     private int _peak;
@@ -120,7 +131,7 @@ public sealed unsafe partial class EpochCacheMapper : SfBufMapper, IContextSwitc
     private long _fallbackShootdowns;
     private long _batchesRetired;
     private long _steals;
-    private bool _retireAhead;
+    private volatile bool _retireAhead;
 
     internal EpochCacheMapper(Machine machine, int? nsfbufs)
         : base(machine)
@@ -136,10 +147,10 @@ public sealed unsafe partial class EpochCacheMapper : SfBufMapper, IContextSwitc
         int cpuCount = machine.Cpus.Count;
         BatchSize = Math.Clamp(Nsfbufs / 8, 1, 512);
         LowWater = Math.Max(1, BatchSize / 4);
-        // A batch's worth across the CPUs: CPUs that stream misses at the same rate empty their
-        // magazines together and meet at the lock, where one waits out the other's batch retire;
-        // the fewer refills, the fewer meetings (at nsfbufs / 16 per CPU, two threads missing on
-        // two CPUs took 355 ns per miss; at nsfbufs / 8 / CPUs, 253 ns; one thread, 222 ns).
+        // A batch's worth across the CPUs: every refill takes the pool lock, so the fewer refills,
+        // the fewer meetings there of CPUs streaming misses at the same rate (at nsfbufs / 16 per
+        // CPU, two threads missing on two CPUs took 355 ns per miss; at nsfbufs / 8 / CPUs, 253 ns,
+        // when the batch retire still ran under the pool lock).
         MagazineSize = Math.Clamp(BatchSize / cpuCount, 1, 256);
         _magazineStride = (1 + MagazineSize + 15) / 16 * 16; // whole 64-byte lines per CPU
         // One block, so that set-up either gets all of it or fails holding nothing (the per-CPU
@@ -172,12 +183,21 @@ public sealed unsafe partial class EpochCacheMapper : SfBufMapper, IContextSwitc
         _cleanStack = _slotOfFrame + machine.Physical.FrameCount;
         _retiredQueue = _cleanStack + Nsfbufs;
 
-        // Every slot starts clean: its PTE is invalid and no TLB has ever seen its address.
-        // Pushed in reverse so that slot 0 is used first, as FreeBSD's free list hands them out.
-        for (int i = Nsfbufs - 1; i >= 0; i--)
+        // One partition of the slots per CPU, each with its own clean stack, retired queue and
+        // clock (see PoolPartition). Every slot starts clean: its PTE is invalid and no TLB has
+        // ever seen its address. Pushed in reverse so that the lowest slot is used first, as
+        // FreeBSD's free list hands them out.
+        _parts = new PoolPartition[cpuCount];
+        for (int c = 0; c < cpuCount; c++)
         {
-            _slots[i].Ref = CleanState;
-            _cleanStack[_cleanCount++] = i;
+            int start = (int)((long)c * Nsfbufs / cpuCount), end = (int)((long)(c + 1) * Nsfbufs / cpuCount);
+            _parts[c] = new PoolPartition { Start = start, Size = end - start };
+            for (int i = end - 1; i >= start; i--)
+            {
+                _slots[i].Ref = CleanState;
+                _slots[i].Home = c;
+                PushClean(i);
+            }
         }
 
         for (int c = 0; c < cpuCount; c++)
@@ -195,7 +215,7 @@ public sealed unsafe partial class EpochCacheMapper : SfBufMapper, IContextSwitc
     /// <summary>Slots retired at once when clean slots run low.</summary>
     public int BatchSize { get; }
 
-    /// <summary>A batch is retired ahead when fewer clean slots than this remain.</summary>
+    /// <summary>A CPU retires ahead when its partition has fewer clean and retired slots than this plus its next refill (a miss and a magazine).</summary>
     public int LowWater { get; }
 
     /// <summary>Clean slots a CPU keeps for misses that take no lock.</summary>
@@ -277,41 +297,8 @@ public sealed unsafe partial class EpochCacheMapper : SfBufMapper, IContextSwitc
         {
             while (true)
             {
-                // Under the lock only this thread retires, so a page not indexed now, or indexed to
-                // a retired slot, needs at most one clean slot below (an install another CPU makes
-                // from its magazine meanwhile only turns one into a hit). EnsureClean may retire
-                // an inactive slot of one of these pages itself: count again after it, and ask
-                // for more while that left too few (each round the count grows, so it ends).
-                bool ready = false;
-                if (IsMyTurn(wait))
+                if (IsMyTurn(wait) && TryMapAll(td, pages, result))
                 {
-                    int needed;
-                    do
-                    {
-                        needed = Missing(pages);
-                        ready = EnsureClean(td, needed);
-                    }
-                    while (ready && Missing(pages) > needed);
-                }
-
-                if (ready)
-                {
-                    var cpu = td.Cpu!;
-                    for (int i = 0; i < pages.Length; i++)
-                    {
-                        int slot = TryHit(pages[i].Frame, cpu);
-                        if (slot >= 0)
-                        {
-                            _perCpu[cpu.Id].Hits++;
-                        }
-                        else
-                        {
-                            slot = MapOrHitLocked(cpu, pages[i].Frame);
-                        }
-
-                        result[i] = Handle(slot, pages[i]);
-                    }
-
                     return true;
                 }
 
@@ -326,6 +313,67 @@ public sealed unsafe partial class EpochCacheMapper : SfBufMapper, IContextSwitc
             LeaveQueue(ref wait);
             SamplePeak();
             _lock.Unlock(td);
+            RetireAheadIfLow(td);
+        }
+    }
+
+    /// <summary>
+    /// Maps every page of <paramref name="pages"/> if enough slots can be made clean (pool lock
+    /// held). Every partition's retire right is held throughout, so that no retire runs between
+    /// the count and the installs: a page not indexed now, or indexed to a retired slot, then
+    /// needs at most one clean slot (an install another CPU makes from its magazine meanwhile only
+    /// turns one into a hit). EnsureClean may retire an inactive slot of one of these pages
+    /// itself: count again after it, and ask for more while that left too few (each round the
+    /// count grows, so it ends).
+    /// </summary>
+    private bool TryMapAll(KernelThread td, ReadOnlySpan<VmPage> pages, Span<SfBuf> result)
+    {
+        var cpu = td.Cpu!;
+        int taken = 0;
+        try
+        {
+            for (; taken < _cpuCount; taken++)
+            {
+                TakeRetireRight(cpu, taken);
+            }
+
+            bool ready;
+            int needed;
+            do
+            {
+                needed = Missing(pages);
+                ready = EnsureClean(td, needed, holdsRetireRights: true);
+            }
+            while (ready && Missing(pages) > needed);
+
+            if (!ready)
+            {
+                return false;
+            }
+
+            for (int i = 0; i < pages.Length; i++)
+            {
+                int slot = TryHit(pages[i].Frame, cpu);
+                if (slot >= 0)
+                {
+                    _perCpu[cpu.Id].Hits++;
+                }
+                else
+                {
+                    slot = MapOrHitLocked(cpu, pages[i].Frame);
+                }
+
+                result[i] = Handle(slot, pages[i]);
+            }
+
+            return true;
+        }
+        finally
+        {
+            for (int c = 0; c < taken; c++)
+            {
+                Volatile.Write(ref _parts[c].RetireBusy, 0); // only the rights taken: a throw may end the loop early
+            }
         }
     }
 
@@ -644,9 +692,9 @@ public sealed unsafe partial class EpochCacheMapper : SfBufMapper, IContextSwitc
                     return Handle(slot, page);
                 }
 
-                // Ask for a magazine's worth more when nobody else waits: the next misses on
-                // this CPU then take no lock. Only one slot is waited for.
-                if (IsMyTurn(wait) && EnsureClean(td, 1, wanted: wait.Ticket < 0 ? 1 + MagazineSize : 1))
+                // Only one slot is waited for; a magazine's worth more is taken below when nobody
+                // else waits, so that the next misses on this CPU take no lock.
+                if (IsMyTurn(wait) && EnsureClean(td, 1))
                 {
                     refill = true;
                     return Handle(MapOrHitLocked(td.Cpu!, page.Frame), page);
@@ -669,25 +717,26 @@ public sealed unsafe partial class EpochCacheMapper : SfBufMapper, IContextSwitc
             SamplePeak();
 
             _lock.Unlock(td);
+            RetireAheadIfLow(td);
         }
     }
 
     /// <summary>
-    /// Maps <paramref name="frame"/> with a slot from the clean stack (pool lock held), or hits the
+    /// Maps <paramref name="frame"/> with a slot from a clean stack (pool lock held), or hits the
     /// slot another CPU installed meanwhile and puts the clean one back.
     /// </summary>
     private int MapOrHitLocked(Cpu cpu, uint frame)
     {
-        if (_cleanCount == 0)
+        int clean = PopClean(cpu.Id);
+        if (clean < 0)
         {
             throw new InvalidOperationException("epoch-cache: an install without a clean slot (EnsureClean must precede it)");
         }
 
-        int clean = _cleanStack[--_cleanCount];
         int slot = MapOrHit(cpu, frame, clean);
         if (slot != clean)
         {
-            _cleanStack[_cleanCount++] = clean;
+            PushClean(clean);
         }
         else
         {
@@ -817,21 +866,21 @@ public sealed unsafe partial class EpochCacheMapper : SfBufMapper, IContextSwitc
         m[0]++;
     }
 
-    /// <summary>Fills this CPU's magazine from the clean stack (pool lock held, by the CPU's own thread).</summary>
+    /// <summary>Fills this CPU's magazine from the clean stacks, its own partition's first (pool lock held, by the CPU's own thread).</summary>
     private void RefillMagazine(int cpu)
     {
         int* m = Magazine(cpu);
         int n = m[0];
         while (n < MagazineSize && _cleanCount > 0)
         {
-            Volatile.Write(ref m[1 + n], _cleanStack[--_cleanCount]);
+            Volatile.Write(ref m[1 + n], PopClean(cpu));
             n++;
         }
 
         m[0] = n;
     }
 
-    /// <summary>Takes every clean slot out of every CPU's magazine onto the clean stack (pool lock held).</summary>
+    /// <summary>Takes every clean slot out of every CPU's magazine onto its partition's clean stack (pool lock held).</summary>
     private void StealMagazines(Cpu self)
     {
         for (int c = 0; c < _cpuCount; c++)
@@ -843,7 +892,7 @@ public sealed unsafe partial class EpochCacheMapper : SfBufMapper, IContextSwitc
                 int slot = Interlocked.Exchange(ref m[1 + i], Empty);
                 if (slot >= 0)
                 {
-                    _cleanStack[_cleanCount++] = slot;
+                    PushClean(slot);
                     _steals++;
                 }
             }
@@ -851,91 +900,264 @@ public sealed unsafe partial class EpochCacheMapper : SfBufMapper, IContextSwitc
     }
 
     /// <summary>
-    /// Makes at least <paramref name="needed"/> clean slots available, retiring a batch ahead
-    /// when fewer than <paramref name="wanted"/> are in sight, taking back the magazines' clean
-    /// slots when the stack is short, and waiting out (or, as the last resort, shooting down) the
-    /// epoch of the oldest retired batch. False when not enough slots are inactive: the caller waits.
+    /// Makes at least <paramref name="needed"/> clean slots available (pool lock held): taking back
+    /// the magazines' clean slots when every stack is short, retiring on demand (this CPU's
+    /// partition first) when even the retired slots are too few, and waiting out (or, as the last
+    /// resort, shooting down) the epochs of the retired batches. False when not enough slots are
+    /// inactive: the caller waits.
     /// </summary>
-    private bool EnsureClean(KernelThread td, int needed, int wanted = 0)
+    private bool EnsureClean(KernelThread td, int needed, bool holdsRetireRights = false)
     {
         if (needed == 0)
         {
             return true;
         }
 
-        wanted = Math.Max(wanted, needed);
-        ReclaimClean(td.Cpu!);
-
-        // Once misses have outrun the clean slots, retire ahead while the retired slots are few,
-        // so that the next batch has time to become clean on its own; counting the retired ones
-        // keeps the clock from evicting more cached mappings than needed. Before that, a cached
-        // mapping is evicted only on demand, as LRU does: a reserve kept from the start would
-        // make the cache smaller than nsfbufs for a working set that fits it exactly.
-        if (_retireAhead && _cleanCount + _retiredCount - wanted < LowWater)
-        {
-            RetireBatch(td.Cpu!, Math.Max(BatchSize, wanted - _cleanCount - _retiredCount));
-        }
-
+        var cpu = td.Cpu!;
+        int home = cpu.Id;
+        ReclaimClean(cpu, home);
         if (_cleanCount >= needed)
         {
             return true;
         }
 
-        // Clean slots idle in other CPUs' magazines are cheaper than waiting for an epoch, and
-        // the pool is exhausted only when they are counted too.
-        StealMagazines(td.Cpu!);
+        // The other partitions' retired slots may be clean by now; then the clean slots idle in
+        // other CPUs' magazines, which are cheaper than waiting for an epoch (the pool is
+        // exhausted only when they are counted too).
+        ReclaimClean(cpu, -1);
         if (_cleanCount >= needed)
         {
             return true;
         }
 
-        if (_cleanCount + _retiredCount < needed)
+        StealMagazines(cpu);
+        if (_cleanCount >= needed)
+        {
+            return true;
+        }
+
+        // Retire on demand, this CPU's partition first. A partition's retire right is waited for
+        // (its owner may be retiring ahead: it never needs the pool lock, so this ends), and a
+        // retire it just published is counted before retiring more. From now on misses have
+        // outrun the clean slots, and each CPU retires ahead (RetireAheadIfLow).
+        for (int k = 0; k < _cpuCount && _cleanCount + RetiredCount() < needed; k++)
         {
             _retireAhead = true;
-            RetireBatch(td.Cpu!, Math.Max(BatchSize, needed - _cleanCount - _retiredCount));
+            int c = (home + k) % _cpuCount;
+            if (!holdsRetireRights)
+            {
+                TakeRetireRight(cpu, c);
+            }
+
+            try
+            {
+                int deficit = needed - _cleanCount - RetiredCount();
+                if (deficit > 0)
+                {
+                    RetireBatch(cpu, c, Math.Max(BatchSize, deficit));
+                }
+            }
+            finally
+            {
+                if (!holdsRetireRights)
+                {
+                    Volatile.Write(ref _parts[c].RetireBusy, 0);
+                }
+            }
         }
 
-        if (_retiredCount + _cleanCount < needed)
+        if (RetiredCount() + _cleanCount < needed)
         {
             return false; // everything else is in use: the pool is exhausted
         }
 
         // The retired batches must become clean: wait briefly for the laggards to pass a flush
-        // point on their own (they do at every sf_buf operation, context switch and poll),
-        // then force them.
-        long need = Volatile.Read(ref _slots[_retiredQueue[(_retiredHead + needed - _cleanCount - 1) % Nsfbufs]].RetireEpoch);
-        WaitForEpoch(td, need);
-        ReclaimClean(td.Cpu!);
+        // point on their own (they do at every sf_buf operation, context switch and poll), then
+        // force them. This CPU passes its own first (another CPU may have published a batch
+        // since), and only the epoch that makes enough slots clean is waited for.
+        FlushPoint(cpu);
+        WaitForEpoch(td, EpochMakingClean(needed - _cleanCount));
+        ReclaimClean(cpu, -1);
         return _cleanCount >= needed;
     }
 
     /// <summary>
-    /// Moves retired slots whose epoch every running CPU has passed to the clean stack: by I2 each
-    /// of those CPUs has invalidated the slot since its PTE was cleared, and an idle one will flush
-    /// before it runs, so I1 holds for every slot moved (pool lock held: I4).
+    /// The retire epoch of the <paramref name="count"/>-th oldest queued slot: once every running
+    /// CPU has passed it, that many retired slots can be reclaimed (each partition's queue is in
+    /// epoch order, so their heads are merged; pool lock held, and at least that many are queued).
     /// </summary>
-    private void ReclaimClean(Cpu self)
+    private long EpochMakingClean(int count)
     {
-        if (_retiredCount == 0)
+        Span<long> next = _cpuCount <= 64 ? stackalloc long[_cpuCount] : new long[_cpuCount];
+        for (int c = 0; c < _cpuCount; c++)
+        {
+            next[c] = _parts[c].RetiredHead;
+        }
+
+        long epoch = 0;
+        for (int taken = 0; taken < count; taken++)
+        {
+            int best = -1;
+            for (int c = 0; c < _cpuCount; c++)
+            {
+                if (next[c] < Volatile.Read(ref _parts[c].RetiredTail)
+                    && (best < 0 || _slots[RetiredAt(c, next[c])].RetireEpoch < _slots[RetiredAt(best, next[best])].RetireEpoch))
+                {
+                    best = c;
+                }
+            }
+
+            if (best < 0)
+            {
+                break;
+            }
+
+            epoch = _slots[RetiredAt(best, next[best]++)].RetireEpoch;
+        }
+
+        return epoch;
+    }
+
+    /// <summary>
+    /// After a locked allocation, with the pool lock released: once misses have outrun the clean
+    /// slots, this CPU retires a batch of its own partition ahead while the partition has fewer
+    /// clean and retired slots than its next refill takes (a miss and a magazine) plus
+    /// <see cref="LowWater"/> (at most half the partition), so that the batch is clean by the
+    /// time it is needed. The retire takes no lock but the short one of the epoch's publication,
+    /// so the other CPUs keep refilling their magazines meanwhile (waiters are woken after it,
+    /// under the pool lock). Skipped if the partition is being retired already.
+    /// </summary>
+    private void RetireAheadIfLow(KernelThread td)
+    {
+        var cpu = td.Cpu;
+        if (!_retireAhead || cpu == null)
+        {
+            return;
+        }
+
+        int home = cpu.Id;
+        ref var part = ref _parts[home];
+        if (part.Size == 0 || Volatile.Read(ref part.Clean) + RetiredIn(home) >= Math.Min(LowWater + 1 + MagazineSize, part.Size / 2)
+            || Interlocked.CompareExchange(ref part.RetireBusy, 1, 0) != 0)
+        {
+            return;
+        }
+
+        try
+        {
+            // At most a quarter of the partition: with many CPUs a partition is smaller than a
+            // batch, and retiring all of it would evict the CPU's whole cached set at once.
+            RetireBatch(cpu, home, Math.Min(BatchSize, Math.Max(1, part.Size / 4)));
+        }
+        finally
+        {
+            Volatile.Write(ref part.RetireBusy, 0);
+        }
+
+        if (Volatile.Read(ref _shared->Waiters) != 0)
+        {
+            WakeWaiters(); // the retired slots will be clean soon: let the waiters count them
+        }
+    }
+
+    /// <summary>Takes partition <paramref name="c"/>'s retire right, waiting for a retire in progress (pool lock may be held: a retirer never takes it).</summary>
+    private void TakeRetireRight(Cpu self, int c)
+    {
+        var spin = default(SpinWait);
+        while (Interlocked.CompareExchange(ref _parts[c].RetireBusy, 1, 0) != 0)
+        {
+            self.Poll(); // a retirer publishes a few stores from now; let it run under the explorer
+            spin.SpinOnce(sleep1Threshold: -1);
+        }
+    }
+
+    /// <summary>
+    /// Retired slots queued in partition <paramref name="c"/>: a lower bound (a retirer may
+    /// append at any time), exact for the pool lock's holder once no retire is in progress.
+    /// </summary>
+    private int RetiredIn(int c)
+    {
+        long head = Volatile.Read(ref _parts[c].RetiredHead); // the head first: it never passes the tail read after it
+        return (int)Math.Max(0, Volatile.Read(ref _parts[c].RetiredTail) - head);
+    }
+
+    /// <summary>Retired slots of every partition not yet reclaimed.</summary>
+    private int RetiredCount()
+    {
+        int n = 0;
+        for (int c = 0; c < _cpuCount; c++)
+        {
+            n += RetiredIn(c);
+        }
+
+        return n;
+    }
+
+    /// <summary>Partition <paramref name="c"/>'s retired-queue entry at <paramref name="position"/> (positions count up forever).</summary>
+    private int RetiredAt(int c, long position) => _retiredQueue[_parts[c].Start + (int)(position % _parts[c].Size)];
+
+    /// <summary>Puts clean slot <paramref name="slot"/> on its home partition's stack (pool lock held).</summary>
+    private void PushClean(int slot)
+    {
+        ref var part = ref _parts[_slots[slot].Home];
+        _cleanStack[part.Start + part.Clean] = slot;
+        Volatile.Write(ref part.Clean, part.Clean + 1);
+        Volatile.Write(ref _cleanCount, _cleanCount + 1);
+    }
+
+    /// <summary>A clean slot from <paramref name="cpu"/>'s partition, else from the next partition that has one; -1 if none (pool lock held).</summary>
+    private int PopClean(int cpu)
+    {
+        for (int k = 0; k < _cpuCount; k++)
+        {
+            ref var part = ref _parts[(cpu + k) % _cpuCount];
+            if (part.Clean > 0)
+            {
+                Volatile.Write(ref _cleanCount, _cleanCount - 1);
+                Volatile.Write(ref part.Clean, part.Clean - 1);
+                return _cleanStack[part.Start + part.Clean];
+            }
+        }
+
+        return -1;
+    }
+
+    /// <summary>
+    /// Moves retired slots whose epoch every running CPU has passed to the clean stacks, of
+    /// partition <paramref name="only"/> or (-1) of every partition: by I2 each of those CPUs has
+    /// invalidated the slot since its PTE was cleared, and an idle one will flush before it runs,
+    /// so I1 holds for every slot moved (pool lock held: I4). A partition's queue is in epoch order.
+    /// </summary>
+    private void ReclaimClean(Cpu self, int only)
+    {
+        if (only >= 0 ? RetiredIn(only) == 0 : RetiredCount() == 0)
         {
             return;
         }
 
         FlushPoint(self);
         long safe = SafeEpoch(self);
-        while (_retiredCount > 0)
+        for (int c = only >= 0 ? only : 0; c < (only >= 0 ? only + 1 : _cpuCount); c++)
         {
-            int slot = _retiredQueue[_retiredHead];
-            EpochSlot* s = _slots + slot;
-            if (!IsPast(s->RetireEpoch, safe))
+            ref var part = ref _parts[c];
+            long tail = Volatile.Read(ref part.RetiredTail);
+            while (part.RetiredHead < tail)
             {
-                break;
-            }
+                int slot = RetiredAt(c, part.RetiredHead);
+                EpochSlot* s = _slots + slot;
+                if (!IsPast(s->RetireEpoch, safe))
+                {
+                    break;
+                }
 
-            _retiredHead = (_retiredHead + 1) % Nsfbufs;
-            _retiredCount--;
-            Volatile.Write(ref s->Ref, CleanState);
-            _cleanStack[_cleanCount++] = slot;
+                // The head moves before the slot leaves the retired state: the retirer, which
+                // never reads the head, can then never reuse an entry still to be read (entries
+                // from the head on are distinct retired slots of the partition, never more than
+                // its size).
+                Volatile.Write(ref part.RetiredHead, part.RetiredHead + 1);
+                Volatile.Write(ref s->Ref, CleanState);
+                PushClean(slot);
+            }
         }
     }
 
@@ -1013,21 +1235,22 @@ public sealed unsafe partial class EpochCacheMapper : SfBufMapper, IContextSwitc
     }
 
     /// <summary>
-    /// Retires up to <paramref name="want"/> inactive slots chosen by a second-chance clock:
-    /// reference count 0 → retired, out of the index, PTE cleared; then one new epoch for the batch.
+    /// Retires up to <paramref name="want"/> inactive slots of partition <paramref name="c"/>
+    /// chosen by its second-chance clock: reference count 0 → retired, out of the index, PTE
+    /// cleared; then one new epoch for the batch. The caller holds the partition's retire right
+    /// (so it alone moves the hand and appends to the queue), not necessarily the pool lock; the
+    /// publication of the epoch is serialized by a short lock of its own.
     /// </summary>
-    private void RetireBatch(Cpu cpu, int want)
+    private void RetireBatch(Cpu cpu, int c, int want)
     {
-        long epoch = Volatile.Read(ref _shared->GlobalEpoch) + 1; // only the lock holder advances it
-        EpochBatch* batch = _batches + (epoch % BatchRing);
-        int* batchSlots = _batchSlots + ((epoch % BatchRing) * FlushCeiling);
-        Volatile.Write(ref batch->Epoch, 0);
-
+        ref var part = ref _parts[c];
+        Debug.Assert(Volatile.Read(ref part.RetireBusy) == 1, "RetireBatch runs with the partition's retire right");
+        long tail = part.RetiredTail;
         int retired = 0;
-        for (int scanned = 0; retired < want && scanned < 2 * Nsfbufs; scanned++)
+        for (int scanned = 0; retired < want && scanned < 2 * part.Size; scanned++)
         {
-            int slot = _clockHand;
-            _clockHand = (_clockHand + 1) % Nsfbufs;
+            int slot = part.Start + part.Hand;
+            part.Hand = (part.Hand + 1) % part.Size;
             EpochSlot* s = _slots + slot;
             if (Volatile.Read(ref s->Ref) != 0)
             {
@@ -1048,14 +1271,10 @@ public sealed unsafe partial class EpochCacheMapper : SfBufMapper, IContextSwitc
 
             Interlocked.CompareExchange(ref _slotOfFrame[s->Frame], 0, slot + 1);
             Machine.KernelPmap.ExchangePte(_window.PageAddress(slot), 0);
-            s->RetireEpoch = epoch;
-            if (retired < FlushCeiling)
-            {
-                batchSlots[retired] = slot;
-            }
 
-            _retiredQueue[(_retiredHead + _retiredCount) % Nsfbufs] = slot;
-            _retiredCount++;
+            // Staged past the tail: the consumer reads only below it, and the entries from the
+            // head on are distinct retired slots of this partition, so none is overwritten.
+            _retiredQueue[part.Start + (int)((tail + retired) % part.Size)] = slot;
             retired++;
         }
 
@@ -1064,12 +1283,44 @@ public sealed unsafe partial class EpochCacheMapper : SfBufMapper, IContextSwitc
             return;
         }
 
-        _recycles += retired;
-        _batchesRetired++;
-        batch->Count = retired;
-        Volatile.Write(ref batch->Epoch, epoch);
-        cpu.SchedulingPoint(); // flush points racing the publication of the batch
-        Interlocked.Exchange(ref _shared->GlobalEpoch, epoch);
+        var td = KernelThread.Current;
+        _publishLock.Lock(td);
+        try
+        {
+            // Waiting for the lock on an oversubscribed host may have parked this CPU idle, and
+            // reclaims skip idle CPUs: pass a flush point before going on.
+            FlushPoint(cpu);
+            long epoch = Volatile.Read(ref _shared->GlobalEpoch) + 1; // only the publish lock's holder advances it
+            EpochBatch* batch = _batches + (epoch % BatchRing);
+            int* batchSlots = _batchSlots + ((epoch % BatchRing) * FlushCeiling);
+            Volatile.Write(ref batch->Epoch, 0);
+            for (int i = 0; i < retired; i++)
+            {
+                int slot = _retiredQueue[part.Start + (int)((tail + i) % part.Size)];
+                _slots[slot].RetireEpoch = epoch;
+                if (i < FlushCeiling)
+                {
+                    batchSlots[i] = slot;
+                }
+            }
+
+            _recycles += retired;
+            _batchesRetired++;
+            batch->Count = retired;
+            Volatile.Write(ref batch->Epoch, epoch);
+            cpu.SchedulingPoint(); // flush points racing the publication of the batch
+            Interlocked.Exchange(ref _shared->GlobalEpoch, epoch);
+
+            // The slots reach the queue only with their epoch published, so that whoever waits
+            // for one of them waits for an epoch a fallback shootdown can force.
+            cpu.SchedulingPoint(); // the pool lock's holder reclaiming from the queue meanwhile
+            Volatile.Write(ref part.RetiredTail, tail + retired);
+        }
+        finally
+        {
+            _publishLock.Unlock(td);
+        }
+
         FlushPoint(cpu);
     }
 
@@ -1212,6 +1463,31 @@ internal struct EpochSlot
     /// <summary>The clock's second-chance bit, set when the slot goes inactive.</summary>
     [FieldOffset(24)]
     public int Referenced;
+
+    /// <summary>The partition (a CPU's) whose stack, queue and clock the slot belongs to; fixed.</summary>
+    [FieldOffset(28)]
+    public int Home;
+}
+
+/// <summary>
+/// One CPU's partition of the slots: its clean stack (moved under the pool lock), its retired
+/// queue (a ring appended by the holder of the partition's retire right and consumed by the
+/// pool lock's holder) and its clock hand (moved by the retire right's holder), stored in the
+/// shared arrays at <c>Start</c>. A CPU takes clean slots from its own partition first and
+/// retires ahead from it only, so that a CPU streaming private misses mostly installs, frees,
+/// retires and reclaims slots whose cache lines (slot, PTE) only it writes (other partitions are
+/// touched only when its own runs short), and retires without keeping the other CPUs from the
+/// pool lock.
+/// </summary>
+internal struct PoolPartition
+{
+    public int Start;
+    public int Size;
+    public int Clean;
+    public int Hand;
+    public int RetireBusy;
+    public long RetiredHead;
+    public long RetiredTail;
 }
 
 /// <summary>A CPU's epoch and statistics, on lines of their own.</summary>

@@ -142,6 +142,34 @@ public sealed class CriticalSectionAndFlushHookTests
     }
 
     [Test]
+    public void PollHooksRunWhenACpuThatParkedIdleInAWaitRunsAgain()
+    {
+        // Oversubscribed: a wait parks after a short spin with the CPU published idle.
+        using var m = new SimMachine(Sim.Small(cpus: 2) with { Oversubscribed = true, PinThreads = false });
+        var hook = new CountingPollHook();
+        m.AddPollHook(hook);
+        var mutex = new KMutex("spin", spinOnly: true);
+        var held = new Flag();
+        var holder = m.StartThread("holder", () =>
+        {
+            mutex.Lock();
+            held.Set();
+            Sim.WaitUntil(() => m.Counters().OnCpu(0, Counter.CrossCpuParks) > 0, "CPU 0 parks waiting for the mutex");
+            mutex.Unlock();
+        }, cpu: 1, bound: true);
+        Sim.WaitUntil(() => held.IsSet, "the holder has the mutex");
+        m.Run(0, () =>
+        {
+            mutex.Lock(); // never calls Cpu.Poll
+            mutex.Unlock();
+        });
+        Sim.Join(holder);
+
+        Assert.That(hook.On(0), Is.GreaterThan(0), "CPU 0 came back from an idle park");
+        Assert.That(hook.OffCpu, Is.Zero);
+    }
+
+    [Test]
     public void EachCpuHasItsOwnFixmapSlotsInsideTheKernelRegions()
     {
         using var m = new SimMachine(Sim.Small(cpus: 2));
