@@ -132,6 +132,7 @@ public sealed unsafe partial class EpochCacheMapper : SfBufMapper, IContextSwitc
     private long _batchesRetired;
     private long _steals;
     private volatile bool _retireAhead;
+    private readonly long _dormantEpochs;
 
     internal EpochCacheMapper(Machine machine, int? nsfbufs)
         : base(machine)
@@ -172,6 +173,7 @@ public sealed unsafe partial class EpochCacheMapper : SfBufMapper, IContextSwitc
         }
 
         _cpuCount = cpuCount;
+        _dormantEpochs = 4L * cpuCount; // a CPU streaming misses refills a few times per batch it retires; every CPU's batches advance the epoch
 
         _perCpu = (EpochPerCpu*)block;
         _shared = (EpochShared*)(block + perCpuBytes);
@@ -869,6 +871,7 @@ public sealed unsafe partial class EpochCacheMapper : SfBufMapper, IContextSwitc
     /// <summary>Fills this CPU's magazine from the clean stacks, its own partition's first (pool lock held, by the CPU's own thread).</summary>
     private void RefillMagazine(int cpu)
     {
+        Volatile.Write(ref _parts[cpu].LastRefillEpoch, Volatile.Read(ref _shared->GlobalEpoch)); // not dormant (RetireAheadIfLow)
         int* m = Magazine(cpu);
         int n = m[0];
         while (n < MagazineSize && _cleanCount > 0)
@@ -1035,23 +1038,50 @@ public sealed unsafe partial class EpochCacheMapper : SfBufMapper, IContextSwitc
             return;
         }
 
+        // The partitions this CPU recycles: its own, and those of CPUs that have stopped taking
+        // slots (no refill for 4 epochs per CPU), so that a CPU streaming alone cycles
+        // through the whole pool, as LRU would, instead of leaving the others' cached mappings
+        // in place forever. Retires rotate among them.
         int home = cpu.Id;
-        ref var part = ref _parts[home];
-        if (part.Size == 0 || Volatile.Read(ref part.Clean) + RetiredIn(home) >= Math.Min(LowWater + 1 + MagazineSize, part.Size / 2)
-            || Interlocked.CompareExchange(ref part.RetireBusy, 1, 0) != 0)
+        long global = Volatile.Read(ref _shared->GlobalEpoch);
+        int supply = 0, size = 0;
+        for (int c = 0; c < _cpuCount; c++)
+        {
+            if (c == home || IsDormant(c, global))
+            {
+                supply += Volatile.Read(ref _parts[c].Clean) + RetiredIn(c);
+                size += _parts[c].Size;
+            }
+        }
+
+        if (size == 0 || supply >= Math.Min(LowWater + 1 + MagazineSize, size / 2))
         {
             return;
         }
 
-        try
+        ref int cursor = ref _perCpu[home].RetireCursor;
+        for (int k = 1; k <= _cpuCount; k++)
         {
-            // At most a quarter of the partition: with many CPUs a partition is smaller than a
-            // batch, and retiring all of it would evict the CPU's whole cached set at once.
-            RetireBatch(cpu, home, Math.Min(BatchSize, Math.Max(1, part.Size / 4)));
-        }
-        finally
-        {
-            Volatile.Write(ref part.RetireBusy, 0);
+            int c = (cursor + k) % _cpuCount;
+            ref var part = ref _parts[c];
+            if ((c != home && !IsDormant(c, global)) || part.Size == 0 || Interlocked.CompareExchange(ref part.RetireBusy, 1, 0) != 0)
+            {
+                continue;
+            }
+
+            cursor = c;
+            try
+            {
+                // At most a quarter of the partition: with many CPUs a partition is smaller than a
+                // batch, and retiring all of it would evict the CPU's whole cached set at once.
+                RetireBatch(cpu, c, Math.Min(BatchSize, Math.Max(1, part.Size / 4)));
+            }
+            finally
+            {
+                Volatile.Write(ref part.RetireBusy, 0);
+            }
+
+            break;
         }
 
         if (Volatile.Read(ref _shared->Waiters) != 0)
@@ -1059,6 +1089,9 @@ public sealed unsafe partial class EpochCacheMapper : SfBufMapper, IContextSwitc
             WakeWaiters(); // the retired slots will be clean soon: let the waiters count them
         }
     }
+
+    /// <summary>Whether CPU <paramref name="c"/> has taken no slots from the pool for 4 epochs per CPU.</summary>
+    private bool IsDormant(int c, long global) => global - Volatile.Read(ref _parts[c].LastRefillEpoch) > _dormantEpochs;
 
     /// <summary>Takes partition <paramref name="c"/>'s retire right, waiting for a retire in progress (pool lock may be held: a retirer never takes it).</summary>
     private void TakeRetireRight(Cpu self, int c)
@@ -1488,6 +1521,9 @@ internal struct PoolPartition
     public int RetireBusy;
     public long RetiredHead;
     public long RetiredTail;
+
+    /// <summary>The global epoch at the owner's last magazine refill: long ago means the owner takes no slots, and other CPUs recycle the partition.</summary>
+    public long LastRefillEpoch;
 }
 
 /// <summary>A CPU's epoch and statistics, on lines of their own.</summary>
@@ -1513,6 +1549,10 @@ internal struct EpochPerCpu
     /// <summary>Misses that took the pool lock (no clean slot in the magazine, or waiters queued).</summary>
     [FieldOffset(40)]
     public long LockedMisses;
+
+    /// <summary>The partition this CPU retired ahead from last (its own or a dormant CPU's).</summary>
+    [FieldOffset(48)]
+    public int RetireCursor;
 }
 
 /// <summary>The read-mostly words every operation reads: the global epoch and the waiter count.</summary>
