@@ -285,6 +285,39 @@ public sealed class EpochCacheMapperTests
     }
 
     [Test]
+    public void ACpuStreamingAloneRecyclesEveryPartitionAsLruWould()
+    {
+        // 2 CPUs, 64 slots (a partition of 32 each); CPU 0 cycles through twice the pool while
+        // CPU 1 takes no slot: LRU misses every time, and so must epoch-cache once CPU 1 counts
+        // as dormant, instead of keeping CPU 1's partition mapped (which would hit a quarter).
+        using var m = new SimMachine(SfBufRig.Small());
+        using var sfbufs = Create(m, 64);
+        var pages = SfBufRig.NewPages(m, 128);
+        long hitsBefore = 0;
+        m.Run(0, () =>
+        {
+            for (int cycle = 0; cycle < 12; cycle++)
+            {
+                if (cycle == 8)
+                {
+                    hitsBefore = sfbufs.Stats().Hits;
+                }
+
+                foreach (var page in pages)
+                {
+                    var sf = sfbufs.Alloc(page);
+                    Assert.That(m.CurrentCpu.ReadUInt64(sf.Kva), Is.EqualTo(SfBufRig.Stamp(page)));
+                    sfbufs.Free(sf);
+                }
+            }
+        });
+
+        Assert.That(sfbufs.Stats().Hits - hitsBefore, Is.Zero, "cycles 9 to 12 hit nothing, as LRU");
+        Assert.That(sfbufs.TestHookCheckInvariants(), Is.Empty);
+        Assert.That(m.Counters()[Counter.StaleAccesses] + m.Counters()[Counter.LatentStaleAccesses], Is.Zero);
+    }
+
+    [Test]
     public void RecyclingOneEpochEarlyIsCaughtByTheOracle()
     {
         // The planted bug lets a slot that CPU 1 still caches be reused before CPU 1 passed its
