@@ -221,25 +221,10 @@ public sealed class EpochCacheMapperTests
     {
         using var m = new SimMachine(SfBufRig.Small());
         using var sfbufs = Create(m, 8);
-        var pages = SfBufRig.NewPages(m, 16);
-        CounterSnapshot? d = null;
 
         // CPU 1 runs a thread that answers IPIs (at its memory accesses, as a long copy does) but
         // makes no sf_buf call, never polls, and never switches.
-        using (new BusyCpus(m, [1], polls: false))
-        {
-            var before = m.Counters();
-            m.Run(0, () =>
-            {
-                for (int i = 0; i < 16; i++)
-                {
-                    var sf = sfbufs.Alloc(pages[i]);
-                    Assert.That(m.CurrentCpu.ReadUInt64(sf.Kva), Is.EqualTo(SfBufRig.Stamp(pages[i])));
-                    sfbufs.Free(sf);
-                }
-            });
-            d = m.Counters() - before;
-        }
+        var d = StreamOnCpu0BesideBusyCpu1(m, sfbufs, pageCount: 16, cpu1Polls: false);
 
         Assert.That(d[Counter.StaleAccesses], Is.Zero);
         Assert.That(d[Counter.LatentStaleAccesses], Is.Zero);
@@ -254,27 +239,12 @@ public sealed class EpochCacheMapperTests
     {
         using var m = new SimMachine(SfBufRig.Small());
         using var sfbufs = Create(m, 8);
-        var pages = SfBufRig.NewPages(m, 64);
-        CounterSnapshot? d = null;
 
         // CPU 1 runs a kernel loop that polls (Cpu.Poll), as a CPU spinning for a lock does, and
         // makes no sf_buf call: each poll is a flush point, so the epochs it holds back pass on
         // their own and the fallback is not needed (unless the host deschedules CPU 1's thread for
         // longer than the cross-CPU spin, hence "fewer than half" rather than none).
-        using (new BusyCpus(m, [1]))
-        {
-            var before = m.Counters();
-            m.Run(0, () =>
-            {
-                for (int i = 0; i < pages.Length; i++)
-                {
-                    var sf = sfbufs.Alloc(pages[i]);
-                    Assert.That(m.CurrentCpu.ReadUInt64(sf.Kva), Is.EqualTo(SfBufRig.Stamp(pages[i])));
-                    sfbufs.Free(sf);
-                }
-            });
-            d = m.Counters() - before;
-        }
+        var d = StreamOnCpu0BesideBusyCpu1(m, sfbufs, pageCount: 64, cpu1Polls: true);
 
         long batches = sfbufs.Stats().Details[EpochCacheMapper.DetailBatches];
         Assert.That(d[Counter.StaleAccesses], Is.Zero);
@@ -565,6 +535,24 @@ public sealed class EpochCacheMapperTests
     }
 
     // ------------------------------------------------------------------ helpers
+
+    /// <summary>CPU 0 maps, reads and frees <paramref name="pageCount"/> pages once each while CPU 1 runs a busy thread; the counters' change.</summary>
+    private static CounterSnapshot StreamOnCpu0BesideBusyCpu1(SimMachine m, EpochCacheMapper sfbufs, int pageCount, bool cpu1Polls)
+    {
+        var pages = SfBufRig.NewPages(m, pageCount);
+        using var busy = new BusyCpus(m, [1], polls: cpu1Polls);
+        var before = m.Counters();
+        m.Run(0, () =>
+        {
+            foreach (var page in pages)
+            {
+                var sf = sfbufs.Alloc(page);
+                Assert.That(m.CurrentCpu.ReadUInt64(sf.Kva), Is.EqualTo(SfBufRig.Stamp(page)));
+                sfbufs.Free(sf);
+            }
+        });
+        return m.Counters() - before;
+    }
 
     private static Exception? PlantedEarlyRecycle(bool plant)
     {
