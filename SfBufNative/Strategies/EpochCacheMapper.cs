@@ -868,19 +868,26 @@ public sealed unsafe partial class EpochCacheMapper : SfBufMapper, IContextSwitc
         m[0]++;
     }
 
-    /// <summary>Fills this CPU's magazine from the clean stacks, its own partition's first (pool lock held, by the CPU's own thread).</summary>
+    /// <summary>
+    /// Fills this CPU's magazine from the clean stacks, its own partition's first (pool lock held,
+    /// by the CPU's own thread). The slots go in top down, so that the CPU uses them in the order
+    /// the stack gave them, lowest first: a CPU's mappings then cover a run of consecutive
+    /// addresses, which spreads them evenly over the TLB's sets (filled bottom up, each magazine
+    /// was used in reverse, and the slots a CPU left in its magazine were a run from the middle of
+    /// what it had used, so that some sets held one more of its mappings than others).
+    /// </summary>
     private void RefillMagazine(int cpu)
     {
         Volatile.Write(ref _parts[cpu].LastRefillEpoch, Volatile.Read(ref _shared->GlobalEpoch)); // not dormant (RetireAheadIfLow)
         int* m = Magazine(cpu);
         int n = m[0];
-        while (n < MagazineSize && _cleanCount > 0)
+        int count = Math.Min(MagazineSize - n, _cleanCount);
+        for (int i = n + count - 1; i >= n; i--)
         {
-            Volatile.Write(ref m[1 + n], PopClean(cpu));
-            n++;
+            Volatile.Write(ref m[1 + i], PopClean(cpu));
         }
 
-        m[0] = n;
+        m[0] = n + count;
     }
 
     /// <summary>Takes every clean slot out of every CPU's magazine onto its partition's clean stack (pool lock held).</summary>

@@ -113,6 +113,34 @@ public sealed class EpochCacheMapperTests
     }
 
     [Test]
+    public void ACpusMissesTakeItsPartitionsSlotsInAddressOrderSoTheySpreadEvenlyOverTheTlbSets([Values(0, 1)] int cpu)
+    {
+        // 512 slots in two partitions; 192 first-time pages on one CPU, through several magazine
+        // refills. Used in reverse, each magazine left its unused slots as a run in the middle
+        // of the CPU's addresses, and some TLB sets held one more of its mappings than others.
+        using var m = new SimMachine(SfBufRig.Small(windowPages: 512));
+        using var sfbufs = Create(m, 512);
+        var pages = SfBufRig.NewPages(m, 192);
+        var kvas = new ulong[pages.Length];
+
+        m.Run(cpu, () =>
+        {
+            for (int i = 0; i < pages.Length; i++)
+            {
+                var sf = sfbufs.Alloc(pages[i]);
+                kvas[i] = sfbufs.Kva(sf);
+                sfbufs.Free(sf);
+            }
+        });
+
+        int sets = m.Options.TlbEntries / m.Options.TlbWays;
+        Assert.That(pages.Length, Is.GreaterThan(3 * sfbufs.MagazineSize), "several refills");
+        Assert.That(kvas, Is.EqualTo(Enumerable.Range(0, pages.Length).Select(i => kvas[0] + ((ulong)i * Pte.PageSize))), "consecutive addresses, lowest first");
+        Assert.That(kvas.GroupBy(k => (k / Pte.PageSize) % (ulong)sets).Select(g => g.Count()), Is.All.EqualTo(pages.Length / sets), "as many of the CPU's mappings in every TLB set");
+        Assert.That(sfbufs.TestHookCheckInvariants(), Is.Empty);
+    }
+
+    [Test]
     public void CleanSlotsIdleInAnotherCpusMagazineAreTakenBackBeforeThePoolCountsAsExhausted()
     {
         using var m = new SimMachine(SfBufRig.Small());
