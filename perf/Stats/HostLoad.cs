@@ -78,17 +78,22 @@ public sealed class HostLoad
     /// cores), saying what it means for the figures; null on a quiet host. The load average alone
     /// does not count where the CPU time can be measured: it still holds a run that just ended.
     /// </summary>
-    public string? Warning()
+    public string? Warning() => Warning(OtherCoresBusy(), LoadAverageAtStart, Cores);
+
+    /// <summary>
+    /// The rule of <see cref="Warning()"/> on given readings: <paramref name="others"/> cores kept
+    /// busy by other processes (null when unknown) and the load average when the run began.
+    /// </summary>
+    internal static string? Warning(double? others, double? loadAverageAtStart, int cores)
     {
-        double? others = OtherCoresBusy();
-        bool busyBefore = others is null && LoadAverageAtStart is { } load && load > Cores;
+        bool busyBefore = others is null && loadAverageAtStart is { } load && load > cores;
         if ((others is null || others < BusyCores) && !busyBefore)
         {
             return null;
         }
 
-        string during = others is { } o ? $"other processes kept {o:0.0#} of the {Cores} host cores busy on average during the run" : "the host's CPU use during the run is unknown";
-        string before = LoadAverageAtStart is { } l ? $"; load average {l:0.0#} when it began" : string.Empty;
+        string during = others is { } o ? $"other processes kept {o:0.0#} of the {cores} host cores busy on average during the run" : "the host's CPU use during the run is unknown";
+        string before = loadAverageAtStart is { } l ? $"; load average {l:0.0#} when it began" : string.Empty;
         return $"host busy: {during}{before}. Simulated CPUs are host threads, so they were descheduled: "
             + "throughput is lower and noisier than on a quiet host, and CIs are wider (speedups whose CI includes 1.0 are marked n.s.). "
             + "Counts and the modelled mapping cost are not affected. Rerun on a quiet host for timings.";

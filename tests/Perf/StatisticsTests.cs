@@ -150,4 +150,22 @@ public sealed class StatisticsTests
             Cv = s.Cv,
         };
     }
+
+    [Test]
+    public void TheHostCountsAsBusyFromAQuarterOfACoreOfOtherProcessesAndByTheLoadAverageOnlyWhenTheirCpuTimeIsUnknown()
+    {
+        Assert.That(HostLoad.Warning(others: 0.0, loadAverageAtStart: 0.1, cores: 2), Is.Null, "a quiet host");
+        Assert.That(HostLoad.Warning(others: HostLoad.BusyCores - 0.01, loadAverageAtStart: null, cores: 2), Is.Null, "just under the threshold");
+        Assert.That(HostLoad.Warning(others: HostLoad.BusyCores, loadAverageAtStart: null, cores: 2), Does.StartWith("host busy: other processes kept 0.25 of the 2 host cores busy"));
+
+        // A load average above the cores still holds a run that just ended: where the CPU time
+        // of other processes is measured, it alone decides.
+        Assert.That(HostLoad.Warning(others: 0.1, loadAverageAtStart: 3.5, cores: 2), Is.Null, "the load average alone does not count where CPU time is known");
+        Assert.That(HostLoad.Warning(others: 1.5, loadAverageAtStart: 3.5, cores: 2), Does.Contain("1.5 of the 2 host cores").And.Contain("load average 3.5 when it began"));
+
+        // Where /proc/stat cannot tell, the load average at the start decides: busy above the cores.
+        Assert.That(HostLoad.Warning(others: null, loadAverageAtStart: 2.0, cores: 2), Is.Null, "a load average equal to the cores is not above them");
+        Assert.That(HostLoad.Warning(others: null, loadAverageAtStart: 2.5, cores: 2), Does.Contain("CPU use during the run is unknown").And.Contain("load average 2.5"));
+        Assert.That(HostLoad.Warning(others: null, loadAverageAtStart: null, cores: 2), Is.Null, "nothing known, nothing claimed");
+    }
 }
