@@ -29,6 +29,7 @@ internal static class Program
             Real.RealCommand.Create(),
             MachineCommand.Create(),
             BenchCommand.Create(),
+            ScalingCommand.Create(),
         };
 
         return root.Parse(args).Invoke();
