@@ -1,0 +1,130 @@
+using Native.PageTable;
+using Native.SfBufNative;
+using NUnit.Framework;
+using SfBufHandle = Native.SfBufNative.SfBuf;
+using SimMachine = Native.PageTable.Machine;
+
+namespace Native.Tests.SfBuf;
+
+/// <summary>
+/// epoch-cache's waits on unbound threads: a waiter wakes whenever what it waits for becomes
+/// true, and a thread that migrates while it waits never works on the CPU it left.
+/// </summary>
+[TestFixture]
+[NonParallelizable]
+public sealed class EpochCacheLivenessTests
+{
+    private static readonly TimeSpan HangAfter = TimeSpan.FromSeconds(20);
+
+    private static EpochCacheMapper Create(SimMachine m, int nsfbufs) =>
+        (EpochCacheMapper)SfBufMapper.Create(SfBufMapper.EpochCache, m, nsfbufs);
+
+    /// <summary>
+    /// Four unbound threads on two CPUs, each holding two Default mappings at a time from a pool
+    /// of 5: at most four slots are ever held by threads that wait, so one is always inactive,
+    /// retired or clean, and every wait must end. Before the fix, most repetitions hung with all
+    /// four threads asleep and slots free (a CPU that had left idle but not yet passed its
+    /// switch-in flush point made the reclaim fail, and nothing woke the waiter afterwards).
+    /// </summary>
+    [Test]
+    public void FourUnboundThreadsHoldingTwoMappingsEachFromAPoolOfFiveAllFinish([Values(100)] int repetitions)
+    {
+        for (int rep = 0; rep < repetitions; rep++)
+        {
+            using var m = new SimMachine(SfBufRig.Small());
+            using var sfbufs = Create(m, 5);
+            var pages = SfBufRig.NewPages(m, 4 * 6);
+            var threads = new List<KernelThread>();
+            for (int t = 0; t < 4; t++)
+            {
+                var mine = pages.AsSpan(t * 6, 6).ToArray(); // pages of its own: every mapping is a miss at first
+                threads.Add(m.StartThread($"pairs{t}", () =>
+                {
+                    for (int i = 0; i < 60; i++)
+                    {
+                        var a = mine[i % mine.Length];
+                        var b = mine[(i + 1) % mine.Length];
+                        var first = sfbufs.Alloc(a);
+                        KernelThread.Current.Yield(); // holding one: let the other threads run
+                        var second = sfbufs.Alloc(b);
+                        Assert.That(m.CurrentCpu.ReadUInt64(sfbufs.Kva(first)), Is.EqualTo(SfBufRig.Stamp(a)));
+                        Assert.That(m.CurrentCpu.ReadUInt64(sfbufs.Kva(second)), Is.EqualTo(SfBufRig.Stamp(b)));
+                        KernelThread.Current.Yield(); // holding both
+                        sfbufs.Free(second);
+                        sfbufs.Free(first);
+                    }
+                }));
+            }
+
+            JoinOrDescribe(m, sfbufs, threads, rep);
+            TestContext.Out.WriteLine($"rep {rep}: waits {sfbufs.Stats().AllocWait} switches {m.Counters()[Counter.ContextSwitches]} misses {sfbufs.Stats().Misses}");
+            AssertQuiescent(m, sfbufs);
+        }
+    }
+
+    /// <summary>
+    /// Unbound threads taking pairs with AllocMany from pools of 2 and 4, more threads than CPUs:
+    /// all-or-nothing acquisition never holds while it waits, so every repetition must finish.
+    /// </summary>
+    [Test]
+    public void UnboundThreadsTakingPairsWithAllocManyFromSmallPoolsAllFinish([Values(2, 4)] int nsfbufs, [Values(100)] int repetitions)
+    {
+        for (int rep = 0; rep < repetitions; rep++)
+        {
+            using var m = new SimMachine(SfBufRig.Small());
+            using var sfbufs = Create(m, nsfbufs);
+            var pages = SfBufRig.NewPages(m, 8);
+            var threads = new List<KernelThread>();
+            for (int t = 0; t < 4; t++)
+            {
+                int seed = (rep * 4) + t;
+                threads.Add(m.StartThread($"many{t}", () =>
+                {
+                    var random = new Random(seed);
+                    var both = new SfBufHandle[2];
+                    for (int i = 0; i < 40; i++)
+                    {
+                        int x = random.Next(pages.Length), y = (x + 1 + random.Next(pages.Length - 1)) % pages.Length;
+                        VmPage[] pair = [pages[x], pages[y]];
+                        Assert.That(sfbufs.AllocMany(pair, both), Is.True);
+                        Assert.That(m.CurrentCpu.ReadUInt64(sfbufs.Kva(both[0])), Is.EqualTo(SfBufRig.Stamp(pair[0])));
+                        Assert.That(m.CurrentCpu.ReadUInt64(sfbufs.Kva(both[1])), Is.EqualTo(SfBufRig.Stamp(pair[1])));
+                        KernelThread.Current.Yield(); // holding both: let the other threads run
+                        sfbufs.Free(both[1]);
+                        sfbufs.Free(both[0]);
+                    }
+                }));
+            }
+
+            JoinOrDescribe(m, sfbufs, threads, rep);
+            AssertQuiescent(m, sfbufs);
+        }
+    }
+
+    private static void JoinOrDescribe(SimMachine m, EpochCacheMapper sfbufs, List<KernelThread> threads, int rep)
+    {
+        var deadline = DateTime.UtcNow + HangAfter;
+        foreach (var td in threads)
+        {
+            var left = deadline - DateTime.UtcNow;
+            try
+            {
+                td.Join(left > TimeSpan.Zero ? left : TimeSpan.Zero);
+            }
+            catch (TimeoutException)
+            {
+                var stats = sfbufs.Stats();
+                Assert.Fail($"repetition {rep}: hung with {m.SleepingThreads} of {threads.Count} threads asleep and {stats.NsfbufsUsed} of {stats.Nsfbufs} slots in use; pool {sfbufs.TestHookPool()}");
+            }
+        }
+    }
+
+    private static void AssertQuiescent(SimMachine m, EpochCacheMapper sfbufs)
+    {
+        var counters = m.Counters();
+        Assert.That(counters[Counter.StaleAccesses], Is.Zero);
+        Assert.That(counters[Counter.LatentStaleAccesses], Is.Zero);
+        Assert.That(sfbufs.Stats().NsfbufsUsed, Is.Zero);
+        Assert.That(sfbufs.TestHookCheckInvariants(), Is.Empty);
+    }
+}
