@@ -29,17 +29,20 @@ public sealed class EpochCacheLivenessTests
     [Test]
     public void FourUnboundThreadsHoldingTwoMappingsEachFromAPoolOfFiveAllFinish([Values(100)] int repetitions)
     {
+        long waits = 0;
         for (int rep = 0; rep < repetitions; rep++)
         {
             using var m = new SimMachine(SfBufRig.Small());
             using var sfbufs = Create(m, 5);
             var pages = SfBufRig.NewPages(m, 4 * 6);
             var threads = new List<KernelThread>();
+            var start = new StartLine(4);
             for (int t = 0; t < 4; t++)
             {
                 var mine = pages.AsSpan(t * 6, 6).ToArray(); // pages of its own: every mapping is a miss at first
                 threads.Add(m.StartThread($"pairs{t}", () =>
                 {
+                    start.Wait();
                     for (int i = 0; i < 60; i++)
                     {
                         var a = mine[i % mine.Length];
@@ -57,9 +60,11 @@ public sealed class EpochCacheLivenessTests
             }
 
             JoinOrDescribe(m, sfbufs, threads, rep);
-            TestContext.Out.WriteLine($"rep {rep}: waits {sfbufs.Stats().AllocWait} switches {m.Counters()[Counter.ContextSwitches]} misses {sfbufs.Stats().Misses}");
+            waits += sfbufs.Stats().AllocWait;
             AssertQuiescent(m, sfbufs);
         }
+
+        Assert.That(waits, Is.GreaterThanOrEqualTo(repetitions), "threads waited for slots (the scenario reaches exhaustion)");
     }
 
     /// <summary>
@@ -69,17 +74,20 @@ public sealed class EpochCacheLivenessTests
     [Test]
     public void UnboundThreadsTakingPairsWithAllocManyFromSmallPoolsAllFinish([Values(2, 4)] int nsfbufs, [Values(100)] int repetitions)
     {
+        long waits = 0;
         for (int rep = 0; rep < repetitions; rep++)
         {
             using var m = new SimMachine(SfBufRig.Small());
             using var sfbufs = Create(m, nsfbufs);
             var pages = SfBufRig.NewPages(m, 8);
             var threads = new List<KernelThread>();
+            var start = new StartLine(4);
             for (int t = 0; t < 4; t++)
             {
                 int seed = (rep * 4) + t;
                 threads.Add(m.StartThread($"many{t}", () =>
                 {
+                    start.Wait();
                     var random = new Random(seed);
                     var both = new SfBufHandle[2];
                     for (int i = 0; i < 40; i++)
@@ -97,7 +105,70 @@ public sealed class EpochCacheLivenessTests
             }
 
             JoinOrDescribe(m, sfbufs, threads, rep);
+            waits += sfbufs.Stats().AllocWait;
             AssertQuiescent(m, sfbufs);
+        }
+
+        Assert.That(waits, Is.GreaterThanOrEqualTo(repetitions), "threads waited for slots (the scenario reaches exhaustion)");
+    }
+
+    /// <summary>
+    /// A machine disposed while a thread waits for a slot stops the waiter with
+    /// <see cref="MachineStoppedException"/>: the pool lock, which the interrupted sleep did not
+    /// retake, is not unlocked on the way out (that threw a SynchronizationLockException, which
+    /// hid why the thread stopped).
+    /// </summary>
+    [Test]
+    public void AWaiterStoppedByDisposeEndsWithMachineStoppedNotALockError([Values(false, true)] bool many)
+    {
+        KernelThread waiter;
+        var m = new SimMachine(SfBufRig.Small());
+        try
+        {
+            var sfbufs = Create(m, many ? 2 : 1); // one slot short of what the waiter asks for
+            var pages = SfBufRig.NewPages(m, 3);
+            var channel = new object();
+            var holder = m.StartThread("holder", () =>
+            {
+                var sf = sfbufs.Alloc(pages[0]);
+                m.Sleep(channel, timeout: TimeSpan.FromMinutes(5)); // holds the only slot until the machine stops
+                sfbufs.Free(sf);
+            }, cpu: 0, bound: true);
+            SfBufRig.WaitUntil(() => sfbufs.Stats().NsfbufsUsed == 1, "the holder has the slot");
+            waiter = m.StartThread("waiter", () =>
+            {
+                if (many)
+                {
+                    sfbufs.AllocMany([pages[1], pages[2]], new SfBufHandle[2]);
+                }
+                else
+                {
+                    sfbufs.Alloc(pages[1]);
+                }
+            }, cpu: 1, bound: true);
+            SfBufRig.WaitUntil(() => m.SleepingThreads == 2, "both threads are asleep");
+        }
+        finally
+        {
+            m.Dispose();
+        }
+
+        Assert.That(waiter.HasExited, Is.True);
+        Assert.That(waiter.Fault, Is.InstanceOf<MachineStoppedException>());
+    }
+
+    /// <summary>Holds every thread until all have started, yielding the CPU meanwhile, so that the threads overlap.</summary>
+    private sealed class StartLine(int threads)
+    {
+        private int _arrived;
+
+        public void Wait()
+        {
+            Interlocked.Increment(ref _arrived);
+            while (Volatile.Read(ref _arrived) < threads)
+            {
+                KernelThread.Current.Yield();
+            }
         }
     }
 
