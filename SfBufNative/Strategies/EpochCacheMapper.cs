@@ -97,6 +97,9 @@ public sealed unsafe partial class EpochCacheMapper : SfBufMapper, IContextSwitc
     /// <summary><see cref="SfBufStats.Details"/> key: clean slots taken back from CPUs' magazines when the pool ran short.</summary>
     public const string DetailSteals = "epoch.magazine_steals";
 
+    /// <summary><see cref="SfBufStats.Details"/> key: waits for an epoch passed again because a CPU left idle after the fallback looked for laggards.</summary>
+    public const string DetailEpochRetries = "epoch.wait_retries";
+
     private const int BatchRing = 8;
     private const long CleanState = -1;
     private const long RetiredState = -2;
@@ -131,6 +134,7 @@ public sealed unsafe partial class EpochCacheMapper : SfBufMapper, IContextSwitc
     private long _fallbackShootdowns;
     private long _batchesRetired;
     private long _steals;
+    private long _epochRetries;
     private volatile bool _retireAhead;
     private readonly long _dormantEpochs;
 
@@ -248,16 +252,18 @@ public sealed unsafe partial class EpochCacheMapper : SfBufMapper, IContextSwitc
         }
 
         // A miss with a clean slot in this CPU's magazine takes no lock; with waiters queued it
-        // joins the queue instead, so that they are served first.
+        // joins the queue instead, so that they are served first. The CPU is read again: a
+        // failed hit may have blocked (see TryHit) and the thread resumed on another CPU.
+        cpu = td.Cpu!;
         if (Volatile.Read(ref _shared->Waiters) == 0)
         {
             int clean = PopMagazine(cpu.Id);
             if (clean >= 0)
             {
-                slot = MapOrHit(cpu, page.Frame, clean);
+                slot = MapOrHit(td, page.Frame, clean);
                 if (slot != clean)
                 {
-                    PushBackMagazine(cpu.Id, clean);
+                    ReturnClean(td, clean);
                 }
 
                 return Handle(slot, page);
@@ -312,10 +318,15 @@ public sealed unsafe partial class EpochCacheMapper : SfBufMapper, IContextSwitc
         }
         finally
         {
-            LeaveQueue(ref wait);
-            SamplePeak();
-            _lock.Unlock(td);
-            RetireAheadIfLow(td);
+            // Not held when a stopping machine ended the sleep (Sleep then throws without
+            // retaking it): unlocking would hide that exception behind another.
+            if (_lock.IsOwned)
+            {
+                LeaveQueue(ref wait);
+                SamplePeak();
+                _lock.Unlock(td);
+                RetireAheadIfLow(td);
+            }
         }
     }
 
@@ -400,7 +411,8 @@ public sealed unsafe partial class EpochCacheMapper : SfBufMapper, IContextSwitc
             throw new ArgumentException($"{sf} is not an sf_buf of this pool", nameof(sf));
         }
 
-        var cpu = KernelThread.Current.Cpu!;
+        var td = KernelThread.Current;
+        var cpu = td.Cpu!;
         EpochSlot* s = _slots + sf.Slot;
         while (true)
         {
@@ -417,14 +429,14 @@ public sealed unsafe partial class EpochCacheMapper : SfBufMapper, IContextSwitc
             {
                 if (r == 1)
                 {
-                    BecameInactive(s, cpu.Id);
+                    BecameInactive(s, cpu.Id); // may block waking waiters: the CPU is read again below
                 }
 
                 break;
             }
         }
 
-        FlushPoint(cpu);
+        FlushPoint(td.Cpu!);
     }
 
     /// <inheritdoc/>
@@ -460,6 +472,7 @@ public sealed unsafe partial class EpochCacheMapper : SfBufMapper, IContextSwitc
                 [DetailFlushPoints] = flushPoints,
                 [DetailLockedMisses] = lockedMisses,
                 [DetailSteals] = Volatile.Read(ref _steals),
+                [DetailEpochRetries] = Volatile.Read(ref _epochRetries),
             },
         };
     }
@@ -542,6 +555,16 @@ public sealed unsafe partial class EpochCacheMapper : SfBufMapper, IContextSwitc
                 if (s->Frame == frame)
                 {
                     return slot;
+                }
+
+                // Never under the pool lock: a slot read from the index while holding it can be
+                // retired meanwhile but not reinstalled, since only the lock's holder takes a
+                // retired slot back to clean (I4); so the count taken above was on a retired
+                // slot, which the increment never revives. The release below may take the lock
+                // (waking waiters), and block, so callers read their CPU again after a miss.
+                if (_lock.IsOwned)
+                {
+                    throw new InvalidOperationException($"epoch-cache: slot {slot} was reinstalled for frame {s->Frame} while the pool lock's holder hit it for frame {frame} (I4 broken)");
                 }
 
                 Release(s, cpu.Id);
@@ -710,16 +733,20 @@ public sealed unsafe partial class EpochCacheMapper : SfBufMapper, IContextSwitc
         }
         finally
         {
-            LeaveQueue(ref wait);
-            if (refill && Volatile.Read(ref _shared->Waiters) == 0)
+            // Not held when a stopping machine ended the sleep (Sleep then throws without
+            // retaking it): unlocking would hide that exception behind another.
+            if (_lock.IsOwned)
             {
-                RefillMagazine(td.Cpu!.Id);
+                LeaveQueue(ref wait);
+                if (refill && Volatile.Read(ref _shared->Waiters) == 0)
+                {
+                    RefillMagazine(td.Cpu!.Id);
+                }
+
+                SamplePeak();
+                _lock.Unlock(td);
+                RetireAheadIfLow(td);
             }
-
-            SamplePeak();
-
-            _lock.Unlock(td);
-            RetireAheadIfLow(td);
         }
     }
 
@@ -735,7 +762,7 @@ public sealed unsafe partial class EpochCacheMapper : SfBufMapper, IContextSwitc
             throw new InvalidOperationException("epoch-cache: an install without a clean slot (EnsureClean must precede it)");
         }
 
-        int slot = MapOrHit(cpu, frame, clean);
+        int slot = MapOrHit(KernelThread.Current, frame, clean);
         if (slot != clean)
         {
             PushClean(clean);
@@ -755,10 +782,11 @@ public sealed unsafe partial class EpochCacheMapper : SfBufMapper, IContextSwitc
     /// Lock-free: the frame's index entry is claimed first (I3: one slot per page), so two CPUs
     /// missing on one page never map it twice.
     /// </summary>
-    private int MapOrHit(Cpu cpu, uint frame, int clean)
+    private int MapOrHit(KernelThread td, uint frame, int clean)
     {
         while (true)
         {
+            var cpu = td.Cpu!; // read on every pass: a failed hit may have blocked and moved the thread
             int entry = Volatile.Read(ref _slotOfFrame[frame]);
             if (entry == InstallingEntry)
             {
@@ -777,6 +805,8 @@ public sealed unsafe partial class EpochCacheMapper : SfBufMapper, IContextSwitc
                     _perCpu[cpu.Id].Hits++;
                     return hit;
                 }
+
+                continue; // the entry changed under the failed hit: read it again (and the CPU)
             }
 
             cpu.SchedulingPoint(); // another CPU may claim, publish or retire the entry here
@@ -860,12 +890,48 @@ public sealed unsafe partial class EpochCacheMapper : SfBufMapper, IContextSwitc
         return -1;
     }
 
-    /// <summary>Returns an unused clean slot just taken by <see cref="PopMagazine"/> (its own thread, which has not blocked since).</summary>
-    private void PushBackMagazine(int cpu, int slot)
+    /// <summary>
+    /// Returns an unused clean slot taken by <see cref="PopMagazine"/>: to the magazine of the
+    /// CPU the thread is on now if it has room (its fill mark is written only by the thread that
+    /// holds the CPU, and every entry at or above it is empty), else to its partition's clean
+    /// stack under the pool lock. The thread may have blocked since the pop and run on other
+    /// CPUs, whose threads may have refilled the magazine to full meanwhile.
+    /// </summary>
+    private void ReturnClean(KernelThread td, int slot)
     {
-        int* m = Magazine(cpu);
-        Volatile.Write(ref m[1 + m[0]], slot);
-        m[0]++;
+        int* m = Magazine(td.Cpu!.Id);
+        int n = m[0];
+        if (n < MagazineSize)
+        {
+            Volatile.Write(ref m[1 + n], slot);
+            m[0] = n + 1;
+
+            // A waiter that registered and took the magazines back before this store missed the
+            // slot and may be asleep: the fence orders the store before the read of the waiter
+            // count (a store-load pair, which x86 reorders too), and the wakeup is under the pool
+            // lock, which orders it after that waiter's sleep.
+            Interlocked.MemoryBarrier();
+            if (Volatile.Read(ref _shared->Waiters) != 0)
+            {
+                WakeWaiters();
+            }
+
+            return;
+        }
+
+        _lock.Lock(td);
+        try
+        {
+            PushClean(slot);
+            if (Volatile.Read(ref _shared->Waiters) != 0)
+            {
+                Machine.Wakeup(_waitChannel);
+            }
+        }
+        finally
+        {
+            _lock.Unlock(td);
+        }
     }
 
     /// <summary>
@@ -981,14 +1047,27 @@ public sealed unsafe partial class EpochCacheMapper : SfBufMapper, IContextSwitc
             return false; // everything else is in use: the pool is exhausted
         }
 
-        // The retired batches must become clean: wait briefly for the laggards to pass a flush
-        // point on their own (they do at every sf_buf operation, context switch and poll), then
-        // force them. This CPU passes its own first (another CPU may have published a batch
-        // since), and only the epoch that makes enough slots clean is waited for.
-        FlushPoint(cpu);
-        WaitForEpoch(td, EpochMakingClean(needed - _cleanCount));
-        ReclaimClean(cpu, -1);
-        return _cleanCount >= needed;
+        // Enough slots are retired, so this caller must not sleep: no free or wakeup is coming
+        // for it, and a sleeping waiter whose turn it is holds up every other one. The retired
+        // batches must become clean: wait briefly for the laggards to pass a flush point on their
+        // own (they do at every sf_buf operation, context switch and poll), then force them. This
+        // CPU passes its own first (another CPU may have published a batch since), and only the
+        // epoch that makes enough slots clean is waited for. It ends: the pool lock is held, so
+        // the retired and clean slots stay enough (only its holder takes them), and a pass fails
+        // only for a CPU that left idle after the fallback looked for laggards and has not yet
+        // run its switch-in flush point, which the next pass waits for or forces.
+        while (true)
+        {
+            FlushPoint(cpu);
+            WaitForEpoch(td, EpochMakingClean(needed - _cleanCount));
+            ReclaimClean(cpu, -1);
+            if (_cleanCount >= needed)
+            {
+                return true;
+            }
+
+            _epochRetries++;
+        }
     }
 
     /// <summary>
