@@ -3,6 +3,9 @@ namespace Native.PageTable;
 /// <summary>White-box views and planted bugs for tests (internal; reached through InternalsVisibleTo).</summary>
 public sealed partial class Machine
 {
+    /// <summary>Kernel threads queued for a CPU right now.</summary>
+    internal int TestHookWaitingForCpu => Scheduler.WaitingForCpu;
+
     /// <summary>Switches a planted bug on (tests prove the oracles and the explorer find it).</summary>
     internal void TestHookPlant(PlantedBug bug) => Interlocked.Or(ref _planted, (int)bug);
 

@@ -27,6 +27,18 @@ internal sealed class Scheduler
     /// <summary>True when kernel threads are pinned to host cores.</summary>
     public bool PinsHostThreads => _pin;
 
+    /// <summary>Kernel threads queued for a CPU right now.</summary>
+    public int WaitingForCpu
+    {
+        get
+        {
+            lock (_lock)
+            {
+                return _waiting.Count;
+            }
+        }
+    }
+
     /// <summary>The host core simulated CPU <paramref name="cpu"/> runs on when pinned.</summary>
     public int HostCoreOf(int cpu) => _hostCores[cpu % _hostCores.Length];
 

@@ -189,4 +189,7 @@ internal sealed class EpochCacheTestHooks
 
     /// <summary>Runs between reading the index and taking the reference (an interleaving point).</summary>
     public Action? BeforeHitIncrement { get; set; }
+
+    /// <summary>Runs when a release that made a slot inactive is about to wake the waiters (it may block there on the pool lock).</summary>
+    public Action? BeforeWakeWaiters { get; set; }
 }

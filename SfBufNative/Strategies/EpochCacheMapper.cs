@@ -257,7 +257,7 @@ public sealed unsafe partial class EpochCacheMapper : SfBufMapper, IContextSwitc
         cpu = td.Cpu!;
         if (Volatile.Read(ref _shared->Waiters) == 0)
         {
-            int clean = PopMagazine(cpu.Id);
+            int clean = PopMagazine(cpu);
             if (clean >= 0)
             {
                 slot = MapOrHit(td, page.Frame, clean);
@@ -592,6 +592,7 @@ public sealed unsafe partial class EpochCacheMapper : SfBufMapper, IContextSwitc
         // is seen here, and one registering after it sees the count at 0 when it scans.
         if (Volatile.Read(ref _shared->Waiters) != 0)
         {
+            TestHooks?.BeforeWakeWaiters?.Invoke();
             WakeWaiters();
         }
     }
@@ -608,10 +609,29 @@ public sealed unsafe partial class EpochCacheMapper : SfBufMapper, IContextSwitc
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private void FlushPoint(Cpu cpu)
     {
+        if (Checked)
+        {
+            CheckHeld(cpu);
+        }
+
         long global = Volatile.Read(ref _shared->GlobalEpoch);
         if (global != Volatile.Read(ref _perCpu[cpu.Id].ObservedEpoch))
         {
             CatchUp(cpu, global);
+        }
+    }
+
+    /// <summary>
+    /// Checked mode: per-CPU state (TLB, epoch, magazine) is touched only by the thread holding
+    /// that CPU. A CPU read before a call that can block is stale once the thread resumes.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private static void CheckHeld(Cpu cpu)
+    {
+        var caller = KernelThread.CurrentOrNull;
+        if (!ReferenceEquals(cpu.Owner, caller))
+        {
+            throw new InvalidOperationException($"epoch-cache: {caller?.ToString() ?? "a host thread"} works on cpu {cpu.Id}, which {cpu.Owner?.ToString() ?? "no thread"} holds");
         }
     }
 
@@ -871,9 +891,14 @@ public sealed unsafe partial class EpochCacheMapper : SfBufMapper, IContextSwitc
     private int* Magazine(int cpu) => _magazines + (cpu * _magazineStride);
 
     /// <summary>Takes a clean slot from this CPU's magazine, or -1 (its own thread, no lock).</summary>
-    private int PopMagazine(int cpu)
+    private int PopMagazine(Cpu cpu)
     {
-        int* m = Magazine(cpu);
+        if (Checked)
+        {
+            CheckHeld(cpu);
+        }
+
+        int* m = Magazine(cpu.Id);
         int n = m[0];
         while (n > 0)
         {

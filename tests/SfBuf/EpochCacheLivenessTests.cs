@@ -157,6 +157,53 @@ public sealed class EpochCacheLivenessTests
         Assert.That(waiter.Fault, Is.InstanceOf<MachineStoppedException>());
     }
 
+    /// <summary>
+    /// A free that wakes waiters may block on the pool lock and resume on another CPU. Here it
+    /// is made to (it yields at that point while another thread wants its CPU): the free must
+    /// end on the CPU it is on, not pass the old CPU's flush point, which the other thread now
+    /// holds (checked mode refuses per-CPU work on a CPU the caller does not hold).
+    /// </summary>
+    [Test]
+    public void AFreeThatMigratesWhileWakingWaitersEndsOnItsNewCpu()
+    {
+        using var m = new SimMachine(SfBufRig.Small());
+        using var sfbufs = Create(m, 1);
+        var pages = SfBufRig.NewPages(m, 2);
+        int freedOn = -1, waiterRead = 0;
+        var freeDone = new ManualResetEventSlim();
+        KernelThread? squatter = null;
+
+        var holder = m.StartThread("holder", () =>
+        {
+            var sf = sfbufs.Alloc(pages[0]);
+            var waiter = m.StartThread("waiter", () =>
+            {
+                var other = sfbufs.Alloc(pages[1]); // the pool is exhausted: it waits
+                waiterRead = m.CurrentCpu.ReadUInt64(sfbufs.Kva(other)) == SfBufRig.Stamp(pages[1]) ? 1 : -1;
+                sfbufs.Free(other);
+            }, cpu: 1, bound: true);
+            SfBufRig.SpinOnCpu(m, () => m.SleepingThreads == 1, "the waiter sleeps");
+
+            // A thread bound to this CPU queues for it; the free's wakeup gives the CPU away
+            // (as a contended pool lock would), so the holder resumes on CPU 1.
+            squatter = m.StartThread("squatter", () => SfBufRig.SpinOnCpu(m, () => freeDone.IsSet, "the free is done"), cpu: 0, bound: true);
+            SfBufRig.SpinOnCpu(m, () => m.TestHookWaitingForCpu == 1, "the squatter queues for CPU 0");
+            sfbufs.TestHooks = new EpochCacheTestHooks { BeforeWakeWaiters = () => KernelThread.Current.Yield() };
+            sfbufs.Free(sf);
+            freedOn = m.CurrentCpu.Id;
+            sfbufs.TestHooks = null;
+            freeDone.Set();
+            waiter.Join(SfBufRig.Patience);
+        }, cpu: 0);
+
+        holder.Join(SfBufRig.Patience);
+        squatter!.Join(SfBufRig.Patience);
+        Assert.That(freedOn, Is.EqualTo(1), "the holder migrated during the free");
+        Assert.That(waiterRead, Is.EqualTo(1));
+        Assert.That(m.Counters()[Counter.Migrations], Is.GreaterThan(0));
+        AssertQuiescent(m, sfbufs);
+    }
+
     /// <summary>Holds every thread until all have started, yielding the CPU meanwhile, so that the threads overlap.</summary>
     private sealed class StartLine(int threads)
     {
