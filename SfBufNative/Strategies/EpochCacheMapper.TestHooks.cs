@@ -15,6 +15,15 @@ public sealed unsafe partial class EpochCacheMapper
         return (s.Ref, s.Frame, s.RetireEpoch, s.Generation);
     }
 
+    /// <summary>Rewrites the descriptor of ring entry <c>epoch % 8</c> as a retire of <paramref name="epoch"/> would, with <paramref name="count"/> slots.</summary>
+    internal void TestHookRewriteBatch(long epoch, int count)
+    {
+        EpochBatch* b = _batches + (epoch % BatchRing);
+        Volatile.Write(ref b->Epoch, 0);
+        b->Count = count;
+        Volatile.Write(ref b->Epoch, epoch);
+    }
+
     /// <summary>The epoch CPU <paramref name="cpu"/> last published.</summary>
     internal long TestHookObservedEpoch(int cpu) => Volatile.Read(ref _perCpu[cpu].ObservedEpoch);
 
@@ -189,6 +198,9 @@ internal sealed class EpochCacheTestHooks
 
     /// <summary>Runs between reading the index and taking the reference (an interleaving point).</summary>
     public Action? BeforeHitIncrement { get; set; }
+
+    /// <summary>Runs in a flush point between the pass that checks the retired batches' descriptors and the pass that invalidates their slots.</summary>
+    public Action? BetweenInvalidatePasses { get; set; }
 
     /// <summary>Runs when a release that made a slot inactive is about to wake the waiters (it may block there on the pool lock).</summary>
     public Action? BeforeWakeWaiters { get; set; }

@@ -661,6 +661,16 @@ public sealed unsafe partial class EpochCacheMapper : SfBufMapper, IContextSwitc
     /// <summary>
     /// Invalidates page by page the slots of batches (<paramref name="from"/>, <paramref name="to"/>]
     /// if they are few enough and still described in the ring; false means "flush everything".
+    /// <para>
+    /// The descriptors are a seqlock (the writer is <see cref="RetireBatch"/>): epoch 0 while a
+    /// descriptor is rewritten, its epoch once it is complete. Ordering, for weakly ordered hosts
+    /// as well as x86: the epoch read that opens each pass is an acquire (Volatile.Read), so the
+    /// count and entries are read after it; a full fence separates those reads from the epoch
+    /// read that closes the pass (a load-load barrier, smp_rmb; an acquire would not keep the
+    /// earlier loads before it). The writer clears the epoch with a full fence before rewriting
+    /// anything (smp_wmb) and publishes it with a release after, so a reader that sees the same
+    /// epoch before and after read entries written for that epoch only.
+    /// </para>
     /// </summary>
     private bool InvalidateRetired(Cpu cpu, long from, long to)
     {
@@ -678,17 +688,21 @@ public sealed unsafe partial class EpochCacheMapper : SfBufMapper, IContextSwitc
                 return false;
             }
 
-            total += b->Count;
+            total += Volatile.Read(ref b->Count);
             if (total > FlushCeiling)
             {
                 return false;
             }
         }
 
+        TestHooks?.BetweenInvalidatePasses?.Invoke();
         for (long e = from + 1; e <= to; e++)
         {
             EpochBatch* b = _batches + (e % BatchRing);
-            int count = b->Count;
+
+            // Clamped: the descriptor may have been rewritten for a later epoch since the first
+            // pass (a reader BatchRing epochs behind), with a count above the entries it keeps.
+            int count = Math.Clamp(Volatile.Read(ref b->Count), 0, FlushCeiling);
             int* slots = _batchSlots + ((e % BatchRing) * FlushCeiling);
             for (int i = 0; i < count; i++)
             {
@@ -696,7 +710,9 @@ public sealed unsafe partial class EpochCacheMapper : SfBufMapper, IContextSwitc
             }
 
             // Seqlock check: a descriptor rewritten for a later epoch while it was read may have
-            // named other slots; then only a full flush is certain.
+            // named other slots; then only a full flush is certain. The fence keeps the reads of
+            // the count and entries before the epoch's second read (see the summary).
+            Interlocked.MemoryBarrier();
             if (Volatile.Read(ref b->Epoch) != e)
             {
                 return false;
@@ -1437,7 +1453,10 @@ public sealed unsafe partial class EpochCacheMapper : SfBufMapper, IContextSwitc
             long epoch = Volatile.Read(ref _shared->GlobalEpoch) + 1; // only the publish lock's holder advances it
             EpochBatch* batch = _batches + (epoch % BatchRing);
             int* batchSlots = _batchSlots + ((epoch % BatchRing) * FlushCeiling);
-            Volatile.Write(ref batch->Epoch, 0);
+            // The descriptor's seqlock (InvalidateRetired): the clear is a full fence, so no reader
+            // sees a rewritten entry or count beside the old epoch; the epoch is published with a
+            // release once the entries and count are written.
+            Interlocked.Exchange(ref batch->Epoch, 0);
             for (int i = 0; i < retired; i++)
             {
                 int slot = _retiredQueue[part.Start + (int)((tail + i) % part.Size)];
@@ -1450,7 +1469,7 @@ public sealed unsafe partial class EpochCacheMapper : SfBufMapper, IContextSwitc
 
             _recycles += retired;
             _batchesRetired++;
-            batch->Count = retired;
+            Volatile.Write(ref batch->Count, retired);
             Volatile.Write(ref batch->Epoch, epoch);
             cpu.SchedulingPoint(); // flush points racing the publication of the batch
             Interlocked.Exchange(ref _shared->GlobalEpoch, epoch);

@@ -204,6 +204,56 @@ public sealed class EpochCacheLivenessTests
         AssertQuiescent(m, sfbufs);
     }
 
+    /// <summary>
+    /// A flush point reads the retired batches' descriptors twice: once to check them, once to
+    /// invalidate. A descriptor rewritten between the passes (for a batch eight epochs later) may
+    /// carry a count above the 32 entries a descriptor keeps; the second pass must not read past
+    /// them (it read into the next descriptor's entries, and past the last one, out of the ring).
+    /// </summary>
+    [Test]
+    public void AFlushPointNeverReadsPastADescriptorRewrittenBetweenItsPasses()
+    {
+        using var m = new SimMachine(SfBufRig.Small());
+        using var sfbufs = Create(m, 64);
+        var pages = SfBufRig.NewPages(m, 72);
+
+        // CPU 1 streams past the pool: a batch or two is retired while CPU 0 is idle.
+        m.Run(1, () =>
+        {
+            foreach (var page in pages)
+            {
+                sfbufs.Free(sfbufs.Alloc(page));
+            }
+        });
+        long global = sfbufs.GlobalEpoch;
+        long observed = sfbufs.TestHookObservedEpoch(0);
+        Assert.That(global - observed, Is.InRange(1, 8), "CPU 0 is behind by a few batches, each described in the ring");
+
+        // As CPU 0's thread switches in, its flush point checks the descriptors; then the first
+        // one it will read is rewritten as if for a batch eight epochs later, of 40 slots.
+        bool rewritten = false;
+        sfbufs.TestHooks = new EpochCacheTestHooks
+        {
+            BetweenInvalidatePasses = () =>
+            {
+                if (!rewritten)
+                {
+                    rewritten = true;
+                    sfbufs.TestHookRewriteBatch(observed + 1 + 8, 40);
+                }
+            },
+        };
+        var before = m.Counters();
+        m.Run(0, () => { });
+        var d = m.Counters() - before;
+        sfbufs.TestHooks = null;
+
+        Assert.That(rewritten, Is.True, "the flush point reached its second pass");
+        Assert.That(d.OnCpu(0, Counter.LocalInvalidations), Is.LessThanOrEqualTo(EpochCacheMapper.FlushCeiling), "at most the entries a descriptor keeps");
+        Assert.That(d.OnCpu(0, Counter.FullFlushes), Is.GreaterThanOrEqualTo(1), "the rewritten descriptor sends the flush point to a full flush");
+        Assert.That(sfbufs.TestHookObservedEpoch(0), Is.EqualTo(global));
+    }
+
     /// <summary>Holds every thread until all have started, yielding the CPU meanwhile, so that the threads overlap.</summary>
     private sealed class StartLine(int threads)
     {
