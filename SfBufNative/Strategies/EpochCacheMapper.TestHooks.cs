@@ -24,6 +24,9 @@ public sealed unsafe partial class EpochCacheMapper
         Volatile.Write(ref b->Epoch, epoch);
     }
 
+    /// <summary>Adds <paramref name="delta"/> to CPU <paramref name="cpu"/>'s use count, as a miscounting path would (tests show the drift is reported, not hidden).</summary>
+    internal void TestHookDriftUsed(int cpu, int delta) => _perCpu[cpu].Used += delta;
+
     /// <summary>The epoch CPU <paramref name="cpu"/> last published.</summary>
     internal long TestHookObservedEpoch(int cpu) => Volatile.Read(ref _perCpu[cpu].ObservedEpoch);
 

@@ -79,9 +79,6 @@ public sealed unsafe partial class EpochCacheMapper : SfBufMapper, IContextSwitc
     /// <summary>Retired batches above this many pages are invalidated with one full flush.</summary>
     public const int FlushCeiling = 32;
 
-    /// <summary><see cref="SfBufStats.Details"/> key: slots retired (unmapped, PTE cleared), one per recycle.</summary>
-    public const string DetailRetiredSlots = "epoch.retired_slots";
-
     /// <summary><see cref="SfBufStats.Details"/> key: batches retired, one new global epoch each.</summary>
     public const string DetailBatches = "epoch.batches";
 
@@ -96,6 +93,14 @@ public sealed unsafe partial class EpochCacheMapper : SfBufMapper, IContextSwitc
 
     /// <summary><see cref="SfBufStats.Details"/> key: clean slots taken back from CPUs' magazines when the pool ran short.</summary>
     public const string DetailSteals = "epoch.magazine_steals";
+
+    /// <summary>
+    /// <see cref="SfBufStats.Details"/> key: 1 when <c>nsfbufspeak</c> is exact (checked mode: every
+    /// reference that makes a slot busy counts on one shared word), 0 when it is sampled (the sum
+    /// of the per-CPU use counts, read under the pool lock and by <see cref="Stats"/>, which a
+    /// lock-free hit or miss does not raise: a shared word would cost the hit path its scaling).
+    /// </summary>
+    public const string DetailPeakExact = "epoch.peak_exact";
 
     /// <summary><see cref="SfBufStats.Details"/> key: waits for an epoch passed again because a CPU left idle after the fallback looked for laggards.</summary>
     public const string DetailEpochRetries = "epoch.wait_retries";
@@ -123,11 +128,12 @@ public sealed unsafe partial class EpochCacheMapper : SfBufMapper, IContextSwitc
     private readonly object _waitChannel = new();
     private readonly HashSet<long> _abandonedTickets = [];
     private readonly int _cpuCount;
-    private readonly PoolPartition[] _parts;
+    private readonly PoolPartition* _parts;
     private int _cleanCount;    // clean slots on every partition's stack (pool lock)
     private long _nextTicket;
     private long _servingTicket;
     private int _peak;
+    private long _busyExact;
     private long _allocWait;
     private long _failures;
     private long _recycles;
@@ -161,7 +167,7 @@ public sealed unsafe partial class EpochCacheMapper : SfBufMapper, IContextSwitc
         // One block, so that set-up either gets all of it or fails holding nothing (the per-CPU
         // and shared lines first, at 128-byte boundaries; then the 64-byte slots; then the ints,
         // the per-CPU magazines first so that each starts a cache line).
-        nuint perCpuBytes = (nuint)cpuCount * (nuint)sizeof(EpochPerCpu);
+        nuint perCpuBytes = (nuint)cpuCount * (nuint)(sizeof(EpochPerCpu) + sizeof(PoolPartition));
         nuint slotBytes = (nuint)Nsfbufs * (nuint)sizeof(EpochSlot);
         nuint batchBytes = BatchRing * (nuint)sizeof(EpochBatch);
         nuint intCount = ((nuint)cpuCount * (nuint)_magazineStride) + (BatchRing * FlushCeiling) + machine.Physical.FrameCount + (2 * (nuint)Nsfbufs);
@@ -180,6 +186,7 @@ public sealed unsafe partial class EpochCacheMapper : SfBufMapper, IContextSwitc
         _dormantEpochs = 4L * cpuCount; // a CPU streaming misses refills a few times per batch it retires; every CPU's batches advance the epoch
 
         _perCpu = (EpochPerCpu*)block;
+        _parts = (PoolPartition*)(block + ((nuint)cpuCount * (nuint)sizeof(EpochPerCpu)));
         _shared = (EpochShared*)(block + perCpuBytes);
         _slots = (EpochSlot*)(_shared + 1);
         _batches = (EpochBatch*)((byte*)_slots + slotBytes);
@@ -193,7 +200,6 @@ public sealed unsafe partial class EpochCacheMapper : SfBufMapper, IContextSwitc
         // clock (see PoolPartition). Every slot starts clean: its PTE is invalid and no TLB has
         // ever seen its address. Pushed in reverse so that the lowest slot is used first, as
         // FreeBSD's free list hands them out.
-        _parts = new PoolPartition[cpuCount];
         for (int c = 0; c < cpuCount; c++)
         {
             int start = (int)((long)c * Nsfbufs / cpuCount), end = (int)((long)(c + 1) * Nsfbufs / cpuCount);
@@ -456,8 +462,8 @@ public sealed unsafe partial class EpochCacheMapper : SfBufMapper, IContextSwitc
         {
             Strategy = Name,
             Nsfbufs = Nsfbufs,
-            NsfbufsUsed = (int)Math.Max(0, used),
-            NsfbufsPeak = Math.Max(Volatile.Read(ref _peak), (int)Math.Max(0, used)),
+            NsfbufsUsed = (int)used, // a sum of per-CPU counts read one after another: exact when quiescent, never clamped
+            NsfbufsPeak = Checked ? Volatile.Read(ref _peak) : Math.Max(Volatile.Read(ref _peak), (int)used),
             AllocWait = Volatile.Read(ref _allocWait),
             AllocFail = AllocFailCount,
             Hits = hits,
@@ -466,7 +472,7 @@ public sealed unsafe partial class EpochCacheMapper : SfBufMapper, IContextSwitc
             Failures = Volatile.Read(ref _failures),
             Details = new Dictionary<string, long>(StringComparer.Ordinal)
             {
-                [DetailRetiredSlots] = Volatile.Read(ref _recycles),
+                [DetailPeakExact] = Checked ? 1 : 0,
                 [DetailBatches] = Volatile.Read(ref _batchesRetired),
                 [DetailFallbackShootdowns] = Volatile.Read(ref _fallbackShootdowns),
                 [DetailFlushPoints] = flushPoints,
@@ -546,6 +552,10 @@ public sealed unsafe partial class EpochCacheMapper : SfBufMapper, IContextSwitc
                 if (r == 0)
                 {
                     _perCpu[cpu.Id].Used++;
+                    if (Checked)
+                    {
+                        CountBusyExactly(+1);
+                    }
                 }
 
                 // I3 holds only while the count is held: re-check the page after taking it. A
@@ -587,6 +597,10 @@ public sealed unsafe partial class EpochCacheMapper : SfBufMapper, IContextSwitc
         // The clock gives a slot that was just used a second chance.
         s->Referenced = 1;
         _perCpu[cpu].Used--;
+        if (Checked)
+        {
+            CountBusyExactly(-1);
+        }
 
         // The Interlocked that dropped the count is a full fence: a waiter registered before it
         // is seen here, and one registering after it sees the count at 0 when it scans.
@@ -875,6 +889,10 @@ public sealed unsafe partial class EpochCacheMapper : SfBufMapper, IContextSwitc
         EpochPerCpu* pc = _perCpu + cpu.Id;
         pc->Misses++;
         pc->Used++;
+        if (Checked)
+        {
+            CountBusyExactly(+1);
+        }
     }
 
     /// <summary>
@@ -884,6 +902,11 @@ public sealed unsafe partial class EpochCacheMapper : SfBufMapper, IContextSwitc
     /// </summary>
     private int SamplePeak()
     {
+        if (Checked)
+        {
+            return 0; // exact instead (CountBusyExactly); a racy sum could exceed every true value
+        }
+
         int used = CurrentUsed();
         for (int peak = Volatile.Read(ref _peak); used > peak; peak = Volatile.Read(ref _peak))
         {
@@ -1237,8 +1260,9 @@ public sealed unsafe partial class EpochCacheMapper : SfBufMapper, IContextSwitc
     /// </summary>
     private int RetiredIn(int c)
     {
-        long head = Volatile.Read(ref _parts[c].RetiredHead); // the head first: it never passes the tail read after it
-        return (int)Math.Max(0, Volatile.Read(ref _parts[c].RetiredTail) - head);
+        // The head first: it never passes the tail, so the tail read after it is at least as large.
+        long head = Volatile.Read(ref _parts[c].RetiredHead);
+        return (int)(Volatile.Read(ref _parts[c].RetiredTail) - head);
     }
 
     /// <summary>Retired slots of every partition not yet reclaimed.</summary>
@@ -1574,6 +1598,19 @@ public sealed unsafe partial class EpochCacheMapper : SfBufMapper, IContextSwitc
         }
     }
 
+    /// <summary>Checked mode: the busy slots on one shared word, and the peak raised from it where it rises.</summary>
+    private void CountBusyExactly(int delta)
+    {
+        long busy = Interlocked.Add(ref _busyExact, delta);
+        for (int peak = Volatile.Read(ref _peak); busy > peak; peak = Volatile.Read(ref _peak))
+        {
+            if (Interlocked.CompareExchange(ref _peak, (int)busy, peak) == peak)
+            {
+                break;
+            }
+        }
+    }
+
     private int CurrentUsed()
     {
         long used = 0;
@@ -1642,17 +1679,32 @@ internal struct EpochSlot
 /// touched only when its own runs short), and retires without keeping the other CPUs from the
 /// pool lock.
 /// </summary>
+[StructLayout(LayoutKind.Explicit, Size = 128)]
 internal struct PoolPartition
 {
+    [FieldOffset(0)]
     public int Start;
+
+    [FieldOffset(4)]
     public int Size;
+
+    [FieldOffset(8)]
     public int Clean;
+
+    [FieldOffset(12)]
     public int Hand;
+
+    [FieldOffset(16)]
     public int RetireBusy;
+
+    [FieldOffset(24)]
     public long RetiredHead;
+
+    [FieldOffset(32)]
     public long RetiredTail;
 
     /// <summary>The global epoch at the owner's last magazine refill: long ago means the owner takes no slots, and other CPUs recycle the partition.</summary>
+    [FieldOffset(40)]
     public long LastRefillEpoch;
 }
 

@@ -111,8 +111,8 @@ internal static class PaperChecks
         long rounds = m["shootdowns"];
         long fallbacks = m[EpochCacheMapper.DetailFallbackShootdowns];
         expect(m["mappings"] == m["sfbuf_misses"], $"{m["mappings"]} mappings for {m["sfbuf_misses"]} sf_buf misses (one each)");
-        expect(m["pte_clears"] == m[EpochCacheMapper.DetailRetiredSlots],
-            $"{m["pte_clears"]} PTEs cleared for {m[EpochCacheMapper.DetailRetiredSlots]} retired slots (retiring is the only unmap)");
+        expect(m["pte_clears"] == m["sfbuf_recycles"],
+            $"{m["pte_clears"]} PTEs cleared for {m["sfbuf_recycles"]} retired slots (retiring is the only unmap)");
         expect(rounds == fallbacks, $"{rounds} shootdowns but {fallbacks} epoch fallbacks (the fallback is the only shootdown)");
         expect(fallbacks > 0 || m["ipis_sent"] == 0, $"{m["ipis_sent"]} IPIs sent without an epoch fallback");
         expect(m["ipis_sent"] <= fallbacks * (m.Cpus - 1), $"{m["ipis_sent"]} IPIs for {fallbacks} fallbacks on {m.Cpus} CPUs");

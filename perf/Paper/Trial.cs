@@ -149,6 +149,7 @@ internal sealed class Trial : IDisposable
             ["mapped_pages"] = d[Counter.MappedPages],
             ["sfbuf_hits"] = _sfAfter.Hits - _sfBefore.Hits,
             ["sfbuf_misses"] = _sfAfter.Misses - _sfBefore.Misses,
+            ["sfbuf_recycles"] = _sfAfter.Recycles - _sfBefore.Recycles,
             ["sfbuf_waits"] = _sfAfter.AllocWait - _sfBefore.AllocWait,
             ["sfbuf_fails"] = _sfAfter.Failures - _sfBefore.Failures,
             ["lock_contentions"] = d[Counter.LockContentions],

@@ -100,7 +100,7 @@ public sealed class ExplorationTests
                 {
                     var mapper = (EpochCacheMapper)run.State["mapper"];
                     var details = mapper.Stats().Details;
-                    retired += details[EpochCacheMapper.DetailRetiredSlots];
+                    retired += mapper.Stats().Recycles;
                     batches += details[EpochCacheMapper.DetailBatches];
                     fallbacks += details[EpochCacheMapper.DetailFallbackShootdowns];
                     misses += mapper.Stats().Misses;

@@ -362,7 +362,7 @@ public sealed class PaperTests
             long fallbacks = m[EpochCacheMapper.DetailFallbackShootdowns];
             Assert.That(m["mappings"], Is.EqualTo(m["sfbuf_misses"]), where);
             Assert.That(m["pte_writes"], Is.EqualTo(m["mapped_pages"]), where);
-            Assert.That(m["pte_clears"], Is.EqualTo(m[EpochCacheMapper.DetailRetiredSlots]), $"{where}: retiring is the only unmap");
+            Assert.That(m["pte_clears"], Is.EqualTo(m["sfbuf_recycles"]), $"{where}: retiring is the only unmap");
             Assert.That(m["shootdowns"], Is.EqualTo(fallbacks), $"{where}: the fallback is the only shootdown");
             Assert.That(m["ipis_sent"], Is.LessThanOrEqualTo(fallbacks * (m.Cpus - 1)), where);
             Assert.That(m["latent_stale_accesses"] + m["stale_accesses"], Is.Zero, where);
@@ -370,7 +370,7 @@ public sealed class PaperTests
 
         // A file twice the pool: every page misses, and the slots it recycles were retired first.
         var cold = Row("sendfile-cold", SfBufMapper.EpochCache, 2);
-        Assert.That(cold[EpochCacheMapper.DetailRetiredSlots], Is.GreaterThan(0));
+        Assert.That(cold["sfbuf_recycles"], Is.GreaterThan(0));
         Assert.That(cold[EpochCacheMapper.DetailBatches], Is.GreaterThan(0));
     }
 

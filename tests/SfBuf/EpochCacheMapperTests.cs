@@ -178,6 +178,44 @@ public sealed class EpochCacheMapperTests
         Assert.That(sfbufs.TestHookCheckInvariants(), Is.Empty);
     }
 
+    // ------------------------------------------------------------------ counters
+
+    [Test]
+    public void NsfbufsPeakCountsSlotsMadeBusyByLockFreeHitsInCheckedMode()
+    {
+        // Three pages mapped and freed one at a time (the peak so far is 1), then all three held
+        // at once by hits, which take no lock: the peak is 3.
+        using var m = new SimMachine(SfBufRig.Small());
+        using var sfbufs = Create(m, 8);
+        var pages = SfBufRig.NewPages(m, 3);
+        m.Run(0, () =>
+        {
+            foreach (var page in pages)
+            {
+                sfbufs.Free(sfbufs.Alloc(page));
+            }
+
+            var held = pages.Select(p => sfbufs.Alloc(p)).ToList();
+            held.ForEach(sfbufs.Free);
+        });
+
+        var stats = sfbufs.Stats();
+        Assert.That(stats.Hits, Is.EqualTo(3));
+        Assert.That(stats.Details[EpochCacheMapper.DetailPeakExact], Is.EqualTo(1), "tests run in checked mode");
+        Assert.That(stats.NsfbufsPeak, Is.EqualTo(3));
+        Assert.That(stats.NsfbufsUsed, Is.Zero);
+    }
+
+    [Test]
+    public void NsfbufsUsedReportsDriftInsteadOfClampingIt()
+    {
+        using var m = new SimMachine(SfBufRig.Small());
+        using var sfbufs = Create(m, 8);
+        sfbufs.TestHookDriftUsed(1, -2);
+        Assert.That(sfbufs.Stats().NsfbufsUsed, Is.EqualTo(-2), "a use count that went wrong shows");
+        Assert.That(sfbufs.Stats().Details.Keys, Has.None.EqualTo("epoch.retired_slots"), "recycles are reported once, as Recycles");
+    }
+
     // ------------------------------------------------------------------ retire, epochs, reclaim
 
     [Test]
