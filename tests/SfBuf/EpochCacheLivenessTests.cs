@@ -14,7 +14,7 @@ namespace Native.Tests.SfBuf;
 [NonParallelizable]
 public sealed class EpochCacheLivenessTests
 {
-    private static readonly TimeSpan HangAfter = TimeSpan.FromSeconds(20);
+    private static readonly TimeSpan s_hangAfter = TimeSpan.FromSeconds(20);
 
     private static EpochCacheMapper Create(SimMachine m, int nsfbufs) =>
         (EpochCacheMapper)SfBufMapper.Create(SfBufMapper.EpochCache, m, nsfbufs);
@@ -271,7 +271,7 @@ public sealed class EpochCacheLivenessTests
 
     private static void JoinOrDescribe(SimMachine m, EpochCacheMapper sfbufs, List<KernelThread> threads, int rep)
     {
-        var deadline = DateTime.UtcNow + HangAfter;
+        var deadline = DateTime.UtcNow + s_hangAfter;
         foreach (var td in threads)
         {
             var left = deadline - DateTime.UtcNow;
