@@ -9,7 +9,8 @@ namespace Native.Tests.Exploration;
 /// cancellation and the sf_buf strategies under the machine's controlled scheduler (random walk
 /// and PCT): every schedule passes with the real code, and each planted bug is found within the
 /// CI budget. <c>SFBUF_EXPLORE_SCHEDULES=10000</c> runs the long form (category Long for the
-/// sf_buf scenarios on every strategy, epoch-cache's on 2 and 3 CPUs included).
+/// sf_buf scenarios on every strategy, epoch-cache's on 2 and 3 CPUs included, and its
+/// scenarios on unbound threads that migrate).
 /// </summary>
 [TestFixture]
 [NonParallelizable]
@@ -123,6 +124,95 @@ public sealed class ExplorationTests
         Assert.That(steals, Is.GreaterThan(0), "some schedule took clean slots back from a magazine");
     }
 
+    /// <summary>
+    /// The epoch-cache scenarios on unbound threads reach what they exist to interleave: over
+    /// their schedules threads migrate between CPUs, allocations wait for slots, and slots are
+    /// retired and installed again for other pages (recycled), and some calls block and return on
+    /// another CPU than they were entered on; the fallback shootdowns and magazine steals are
+    /// reported. Each schedule also checks that every thread finished (no deadlock) and the pool
+    /// at rest (invariants, nothing in use).
+    /// </summary>
+    [Test]
+    public void TheUnboundEpochCacheScenariosMigrateWaitAndRecycle()
+    {
+        long migrations = 0, migratedInCalls = 0, waits = 0, retired = 0, reinstalled = 0, fallbacks = 0, steals = 0;
+        foreach (var make in UnboundEpochCacheScenarios())
+        {
+            var scenario = make();
+            var check = scenario.Check;
+            scenario = scenario with
+            {
+                Check = run =>
+                {
+                    check?.Invoke(run);
+                    var mapper = (EpochCacheMapper)run.State["mapper"];
+                    var stats = mapper.Stats();
+                    migrations += run.M.Counters()[Counter.Migrations];
+                    migratedInCalls += ((Scenarios.UnboundRig)run.State["rig"]).CallsThatMigrated;
+                    waits += stats.AllocWait;
+                    retired += stats.Details[EpochCacheMapper.DetailRetiredSlots];
+                    fallbacks += stats.Details[EpochCacheMapper.DetailFallbackShootdowns];
+                    steals += stats.Details[EpochCacheMapper.DetailSteals];
+                    for (int i = 0; i < mapper.Nsfbufs; i++)
+                    {
+                        reinstalled += Math.Max(0, mapper.TestHookSlot(i).Generation - 1); // installs after the first: a retired slot mapped again
+                    }
+                },
+            };
+            Explorer.AssertAllPass(scenario, 100);
+        }
+
+        TestContext.Out.WriteLine($"{migrations} migrations ({migratedInCalls} inside a call), {waits} waits, {retired} slots retired, {reinstalled} reinstalled, {fallbacks} fallback shootdowns, {steals} magazine steals");
+        Assert.That(migrations, Is.GreaterThan(0), "some thread ran on another CPU than before");
+        Assert.That(migratedInCalls, Is.GreaterThan(0), "some Alloc, AllocMany or Free blocked and returned on another CPU");
+        Assert.That(waits, Is.GreaterThan(0), "some allocation slept for a slot");
+        Assert.That(retired, Is.GreaterThan(0), "some slot was retired");
+        Assert.That(reinstalled, Is.GreaterThan(0), "some retired slot was installed again for another page");
+    }
+
+    /// <summary>
+    /// A schedule in which every kernel thread is blocked is reported as a failure, not a hang:
+    /// two threads sleep on a channel nobody wakes, and the explorer returns the first schedule
+    /// as a deadlock naming both, promptly and replayably.
+    /// </summary>
+    [Test]
+    public void AScheduleInWhichEveryThreadIsBlockedIsReportedAsADeadlock()
+    {
+        var scenario = new Scenario("everyone-asleep", Native.Tests.Machine.Sim.Small(2), run =>
+        {
+            var channel = new object();
+            run.M.StartThread("sleeper0", () => run.M.Sleep(channel));
+            run.M.StartThread("sleeper1", () => run.M.Sleep(channel));
+        })
+        {
+            Describe = _ => "nobody wakes the channel",
+        };
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+
+        var found = Explorer.Explore(scenario, 10);
+
+        Assert.That(found, Is.Not.Null);
+        Assert.That(found!.Schedule, Is.EqualTo(1));
+        Assert.That(found.What, Does.StartWith("deadlock: no kernel thread can run").And.Contain("sleeper0").And.Contain("sleeper1").And.EndWith("[nobody wakes the channel]"));
+        Assert.That(clock.Elapsed, Is.LessThan(TimeSpan.FromSeconds(30)), "reported when the threads blocked, not after a time-out");
+        Assert.That(Explorer.RunOne(scenario, found.Seed, PlantedBug.None, out _, out _), Is.EqualTo(found.What));
+    }
+
+    /// <summary>
+    /// The epoch-cache scenarios whose threads are unbound (more threads than CPUs, so they switch
+    /// and migrate): pairs held by waiting threads, a random mix with NoWait, and AllocMany pairs.
+    /// </summary>
+    private static IEnumerable<Func<Scenario>> UnboundEpochCacheScenarios() =>
+    [
+        () => Scenarios.SfBufUnboundPairs(threads: 3, cpus: 2, pool: 4),
+        () => Scenarios.SfBufUnboundPairs(threads: 4, cpus: 2, pool: 5),
+        () => Scenarios.SfBufUnboundPairs(threads: 4, cpus: 3, pool: 5),
+        () => Scenarios.SfBufUnboundMixed(threads: 3, cpus: 2, pool: 2),
+        () => Scenarios.SfBufUnboundMixed(threads: 4, cpus: 3, pool: 3),
+        () => Scenarios.SfBufUnboundAllocMany(threads: 4, cpus: 2, pool: 2),
+        () => Scenarios.SfBufUnboundAllocMany(threads: 4, cpus: 3, pool: 4),
+    ];
+
     private static void PlantRecycleOneEpochEarly(SfBufMapper mapper) =>
         ((EpochCacheMapper)mapper).TestHooks = new EpochCacheTestHooks { RecycleOneEpochEarly = true };
 
@@ -140,7 +230,8 @@ public sealed class ExplorationTests
             from strategy in SfBufMapper.StrategyNames
             from cpus in new[] { 2, 3 }
             from make in new Func<string, int, Scenario>[] { (s, c) => Scenarios.SfBufRemote(s, c), Scenarios.SfBufExhaustion }
-            select (Func<Scenario>)(() => make(strategy, cpus)));
+            select (Func<Scenario>)(() => make(strategy, cpus)))
+            .Concat(UnboundEpochCacheScenarios());
         return all.ToDictionary(f => f().Name);
     }
 }

@@ -11,6 +11,15 @@ namespace Native.Tests.Exploration;
 /// reports the first schedule that fails (a kernel thread's exception, an oracle, a deadlock, a
 /// livelock, or the scenario's own invariant) with the seed that replays it.
 /// <para>
+/// A schedule never hangs the run. Every blocking wait of a kernel thread (sleep, a contended
+/// mutex, waiting for a CPU, a cross-CPU wait) is a condition the controlled scheduler
+/// evaluates: when no thread can take a step and none waits with a timeout, the scheduler
+/// abandons the schedule and reports it as a deadlock naming the blocked threads (with the
+/// scenario's <see cref="Scenario.Describe"/>); a schedule that keeps stepping past
+/// <see cref="Scenario.MaxSteps"/> is reported as a livelock, and one that does neither within
+/// 60 s of wall-clock time is abandoned and reported as such.
+/// </para>
+/// <para>
 /// <c>SFBUF_EXPLORE_SCHEDULES=N</c> sets the schedules per scenario (default: the CI budget);
 /// <c>SFBUF_EXPLORE_SEED=S</c> replays exactly one schedule.
 /// </para>
@@ -104,6 +113,11 @@ internal static class Explorer
             {
                 failure = $"stale accesses {counts[Counter.StaleAccesses]}, latent stale accesses {counts[Counter.LatentStaleAccesses]}";
             }
+
+            if (failure != null && scenario.Describe != null)
+            {
+                failure += $" [{scenario.Describe(run)}]";
+            }
         }
         finally
         {
@@ -124,6 +138,13 @@ internal sealed record Scenario(string Name, MachineOptions Options, Action<Expl
 {
     /// <summary>Runs on the test thread after every kernel thread has ended; report with <see cref="ExploreRun.Fail"/>.</summary>
     public Action<ExploreRun>? Check { get; init; }
+
+    /// <summary>
+    /// The state worth knowing about a failed schedule (for instance a pool's slots when every
+    /// thread is blocked), appended to its failure; runs on the test thread before the machine is
+    /// disposed, so it must not assume the kernel threads finished their work.
+    /// </summary>
+    public Func<ExploreRun, string>? Describe { get; init; }
 
     /// <summary>PCT's estimate of a schedule's length (where its priority change points fall).</summary>
     public int ExpectedSteps { get; init; } = 400;

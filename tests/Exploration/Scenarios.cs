@@ -324,6 +324,271 @@ internal static class Scenarios
     });
 
     /// <summary>
+    /// epoch-cache on unbound threads, pairs held at once: <paramref name="threads"/> kernel
+    /// threads (more than the <paramref name="cpus"/> CPUs, none bound, so they switch and
+    /// migrate) each map two pages with Default allocations, yielding after the first and while
+    /// holding both, then free them in either order. The pages are shared, so some allocations
+    /// hit another thread's mapping; the pool holds one slot more than the threads, so a thread
+    /// that waits holds at most one slot and one is always inactive, retired or clean: every
+    /// wait must end.
+    /// </summary>
+    public static Scenario SfBufUnboundPairs(int threads, int cpus, int pool) => pool <= threads
+        ? throw new ArgumentOutOfRangeException(nameof(pool), pool, $"{threads} threads each holding one slot while waiting for a second need {threads + 1} slots")
+        : EpochCacheUnbound("pairs", threads, cpus, pool, pageCount: threads + 3, rounds: 3, stepsPerRound: 27, (rig, random, _, rounds) =>
+        {
+            var pages = rig.Pages;
+            for (int round = 0; round < rounds; round++)
+            {
+                int x = random.Next(pages.Length), y = (x + 1 + random.Next(pages.Length - 1)) % pages.Length;
+                var first = rig.Alloc(pages[x]);
+                KernelThread.Current.Yield(); // holding one
+                var second = rig.Alloc(pages[y]);
+                rig.Touch(first, pages[x]);
+                rig.Touch(second, pages[y]);
+                KernelThread.Current.Yield(); // holding both
+                rig.Touch(first, pages[x]);
+                if (random.Next(2) == 0)
+                {
+                    (first, second, x, y) = (second, first, y, x);
+                }
+
+                rig.Free(second, pages[y]);
+                rig.Free(first, pages[x]);
+            }
+        });
+
+    /// <summary>
+    /// epoch-cache on unbound threads, a random mix: each of <paramref name="threads"/> threads
+    /// (more than the CPUs) allocates, touches, yields while holding, and frees, holding up to
+    /// two mappings of shared pages (hits); it waits (Default) only while holding nothing and asks
+    /// for a second mapping with NoWait, so a pool of as few slots as there are CPUs or fewer
+    /// still lets every thread finish, while exhaustion, waiters, retire, epochs, magazine steals
+    /// and the fallback all happen.
+    /// </summary>
+    public static Scenario SfBufUnboundMixed(int threads, int cpus, int pool) =>
+        EpochCacheUnbound("mixed", threads, cpus, pool, pageCount: pool + 2, rounds: 8, stepsPerRound: 5, (rig, random, _, rounds) =>
+        {
+            var pages = rig.Pages;
+            var held = new List<(SfBufHandle Sf, VmPage Page)>();
+            for (int op = 0; op < rounds; op++)
+            {
+                int choice = random.Next(10);
+                if (held.Count == 0 || (held.Count < 2 && choice < 4))
+                {
+                    var page = pages[random.Next(pages.Length)];
+                    var sf = rig.Alloc(page, held.Count > 0 || random.Next(4) == 0 ? SfBufFlags.NoWait : SfBufFlags.Default);
+                    if (!sf.IsNone)
+                    {
+                        held.Add((sf, page));
+                    }
+                }
+                else if (choice < 6)
+                {
+                    var (sf, page) = held[random.Next(held.Count)];
+                    rig.Touch(sf, page);
+                }
+                else if (choice < 8)
+                {
+                    KernelThread.Current.Yield(); // holding: another thread takes this CPU
+                    var (sf, page) = held[random.Next(held.Count)];
+                    rig.Touch(sf, page); // perhaps on another CPU now
+                }
+                else
+                {
+                    int i = random.Next(held.Count);
+                    var (sf, page) = held[i];
+                    held.RemoveAt(i);
+                    rig.Free(sf, page);
+                }
+            }
+
+            foreach (var (sf, page) in held)
+            {
+                rig.Free(sf, page);
+            }
+        });
+
+    /// <summary>
+    /// epoch-cache on unbound threads taking pairs all or nothing: every thread but the last maps
+    /// two distinct shared pages with <see cref="EpochCacheMapper.AllocMany"/> (Default, one in
+    /// four NoWait), yields holding both and frees them in either order; the last maps one page
+    /// at a time (Default, holding nothing), so single and paired waiters share the ticket queue.
+    /// No thread waits while holding, so every wait must end even with a pool of two.
+    /// </summary>
+    public static Scenario SfBufUnboundAllocMany(int threads, int cpus, int pool) => pool < 2
+        ? throw new ArgumentOutOfRangeException(nameof(pool), pool, "a pair needs two slots")
+        : EpochCacheUnbound("allocmany", threads, cpus, pool, pageCount: pool + 3, rounds: 3, stepsPerRound: 33, (rig, random, index, rounds) =>
+        {
+            var pages = rig.Pages;
+            var both = new SfBufHandle[2];
+            for (int round = 0; round < rounds; round++)
+            {
+                int x = random.Next(pages.Length), y = (x + 1 + random.Next(pages.Length - 1)) % pages.Length;
+                if (index == threads - 1)
+                {
+                    var sf = rig.Alloc(pages[x]);
+                    KernelThread.Current.Yield();
+                    rig.Touch(sf, pages[x]);
+                    rig.Free(sf, pages[x]);
+                    continue;
+                }
+
+                VmPage[] pair = [pages[x], pages[y]];
+                if (!rig.AllocMany(pair, both, random.Next(4) == 0 ? SfBufFlags.NoWait : SfBufFlags.Default))
+                {
+                    continue; // NoWait: none held
+                }
+
+                rig.Touch(both[0], pair[0]);
+                KernelThread.Current.Yield(); // holding both
+                rig.Touch(both[1], pair[1]);
+                int last = random.Next(2);
+                rig.Free(both[last], pair[last]);
+                rig.Free(both[1 - last], pair[1 - last]);
+            }
+        });
+
+    /// <summary>
+    /// An epoch-cache scenario whose threads are unbound: <paramref name="threads"/> kernel threads
+    /// started without a CPU on <paramref name="cpus"/> CPUs, sharing a pool of
+    /// <paramref name="pool"/> slots and <paramref name="pageCount"/> stamped pages through an
+    /// <see cref="UnboundRig"/>. At the end the pool must be at rest: its structural invariants
+    /// hold and no slot is in use. A failed schedule reports the pool's state (a deadlock shows
+    /// what the sleepers waited for). <paramref name="stepsPerRound"/> is the mean number of
+    /// scheduling steps one thread's round took over 200 schedules, so that PCT's change points
+    /// fall within the schedule.
+    /// </summary>
+    private static Scenario EpochCacheUnbound(string shape, int threads, int cpus, int pool, int pageCount, int rounds, int stepsPerRound, UnboundBody body) =>
+        new($"sfbuf-unbound-{shape}-epoch-cache-{threads}t{cpus}cpu-pool{pool}", SfBufRig.Small(cpus, MachineFlavor.I386, windowPages: 8, kernelMapPages: 2), run =>
+        {
+            var mapper = (EpochCacheMapper)SfBufMapper.Create(SfBufMapper.EpochCache, run.M, pool);
+            run.State["mapper"] = mapper;
+            var rig = new UnboundRig(run, mapper, SfBufRig.NewPages(run.M, pageCount));
+            run.State["rig"] = rig;
+            run.M.AddTlbFlushHook(rig);
+            for (int t = 0; t < threads; t++)
+            {
+                var random = run.RandomFor(t);
+                int index = t;
+                run.M.StartThread($"{shape}{t}", () => body(rig, random, index, rounds));
+            }
+        })
+        {
+            ExpectedSteps = stepsPerRound * threads * rounds,
+            Check = run =>
+            {
+                var mapper = (EpochCacheMapper)run.State["mapper"];
+                foreach (var problem in mapper.TestHookCheckInvariants())
+                {
+                    run.Fail(problem);
+                }
+
+                int used = mapper.Stats().NsfbufsUsed;
+                if (used != 0)
+                {
+                    run.Fail($"{used} slots still in use after every thread freed what it held");
+                }
+            },
+            Describe = DescribeEpochCache,
+        };
+
+    /// <summary>An epoch-cache pool's state: clean, retired and magazine slots, each slot's count (-1 clean, -2 retired) and the epochs.</summary>
+    private static string DescribeEpochCache(ExploreRun run)
+    {
+        if (!run.State.TryGetValue("mapper", out var value) || value is not EpochCacheMapper mapper)
+        {
+            return "no pool";
+        }
+
+        var (clean, retired, inMagazines) = mapper.TestHookPool();
+        var slots = Enumerable.Range(0, mapper.Nsfbufs).Select(i => mapper.TestHookSlot(i)).Select(s => s.Ref == -2 ? $"retired@{s.RetireEpoch}" : s.Ref.ToString(System.Globalization.CultureInfo.InvariantCulture));
+        var observed = Enumerable.Range(0, run.M.Cpus.Count).Select(c => mapper.TestHookObservedEpoch(c));
+        var stats = mapper.Stats();
+        return $"pool: {clean} clean, {retired} retired, {inMagazines} in magazines, {stats.NsfbufsUsed} of {mapper.Nsfbufs} in use; "
+            + $"slots [{string.Join(" ", slots)}]; global epoch {mapper.GlobalEpoch}, observed [{string.Join(" ", observed)}]; "
+            + $"waits {stats.AllocWait}, migrations {run.M.Counters()[Counter.Migrations]}";
+    }
+
+    /// <summary>One unbound thread's work: its seeded randomness, its <paramref name="index"/> and the rounds it runs.</summary>
+    private delegate void UnboundBody(UnboundRig rig, Random random, int index, int rounds);
+
+    /// <summary>
+    /// What the unbound epoch-cache scenarios' threads call the pool through: every mapping is
+    /// tracked (one live sf_buf per page) and every read checks the page's stamp. It counts the
+    /// calls that returned on another CPU than they were entered on (they blocked, on the pool
+    /// mutex or asleep, and the thread resumed elsewhere), and, as a TLB flush hook, fails the
+    /// schedule when a CPU's TLB is flushed by a thread that is not running on it (work on a CPU
+    /// the caller has left).
+    /// </summary>
+    internal sealed class UnboundRig(ExploreRun run, EpochCacheMapper mapper, VmPage[] pages) : ITlbFlushHook
+    {
+        private readonly LiveHandles _live = new(onePerPage: true);
+
+        public VmPage[] Pages { get; } = pages;
+
+        /// <summary>Alloc, Free and AllocMany calls that returned on another CPU than the one they were entered on.</summary>
+        public long CallsThatMigrated { get; private set; }
+
+        public SfBufHandle Alloc(VmPage page, SfBufFlags flags = SfBufFlags.Default)
+        {
+            int entered = run.M.CurrentCpu.Id;
+            var sf = mapper.Alloc(page, flags);
+            Returned(entered);
+            if (!sf.IsNone)
+            {
+                _live.Add(run, sf, page);
+            }
+
+            return sf;
+        }
+
+        public bool AllocMany(VmPage[] pair, SfBufHandle[] result, SfBufFlags flags)
+        {
+            int entered = run.M.CurrentCpu.Id;
+            bool got = mapper.AllocMany(pair, result, flags);
+            Returned(entered);
+            for (int i = 0; got && i < pair.Length; i++)
+            {
+                _live.Add(run, result[i], pair[i]);
+            }
+
+            return got;
+        }
+
+        public void Free(SfBufHandle sf, VmPage page)
+        {
+            _live.Release(sf, page);
+            int entered = run.M.CurrentCpu.Id;
+            mapper.Free(sf);
+            Returned(entered);
+        }
+
+        public void Touch(SfBufHandle sf, VmPage page) => Scenarios.Touch(run, mapper, sf, page);
+
+        long ITlbFlushHook.Flushing(Cpu cpu, bool global)
+        {
+            if (KernelThread.CurrentOrNull is { } td && !ReferenceEquals(td.Cpu, cpu))
+            {
+                run.Fail($"{td.Name}, running on cpu {td.Cpu?.Id.ToString(System.Globalization.CultureInfo.InvariantCulture) ?? "none"}, flushed cpu {cpu.Id}'s TLB");
+            }
+
+            return 0;
+        }
+
+        void ITlbFlushHook.Flushed(Cpu cpu, bool global, long token)
+        {
+        }
+
+        private void Returned(int entered)
+        {
+            if (run.M.CurrentCpu.Id != entered)
+            {
+                CallsThatMigrated++;
+            }
+        }
+    }
+
+    /// <summary>
     /// The pool for the caches of mappings: two slots, fewer than the scenarios' pages, so that
     /// every schedule recycles (and, for epoch-cache, retires, waits out or forces an epoch).
     /// </summary>
