@@ -150,7 +150,7 @@ public sealed class ExplorationTests
                     migrations += run.M.Counters()[Counter.Migrations];
                     migratedInCalls += ((Scenarios.UnboundRig)run.State["rig"]).CallsThatMigrated;
                     waits += stats.AllocWait;
-                    retired += stats.Details[EpochCacheMapper.DetailRetiredSlots];
+                    retired += stats.Recycles;
                     fallbacks += stats.Details[EpochCacheMapper.DetailFallbackShootdowns];
                     steals += stats.Details[EpochCacheMapper.DetailSteals];
                     for (int i = 0; i < mapper.Nsfbufs; i++)
