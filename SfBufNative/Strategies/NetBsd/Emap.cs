@@ -9,8 +9,11 @@ namespace Native.SfBufNative.Strategies.NetBsd;
 /// A window of KVA (the sf_buf window here) handed out by a vmem-like allocator
 /// (<c>uvm_emap_alloc</c>, which may sleep uninterruptibly). A global generation counter on its
 /// own cache line, one per CPU ("this CPU's TLB has been fully flushed since the global counter
-/// had this value") and one per thread (the newest generation it consumed). PTEs are written
-/// without <c>PG_G</c>, so any non-global flush removes them.
+/// had this value": what <c>uvm_emap_consume</c> compares with and advances) and one per thread
+/// (<c>l_emap_gen</c>: the CPU's generation when the thread last consumed, which
+/// <c>uvm_emap_switch</c> compares with the CPU it resumes on). PTEs are written read-only
+/// (<c>pmap_emap_enter(va, pa, VM_PROT_READ)</c>: a write through them faults) and without
+/// <c>PG_G</c>, so any non-global flush removes them.
 /// </para>
 /// <para>
 /// <c>uvm_emap_enter</c> writes the PTE with no invalidation at all and <c>uvm_emap_produce</c>
@@ -30,7 +33,8 @@ internal sealed unsafe class Emap : IContextSwitchHook, ITlbFlushHook, IDisposab
     public const uint Inactive = 0;
 
     private const int GenStride = 16; // uints: one cache line per CPU
-    private const ulong EmapProt = Pte.PG_V | Pte.PG_RW; // no PG_G: a non-global flush must remove it
+    // VM_PROT_READ: no PG_RW, so a write faults; no PG_G, so a non-global flush removes it.
+    private const ulong EmapProt = Pte.PG_V;
 
     private readonly Machine _machine;
     private readonly KvaArena _window;
@@ -151,25 +155,22 @@ internal sealed unsafe class Emap : IContextSwitchHook, ITlbFlushHook, IDisposab
         ref uint mine = ref _cpuGen[cpu.Id * GenStride];
         if (!IsOlder(mine, gen))
         {
-            // The thread's generation is the newest it consumed: consuming an older mapping must
-            // not lower it, or a switch to a CPU behind the newer one would skip its flush.
-            uint lwp = _lwpGen.Value;
-            if (lwp == Inactive || IsOlder(lwp, gen))
-            {
-                _lwpGen.Value = gen;
-            }
-
+            // The CPU has consumed gen already (whichever thread made it flush): nothing to do
+            // but record the CPU's generation in the thread (l->l_emap_gen = ucpu->emap_gen).
+            // That never lowers the thread's: a thread runs only on a CPU at least as new as it
+            // (SwitchIn flushes one that is behind), and a CPU's generation only grows.
+            _lwpGen.Value = mine;
             return;
         }
 
         // pmap_emap_sync: the flush hook samples the global generation before the flush and
-        // publishes it on this CPU after (see Flushing/Flushed).
+        // publishes it on this CPU after (see Flushing/Flushed); the thread records it too.
         Interlocked.Increment(ref _consumeFlushes);
         cpu.FlushNonGlobalForMapping();
         _lwpGen.Value = mine;
     }
 
-    /// <summary>The value of <c>emap_gen</c> the calling thread last consumed (tests).</summary>
+    /// <summary>The calling thread's <c>l_emap_gen</c>: its CPU's generation when it last consumed (tests).</summary>
     public uint ThreadGeneration => _lwpGen.Value;
 
     /// <inheritdoc/>
