@@ -26,6 +26,16 @@ namespace Native.SfBufNative.Strategies.NetBsd;
 /// switch, a flush an IPI asks for, an idle CPU's deferred flush) advances the CPU's generation
 /// to the value sampled before it (<c>uvm_emap_update</c>). Never an IPI.
 /// </para>
+/// <para>
+/// Memory ordering (the runtime may run on a weakly ordered CPU): one publication matters, a PTE
+/// store followed by the generation that announces it. The store is an interlocked exchange and
+/// the increment an interlocked add, both full fences, and the consumer side reads the global
+/// generation with acquire semantics before it flushes (<see cref="Flushing"/>), so a CPU whose
+/// generation covers a mapping refills its TLB from that mapping's PTE. The per-CPU generations
+/// are read and written by the thread holding the CPU only; successive holders are ordered by the
+/// scheduler's lock. The generation a consumer passes came with the handle, through whatever
+/// ordered the producer's allocation before the use (a queue, a lock, a join).
+/// </para>
 /// </summary>
 internal sealed unsafe class Emap : IContextSwitchHook, ITlbFlushHook, IDisposable
 {
@@ -119,7 +129,9 @@ internal sealed unsafe class Emap : IContextSwitchHook, ITlbFlushHook, IDisposab
             return 0;
         }
 
-        // pmap_emap_enter: the PTE, no invalidation anywhere.
+        // pmap_emap_enter: the PTE, no invalidation anywhere. Then uvm_emap_produce: the PTE store
+        // (an interlocked exchange) comes before the interlocked increment, so any CPU that reads
+        // a global generation at least gen (Flushing's acquire read) sees this PTE afterwards.
         _machine.KernelPmap.ExchangePte(va, Pte.Make(page.Frame, EmapProt));
         _machine.KernelPmap.CountMapping(1);
         gen = Produce();
@@ -138,6 +150,8 @@ internal sealed unsafe class Emap : IContextSwitchHook, ITlbFlushHook, IDisposab
     /// <summary><c>uvm_emap_remove</c> + <c>uvm_emap_free</c>: the PTE is cleared, nothing is invalidated.</summary>
     public void Unmap(ulong va)
     {
+        // No barrier: the stale translations left behind are harmless until a consume of a newer
+        // generation, and the window's mutex orders this clear before the page's next Map.
         _machine.KernelPmap.ExchangePte(va, 0);
         Interlocked.Decrement(ref _used); // before the page can be handed out again
         _window.Free(va, 1);
@@ -152,6 +166,8 @@ internal sealed unsafe class Emap : IContextSwitchHook, ITlbFlushHook, IDisposab
         }
 
         Interlocked.Increment(ref _consumes);
+
+        // A plain read: only the thread holding the CPU reads or writes its generation.
         ref uint mine = ref _cpuGen[cpu.Id * GenStride];
         if (!IsOlder(mine, gen))
         {
@@ -182,6 +198,8 @@ internal sealed unsafe class Emap : IContextSwitchHook, ITlbFlushHook, IDisposab
     public void SwitchIn(Cpu cpu, KernelThread thread, int migratedFrom)
     {
         // uvm_emap_switch: a thread that consumed a generation this CPU has not reached flushes here.
+        // This thread holds the CPU now; the previous holder's updates of its generation are
+        // ordered before this read by the scheduler's lock, so plain reads suffice.
         uint gen = _lwpGen.IsValueCreated ? _lwpGen.Value : Inactive;
         if (gen == Inactive || !IsOlder(_cpuGen[cpu.Id * GenStride], gen))
         {
@@ -193,12 +211,20 @@ internal sealed unsafe class Emap : IContextSwitchHook, ITlbFlushHook, IDisposab
     }
 
     /// <inheritdoc/>
-    public long Flushing(Cpu cpu, bool global) => Volatile.Read(ref *_globalGen); // sampled before the flush
+    /// <remarks>
+    /// The global generation is sampled with an acquire read before the flush (NetBSD:
+    /// "pmap_emap_sync() must implicitly perform a full memory barrier, which prevents us from
+    /// fetching a value from after the TLB flush"): the page walks that refill the TLB after the
+    /// flush cannot move before this read, so they see every PTE stored before the increment that
+    /// produced the value read. A stale, smaller value is harmless: the CPU records less than it could.
+    /// </remarks>
+    public long Flushing(Cpu cpu, bool global) => Volatile.Read(ref *_globalGen);
 
     /// <inheritdoc/>
     public void Flushed(Cpu cpu, bool global, long token)
     {
-        // uvm_emap_update: only the owner of the CPU writes its generation.
+        // uvm_emap_update: only the owner of the CPU writes its generation (the volatile store is
+        // for the tests' reads from other threads; the owner's own reads need nothing).
         ref uint mine = ref _cpuGen[cpu.Id * GenStride];
         uint gen = (uint)token;
         if (IsOlder(mine, gen))

@@ -96,7 +96,9 @@ public sealed class EmapMapper : SfBufMapper
         }
 
         // The handle carries the generation (as the pipe's map descriptor did) and a tag for this
-        // use of the page of KVA, so that a double free or a stale handle is refused.
+        // use of the page of KVA, so that a double free or a stale handle is refused. The tag only
+        // catches misuse: the handle reaches another CPU through the caller's own synchronisation,
+        // which orders the tag (and the PTE) before that CPU's check.
         int tag = Interlocked.Increment(ref _nextTag) & int.MaxValue;
         tag = tag == 0 ? 1 : tag;
         Volatile.Write(ref TagOf(va), tag);
