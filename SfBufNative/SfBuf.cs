@@ -17,6 +17,15 @@ public enum SfBufFlags
 
     /// <summary><c>SFB_NOWAIT</c>: never sleep; return none at once if no sf_buf is free.</summary>
     NoWait = 4,
+
+    /// <summary>
+    /// Not a FreeBSD flag (its value is above theirs): the caller promises to only read the page
+    /// through this mapping. A strategy may then map it read-only, and a write through it faults.
+    /// Only <c>netbsd-emap</c> acts on it: NetBSD enters emap mappings read-only
+    /// (<c>pmap_emap_enter(va, pa, VM_PROT_READ)</c>), so only readers get an emap mapping and any
+    /// other user an ordinary writable kernel mapping. Every other strategy ignores it.
+    /// </summary>
+    ReadOnly = 0x100,
 }
 
 /// <summary>

@@ -91,7 +91,9 @@ public sealed record SfBufStrategyInfo(
             NotOnHost = "its saving is the per-CPU invalidation recorded in a cpumask (lwbuf_kva invalidates lazily, only on the accessing CPU); " + HostFlushesEverywhere,
         },
         new(SfBufMapper.NetBsdEmap, "NetBSD", "uvm_emap_alloc / enter / produce / consume / remove / switch (sys/uvm/uvm_emap.c, x86 pmap_emap_*)",
-            SfBufStrategyGroup.Peer, true, false, true, "emap window: enter + produce; consume on the accessing CPU", "the same", SfBufPrivateRules.None, 0, true,
+            SfBufStrategyGroup.Peer, true, false, true,
+            "readers: emap window, read-only enter + produce, consume on the accessing CPU; writers: kernel_map + pmap_kenter_pa, pmap_kremove + pmap_update",
+            "the same", SfBufPrivateRules.None, 0, true,
             (machine, nsfbufs) => new Strategies.NetBsd.EmapMapper(machine, nsfbufs))
         {
             NotOnHost = "its saving is deferred invalidation: generations, consumed on the accessing CPU, piggybacked on non-global TLB flushes; user space can neither defer the host kernel's flush nor cause or observe a non-global flush, so this would not measure emap",

@@ -27,6 +27,9 @@ public static class UioMove
         }
 
         var td = KernelThread.Current;
+
+        // A read (UIO_READ) copies out of the pages: their mappings are only read.
+        var flags = uio.Direction == UioDirection.Read ? SfBufFlags.CpuPrivate | SfBufFlags.ReadOnly : SfBufFlags.CpuPrivate;
         while (n > 0)
         {
             var page = pages[(int)(offset >> Pte.PageShift)];
@@ -40,7 +43,7 @@ public static class UioMove
             else
             {
                 td.SchedPin();
-                var sf = kernel.SfBufs.Alloc(page, SfBufFlags.CpuPrivate);
+                var sf = kernel.SfBufs.Alloc(page, flags);
                 try
                 {
                     error = uio.Move(td.Cpu!, kernel.SfBufs.Kva(sf) + (ulong)pageOffset, cnt);

@@ -202,6 +202,12 @@ public sealed unsafe partial class I386Mapper : SfBufMapper
     }
 
     /// <inheritdoc/>
+    /// <remarks>
+    /// Read without the lock, for statistics only: each field is read whole (a volatile word
+    /// read), and together they may mix moments. The algorithm itself reads and writes every field
+    /// of the pool (hash, free list, reference counts, cpumasks) under the <c>sf_buf</c> mutex,
+    /// which orders them; no lock-free path reads a cpumask.
+    /// </remarks>
     public override SfBufStats Stats() => new()
     {
         Strategy = Name,

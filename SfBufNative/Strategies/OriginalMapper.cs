@@ -224,6 +224,9 @@ public sealed unsafe class OriginalMapper : SfBufMapper
     {
         int tag = Interlocked.Increment(ref _nextTag) & int.MaxValue;
         tag = tag == 0 ? 1 : tag;
+
+        // The tag catches misuse only: a Free on another CPU compares it with an interlocked
+        // exchange, and the handle gets there through the caller's own synchronisation.
         Volatile.Write(ref _tags[PageIndex(va)], tag);
         Interlocked.Increment(ref _misses);
         int used = Interlocked.Increment(ref _used);

@@ -123,8 +123,10 @@ internal static class PaperChecks
     /// <list type="bullet">
     /// <item>every peer records one mapping per new mapping it makes (<c>sfbuf_misses</c>), plus
     /// one per page <c>kmap_local</c> writes again when a thread switches back in;</item>
-    /// <item><c>netbsd-emap</c>: no shootdown and no IPI anywhere (consumers flush their own TLB),
-    /// and every mapping flush is a consume or a switch flush;</item>
+    /// <item><c>netbsd-emap</c>: readers' emap mappings cause no shootdown and no IPI (consumers
+    /// flush their own TLB), and every mapping flush is a consume or a switch flush; the only
+    /// shootdowns are the <c>pmap_update</c>s that remove writers' used <c>pmap_kenter_pa</c>
+    /// mappings, at most one per writer's mapping;</item>
     /// <item><c>linux-kmap-atomic</c>, <c>linux-kmap-local</c>, <c>freebsd-quick</c>: none for private
     /// users (their shared users go through <c>kmap</c> or <c>sfbuf-i386</c>);</item>
     /// <item>the kmap pool: at most one global flush per wrap of the clock hand, so between two
@@ -144,9 +146,17 @@ internal static class PaperChecks
             $"{m["mappings"]} mappings for {m["sfbuf_misses"]} sf_buf misses{(restores > 0 ? $" and {restores} kmap_local restores" : string.Empty)} (one each)");
 
         bool perCpuPrivate = m.Strategy is SfBufMapper.LinuxKmapAtomic or SfBufMapper.LinuxKmapLocal or SfBufMapper.FreeBsdQuick;
-        if (m.Strategy == SfBufMapper.NetBsdEmap || (perCpuPrivate && experiment.PrivateMappings))
+        if (perCpuPrivate && experiment.PrivateMappings)
         {
             expect(rounds == 0 && m["ipis_sent"] == 0, $"{rounds} shootdowns and {m["ipis_sent"]} IPIs where the algorithm sends none");
+        }
+
+        if (m.Strategy == SfBufMapper.NetBsdEmap)
+        {
+            long kenterShootdowns = m["emap.kenter_shootdowns"];
+            expect(rounds == kenterShootdowns, $"{rounds} shootdowns but {kenterShootdowns} removals of writers' used kernel mappings (emap itself sends none)");
+            expect(kenterShootdowns <= m["emap.kenter_maps"], $"{kenterShootdowns} kremove shootdowns for {m["emap.kenter_maps"]} writers' mappings");
+            expect(m["ipis_sent"] <= kenterShootdowns * (m.Cpus - 1), $"{m["ipis_sent"]} IPIs for {kenterShootdowns} kremove shootdowns on {m.Cpus} CPUs");
         }
 
         if (m.Counters.TryGetValue("pkmap.global_flushes", out long flushes))

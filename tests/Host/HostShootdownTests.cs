@@ -1,6 +1,7 @@
 using System.Runtime.InteropServices;
 using Native.PageTable;
 using Native.SfBufNative;
+using Native.Tests.SfBuf;
 using NUnit.Framework;
 using SimMachine = Native.PageTable.Machine;
 
@@ -84,24 +85,61 @@ public sealed class HostShootdownTests
     [Test]
     public void ShortLivedKernelThreadsLeaveNoCounterOpenAndNoCountLost()
     {
+        // 300 short-lived threads on CPU 0 each remap the same slot while a long-lived reader on
+        // CPU 1 keeps using it, so the host kernel must flush core 1 at every remap but the first
+        // (the first replaces the window's reservation, which nothing had used). Those flushes are
+        // counted in threads that have exited by the time the counts are read.
         HostGate.RequireFlushCounts();
+        const int remaps = 300;
         int before = PerfEventDescriptors();
         using var m = new SimMachine(HostGate.Small());
         var page = m.Physical.Alloc(AllocFlags.Wired | AllocFlags.Zero);
         ulong slot = m.Layout.SfBufWindow.Start;
-        for (int i = 0; i < 300; i++)
+        int mapped = 0, stop = 0;
+        long reads = 0;
+        var reader = m.StartThread("reader", () =>
         {
-            m.Run(i % 2, () =>
+            var cpu = m.CurrentCpu;
+            while (Volatile.Read(ref mapped) == 0 && Volatile.Read(ref stop) == 0)
             {
-                m.KernelPmap.KEnter(slot, page);
-                m.CurrentCpu.ReadUInt64(slot);
-            });
+                cpu.Poll();
+                Thread.Yield();
+            }
+
+            while (Volatile.Read(ref mapped) == 1 && Volatile.Read(ref stop) == 0)
+            {
+                cpu.ReadUInt64(slot);
+                reads++;
+            }
+        }, cpu: 1, bound: true);
+
+        try
+        {
+            for (int i = 0; i < remaps; i++)
+            {
+                m.Run(0, () =>
+                {
+                    m.KernelPmap.KEnter(slot, page);
+                    m.CurrentCpu.ReadUInt64(slot);
+                });
+                Volatile.Write(ref mapped, 1);
+            }
+        }
+        finally
+        {
+            Volatile.Write(ref stop, 1);
+            reader.Join(SfBufRig.Patience);
         }
 
+        // One more short thread: opening its counters folds (and closes) the exited threads' ones.
+        m.Run(0, () => m.CurrentCpu.ReadUInt64(slot));
         var counts = m.HostCounts();
+        TestContext.Out.WriteLine($"{remaps} remaps with a reader on the other core: {counts.RemoteFlushesSent} remote flushes sent, {counts.RemoteFlushesReceived} received; {reads} reads");
+        Assert.That(reads, Is.GreaterThan(0));
         Assert.That(PerfEventDescriptors() - before, Is.LessThanOrEqualTo(2), "only the last thread's two counters are still open");
-        Assert.That(counts.Maps, Is.EqualTo(300));
-        Assert.That(counts.RemoteFlushesSent, Is.GreaterThanOrEqualTo(0), "the exited threads' counts are kept");
+        Assert.That(counts.Maps, Is.EqualTo(remaps));
+        Assert.That(counts.RemoteFlushesSent, Is.GreaterThanOrEqualTo(remaps - 1),
+            "every remap but the first flushed the reader's core, and the exited threads that made them keep their counts");
     }
 
     private static int PerfEventDescriptors() =>

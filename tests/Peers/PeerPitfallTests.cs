@@ -1,3 +1,4 @@
+using System.Runtime.InteropServices;
 using Native.PageTable;
 using Native.SfBufNative;
 using Native.SfBufNative.Strategies.DragonFly;
@@ -418,12 +419,12 @@ public sealed class PeerPitfallTests
         var p1 = Sim.NewPage(m, 0x1111);
         var p2 = Sim.NewPage(m, 0x2222);
         SfBuf first = default, second = default;
-        m.Run(0, () => first = emap.Alloc(p1));
+        m.Run(0, () => first = emap.Alloc(p1, SfBufFlags.ReadOnly));
         m.Run(1, () => Assert.That(m.CurrentCpu.ReadUInt64(emap.Kva(first)), Is.EqualTo(0x1111UL))); // cpu 1 consumes and caches
         m.Run(0, () =>
         {
             emap.Free(first); // PTE cleared, nothing invalidated
-            second = emap.Alloc(p2); // same address, a new generation, still no invalidation
+            second = emap.Alloc(p2, SfBufFlags.ReadOnly); // same address, a new generation, still no invalidation
         });
         Assert.That(second.Kva, Is.EqualTo(first.Kva));
         Assert.That(emap.CpuGeneration(1), Is.LessThan(emap.GlobalGeneration), "cpu 1 is behind");
@@ -465,7 +466,7 @@ public sealed class PeerPitfallTests
         using var emap = (EmapMapper)SfBufMapper.Create(SfBufMapper.NetBsdEmap, m);
         var page = Sim.NewPage(m, 0x99);
         SfBuf sf = default;
-        m.Run(0, () => sf = emap.Alloc(page));
+        m.Run(0, () => sf = emap.Alloc(page, SfBufFlags.ReadOnly));
         Assert.That(emap.CpuGeneration(1), Is.LessThan((uint)sf.Generation));
         int responding = 0, stop = 0;
         var responder = m.StartThread("cpu1", () =>
@@ -501,9 +502,9 @@ public sealed class PeerPitfallTests
         var older = Sim.NewPage(m, 0xA);
         var newer = Sim.NewPage(m, 0xB);
         SfBuf a = default, b = default;
-        m.Run(0, () => a = emap.Alloc(older));
+        m.Run(0, () => a = emap.Alloc(older, SfBufFlags.ReadOnly));
         m.Run(1, () => Assert.That(m.CurrentCpu.ReadUInt64(emap.Kva(a)), Is.EqualTo(0xAUL))); // cpu 1 reaches a's generation
-        m.Run(0, () => b = emap.Alloc(newer));
+        m.Run(0, () => b = emap.Alloc(newer, SfBufFlags.ReadOnly));
         Assert.That(emap.CpuGeneration(1), Is.LessThan((uint)b.Generation), "cpu 1 is behind b");
 
         int consumed = 0, moved = 0;
@@ -532,6 +533,103 @@ public sealed class PeerPitfallTests
             emap.Free(a);
             emap.Free(b);
         });
+        Assert.That(m.Counters()[Counter.StaleAccesses], Is.Zero);
+    }
+
+    [Test]
+    public void AnEmapMappingIsReadOnlySoAWriteThroughItFaults()
+    {
+        // pmap_emap_enter(va, pa, VM_PROT_READ): a reader's emap mapping cannot be written.
+        using var m = new SimMachine(Options(cpus: 2, window: 4));
+        using var emap = (EmapMapper)SfBufMapper.Create(SfBufMapper.NetBsdEmap, m);
+        var page = Sim.NewPage(m, 0x77);
+        m.Run(0, () =>
+        {
+            var sf = emap.Alloc(page, SfBufFlags.ReadOnly);
+            Assert.That(m.Layout.SfBufWindow.Contains(sf.Kva), Is.True, "a reader gets a page of the emap window");
+            ulong kva = emap.Kva(sf);
+            Assert.That(m.CurrentCpu.ReadUInt64(kva), Is.EqualTo(0x77UL));
+            Assert.That(() => m.CurrentCpu.WriteUInt64(kva, 0xBAD), Throws.TypeOf<PageFaultException>().With.Message.Contains("read-only"));
+            Assert.That(m.CurrentCpu.ReadUInt64(kva), Is.EqualTo(0x77UL), "the faulting write changed nothing");
+            emap.Free(sf);
+        });
+        Assert.That(m.Counters()[Counter.PageFaults], Is.EqualTo(1));
+        Assert.That(m.Counters()[Counter.StaleAccesses], Is.Zero);
+    }
+
+    [Test]
+    public void AnEmapWriterGetsAWritableKernelMappingShotDownAtRemovalAsWithPmapKenterPaAndKremove()
+    {
+        // NetBSD used emap only for readers (the pipe's reader). A user that writes gets what
+        // every other NetBSD kernel user of a temporary mapping gets: kernel_map KVA,
+        // pmap_kenter_pa (a global writable PTE, no invalidation: the address was invalidated when
+        // it was last removed), and at the end pmap_kremove + pmap_update, which shoots the
+        // address down on every CPU when the PTE was used (PG_U), then the KVA is freed.
+        using var m = new SimMachine(Options(cpus: 2, window: 4));
+        using var emap = (EmapMapper)SfBufMapper.Create(SfBufMapper.NetBsdEmap, m);
+        var written = Sim.NewPage(m, 0);
+        var untouched = Sim.NewPage(m, 0);
+        uint globalBefore = emap.GlobalGeneration;
+        SfBuf sf = default;
+        var before = m.Counters();
+        m.Run(0, () =>
+        {
+            sf = emap.Alloc(written);
+            m.CurrentCpu.WriteUInt64(emap.Kva(sf), 0x1234);
+        });
+        Assert.That(m.KernelMap.Region.Contains(sf.Kva), Is.True, $"0x{sf.Kva:x}: a writer's mapping is kernel_map KVA, not the emap window");
+        m.Run(1, () => Assert.That(m.CurrentCpu.ReadUInt64(emap.Kva(sf)), Is.EqualTo(0x1234UL), "valid on every CPU at once"));
+        m.Run(0, () => emap.Free(sf));
+        var afterUsed = m.Counters() - before;
+        Assert.That(afterUsed[Counter.KernelPteWrites], Is.EqualTo(1));
+        Assert.That(afterUsed[Counter.KernelPteClears], Is.EqualTo(1));
+        Assert.That(afterUsed[Counter.ShootdownRounds], Is.EqualTo(1), "pmap_update after removing a used PTE");
+        Assert.That(afterUsed[Counter.NonGlobalFlushes] + afterUsed[Counter.MappingFlushes], Is.Zero, "no emap flush: the mapping is no emap mapping");
+        Assert.That(emap.GlobalGeneration, Is.EqualTo(globalBefore), "nothing was produced");
+
+        // Never used: pmap_kremove finds PG_U clear and asks for no shootdown.
+        before = m.Counters();
+        m.Run(0, () => emap.Free(emap.Alloc(untouched)));
+        Assert.That((m.Counters() - before)[Counter.ShootdownRounds], Is.Zero, "an unused PTE is cached nowhere");
+
+        var stats = emap.Stats();
+        Assert.That(stats.Details["emap.kenter_maps"], Is.EqualTo(2));
+        Assert.That(stats.Details["emap.kenter_shootdowns"], Is.EqualTo(1));
+        Assert.That(stats.NsfbufsUsed, Is.Zero);
+        Assert.That(MemoryMarshal.Read<ulong>(m.Physical.PhysicalBytes(written)), Is.EqualTo(0x1234UL));
+        Assert.That(m.Counters()[Counter.StaleAccesses] + m.Counters()[Counter.LatentStaleAccesses], Is.Zero);
+    }
+
+    [Test]
+    public void TheConsumedEmapGenerationIsPerCpuSoAnotherThreadOnThatCpuDoesNotFlushAgain()
+    {
+        // uvm_emap_consume compares with the CPU's generation (ci->ci_data.cpu_uvm->emap_gen),
+        // which the flush advanced: a second thread on the same CPU, which never consumed
+        // anything itself, finds the CPU caught up and does not flush.
+        using var m = new SimMachine(Options(cpus: 2, window: 4));
+        using var emap = (EmapMapper)SfBufMapper.Create(SfBufMapper.NetBsdEmap, m);
+        var page = Sim.NewPage(m, 0x55);
+        SfBuf sf = default;
+        m.Run(0, () => sf = emap.Alloc(page, SfBufFlags.ReadOnly));
+        Assert.That(emap.CpuGeneration(1), Is.LessThan((uint)sf.Generation), "cpu 1 is behind the mapping");
+
+        long FlushesOfAReaderOnCpu1()
+        {
+            long flushes = -1;
+            m.Run(1, () =>
+            {
+                var before = m.Counters();
+                Assert.That(m.CurrentCpu.ReadUInt64(emap.Kva(sf)), Is.EqualTo(0x55UL));
+                flushes = (m.Counters() - before)[Counter.MappingFlushes];
+            });
+            return flushes;
+        }
+
+        Assert.That(FlushesOfAReaderOnCpu1(), Is.EqualTo(1), "the first thread on cpu 1 consumes by flushing");
+        Assert.That(emap.CpuGeneration(1), Is.GreaterThanOrEqualTo((uint)sf.Generation), "and the CPU's generation records it");
+        Assert.That(FlushesOfAReaderOnCpu1(), Is.Zero, "another thread on cpu 1: the CPU has consumed that generation already");
+        Assert.That(emap.Stats().Details["emap.consume_flushes"], Is.EqualTo(1));
+        m.Run(0, () => emap.Free(sf));
         Assert.That(m.Counters()[Counter.StaleAccesses], Is.Zero);
     }
 

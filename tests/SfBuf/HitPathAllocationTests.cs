@@ -7,8 +7,9 @@ namespace Native.Tests.SfBuf;
 
 /// <summary>
 /// The hot paths allocate nothing managed: a cache hit (or the direct map) through alloc + kva +
-/// free, measured in bytes allocated on the kernel thread that runs it, in the production mode
-/// (checked off) and under the oracles (checked on).
+/// a read through the address + free, measured in bytes allocated on the kernel thread that runs
+/// it, in the production mode (checked off) and under the oracles (checked on). Every hit returns
+/// the first mapping's address and reads the page's stamp through it.
 /// </summary>
 [TestFixture]
 [NonParallelizable]
@@ -25,16 +26,23 @@ public sealed class HitPathAllocationTests
         using var m = new SimMachine(SfBufRig.Small(flavor: flavor) with { Checked = isChecked });
         using var sfbufs = SfBufMapper.Create(strategy, m, strategy == SfBufMapper.Amd64 || strategy == SfBufMapper.LinuxKmap ? null : 8);
         var page = SfBufRig.NewPage(m);
+        ulong stamp = SfBufRig.Stamp(page);
         long allocated = -1;
-        ulong sum = 0;
+        ulong firstKva = 0;
+        int moved = 0, wrongReads = 0;
 
         m.Run(0, () =>
         {
+            var cpu = m.CurrentCpu;
+
             // The first mapping is a miss and may fill lazily built structures; then warm the loop.
             for (int i = 0; i < 100; i++)
             {
                 var sf = sfbufs.Alloc(page);
-                sum += sfbufs.Kva(sf);
+                ulong kva = sfbufs.Kva(sf);
+                firstKva = i == 0 ? kva : firstKva;
+                moved += kva != firstKva ? 1 : 0;
+                wrongReads += cpu.ReadUInt64(kva) != stamp ? 1 : 0;
                 sfbufs.Free(sf);
             }
 
@@ -42,14 +50,28 @@ public sealed class HitPathAllocationTests
             for (int i = 0; i < Operations; i++)
             {
                 var sf = sfbufs.Alloc(page);
-                sum += sfbufs.Kva(sf);
+                ulong kva = sfbufs.Kva(sf);
+                moved += kva != firstKva ? 1 : 0;
+                wrongReads += cpu.ReadUInt64(kva) != stamp ? 1 : 0;
                 sfbufs.Free(sf);
             }
 
             allocated = GC.GetAllocatedBytesForCurrentThread() - before;
         });
 
-        Assert.That(sum, Is.Not.Zero);
+        // Every hit returns the address of the mapping the first (missing) allocation made (for
+        // the direct map, the page's direct-map address), and reads the page through it.
+        if (strategy == SfBufMapper.Amd64)
+        {
+            Assert.That(firstKva, Is.EqualTo(VmLayout.DMAP_BASE + page.PhysicalAddress));
+        }
+        else
+        {
+            Assert.That(m.Layout.SfBufWindow.Contains(firstKva), Is.True, $"0x{firstKva:x}: a cached mapping lives in the sf_buf window");
+        }
+
+        Assert.That(moved, Is.Zero, "every hit returned the cached mapping's address");
+        Assert.That(wrongReads, Is.Zero, "every read through the address saw the page's stamp");
         Assert.That(allocated, Is.Zero, $"{strategy} allocated {allocated} managed bytes in {Operations} hits");
     }
 }

@@ -177,8 +177,8 @@ public static class Exec
         }
         else
         {
-            // Shared: the thread is not pinned and may migrate while the header is mapped.
-            var sf = kernel.SfBufs.Alloc(page, SfBufFlags.Default);
+            // Shared: the thread is not pinned and may migrate while the header is mapped. Read only.
+            var sf = kernel.SfBufs.Alloc(page, SfBufFlags.ReadOnly);
             header = new ImageHeaderMapping(page, sf.Kva, sf);
         }
 
@@ -398,7 +398,7 @@ public static class Exec
             td.SchedPin();
             try
             {
-                var sf = kernel.SfBufs.Alloc(fragment.FilePage, SfBufFlags.CpuPrivate);
+                var sf = kernel.SfBufs.Alloc(fragment.FilePage, SfBufFlags.CpuPrivate | SfBufFlags.ReadOnly); // copied from, never written
                 try
                 {
                     // sf_buf_kva here, on the CPU that copies (lwbuf and emap do work on the accessing CPU).

@@ -282,7 +282,7 @@ public sealed class MemoryDisk
             else
             {
                 td.SchedPin();
-                var sf = sfbufs.Alloc(pages[i], SfBufFlags.CpuPrivate);
+                var sf = sfbufs.Alloc(pages[i], cmd == BioCommand.Read ? SfBufFlags.CpuPrivate | SfBufFlags.ReadOnly : SfBufFlags.CpuPrivate);
                 try
                 {
                     if (sf.IsNone)

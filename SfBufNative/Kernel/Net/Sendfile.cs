@@ -84,7 +84,7 @@ public static class Sendfile
                 // Before sf_buf (original): sendfile's own pool of fixed-KVA buffers.
                 var sf = kernel.IsOriginal
                     ? kernel.Original.SendfileAlloc(page, SfBufFlags.Catch, signal)
-                    : kernel.SfBufs.Alloc(page, SfBufFlags.Catch, signal);
+                    : kernel.SfBufs.Alloc(page, SfBufFlags.Catch | SfBufFlags.ReadOnly, signal); // the NIC only reads the page
                 if (sf.IsNone)
                 {
                     kernel.SfBufs.RecordAllocFail();

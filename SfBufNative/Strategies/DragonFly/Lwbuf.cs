@@ -24,6 +24,16 @@ namespace Native.SfBufNative.Strategies.DragonFly;
 /// object back in this CPU's magazine; the PTE stays. There is no page index: a page mapped twice
 /// gets two objects.
 /// </para>
+/// <para>
+/// Memory ordering: the <c>cpumask</c> is the one word CPUs share without a lock. Each CPU only
+/// ever adds its own bit (in <see cref="Kva"/>, after its own <c>invlpg</c>, with an atomic OR
+/// so that no concurrent OR by another CPU is lost), and it is reset only by <c>lwbuf_alloc</c>
+/// and <c>lwbuf_free</c>, which run before the handle is shared and after the last use. The
+/// handle reaches other CPUs through the caller's own synchronisation, which orders the reset
+/// and the new PTE before their <see cref="Kva"/>. The magazines are per-CPU data of the thread
+/// holding the CPU (successive holders are ordered by the scheduler's lock); the depot is behind
+/// its spin lock.
+/// </para>
 /// </summary>
 internal sealed unsafe class Lwbuf
 {
@@ -108,6 +118,8 @@ internal sealed unsafe class Lwbuf
             _machine.Sleep(_tsleepChannel, timeout: TimeSpan.FromMilliseconds(10)); // tsleep(lwbuf_cache, 0, "lwbuf", hz)
         }
 
+        // The CPU is read here, after ObjcacheGet and the tsleep above, either of which may give
+        // the CPU up (a new object takes kernel_map's sleep mutex).
         var cpu = td.Cpu!;
         LwbufObject* o = _objects + id;
         if (o->HasPage != 0)
@@ -151,6 +163,11 @@ internal sealed unsafe class Lwbuf
     public ulong Kva(Cpu cpu, SfBuf sf)
     {
         LwbufObject* o = Check(sf);
+
+        // Check, then act, on a word other CPUs write: only this CPU sets its bit (below, after
+        // its invlpg; or lwbuf_alloc on this CPU, after the PTE and its invlpg), and nobody clears
+        // it while the handle is live. So the bit means this CPU has invalidated since the PTE
+        // was written; the acquire read keeps the access that follows after it.
         if ((Volatile.Read(ref o->CpuMask) & cpu.Mask) != 0)
         {
             return o->Kva;
@@ -168,6 +185,10 @@ internal sealed unsafe class Lwbuf
     {
         LwbufObject* o = _objects + id;
         ulong all = _machine.AllCpusMask;
+
+        // Called by lwbuf_alloc's caller before the handle is shared, so no lwbuf_kva can OR a
+        // bit in between this read and the store of all ones below; that store is a release,
+        // after the shootdown has been acknowledged.
         ulong mask = Volatile.Read(ref o->CpuMask);
         if (mask == all)
         {
@@ -229,7 +250,9 @@ internal sealed unsafe class Lwbuf
     /// <summary><c>objcache_get</c>: loaded magazine, previous magazine, a full one from the depot, or a new object; -1 without KVA.</summary>
     private int ObjcacheGet(KernelThread td)
     {
-        // The per-CPU part runs without a switch (crit_enter): nothing below sleeps.
+        // The per-CPU part runs without a switch (crit_enter): the magazines are this CPU's, and
+        // the depot's lock is a spin mutex. Only Construct may block (kernel_map's sleep mutex)
+        // and resume the thread on another CPU: m is not used after it.
         int* m = Magazines(td.Cpu!.Id);
         int* loadedRounds = m;
         int* previousRounds = m + 1;

@@ -13,6 +13,11 @@ namespace Native.SfBufNative.Strategies.FreeBsd;
 /// the address. Remove: assert, zero the PTE without invalidating (the next enter on this CPU
 /// invalidates), <c>critical_exit</c>. No lock, no descriptor, never an IPI.
 /// </para>
+/// <para>
+/// No barrier: a CPU's slot is read and written only by the thread holding that CPU (in its
+/// critical section, or pinned when the adapter checks <see cref="IsBusy"/>); successive holders
+/// are ordered by the scheduler's lock.
+/// </para>
 /// </summary>
 internal sealed unsafe class QuickEnter
 {

@@ -14,6 +14,11 @@ namespace Native.SfBufNative.Strategies.Linux;
 /// only (<c>kpte_clear_flush</c>), and only then pop ("mm: Fix race in kunmap_atomic()"), then
 /// preemption back on. No lock, and never an IPI: the slot is this CPU's and its holder cannot leave.
 /// </para>
+/// <para>
+/// No barrier either: a CPU's stack index and slots are read and written only by the thread
+/// holding that CPU, inside its critical section; successive holders of a CPU are ordered by the
+/// scheduler's lock.
+/// </para>
 /// </summary>
 internal sealed unsafe class KmapAtomic
 {

@@ -19,6 +19,11 @@ namespace Native.SfBufNative.Strategies.Linux;
 /// in each saved PTE is written again (no invalidation: whoever used the slot meanwhile
 /// invalidated it). Both are counted: <see cref="Saves"/> and <see cref="Restores"/>.
 /// </para>
+/// <para>
+/// No barrier: the stack is the thread's own, and a CPU's slots are written only by the thread
+/// holding that CPU (at map, unmap and its own switch-out and switch-in); successive holders of a
+/// CPU are ordered by the scheduler's lock.
+/// </para>
 /// </summary>
 internal sealed unsafe class KmapLocal : IContextSwitchHook, IDisposable
 {

@@ -22,6 +22,11 @@ namespace Native.SfBufNative.Strategies.Linux;
 /// flush by IPI, below it one <c>invlpg</c> per page by IPI). A full sweep that finds nothing waits
 /// uninterruptibly on <c>pkmap_map_wait</c>, then checks whether someone mapped its page meanwhile.
 /// </para>
+/// <para>
+/// Every count, record and the clock hand are read and written under <c>kmap_lock</c> (the
+/// <c>page_address</c> records under their bucket's lock too), which orders them; only the
+/// statistics are read without it, as snapshots.
+/// </para>
 /// </summary>
 internal sealed unsafe class PkmapPool
 {

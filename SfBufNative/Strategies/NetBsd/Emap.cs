@@ -9,8 +9,11 @@ namespace Native.SfBufNative.Strategies.NetBsd;
 /// A window of KVA (the sf_buf window here) handed out by a vmem-like allocator
 /// (<c>uvm_emap_alloc</c>, which may sleep uninterruptibly). A global generation counter on its
 /// own cache line, one per CPU ("this CPU's TLB has been fully flushed since the global counter
-/// had this value") and one per thread (the newest generation it consumed). PTEs are written
-/// without <c>PG_G</c>, so any non-global flush removes them.
+/// had this value": what <c>uvm_emap_consume</c> compares with and advances) and one per thread
+/// (<c>l_emap_gen</c>: the CPU's generation when the thread last consumed, which
+/// <c>uvm_emap_switch</c> compares with the CPU it resumes on). PTEs are written read-only
+/// (<c>pmap_emap_enter(va, pa, VM_PROT_READ)</c>: a write through them faults) and without
+/// <c>PG_G</c>, so any non-global flush removes them.
 /// </para>
 /// <para>
 /// <c>uvm_emap_enter</c> writes the PTE with no invalidation at all and <c>uvm_emap_produce</c>
@@ -23,6 +26,16 @@ namespace Native.SfBufNative.Strategies.NetBsd;
 /// switch, a flush an IPI asks for, an idle CPU's deferred flush) advances the CPU's generation
 /// to the value sampled before it (<c>uvm_emap_update</c>). Never an IPI.
 /// </para>
+/// <para>
+/// Memory ordering (the runtime may run on a weakly ordered CPU): one publication matters, a PTE
+/// store followed by the generation that announces it. The store is an interlocked exchange and
+/// the increment an interlocked add, both full fences, and the consumer side reads the global
+/// generation with acquire semantics before it flushes (<see cref="Flushing"/>), so a CPU whose
+/// generation covers a mapping refills its TLB from that mapping's PTE. The per-CPU generations
+/// are read and written by the thread holding the CPU only; successive holders are ordered by the
+/// scheduler's lock. The generation a consumer passes came with the handle, through whatever
+/// ordered the producer's allocation before the use (a queue, a lock, a join).
+/// </para>
 /// </summary>
 internal sealed unsafe class Emap : IContextSwitchHook, ITlbFlushHook, IDisposable
 {
@@ -30,7 +43,8 @@ internal sealed unsafe class Emap : IContextSwitchHook, ITlbFlushHook, IDisposab
     public const uint Inactive = 0;
 
     private const int GenStride = 16; // uints: one cache line per CPU
-    private const ulong EmapProt = Pte.PG_V | Pte.PG_RW; // no PG_G: a non-global flush must remove it
+    // VM_PROT_READ: no PG_RW, so a write faults; no PG_G, so a non-global flush removes it.
+    private const ulong EmapProt = Pte.PG_V;
 
     private readonly Machine _machine;
     private readonly KvaArena _window;
@@ -115,7 +129,9 @@ internal sealed unsafe class Emap : IContextSwitchHook, ITlbFlushHook, IDisposab
             return 0;
         }
 
-        // pmap_emap_enter: the PTE, no invalidation anywhere.
+        // pmap_emap_enter: the PTE, no invalidation anywhere. Then uvm_emap_produce: the PTE store
+        // (an interlocked exchange) comes before the interlocked increment, so any CPU that reads
+        // a global generation at least gen (Flushing's acquire read) sees this PTE afterwards.
         _machine.KernelPmap.ExchangePte(va, Pte.Make(page.Frame, EmapProt));
         _machine.KernelPmap.CountMapping(1);
         gen = Produce();
@@ -134,6 +150,8 @@ internal sealed unsafe class Emap : IContextSwitchHook, ITlbFlushHook, IDisposab
     /// <summary><c>uvm_emap_remove</c> + <c>uvm_emap_free</c>: the PTE is cleared, nothing is invalidated.</summary>
     public void Unmap(ulong va)
     {
+        // No barrier: the stale translations left behind are harmless until a consume of a newer
+        // generation, and the window's mutex orders this clear before the page's next Map.
         _machine.KernelPmap.ExchangePte(va, 0);
         Interlocked.Decrement(ref _used); // before the page can be handed out again
         _window.Free(va, 1);
@@ -148,28 +166,27 @@ internal sealed unsafe class Emap : IContextSwitchHook, ITlbFlushHook, IDisposab
         }
 
         Interlocked.Increment(ref _consumes);
+
+        // A plain read: only the thread holding the CPU reads or writes its generation.
         ref uint mine = ref _cpuGen[cpu.Id * GenStride];
         if (!IsOlder(mine, gen))
         {
-            // The thread's generation is the newest it consumed: consuming an older mapping must
-            // not lower it, or a switch to a CPU behind the newer one would skip its flush.
-            uint lwp = _lwpGen.Value;
-            if (lwp == Inactive || IsOlder(lwp, gen))
-            {
-                _lwpGen.Value = gen;
-            }
-
+            // The CPU has consumed gen already (whichever thread made it flush): nothing to do
+            // but record the CPU's generation in the thread (l->l_emap_gen = ucpu->emap_gen).
+            // That never lowers the thread's: a thread runs only on a CPU at least as new as it
+            // (SwitchIn flushes one that is behind), and a CPU's generation only grows.
+            _lwpGen.Value = mine;
             return;
         }
 
         // pmap_emap_sync: the flush hook samples the global generation before the flush and
-        // publishes it on this CPU after (see Flushing/Flushed).
+        // publishes it on this CPU after (see Flushing/Flushed); the thread records it too.
         Interlocked.Increment(ref _consumeFlushes);
         cpu.FlushNonGlobalForMapping();
         _lwpGen.Value = mine;
     }
 
-    /// <summary>The value of <c>emap_gen</c> the calling thread last consumed (tests).</summary>
+    /// <summary>The calling thread's <c>l_emap_gen</c>: its CPU's generation when it last consumed (tests).</summary>
     public uint ThreadGeneration => _lwpGen.Value;
 
     /// <inheritdoc/>
@@ -181,6 +198,8 @@ internal sealed unsafe class Emap : IContextSwitchHook, ITlbFlushHook, IDisposab
     public void SwitchIn(Cpu cpu, KernelThread thread, int migratedFrom)
     {
         // uvm_emap_switch: a thread that consumed a generation this CPU has not reached flushes here.
+        // This thread holds the CPU now; the previous holder's updates of its generation are
+        // ordered before this read by the scheduler's lock, so plain reads suffice.
         uint gen = _lwpGen.IsValueCreated ? _lwpGen.Value : Inactive;
         if (gen == Inactive || !IsOlder(_cpuGen[cpu.Id * GenStride], gen))
         {
@@ -192,12 +211,20 @@ internal sealed unsafe class Emap : IContextSwitchHook, ITlbFlushHook, IDisposab
     }
 
     /// <inheritdoc/>
-    public long Flushing(Cpu cpu, bool global) => Volatile.Read(ref *_globalGen); // sampled before the flush
+    /// <remarks>
+    /// The global generation is sampled with an acquire read before the flush (NetBSD:
+    /// "pmap_emap_sync() must implicitly perform a full memory barrier, which prevents us from
+    /// fetching a value from after the TLB flush"): the page walks that refill the TLB after the
+    /// flush cannot move before this read, so they see every PTE stored before the increment that
+    /// produced the value read. A stale, smaller value is harmless: the CPU records less than it could.
+    /// </remarks>
+    public long Flushing(Cpu cpu, bool global) => Volatile.Read(ref *_globalGen);
 
     /// <inheritdoc/>
     public void Flushed(Cpu cpu, bool global, long token)
     {
-        // uvm_emap_update: only the owner of the CPU writes its generation.
+        // uvm_emap_update: only the owner of the CPU writes its generation (the volatile store is
+        // for the tests' reads from other threads; the owner's own reads need nothing).
         ref uint mine = ref _cpuGen[cpu.Id * GenStride];
         uint gen = (uint)token;
         if (IsOlder(mine, gen))

@@ -71,7 +71,7 @@ internal sealed class LruExperiment : Experiment
             for (int i = 0; i < k; i++)
             {
                 td.SchedPin();
-                var sf = sfbufs.Alloc(pages[i], SfBufFlags.CpuPrivate);
+                var sf = sfbufs.Alloc(pages[i], SfBufFlags.CpuPrivate | SfBufFlags.ReadOnly);
                 m.CurrentCpu.ReadUInt64(sfbufs.Kva(sf));
                 sfbufs.Free(sf);
                 td.SchedUnpin();
