@@ -1,4 +1,6 @@
+using System.Diagnostics;
 using System.Diagnostics.Metrics;
+using System.Runtime.CompilerServices;
 using Native.Interop;
 
 namespace Native.PageTable;
@@ -19,6 +21,16 @@ public sealed unsafe partial class Machine : IDisposable
     private readonly Cpu[] _cpus;
     private readonly Dictionary<object, List<KernelThread>> _sleepQueues = new(ReferenceEqualityComparer.Instance);
     private readonly Lock _sleepLock = new();
+
+    // Deadlock detection (MachineOptions.DetectDeadlocks), all under _sleepLock: the kernel threads
+    // that have not exited, a sequence number per sleep, the last time a thread was woken,
+    // cancelled, started, ended or went to sleep other than to poll again, and how many joins by
+    // threads outside the machine are in progress.
+    private readonly bool _detectDeadlocks;
+    private readonly List<KernelThread> _live = [];
+    private long _sleepSeq;
+    private long _lastProgress = Stopwatch.GetTimestamp();
+    private int _outsideJoins;
     private readonly List<KernelThread> _threads = [];
     private readonly List<IContextSwitchHook> _hooks = [];
     private readonly List<string> _warnings = [];
@@ -46,7 +58,13 @@ public sealed unsafe partial class Machine : IDisposable
             throw new ArgumentOutOfRangeException(nameof(options), Options.Cpus, $"a machine has 1 to {MachineOptions.MaxCpus} CPUs");
         }
 
+        if (Options.DeadlockQuiescence <= TimeSpan.Zero)
+        {
+            throw new ArgumentOutOfRangeException(nameof(options), Options.DeadlockQuiescence, "the deadlock quiescence must be positive");
+        }
+
         Controller = Options.Controlled;
+        _detectDeadlocks = Options.DetectDeadlocks && Controller == null;
         if (Controller != null && !Options.Checked)
         {
             throw new ArgumentException("controlled scheduling needs checked mode", nameof(options));
@@ -250,6 +268,12 @@ public sealed unsafe partial class Machine : IDisposable
             _threads.Add(td);
         }
 
+        lock (_sleepLock)
+        {
+            _live.Add(td);
+            NoteProgress();
+        }
+
         Controller?.Register(td);
         td.Start();
         return td;
@@ -348,7 +372,21 @@ public sealed unsafe partial class Machine : IDisposable
     /// retaken before returning. Returns why the sleep ended; a cancelled sleep (PCATCH) returns
     /// <see cref="SleepResult.Interrupted"/>.
     /// </summary>
-    public SleepResult Sleep(object channel, KMutex? interlock = null, TimeSpan? timeout = null, CancellationToken cancellation = default)
+    /// <exception cref="DeadlockException">
+    /// The sleep can never end (<see cref="MachineOptions.DetectDeadlocks"/>): thrown with the
+    /// interlock held, as on a return, either before going to sleep or after being chosen to report it.
+    /// </exception>
+    public SleepResult Sleep(object channel, KMutex? interlock = null, TimeSpan? timeout = null, CancellationToken cancellation = default) =>
+        SleepCore(channel, interlock, timeout, joinTarget: null, cancellation);
+
+    /// <summary>
+    /// <see cref="Sleep"/>, or with <paramref name="joinTarget"/> the sleep of a kernel thread
+    /// joining another (on the target itself, the channel its exit wakes): it returns at once if
+    /// the target has exited (checked under the sleep lock, so the exit's wakeup cannot be missed),
+    /// and it counts as stuck exactly when its target is (its timeout only ends in a
+    /// <see cref="TimeoutException"/>, a report of its own).
+    /// </summary>
+    internal SleepResult SleepCore(object channel, KMutex? interlock, TimeSpan? timeout, KernelThread? joinTarget, CancellationToken cancellation)
     {
         ArgumentNullException.ThrowIfNull(channel);
         var td = KernelThread.Current;
@@ -362,8 +400,14 @@ public sealed unsafe partial class Machine : IDisposable
 
         cpu.SchedulingPoint();
 
+        DeadlockException? report = null;
         lock (_sleepLock)
         {
+            if (joinTarget is { HasExited: true })
+            {
+                return SleepResult.Woken;
+            }
+
             if (!_sleepQueues.TryGetValue(channel, out var queue))
             {
                 queue = [];
@@ -373,6 +417,34 @@ public sealed unsafe partial class Machine : IDisposable
             td.Wakeup.Reset();
             td.SleepChannel = channel;
             queue.Add(td);
+            td.SleepInterlock = interlock;
+            td.SleepTimed = timeout.HasValue && joinTarget == null;
+            td.SleepCancellable = cancellation.CanBeCanceled;
+            td.JoinTarget = joinTarget;
+            td.SleepSeq = ++_sleepSeq;
+
+            // Going back to sleep on the channel whose timeout just ended the last sleep is a
+            // poll, not progress: a machine of pollers stays quiet, and a poller waits since its
+            // first sleep.
+            if (!ReferenceEquals(td.TimedOutOn, channel))
+            {
+                td.SleepSince = Stopwatch.GetTimestamp();
+                NoteProgress();
+            }
+
+            td.TimedOutOn = null;
+            if (_detectDeadlocks && _outsideJoins > 0)
+            {
+                report = DetectDeadlockLocked(td);
+            }
+        }
+
+        if (report != null)
+        {
+            // This sleep closed the deadlock: it never started (dequeued by the detector), and the
+            // interlock is still held, so the caller's clean-up runs as after a return.
+            td.SleepInterlock = null;
+            throw report;
         }
 
         // Queued before the interlock is dropped: a wakeup after the unlock cannot be lost.
@@ -403,18 +475,42 @@ public sealed unsafe partial class Machine : IDisposable
             if (td.SleepChannel == null)
             {
                 result = SleepResult.Woken; // a wakeup dequeued us, even if a cancel raced it
+                report = td.PendingDeadlock; // or the detector did, to report a deadlock
+                td.PendingDeadlock = null;
+                if (report == null)
+                {
+                    td.InReportedDeadlock = false;
+                }
             }
             else
             {
                 Dequeue(td);
-                result = cancellation.IsCancellationRequested ? SleepResult.Interrupted : SleepResult.TimedOut;
+                if (cancellation.IsCancellationRequested)
+                {
+                    result = SleepResult.Interrupted;
+                    td.InReportedDeadlock = false;
+                    NoteProgress();
+                }
+                else
+                {
+                    result = SleepResult.TimedOut;
+                    td.TimedOutOn = channel;
+                }
             }
+
+            td.JoinTarget = null;
+            td.SleepInterlock = null;
         }
 
         ThrowIfStopping();
 
         Scheduler.Acquire(td);
         interlock?.Lock();
+        if (report != null)
+        {
+            throw report;
+        }
+
         return result;
     }
 
@@ -589,7 +685,49 @@ public sealed unsafe partial class Machine : IDisposable
         }
     }
 
-    internal void ThreadExited(KernelThread td) => Wakeup(td);
+    internal void ThreadExited(KernelThread td)
+    {
+        Wakeup(td);
+        lock (_sleepLock)
+        {
+            _live.Remove(td);
+            NoteProgress();
+
+            // Its clean-up may have freed nothing: what it left behind may still be a deadlock.
+            if (_detectDeadlocks && _outsideJoins > 0)
+            {
+                DetectDeadlockLocked(null);
+            }
+        }
+    }
+
+    /// <summary>
+    /// A thread outside the machine starts (<paramref name="delta"/> 1) or stops (-1) joining
+    /// <paramref name="td"/>: while it does, the machine's threads are all it waits for, and a
+    /// deadlock among them is reported.
+    /// </summary>
+    internal void OutsideJoin(KernelThread td, int delta)
+    {
+        lock (_sleepLock)
+        {
+            td.OutsideJoiners += delta;
+            _outsideJoins += delta;
+        }
+    }
+
+    /// <summary>Looks for a deadlock now (an outside joiner does, periodically, to see the quiet rule apply).</summary>
+    internal void CheckForDeadlock()
+    {
+        if (!_detectDeadlocks)
+        {
+            return;
+        }
+
+        lock (_sleepLock)
+        {
+            DetectDeadlockLocked(null);
+        }
+    }
 
     private const int UnusableDisposed = 1;
     private const int UnusableFailed = 2;
@@ -681,6 +819,8 @@ public sealed unsafe partial class Machine : IDisposable
                     td.Wakeup.Set();
                     woken++;
                 }
+
+                NoteProgress();
             }
         }
 
@@ -690,6 +830,107 @@ public sealed unsafe partial class Machine : IDisposable
         }
 
         return woken;
+    }
+
+    private void NoteProgress() => _lastProgress = Stopwatch.GetTimestamp();
+
+    /// <summary>
+    /// The deadlock rule (<see cref="MachineOptions.DetectDeadlocks"/>), under the sleep lock:
+    /// when every live kernel thread is stuck, at least two of them or one left from an earlier
+    /// report, and a thread outside the machine joins one of them, the sleeper that went to sleep
+    /// last (a joiner only if every one joins) is chosen: returned when it is
+    /// <paramref name="self"/>, which then throws before sleeping; otherwise dequeued and woken to
+    /// throw the report from its sleep.
+    /// </summary>
+    private DeadlockException? DetectDeadlockLocked(KernelThread? self)
+    {
+        if (IsUnusable || _live.Count == 0)
+        {
+            return null;
+        }
+
+        bool quiet = Stopwatch.GetElapsedTime(_lastProgress) >= Options.DeadlockQuiescence;
+        bool awaited = false, leftFromAReport = false;
+        KernelThread? victim = null;
+        foreach (var td in _live)
+        {
+            if (!IsStuck(td, quiet, 0))
+            {
+                return null;
+            }
+
+            awaited |= td.OutsideJoiners > 0;
+            leftFromAReport |= td.InReportedDeadlock;
+            if (victim == null
+                || (td.JoinTarget == null && victim.JoinTarget != null)
+                || ((td.JoinTarget == null) == (victim.JoinTarget == null) && td.SleepSeq > victim.SleepSeq))
+            {
+                victim = td;
+            }
+        }
+
+        if (!awaited || victim == null || (_live.Count < 2 && !leftFromAReport))
+        {
+            return null;
+        }
+
+        long now = Stopwatch.GetTimestamp();
+        var waits = _live.OrderBy(t => t.SleepSeq).Select(t => DescribeWait(t, now)).ToArray();
+        string rule = quiet && _live.Exists(t => t.SleepTimed)
+            ? $"every kernel thread of the machine has been asleep, with no thread woken, started or ended, for {Options.DeadlockQuiescence.TotalSeconds:0.#} s or more, polling or waiting for a wakeup"
+            : "every kernel thread of the machine is asleep waiting for a wakeup that only another of them could give";
+        var report = new DeadlockException(
+            $"deadlock: {rule}, and a thread outside the machine waits for them; reported to {victim}, which went to sleep last. Waiting: {string.Join("; ", waits)}",
+            waits);
+        // The others stay reportable on their own if the victim's clean-up does not free them.
+        foreach (var td in _live)
+        {
+            td.InReportedDeadlock = !ReferenceEquals(td, victim);
+        }
+
+        Dequeue(victim);
+        NoteProgress();
+        if (ReferenceEquals(victim, self))
+        {
+            return report;
+        }
+
+        victim.PendingDeadlock = report;
+        victim.Wakeup.Set();
+        return null;
+    }
+
+    /// <summary>
+    /// True when nothing but another kernel thread can end <paramref name="td"/>'s wait: asleep
+    /// with no cancellation and no timeout (a timeout counts only once the machine is
+    /// <paramref name="quiet"/>), or joining a thread that is stuck (or a cycle of joins).
+    /// </summary>
+    private bool IsStuck(KernelThread td, bool quiet, int depth)
+    {
+        if (td.SleepChannel == null || td.SleepCancellable || (td.SleepTimed && !quiet))
+        {
+            return false; // running, runnable, spinning, blocked on a mutex, being woken, or ended from outside or by time
+        }
+
+        if (td.JoinTarget is not { } target)
+        {
+            return true;
+        }
+
+        return !target.HasExited && (depth >= _live.Count || IsStuck(target, quiet, depth + 1));
+    }
+
+    private static string DescribeWait(KernelThread td, long now)
+    {
+        var channel = td.SleepChannel!;
+        string what = td.JoinTarget is { } target
+            ? $"joining {target}"
+            : channel.GetType() == typeof(object)
+                ? $"asleep on channel object#{RuntimeHelpers.GetHashCode(channel):x}"
+                : $"asleep on {channel}";
+        string interlock = td.SleepInterlock is { } mutex ? $" (interlock {mutex.Name})" : "";
+        string timed = td.SleepTimed ? ", with a timeout" : "";
+        return $"{td} {what}{interlock}{timed} for {Stopwatch.GetElapsedTime(td.SleepSince, now).TotalMilliseconds:0} ms";
     }
 
     private void Dequeue(KernelThread td)

@@ -73,6 +73,39 @@ public sealed record MachineOptions
     /// </summary>
     public bool? Oversubscribed { get; init; }
 
+    /// <summary>
+    /// Report a wait that can never end with a <see cref="DeadlockException"/> instead of hanging
+    /// (default on). The rule: a thread outside the machine is joining one of its live kernel
+    /// threads (<see cref="KernelThread.Join"/>, <see cref="Machine.Run(int, Action, VmSpace?)"/>),
+    /// and every live kernel thread, at least two of them, is stuck: asleep in
+    /// <see cref="Machine.Sleep"/> with no timeout and no cancellation, or joining a stuck thread.
+    /// A thread that holds or waits for a CPU, spins, or blocks on a mutex can still run, and a
+    /// cancellable sleep can be ended from outside: none of these is ever stuck. A sleep with a
+    /// timeout (a poll such as lwbuf's one-tick <c>tsleep</c>, a watchdog such as kmap's hung-task
+    /// timeout) is stuck only once the machine has been quiet for <see cref="DeadlockQuiescence"/>:
+    /// no thread woken by a wakeup or a cancellation, started or ended, and none gone to sleep
+    /// other than back on the channel whose timeout just woke it. The machine looks when a thread
+    /// goes to sleep or exits and, every few milliseconds, from the outside join. The report is
+    /// thrown from the sleep of the thread that went to sleep last (a joiner only if all join),
+    /// with its interlock held; the others stay reportable on their own if its clean-up frees
+    /// nothing.
+    /// <para>
+    /// The rule assumes that while a thread outside joins the machine's kernel threads, nothing
+    /// else outside wakes them, starts new ones or frees what they wait for: turn it off where
+    /// another host thread does (a host that wakes or starts threads before it joins needs
+    /// nothing). A single sleeper is left to its joiner's timeout: whoever started it may still
+    /// start a thread that wakes it. The controlled scheduler has its own deadlock report and does
+    /// not use this one.
+    /// </para>
+    /// </summary>
+    public bool DetectDeadlocks { get; init; } = true;
+
+    /// <summary>
+    /// How long the machine must be quiet (every live kernel thread asleep, nothing woken, started or
+    /// ended) before sleeps with a timeout count as stuck for <see cref="DetectDeadlocks"/> (default 2 s).
+    /// </summary>
+    public TimeSpan DeadlockQuiescence { get; init; } = TimeSpan.FromSeconds(2);
+
     /// <summary>Controlled scheduling for exploration (tests); null for real concurrency.</summary>
     internal ControlledScheduler? Controlled { get; init; }
 

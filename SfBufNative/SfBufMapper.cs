@@ -17,6 +17,12 @@ namespace Native.SfBufNative;
 /// other reference's free (FreeBSD cannot either), so that is caught only when the count would drop
 /// below zero.
 /// </para>
+/// <para>
+/// A caller that needs several mappings at once takes them together with <see cref="AllocMany"/>
+/// (every strategy has it, natively or through a documented fallback). Two Alloc calls in a row
+/// deadlock at exhaustion when every thread holds its first mapping and waits for its second;
+/// the machine then reports the deadlock (<see cref="DeadlockException"/>) instead of hanging.
+/// </para>
 /// </summary>
 public abstract class SfBufMapper : IDisposable
 {
@@ -53,6 +59,16 @@ public abstract class SfBufMapper : IDisposable
     private static int s_nextId;
     private readonly bool _instruments;
     private readonly bool _kvaOnAccessingCpu;
+
+    // The fallback AllocMany's gate: a flag under a spin mutex (so that the gate's holder may
+    // release it inside the critical section of a private mapping it took), waited for by
+    // sleeping on a channel.
+    private readonly KMutex _manyLock = new("sf_buf_many", spinOnly: true);
+    private readonly object _manyChannel = new();
+    private bool _manyBusy;
+    private SfBufStrategyInfo? _info;
+    private int _sharedCapacity;
+    private int _privateCapacity;
     private Meter? _meter;
     private long _allocFail;
 
@@ -132,6 +148,96 @@ public abstract class SfBufMapper : IDisposable
     public abstract void Free(SfBuf sf);
 
     /// <summary>
+    /// How many mappings one caller can hold at once with <paramref name="flags"/> (only
+    /// <see cref="SfBufFlags.CpuPrivate"/> matters): the pool for pooled strategies (<c>nsfbufs</c>,
+    /// <c>LAST_PKMAP</c>, the emap window, <c>kernel_map</c>'s pages for the strategies that take
+    /// KVA there), the per-CPU slots for private users of <c>kmap_atomic</c> and <c>kmap_local</c>,
+    /// and <see cref="int.MaxValue"/> for the direct map. <see cref="AllocMany"/> refuses more.
+    /// </summary>
+    public int Capacity(SfBufFlags flags = SfBufFlags.Default)
+    {
+        bool isPrivate = (flags & SfBufFlags.CpuPrivate) != 0;
+        ref int cached = ref isPrivate ? ref _privateCapacity : ref _sharedCapacity;
+        if (cached == 0)
+        {
+            cached = Info.Capacity(this, isPrivate);
+        }
+
+        return cached;
+    }
+
+    /// <summary>
+    /// Maps every page of <paramref name="pages"/> or none, for a caller that needs several
+    /// mappings at once (two Alloc calls in a row deadlock at exhaustion when every thread holds
+    /// its first mapping and waits for its second, as <c>kmap</c> does). The handles go to
+    /// <paramref name="result"/> in the order of the pages; each is freed with <see cref="Free"/>.
+    /// <para>
+    /// The fallback, for strategies without a native implementation: callers that may wait for
+    /// several mappings pass one at a time through a per-mapper gate (a flag, waited for by
+    /// sleeping on a channel; a cancelled <see cref="SfBufFlags.Catch"/> ends that wait too), and
+    /// the gate's holder takes its pages one after the other with the caller's flags; when one
+    /// cannot be had (NoWait, a cancelled Catch, or an exception) it frees what it took. A request
+    /// that can never wait skips the gate and so never sleeps: <see cref="SfBufFlags.NoWait"/>, a
+    /// strategy without a pool, private users of per-CPU slots (kmap_atomic, kmap_local), and a
+    /// single page.
+    /// </para>
+    /// <para>
+    /// Why the fallback cannot deadlock when every caller that holds mappings while it waits for
+    /// more takes them through this method: only the gate's holder can wait holding part of a set;
+    /// every other caller of this method waits for the gate holding nothing, and a single-mapping
+    /// caller waits holding nothing; so every mapping the gate's holder waits for is held by a
+    /// thread that frees it without waiting (Free never sleeps), and it needs at most
+    /// <see cref="Capacity"/> of them. Its wait ends, it frees its set later, and the gate passes
+    /// on. This assumes a free reaches a waiter on any CPU (not so for lwbuf's per-CPU magazines:
+    /// <see cref="SfBufStrategyInfo.FreesReachWaitersOnAnyCpu"/>).
+    /// </para>
+    /// </summary>
+    /// <param name="pages">The pages, each held (wired) by the caller; a page may appear twice (two references to one mapping).</param>
+    /// <param name="result">Receives one handle per page; at least as long as <paramref name="pages"/>.</param>
+    /// <param name="flags">As for <see cref="Alloc"/>, for every page.</param>
+    /// <param name="cancellation">Ends a <see cref="SfBufFlags.Catch"/> wait.</param>
+    /// <returns>True with every handle in <paramref name="result"/>; false (NoWait or a cancelled Catch) with none held.</returns>
+    /// <exception cref="ArgumentException"><paramref name="result"/> is shorter than <paramref name="pages"/>.</exception>
+    /// <exception cref="ArgumentOutOfRangeException">More pages than <see cref="Capacity"/>: the request could never be satisfied.</exception>
+    public virtual bool AllocMany(ReadOnlySpan<VmPage> pages, Span<SfBuf> result, SfBufFlags flags = SfBufFlags.Default, CancellationToken cancellation = default)
+    {
+        if (result.Length < pages.Length)
+        {
+            throw new ArgumentException($"{result.Length} handles cannot hold {pages.Length} mappings", nameof(result));
+        }
+
+        int capacity = Capacity(flags);
+        if (pages.Length > capacity)
+        {
+            throw new ArgumentOutOfRangeException(nameof(pages), pages.Length, $"{Name} can never map more than {capacity} pages at once");
+        }
+
+        foreach (var page in pages)
+        {
+            Machine.Physical.CheckFrame(page.Frame);
+            CheckAlloc(page, flags);
+        }
+
+        bool gated = pages.Length > 1 && MayWait(flags);
+        if (gated && !EnterManyGate(flags, cancellation))
+        {
+            return false;
+        }
+
+        try
+        {
+            return TakeEach(pages, result, flags, cancellation);
+        }
+        finally
+        {
+            if (gated)
+            {
+                LeaveManyGate();
+            }
+        }
+    }
+
+    /// <summary>
     /// <c>sf_buf_kva</c>, called on the CPU that is about to access the page, right where it
     /// accesses it: for most strategies the handle's address; for lwbuf and emap the call that
     /// makes the address valid on this CPU (a local <c>invlpg</c> the first time lwbuf is used
@@ -181,6 +287,88 @@ public abstract class SfBufMapper : IDisposable
         if (_instruments && _meter == null)
         {
             _meter = SfBufMetrics.Create(this);
+        }
+    }
+
+    private SfBufStrategyInfo Info => _info ??= SfBufStrategyInfo.Of(Name);
+
+    /// <summary>True when an allocation with <paramref name="flags"/> may wait for a mapping.</summary>
+    private bool MayWait(SfBufFlags flags) =>
+        (flags & SfBufFlags.NoWait) == 0 && Info.HasPool && !((flags & SfBufFlags.CpuPrivate) != 0 && Info.PrivateNeverWaits);
+
+    /// <summary>Takes the gate, sleeping while another caller holds it; false when a Catch wait is cancelled.</summary>
+    private bool EnterManyGate(SfBufFlags flags, CancellationToken cancellation)
+    {
+        var token = (flags & SfBufFlags.Catch) != 0 ? cancellation : CancellationToken.None;
+        _manyLock.Lock();
+        try
+        {
+            while (_manyBusy)
+            {
+                if (Machine.Sleep(_manyChannel, _manyLock, cancellation: token) == SleepResult.Interrupted)
+                {
+                    return false;
+                }
+            }
+
+            _manyBusy = true;
+            return true;
+        }
+        finally
+        {
+            _manyLock.Unlock();
+        }
+    }
+
+    /// <summary>Gives the gate up and wakes every caller waiting for it (one takes it; a cancelled or failed one cannot swallow the wakeup).</summary>
+    private void LeaveManyGate()
+    {
+        _manyLock.Lock();
+        try
+        {
+            _manyBusy = false;
+            Machine.Wakeup(_manyChannel);
+        }
+        finally
+        {
+            _manyLock.Unlock();
+        }
+    }
+
+    /// <summary>Allocates each page in turn; on a failure or an exception frees what it took, last first.</summary>
+    private bool TakeEach(ReadOnlySpan<VmPage> pages, Span<SfBuf> result, SfBufFlags flags, CancellationToken cancellation)
+    {
+        int taken = 0;
+        try
+        {
+            for (; taken < pages.Length; taken++)
+            {
+                var sf = Alloc(pages[taken], flags, cancellation);
+                if (sf.IsNone)
+                {
+                    GiveBack(result, taken);
+                    return false;
+                }
+
+                result[taken] = sf;
+            }
+
+            return true;
+        }
+        catch (Exception ex) when (ex is not MachineStoppedException and not MachineFailedException)
+        {
+            GiveBack(result, taken);
+            throw;
+        }
+    }
+
+    /// <summary>Frees the first <paramref name="count"/> handles of <paramref name="result"/>, last first (LIFO for the per-CPU stacks).</summary>
+    private void GiveBack(Span<SfBuf> result, int count)
+    {
+        for (int i = count - 1; i >= 0; i--)
+        {
+            Free(result[i]);
+            result[i] = SfBuf.None;
         }
     }
 

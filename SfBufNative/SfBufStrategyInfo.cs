@@ -62,32 +62,49 @@ public sealed record SfBufStrategyInfo(
     [
         new(SfBufMapper.Original, "FreeBSD 5", "kmem_alloc + pmap_qenter / pmap_qremove (vm_machdep.c, sys_pipe.c, kern_exec.c before 2004)",
             SfBufStrategyGroup.Paper, true, true, false, "per-use kernel_map KVA, broadcast shootdowns", "the same", SfBufPrivateRules.None, 0, true,
-            (machine, _) => new OriginalMapper(machine)),
+            (machine, _) => new OriginalMapper(machine))
+        {
+            Capacity = (m, _) => m.Machine.KernelMap.Region.Pages,
+        },
         new(SfBufMapper.I386, "FreeBSD 6", "sf_buf_alloc / sf_buf_free, i386 vm_machdep.c rev 1.269",
             SfBufStrategyGroup.Paper, true, true, false, "sf_buf with SFB_CPUPRIVATE: at most a local invlpg", "sf_buf: local invlpg + masked shootdown on a miss", SfBufPrivateRules.None, 0, true,
-            (machine, nsfbufs) => new I386Mapper(machine, nsfbufs)),
+            (machine, nsfbufs) => new I386Mapper(machine, nsfbufs))
+        {
+            Capacity = (m, _) => ((I386Mapper)m).Nsfbufs,
+        },
         new(SfBufMapper.Amd64, "FreeBSD 6", "amd64 sf_buf.h: the direct map",
             SfBufStrategyGroup.Paper, false, true, false, "the direct map", "the direct map", SfBufPrivateRules.None, 0, true,
-            (machine, _) => new DirectMapMapper(machine)),
+            (machine, _) => new DirectMapMapper(machine))
+        {
+            Capacity = (_, _) => int.MaxValue,
+        },
         new(SfBufMapper.LinuxKmap, "Linux", "kmap_high / kunmap_high / flush_all_zero_pkmaps (mm/highmem.c, x86-32)",
             SfBufStrategyGroup.Peer, true, false, false, "kmap", "kmap", SfBufPrivateRules.None, 0, true,
-            (machine, nsfbufs) => new Strategies.Linux.LinuxKmapMapper(machine, nsfbufs)),
+            (machine, nsfbufs) => new Strategies.Linux.LinuxKmapMapper(machine, nsfbufs))
+        {
+            Capacity = (m, _) => ((Strategies.Linux.LinuxHighmemMapper)m).LastPkmap,
+        },
         new(SfBufMapper.LinuxKmapAtomic, "Linux", "kmap_atomic / __kunmap_atomic (arch/x86/mm/highmem_32.c, 2.6.37-5.10); kmap for shared users",
             SfBufStrategyGroup.Peer, true, false, false, "kmap_atomic: per-CPU LIFO fixmap slot, preemption off", "kmap", SfBufPrivateRules.ReleaseLifo | SfBufPrivateRules.SameThread | SfBufPrivateRules.NoSleep, Strategies.Linux.KmapAtomic.KM_TYPE_NR, true,
             (machine, nsfbufs) => new Strategies.Linux.LinuxKmapAtomicMapper(machine, nsfbufs))
         {
+            Capacity = (m, isPrivate) => isPrivate ? Strategies.Linux.KmapAtomic.KM_TYPE_NR : ((Strategies.Linux.LinuxHighmemMapper)m).LastPkmap,
+            PrivateNeverWaits = true,
             NotOnHost = "its saving is the per-CPU fixmap slot invalidated with a local invlpg only; " + HostFlushesEverywhere,
         },
         new(SfBufMapper.LinuxKmapLocal, "Linux", "__kmap_local_pfn_prot / kunmap_local_indexed / __kmap_local_sched_out/in (mm/highmem.c, 5.11+); kmap for shared users",
             SfBufStrategyGroup.Peer, true, false, false, "kmap_local_page: per-thread LIFO stack of per-CPU slots, migration off", "kmap", SfBufPrivateRules.ReleaseLifo | SfBufPrivateRules.SameThread | SfBufPrivateRules.NoMigration, Strategies.Linux.KmapLocal.KM_MAX_IDX, true,
             (machine, nsfbufs) => new Strategies.Linux.LinuxKmapLocalMapper(machine, nsfbufs))
         {
+            Capacity = (m, isPrivate) => isPrivate ? Strategies.Linux.KmapLocal.KM_MAX_IDX : ((Strategies.Linux.LinuxHighmemMapper)m).LastPkmap,
+            PrivateNeverWaits = true,
             NotOnHost = "its saving is the per-CPU slot invalidated with a local invlpg only, remapped at context switches; " + HostFlushesEverywhere,
         },
         new(SfBufMapper.DragonFlyLwbuf, "DragonFly", "lwbuf_alloc / lwbuf_kva / lwbuf_set_global / lwbuf_free (sys/cpu/i386/misc/lwbuf.c); sf_buf_alloc (kern_sfbuf.c)",
             SfBufStrategyGroup.Peer, true, false, true, "lwbuf: PTE + local invlpg, lwbuf_kva on the accessing CPU", "lwbuf + lwbuf_set_global (DragonFly's sf_buf)", SfBufPrivateRules.None, 0, false,
             (machine, _) => new Strategies.DragonFly.LwbufMapper(machine))
         {
+            Capacity = (m, _) => m.Machine.KernelMap.Region.Pages,
             NotOnHost = "its saving is the per-CPU invalidation recorded in a cpumask (lwbuf_kva invalidates lazily, only on the accessing CPU); " + HostFlushesEverywhere,
         },
         new(SfBufMapper.NetBsdEmap, "NetBSD", "uvm_emap_alloc / enter / produce / consume / remove / switch (sys/uvm/uvm_emap.c, x86 pmap_emap_*)",
@@ -96,18 +113,21 @@ public sealed record SfBufStrategyInfo(
             "the same", SfBufPrivateRules.None, 0, true,
             (machine, nsfbufs) => new Strategies.NetBsd.EmapMapper(machine, nsfbufs))
         {
+            Capacity = (m, _) => m.Stats().Nsfbufs,
             NotOnHost = "its saving is deferred invalidation: generations, consumed on the accessing CPU, piggybacked on non-global TLB flushes; user space can neither defer the host kernel's flush nor cause or observe a non-global flush, so this would not measure emap",
         },
         new(SfBufMapper.FreeBsdQuick, "FreeBSD 11", "pmap_quick_enter_page / pmap_quick_remove_page (i386 pmap.c, r286296); sf_buf for the rest",
             SfBufStrategyGroup.Peer, true, true, false, "pmap_quick_enter_page (nested: sfbuf-i386 CPU-private)", "sfbuf-i386", SfBufPrivateRules.SameThread | SfBufPrivateRules.NoSleep, 1, true,
             (machine, nsfbufs) => new Strategies.FreeBsd.QuickMapper(machine, nsfbufs))
         {
+            Capacity = (m, isPrivate) => (isPrivate ? 1 : 0) + ((Strategies.FreeBsd.QuickMapper)m).SfBufPool.Nsfbufs,
             NotOnHost = "its saving is the per-CPU quick-map page invalidated with a local invlpg only (pmap_quick_enter_page); " + HostFlushesEverywhere,
         },
         new(SfBufMapper.EpochCache, "this project", "sfbuf-i386's mapping cache with a lock-free page index (Linux's page_address) and epoch-deferred, batched recycling (NetBSD emap's generations, kmap's batched flush): EpochCacheMapper.cs",
             SfBufStrategyGroup.Own, true, true, false, "the shared cache: no hint needed, no IPI", "the same: lock-free hit, no IPI on a miss unless the epoch fallback runs", SfBufPrivateRules.None, 0, true,
             (machine, nsfbufs) => new EpochCacheMapper(machine, nsfbufs))
         {
+            Capacity = (m, _) => ((EpochCacheMapper)m).Nsfbufs,
             NotOnHost = "its saving is invalidation deferred to the flush points every CPU passes anyway (context switch, idle, epoch catch-up); user space cannot defer the host kernel's flush of a retired slot, so this would measure a broadcast shootdown per recycled slot, not this mechanism",
         },
     ];
@@ -123,6 +143,18 @@ public sealed record SfBufStrategyInfo(
     /// something it is not.
     /// </summary>
     public string? NotOnHost { get; init; }
+
+    /// <summary>
+    /// How many mappings one caller can hold at once from a mapper of this strategy, for shared
+    /// users (false) and private ones (true): what <see cref="SfBufMapper.Capacity"/> reports.
+    /// </summary>
+    public required Func<SfBufMapper, bool, int> Capacity { get; init; }
+
+    /// <summary>
+    /// True when private users' mappings come from per-CPU slots and never wait (kmap_atomic,
+    /// kmap_local): <see cref="SfBufMapper.AllocMany"/> takes them without its gate.
+    /// </summary>
+    public bool PrivateNeverWaits { get; init; }
 
     /// <summary>True when the strategy runs on the host backend.</summary>
     public bool RunsOnHost => NotOnHost == null;

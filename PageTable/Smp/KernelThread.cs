@@ -19,6 +19,9 @@ public sealed class KernelThread
     // idle CPU polling for work, which keeps host wakeup latency out of cross-CPU handoffs.
     private const int SleepSpins = 2047;
 
+    // How often a thread outside the machine that joins a kernel thread looks for a deadlock.
+    private static readonly TimeSpan s_outsideCheckInterval = TimeSpan.FromMilliseconds(25);
+
     [ThreadStatic]
     private static KernelThread? s_current;
 
@@ -105,6 +108,33 @@ public sealed class KernelThread
 
     /// <summary>Sleep bookkeeping, guarded by the machine's sleep-queue lock.</summary>
     internal object? SleepChannel { get; set; }
+
+    // What the current sleep is, for the deadlock detector (guarded by the sleep-queue lock).
+    internal KMutex? SleepInterlock { get; set; }
+
+    internal bool SleepTimed { get; set; }
+
+    internal bool SleepCancellable { get; set; }
+
+    /// <summary>The thread this one joins in its current sleep, or null.</summary>
+    internal KernelThread? JoinTarget { get; set; }
+
+    internal long SleepSeq { get; set; }
+
+    /// <summary>When the current wait began (a poll's first sleep).</summary>
+    internal long SleepSince { get; set; }
+
+    /// <summary>The channel whose timeout ended the thread's last sleep (a poll sleeps there again), or null.</summary>
+    internal object? TimedOutOn { get; set; }
+
+    /// <summary>A deadlock report the detector woke this thread to throw.</summary>
+    internal DeadlockException? PendingDeadlock { get; set; }
+
+    /// <summary>True while the thread is still waiting in a deadlock reported to another thread.</summary>
+    internal bool InReportedDeadlock { get; set; }
+
+    /// <summary>Threads outside the machine joining this one (sleep-queue lock).</summary>
+    internal int OutsideJoiners { get; set; }
 
     /// <summary>The CPU the scheduler must give this thread, or -1 for any.</summary>
     internal int RequiredCpu => BoundCpu >= 0 ? BoundCpu : PinCount > 0 ? LastCpu : -1;
@@ -196,7 +226,9 @@ public sealed class KernelThread
 
     /// <summary>
     /// Waits for the thread to end and rethrows the exception its body ended with. From a kernel
-    /// thread this sleeps (releasing the CPU); from any other thread it blocks.
+    /// thread this sleeps (releasing the CPU) until the exit's wakeup; from any other thread it
+    /// blocks, and meanwhile looks for a deadlock among the machine's kernel threads, which one of
+    /// them then reports (<see cref="MachineOptions.DetectDeadlocks"/>).
     /// </summary>
     public void Join(TimeSpan? timeout = null)
     {
@@ -207,28 +239,61 @@ public sealed class KernelThread
             throw new InvalidOperationException($"{Name} cannot join itself");
         }
 
+        var deadline = limit == Timeout.InfiniteTimeSpan ? DateTime.MaxValue : DateTime.UtcNow + limit;
         if (self != null && self.Machine == Machine)
         {
-            // Sleep in short slices: the exit wakeup may come between the check and the sleep.
-            var deadline = limit == Timeout.InfiniteTimeSpan ? DateTime.MaxValue : DateTime.UtcNow + limit;
+            // The exit is checked under the sleep lock before sleeping, and the exit's wakeup
+            // takes that lock after setting it: the wakeup cannot be missed.
             while (!_hasExited)
             {
-                if (DateTime.UtcNow >= deadline)
+                var left = deadline - DateTime.UtcNow;
+                if (left <= TimeSpan.Zero)
                 {
                     throw new TimeoutException($"{Name} did not exit within {limit}");
                 }
 
-                Machine.Sleep(this, timeout: TimeSpan.FromMilliseconds(10));
+                Machine.SleepCore(this, null, limit == Timeout.InfiniteTimeSpan ? null : left, joinTarget: this, CancellationToken.None);
             }
         }
-        else if (!_exited.Wait(limit))
+        else if (!_exited.Wait(TimeSpan.Zero))
         {
-            throw new TimeoutException($"{Name} did not exit within {limit}");
+            JoinFromOutside(limit, deadline);
         }
 
         if (Fault != null)
         {
             ExceptionDispatchInfo.Capture(Fault).Throw();
+        }
+    }
+
+    /// <summary>
+    /// The join of a thread outside the machine: while it lasts, the machine's kernel threads are
+    /// all it waits for, so it looks for a deadlock among them every few milliseconds (the quiet
+    /// rule needs someone to look while every kernel thread sleeps).
+    /// </summary>
+    private void JoinFromOutside(TimeSpan limit, DateTime deadline)
+    {
+        Machine.OutsideJoin(this, +1);
+        try
+        {
+            while (true)
+            {
+                Machine.CheckForDeadlock();
+                var left = deadline - DateTime.UtcNow;
+                if (left <= TimeSpan.Zero)
+                {
+                    throw new TimeoutException($"{Name} did not exit within {limit}");
+                }
+
+                if (_exited.Wait(left < s_outsideCheckInterval ? left : s_outsideCheckInterval))
+                {
+                    return;
+                }
+            }
+        }
+        finally
+        {
+            Machine.OutsideJoin(this, -1);
         }
     }
 
