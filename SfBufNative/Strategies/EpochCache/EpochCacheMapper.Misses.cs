@@ -14,7 +14,7 @@ public sealed unsafe partial class EpochCacheMapper
     /// cannot deadlock holding part of what the other needs.
     /// </summary>
     /// <returns>True with every handle in <paramref name="result"/>; false (NoWait or a cancelled Catch) with none held.</returns>
-    public bool AllocMany(ReadOnlySpan<VmPage> pages, Span<SfBuf> result, SfBufFlags flags = SfBufFlags.Default, CancellationToken cancellation = default)
+    public override bool AllocMany(ReadOnlySpan<VmPage> pages, Span<SfBuf> result, SfBufFlags flags = SfBufFlags.Default, CancellationToken cancellation = default)
     {
         if (result.Length < pages.Length)
         {
