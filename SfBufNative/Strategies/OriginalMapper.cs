@@ -230,13 +230,7 @@ public sealed unsafe class OriginalMapper : SfBufMapper
         Volatile.Write(ref _tags[PageIndex(va)], tag);
         Interlocked.Increment(ref _misses);
         int used = Interlocked.Increment(ref _used);
-        for (int peak = Volatile.Read(ref _peak); used > peak; peak = Volatile.Read(ref _peak))
-        {
-            if (Interlocked.CompareExchange(ref _peak, used, peak) == peak)
-            {
-                break;
-            }
-        }
+        HighWater.Raise(ref _peak, used);
 
         return new SfBuf(va, page, tag, Id);
     }

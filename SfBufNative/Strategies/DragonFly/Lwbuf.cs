@@ -145,13 +145,7 @@ internal sealed unsafe class Lwbuf
         cpu.InvalidateLocal(o->Kva >> Pte.PageShift);
         Interlocked.Increment(ref _allocs);
         int count = Interlocked.Increment(ref _count);
-        for (int peak = Volatile.Read(ref _peak); count > peak; peak = Volatile.Read(ref _peak))
-        {
-            if (Interlocked.CompareExchange(ref _peak, count, peak) == peak)
-            {
-                break;
-            }
-        }
+        HighWater.Raise(ref _peak, count);
 
         return id;
     }

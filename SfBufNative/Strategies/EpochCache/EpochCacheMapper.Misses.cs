@@ -299,13 +299,7 @@ public sealed unsafe partial class EpochCacheMapper
         }
 
         int used = CurrentUsed();
-        for (int peak = Volatile.Read(ref _peak); used > peak; peak = Volatile.Read(ref _peak))
-        {
-            if (Interlocked.CompareExchange(ref _peak, used, peak) == peak)
-            {
-                break;
-            }
-        }
+        HighWater.Raise(ref _peak, used);
 
         return used;
     }
@@ -314,13 +308,7 @@ public sealed unsafe partial class EpochCacheMapper
     private void CountBusyExactly(int delta)
     {
         long busy = Interlocked.Add(ref _busyExact, delta);
-        for (int peak = Volatile.Read(ref _peak); busy > peak; peak = Volatile.Read(ref _peak))
-        {
-            if (Interlocked.CompareExchange(ref _peak, (int)busy, peak) == peak)
-            {
-                break;
-            }
-        }
+        HighWater.Raise(ref _peak, (int)busy);
     }
 
     private int CurrentUsed()

@@ -136,13 +136,7 @@ internal sealed unsafe class Emap : IContextSwitchHook, ITlbFlushHook, IDisposab
         _machine.KernelPmap.CountMapping(1);
         gen = Produce();
         int used = Interlocked.Increment(ref _used);
-        for (int peak = Volatile.Read(ref _peak); used > peak; peak = Volatile.Read(ref _peak))
-        {
-            if (Interlocked.CompareExchange(ref _peak, used, peak) == peak)
-            {
-                break;
-            }
-        }
+        HighWater.Raise(ref _peak, used);
 
         return va;
     }

@@ -217,13 +217,7 @@ public sealed class EmapMapper : SfBufMapper
         Machine.KernelPmap.CountMapping(1);
         Interlocked.Increment(ref _kenterMaps);
         int used = Interlocked.Increment(ref _kenterUsed);
-        for (int peak = Volatile.Read(ref _kenterPeak); used > peak; peak = Volatile.Read(ref _kenterPeak))
-        {
-            if (Interlocked.CompareExchange(ref _kenterPeak, used, peak) == peak)
-            {
-                break;
-            }
-        }
+        HighWater.Raise(ref _kenterPeak, used);
 
         return va;
     }
