@@ -222,6 +222,37 @@ public sealed class EpochCacheMapperTests
         Assert.That(sfbufs.Stats().Details.Keys, Has.None.EqualTo("epoch.retired_slots"), "recycles are reported once, as Recycles");
     }
 
+    [Test]
+    public void EachCpusPerCpuLinePartitionHeaderAndMagazineShareNoCacheLineWithAnotherCpus([Values(2, 3, 8)] int cpus)
+    {
+        // The partition headers were 48-byte structs side by side in a managed array, so that
+        // neighbouring CPUs' headers (written at every retire and reclaim) shared lines.
+        using var m = new SimMachine(SfBufRig.Small(cpus: cpus, windowPages: 512));
+        using var sfbufs = Create(m, 512);
+        var owner = new Dictionary<nuint, string>();
+        void Claim(nuint address, int bytes, string what)
+        {
+            for (nuint line = address / 64; line <= (address + (nuint)bytes - 1) / 64; line++)
+            {
+                if (owner.TryGetValue(line, out var other) && other != what)
+                {
+                    Assert.Fail($"{what} shares cache line 0x{line * 64:x} with {other}");
+                }
+
+                owner[line] = what;
+            }
+        }
+
+        for (int c = 0; c < cpus; c++)
+        {
+            var layout = sfbufs.TestHookLayout(c);
+            Claim(layout.PerCpu, 128, $"cpu {c}");
+            Claim(layout.Partition, 128, $"cpu {c}");
+            Claim(layout.Magazine, (1 + sfbufs.MagazineSize) * sizeof(int), $"cpu {c}");
+            Claim(layout.Shared, 16, "the shared line");
+        }
+    }
+
     // ------------------------------------------------------------------ retire, epochs, reclaim
 
     [Test]

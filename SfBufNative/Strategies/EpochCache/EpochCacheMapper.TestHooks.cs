@@ -27,6 +27,10 @@ public sealed unsafe partial class EpochCacheMapper
     /// <summary>Adds <paramref name="delta"/> to CPU <paramref name="cpu"/>'s use count, as a miscounting path would (tests show the drift is reported, not hidden).</summary>
     internal void TestHookDriftUsed(int cpu, int delta) => _perCpu[cpu].Used += delta;
 
+    /// <summary>The addresses of CPU <paramref name="cpu"/>'s per-CPU line, partition header and magazine, and the shared line.</summary>
+    internal (nuint PerCpu, nuint Partition, nuint Magazine, nuint Shared) TestHookLayout(int cpu) =>
+        ((nuint)(_perCpu + cpu), (nuint)(_parts + cpu), (nuint)Magazine(cpu), (nuint)_shared);
+
     /// <summary>The epoch CPU <paramref name="cpu"/> last published.</summary>
     internal long TestHookObservedEpoch(int cpu) => Volatile.Read(ref _perCpu[cpu].ObservedEpoch);
 
