@@ -103,6 +103,9 @@ public sealed record MachineOptions
     /// <summary>
     /// How long the machine must be quiet (every live kernel thread asleep, nothing woken, started or
     /// ended) before sleeps with a timeout count as stuck for <see cref="DetectDeadlocks"/> (default 2 s).
+    /// A known false report: a kernel thread that sleeps with a timeout longer than this as a plain
+    /// delay, while every other one waits for it, is reported although its timeout would end the
+    /// wait; such a workload raises this or turns <see cref="DetectDeadlocks"/> off.
     /// </summary>
     public TimeSpan DeadlockQuiescence { get; init; } = TimeSpan.FromSeconds(2);
 

@@ -207,9 +207,10 @@ public abstract class SfBufMapper : IDisposable
         }
 
         int capacity = Capacity(flags);
-        if (pages.Length > capacity)
+        int distinct = DistinctPages(pages);
+        if (distinct > capacity)
         {
-            throw new ArgumentOutOfRangeException(nameof(pages), pages.Length, $"{Name} can never map more than {capacity} pages at once");
+            throw new ArgumentOutOfRangeException(nameof(pages), distinct, $"{Name} can never map more than {capacity} pages at once");
         }
 
         foreach (var page in pages)
@@ -230,7 +231,9 @@ public abstract class SfBufMapper : IDisposable
         }
         finally
         {
-            if (gated)
+            // A thread stopped while asleep (the machine is being disposed) holds no CPU and
+            // leaves the gate as it is: nothing runs on the machine any more.
+            if (gated && KernelThread.Current.Cpu != null)
             {
                 LeaveManyGate();
             }
@@ -316,7 +319,11 @@ public abstract class SfBufMapper : IDisposable
         }
         finally
         {
-            _manyLock.Unlock();
+            // Not held when a stopping machine ended the sleep (it throws without retaking it).
+            if (_manyLock.IsOwned)
+            {
+                _manyLock.Unlock();
+            }
         }
     }
 
@@ -392,6 +399,35 @@ public abstract class SfBufMapper : IDisposable
         {
             throw new InvalidOperationException($"SFB_CPUPRIVATE from {KernelThread.Current}, which is not pinned (sched_pin first)");
         }
+    }
+
+    /// <summary>How many different pages <paramref name="pages"/> names (a page named twice needs one mapping, referenced twice).</summary>
+    private protected static int DistinctPages(ReadOnlySpan<VmPage> pages)
+    {
+        int distinct = 0;
+        for (int i = 0; i < pages.Length; i++)
+        {
+            if (FirstIndexOf(pages, pages[i].Frame) == i)
+            {
+                distinct++;
+            }
+        }
+
+        return distinct;
+    }
+
+    /// <summary>The index of the first page of <paramref name="pages"/> with frame <paramref name="frame"/>, or -1.</summary>
+    private protected static int FirstIndexOf(ReadOnlySpan<VmPage> pages, uint frame)
+    {
+        for (int i = 0; i < pages.Length; i++)
+        {
+            if (pages[i].Frame == frame)
+            {
+                return i;
+            }
+        }
+
+        return -1;
     }
 
     /// <summary>Refuses a handle this mapper did not make.</summary>

@@ -113,7 +113,9 @@ public sealed record SfBufStrategyInfo(
             "the same", SfBufPrivateRules.None, 0, true,
             (machine, nsfbufs) => new Strategies.NetBsd.EmapMapper(machine, nsfbufs))
         {
-            Capacity = (m, _) => m.Stats().Nsfbufs,
+            // Readers map in the emap window, writers in kernel_map: the smaller bounds a request
+            // that may hold both kinds.
+            Capacity = (m, _) => Math.Min(m.Stats().Nsfbufs, m.Machine.KernelMap.Region.Pages),
             NotOnHost = "its saving is deferred invalidation: generations, consumed on the accessing CPU, piggybacked on non-global TLB flushes; user space can neither defer the host kernel's flush nor cause or observe a non-global flush, so this would not measure emap",
         },
         new(SfBufMapper.FreeBsdQuick, "FreeBSD 11", "pmap_quick_enter_page / pmap_quick_remove_page (i386 pmap.c, r286296); sf_buf for the rest",

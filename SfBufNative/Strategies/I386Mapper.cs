@@ -97,6 +97,7 @@ public sealed unsafe partial class I386Mapper : SfBufMapper
         CheckAlloc(page, flags);
         var td = KernelThread.Current;
         var token = (flags & SfBufFlags.Catch) != 0 ? cancellation : CancellationToken.None;
+        bool stoppedAsleep = false;
         _lock.Lock(td);
         try
         {
@@ -146,9 +147,17 @@ public sealed unsafe partial class I386Mapper : SfBufMapper
 
             return new SfBuf(_window.PageAddress(i), page, i, Id, _entries[i].Generation);
         }
+        catch (MachineStoppedException)
+        {
+            stoppedAsleep = !_lock.IsOwned; // the sleep of a stopping machine throws without retaking the lock
+            throw;
+        }
         finally
         {
-            _lock.Unlock(td);
+            if (!stoppedAsleep)
+            {
+                _lock.Unlock(td);
+            }
         }
     }
 

@@ -92,6 +92,7 @@ public sealed unsafe class OriginalMapper : SfBufMapper
         ulong poolStart = Pool();
         var token = (flags & SfBufFlags.Catch) != 0 ? cancellation : CancellationToken.None;
         int index;
+        bool stoppedAsleep = false;
         _poolLock.Lock();
         try
         {
@@ -114,9 +115,17 @@ public sealed unsafe class OriginalMapper : SfBufMapper
                 }
             }
         }
+        catch (MachineStoppedException)
+        {
+            stoppedAsleep = !_poolLock.IsOwned; // the sleep of a stopping machine throws without retaking the lock
+            throw;
+        }
         finally
         {
-            _poolLock.Unlock();
+            if (!stoppedAsleep)
+            {
+                _poolLock.Unlock();
+            }
         }
 
         ulong va = poolStart + ((ulong)index << Pte.PageShift);

@@ -21,9 +21,10 @@ public sealed unsafe partial class EpochCacheMapper
             throw new ArgumentException($"{result.Length} handles cannot hold {pages.Length} mappings", nameof(result));
         }
 
-        if (pages.Length > Nsfbufs)
+        int distinct = DistinctPages(pages);
+        if (distinct > Nsfbufs)
         {
-            throw new ArgumentOutOfRangeException(nameof(pages), pages.Length, $"more pages than the pool's {Nsfbufs} slots can never be mapped at once");
+            throw new ArgumentOutOfRangeException(nameof(pages), distinct, $"more pages than the pool's {Nsfbufs} slots can never be mapped at once");
         }
 
         foreach (var page in pages)
@@ -125,13 +126,16 @@ public sealed unsafe partial class EpochCacheMapper
         }
     }
 
-    /// <summary>Pages of <paramref name="pages"/> without a live slot: an upper bound on the installs they need (pool lock held).</summary>
+    /// <summary>
+    /// Different pages of <paramref name="pages"/> without a live slot: an upper bound on the
+    /// installs they need (pool lock held). A page named twice is installed once and hit again.
+    /// </summary>
     private int Missing(ReadOnlySpan<VmPage> pages)
     {
         int missing = 0;
-        foreach (var page in pages)
+        for (int i = 0; i < pages.Length; i++)
         {
-            missing += LiveSlot(page.Frame) < 0 ? 1 : 0;
+            missing += FirstIndexOf(pages, pages[i].Frame) == i && LiveSlot(pages[i].Frame) < 0 ? 1 : 0;
         }
 
         return missing;

@@ -73,6 +73,9 @@ public sealed unsafe partial class EpochCacheMapper : SfBufMapper, IContextSwitc
     /// reference that makes a slot busy counts on one shared word), 0 when it is sampled (the sum
     /// of the per-CPU use counts, read under the pool lock and by <see cref="Stats"/>, which a
     /// lock-free hit or miss does not raise: a shared word would cost the hit path its scaling).
+    /// A sample is neither a lower nor an upper bound: the per-CPU counts are read one after
+    /// another, and a reference taken on one CPU and dropped on another can make their sum, read
+    /// so, exceed every value the pool really held.
     /// </summary>
     public const string DetailPeakExact = "epoch.peak_exact";
 
