@@ -52,6 +52,7 @@ public sealed class KvaArena
             throw new ArgumentOutOfRangeException(nameof(pages), pages, $"{Region.Name} has {Region.Pages} pages");
         }
 
+        bool stoppedAsleep = false;
         _lock.Lock();
         try
         {
@@ -80,9 +81,17 @@ public sealed class KvaArena
                 }
             }
         }
+        catch (MachineStoppedException)
+        {
+            stoppedAsleep = !_lock.IsOwned; // the sleep of a stopping machine throws without retaking the lock
+            throw;
+        }
         finally
         {
-            _lock.Unlock();
+            if (!stoppedAsleep)
+            {
+                _lock.Unlock();
+            }
         }
     }
 

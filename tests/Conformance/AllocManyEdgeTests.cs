@@ -34,6 +34,40 @@ public sealed class AllocManyEdgeTests
     }
 
     /// <summary>
+    /// A thread waiting for a mapping when the machine is disposed ends with
+    /// <see cref="MachineStoppedException"/>: the strategy does not unlock the pool lock the
+    /// stopped sleep did not retake (sfbuf-i386, original and kmap did, and the
+    /// SynchronizationLockException hid why the thread stopped).
+    /// </summary>
+    [Test]
+    public void AWaiterStoppedByDisposeEndsWithMachineStopped([Values(SfBufMapper.I386, SfBufMapper.Original, SfBufMapper.LinuxKmap, SfBufMapper.EpochCache)] string strategy)
+    {
+        KernelThread waiter;
+        var m = new SimMachine(SfBufRig.Small() with { KernelMapPages = 1 });
+        try
+        {
+            var sfbufs = SfBufMapper.Create(strategy, m, 1);
+            var pages = SfBufRig.NewPages(m, 2);
+            var channel = new object();
+            m.StartThread("squatter", () =>
+            {
+                var sf = sfbufs.Alloc(pages[0]);
+                m.Sleep(channel, timeout: TimeSpan.FromMinutes(5)); // holds the only mapping until the machine stops
+                sfbufs.Free(sf);
+            }, cpu: 0, bound: true);
+            SfBufRig.WaitUntil(() => m.SleepingThreads == 1, "the squatter holds the only mapping");
+            waiter = m.StartThread("waiter", () => sfbufs.Alloc(pages[1]), cpu: 1, bound: true);
+            SfBufRig.WaitUntil(() => m.SleepingThreads == 2, "the waiter waits");
+        }
+        finally
+        {
+            m.Dispose();
+        }
+
+        Assert.That(waiter.Fault, Is.InstanceOf<MachineStoppedException>());
+    }
+
+    /// <summary>
     /// Disposing a machine while one caller holds the fallback's gate (asleep for its second
     /// page) and another waits for the gate stops both with <see cref="MachineStoppedException"/>,
     /// not with an error from a gate lock they no longer hold.

@@ -143,6 +143,7 @@ internal sealed unsafe class PkmapPool
     /// </summary>
     public ulong Kmap(KernelThread td, VmPage page, bool noWait, out int slot, out int generation)
     {
+        bool stoppedAsleep = false;
         _kmapLock.Lock(td);
         try
         {
@@ -175,9 +176,17 @@ internal sealed unsafe class PkmapPool
             generation = _generation[slot];
             return _window.PageAddress(slot);
         }
+        catch (MachineStoppedException)
+        {
+            stoppedAsleep = !_kmapLock.IsOwned; // the sleep of a stopping machine throws without retaking the lock
+            throw;
+        }
         finally
         {
-            _kmapLock.Unlock(td);
+            if (!stoppedAsleep)
+            {
+                _kmapLock.Unlock(td);
+            }
         }
     }
 
