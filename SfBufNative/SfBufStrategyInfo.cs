@@ -125,7 +125,7 @@ public sealed record SfBufStrategyInfo(
             Capacity = (m, isPrivate) => (isPrivate ? 1 : 0) + ((Strategies.FreeBsd.QuickMapper)m).SfBufPool.Nsfbufs,
             NotOnHost = "its saving is the per-CPU quick-map page invalidated with a local invlpg only (pmap_quick_enter_page); " + HostFlushesEverywhere,
         },
-        new(SfBufMapper.EpochCache, "this project", "sfbuf-i386's mapping cache with a lock-free page index (Linux's page_address) and epoch-deferred, batched recycling (NetBSD emap's generations, kmap's batched flush): EpochCacheMapper.cs",
+        new(SfBufMapper.EpochCache, "this project", "sfbuf-i386's mapping cache with a lock-free page index (Linux's page_address) and epoch-deferred, batched recycling (NetBSD emap's generations, kmap's batched flush): SfBufNative/Strategies/EpochCache/",
             SfBufStrategyGroup.Own, true, true, false, "the shared cache: no hint needed, no IPI", "the same: lock-free hit, no IPI on a miss unless the epoch fallback runs", SfBufPrivateRules.None, 0, true,
             (machine, nsfbufs) => new EpochCacheMapper(machine, nsfbufs))
         {
