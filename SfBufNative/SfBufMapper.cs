@@ -201,24 +201,7 @@ public abstract class SfBufMapper : IDisposable
     /// <exception cref="ArgumentOutOfRangeException">More pages than <see cref="Capacity"/>: the request could never be satisfied.</exception>
     public virtual bool AllocMany(ReadOnlySpan<VmPage> pages, Span<SfBuf> result, SfBufFlags flags = SfBufFlags.Default, CancellationToken cancellation = default)
     {
-        if (result.Length < pages.Length)
-        {
-            throw new ArgumentException($"{result.Length} handles cannot hold {pages.Length} mappings", nameof(result));
-        }
-
-        int capacity = Capacity(flags);
-        int distinct = DistinctPages(pages);
-        if (distinct > capacity)
-        {
-            throw new ArgumentOutOfRangeException(nameof(pages), distinct, $"{Name} can never map more than {capacity} pages at once");
-        }
-
-        foreach (var page in pages)
-        {
-            Machine.Physical.CheckFrame(page.Frame);
-            CheckAlloc(page, flags);
-        }
-
+        CheckAllocMany(pages, result, flags);
         bool gated = pages.Length > 1 && MayWait(flags);
         if (gated && !EnterManyGate(flags, cancellation))
         {
@@ -398,6 +381,32 @@ public abstract class SfBufMapper : IDisposable
         if ((flags & SfBufFlags.CpuPrivate) != 0 && !KernelThread.Current.IsPinned)
         {
             throw new InvalidOperationException($"SFB_CPUPRIVATE from {KernelThread.Current}, which is not pinned (sched_pin first)");
+        }
+    }
+
+    /// <summary>
+    /// <see cref="AllocMany"/>'s argument checks, shared by every implementation: room for the
+    /// handles, no more different pages than <see cref="Capacity"/>, and each page valid for
+    /// <see cref="CheckAlloc"/>.
+    /// </summary>
+    private protected void CheckAllocMany(ReadOnlySpan<VmPage> pages, Span<SfBuf> result, SfBufFlags flags)
+    {
+        if (result.Length < pages.Length)
+        {
+            throw new ArgumentException($"{result.Length} handles cannot hold {pages.Length} mappings", nameof(result));
+        }
+
+        int capacity = Capacity(flags);
+        int distinct = DistinctPages(pages);
+        if (distinct > capacity)
+        {
+            throw new ArgumentOutOfRangeException(nameof(pages), distinct, $"{Name} can never map more than {capacity} pages at once");
+        }
+
+        foreach (var page in pages)
+        {
+            Machine.Physical.CheckFrame(page.Frame);
+            CheckAlloc(page, flags);
         }
     }
 

@@ -16,23 +16,7 @@ public sealed unsafe partial class EpochCacheMapper
     /// <returns>True with every handle in <paramref name="result"/>; false (NoWait or a cancelled Catch) with none held.</returns>
     public override bool AllocMany(ReadOnlySpan<VmPage> pages, Span<SfBuf> result, SfBufFlags flags = SfBufFlags.Default, CancellationToken cancellation = default)
     {
-        if (result.Length < pages.Length)
-        {
-            throw new ArgumentException($"{result.Length} handles cannot hold {pages.Length} mappings", nameof(result));
-        }
-
-        int distinct = DistinctPages(pages);
-        if (distinct > Nsfbufs)
-        {
-            throw new ArgumentOutOfRangeException(nameof(pages), distinct, $"more pages than the pool's {Nsfbufs} slots can never be mapped at once");
-        }
-
-        foreach (var page in pages)
-        {
-            Machine.Physical.CheckFrame(page.Frame);
-            CheckAlloc(page, flags);
-        }
-
+        CheckAllocMany(pages, result, flags); // Capacity is Nsfbufs
         var td = KernelThread.Current;
         FlushPoint(td.Cpu!);
         _lock.Lock(td);
