@@ -1,0 +1,264 @@
+using System.Globalization;
+using System.Text;
+using Native.PageTable;
+using Native.Perf.Paper;
+using Native.Perf.Real;
+using Native.SfBufNative;
+
+namespace Native.Perf.Report;
+
+/// <summary>
+/// The generated blocks of the README and the docs pages (<c>&lt;!--gen NAME ARGS--&gt;</c>), each
+/// rendered from committed results or from the code's own tables, never typed:
+/// <list type="bullet">
+/// <item><c>run FILE</c>: what the run was (rows, CPUs, checked trials, stale accesses, round trip, noisy rows);</item>
+/// <item><c>headline FILE CPUS</c>: per experiment, the paired speedups of the paper's strategies, <c>epoch-cache</c> and the best peer;</item>
+/// <item><c>throughput FILE CPUS</c>: the median throughput, its 95% CI and IPIs per unit of every strategy;</item>
+/// <item><c>speedups FILE</c>: every paired speedup over <c>original</c>;</item>
+/// <item><c>per-unit FILE CPUS COUNTER FORMAT</c>, <c>modelled FILE CPUS</c>: one count, or the modelled cost, per unit;</item>
+/// <item><c>lru FILE STRATEGY...</c>: the hit rate at each working-set size;</item>
+/// <item><c>real-vs-simulated MEASURED SIMULATED</c>: <c>perf real</c>'s comparison;</item>
+/// <item><c>excerpt FILE FROM-TO...</c>: lines of a committed terminal output, clipped to 110 columns, in a code block;</item>
+/// <item><c>strategies</c>, <c>cost-profiles</c>: the registry and the built-in cost profiles.</item>
+/// </list>
+/// </summary>
+internal static class DocTables
+{
+    /// <summary>The block's lines (each ending in a newline).</summary>
+    public static string Render(string args, DocResults results)
+    {
+        var a = args.Split(' ', StringSplitOptions.RemoveEmptyEntries);
+        return a switch
+        {
+            ["run", var file] => Run(results.Rows(file)),
+            ["headline", var file, var cpus] => Headline(results.Rows(file), Cpus(cpus)),
+            ["throughput", var file, var cpus] => Throughput(results.Rows(file), Cpus(cpus)),
+            ["speedups", var file] => Speedups(results.Rows(file)),
+            ["per-unit", var file, var cpus, var counter, var format] => PerUnit(results.Rows(file), Cpus(cpus), r => r[counter] / r.Units, format, $"`{counter}` per MiB (per operation for exec and ptrace-word)"),
+            ["modelled", var file, var cpus] => PerUnit(results.Rows(file), Cpus(cpus), r => r.ModelledNs / 1000, "0.0#", "modelled mapping cost, µs per MiB (per operation for exec and ptrace-word)"),
+            ["lru", var file, .. var strategies] when strategies.Length > 0 => Lru(results.Rows(file), strategies),
+            ["real-vs-simulated", var measured, var simulated] => RealVsSimulated(results.Rows(measured), results.Rows(simulated)),
+            ["excerpt", var file, .. var ranges] when ranges.Length > 0 => Excerpt(results.Root, file, ranges),
+            ["strategies"] => Strategies(),
+            ["cost-profiles"] => CostProfilesTable(),
+            _ => throw new ArgumentException($"unknown generated block '{args}'"),
+        };
+    }
+
+    /// <summary>How the run's figures were timed: every row so far is real (host clock) time.</summary>
+    public static string TimeMode(IReadOnlyList<PaperRow> rows) =>
+        rows.Any(r => r.Backend == PaperRow.HostBackend) ? "real time on the host MMU" : "real time (host clock) on the simulated machine";
+
+    private static int Cpus(string text) =>
+        int.TryParse(text, CultureInfo.InvariantCulture, out int cpus) && cpus > 0 ? cpus : throw new ArgumentException($"'{text}' is not a CPU count");
+
+    private static string Run(IReadOnlyList<PaperRow> rows)
+    {
+        var first = rows[0];
+        var cpus = rows.Select(r => r.Cpus).Distinct().Order().ToList();
+        var trips = rows.Select(r => JsonValues.Number(r.Params.GetValueOrDefault("round_trip_ns"))).OfType<double>().Order().ToList();
+        long stale = rows.Sum(r => r["stale_accesses"] + r["latent_stale_accesses"]);
+        int noisy = rows.Count(r => r.Samples.Count >= 2 && r.Cv > 0.10);
+        var text = new StringBuilder();
+        text.AppendLine(CultureInfo.InvariantCulture,
+            $"- {rows.Count} rows: {rows.Select(r => r.Strategy).Distinct().Count()} strategies, {rows.Select(r => r.Experiment).Distinct().Count()} experiments, at {string.Join(" and ", cpus)} CPUs; {TimeMode(rows)}, cost profile `{first.CostProfile}`, {first.Samples.Count} timed trials per row.");
+        text.AppendLine(CultureInfo.InvariantCulture,
+            $"- {rows.Sum(r => r.CheckedTrials)} checked trials, with {stale} stale and latent-stale accesses.");
+        if (trips.Count > 0)
+        {
+            text.AppendLine(CultureInfo.InvariantCulture,
+                $"- The host's cross-core round trip before the timed trials: {DocQueries.Percentile(trips, 0.1):0} to {DocQueries.Percentile(trips, 0.9):0} ns (10th to 90th percentile, median {DocQueries.Percentile(trips, 0.5):0} ns).");
+        }
+
+        text.AppendLine(CultureInfo.InvariantCulture,
+            $"- {noisy} of {rows.Count(r => r.Samples.Count >= 2)} rows vary by more than 10 % between rounds (CV): their medians are uncertain; the paired speedups are the firmer comparison.");
+        return text.ToString();
+    }
+
+    private static string Headline(IReadOnlyList<PaperRow> rows, int cpus)
+    {
+        var speedups = PaperReport.Speedups(rows).Where(s => s.Cpus == cpus && s.Point.Length == 0).ToList();
+        var text = new StringBuilder();
+        text.AppendLine(CultureInfo.InvariantCulture, $"*Paired speedup over `original` at {cpus} CPUs, median [95% CI] of the per-round ratios; n.s.: the CI holds 1.0. {Capital(TimeMode(rows))}, cost profile `{rows[0].CostProfile}`.*");
+        text.AppendLine();
+        text.AppendLine("| experiment | `original` IPIs per unit | `sfbuf-i386` | `sfbuf-amd64` (direct map) | `epoch-cache` | best peer |");
+        text.AppendLine("|---|---:|---:|---:|---:|---|");
+        foreach (var experiment in speedups.Select(s => s.Experiment).Distinct())
+        {
+            var of = speedups.Where(s => s.Experiment == experiment).ToList();
+            string Cell(string strategy) => of.FirstOrDefault(s => s.Strategy == strategy) is { } s ? Speedup(s, " ") : "-";
+            var best = of.Where(s => SfBufStrategyInfo.All.Any(i => i.Name == s.Strategy && i.IsPeer)).MaxBy(s => s.Ratio.Median);
+            text.AppendLine(CultureInfo.InvariantCulture,
+                $"| `{experiment}` | {Number(of[0].BaselineIpis)} | {Cell(SfBufMapper.I386)} | {Cell(SfBufMapper.Amd64)} | {Cell(SfBufMapper.EpochCache)} | {(best is null ? "-" : $"`{best.Strategy}` {Speedup(best, " ")}")} |");
+        }
+
+        return text.ToString();
+    }
+
+    private static string Throughput(IReadOnlyList<PaperRow> rows, int cpus)
+    {
+        var at = rows.Where(r => r.Cpus == cpus && r.Point.Length == 0).ToList();
+        var strategies = Ordered(at.Select(r => r.Strategy));
+        var text = new StringBuilder();
+        text.AppendLine(CultureInfo.InvariantCulture, $"*{cpus} CPU{(cpus == 1 ? string.Empty : "s")}: median throughput, its 95% CI, and IPIs sent per unit in the median trial. {Capital(TimeMode(at))}, cost profile `{at[0].CostProfile}`.*");
+        text.AppendLine();
+        text.AppendLine("| experiment | unit | " + string.Join(" | ", strategies.Select(s => $"`{s}`")) + " |");
+        text.AppendLine("|---|---|" + string.Concat(strategies.Select(_ => "---:|")));
+        foreach (var experiment in at.Select(r => r.Experiment).Distinct())
+        {
+            var of = at.Where(r => r.Experiment == experiment).ToList();
+            string unit = of[0].Bytes > 0 ? "MiB/s<br>95% CI<br>IPIs/MiB" : "ops/s<br>95% CI<br>IPIs/op";
+            var cells = strategies.Select(s => of.FirstOrDefault(r => r.Strategy == s) is { } r
+                ? $"{Number(r.Throughput)}<br>{(r.CiLow is { } lo && r.CiHigh is { } hi ? $"[{Number(lo)}, {Number(hi)}]" : "-")}<br>{Number(r["ipis_sent"] / r.Units)}"
+                : "-");
+            text.AppendLine(CultureInfo.InvariantCulture, $"| `{experiment}` | {unit} | {string.Join(" | ", cells)} |");
+        }
+
+        return text.ToString();
+    }
+
+    private static string Speedups(IReadOnlyList<PaperRow> rows)
+    {
+        var speedups = PaperReport.Speedups(rows).Where(s => s.Point.Length == 0).ToList();
+        var strategies = Ordered(speedups.Select(s => s.Strategy));
+        var text = new StringBuilder();
+        text.AppendLine(CultureInfo.InvariantCulture, $"*Paired speedup over `original`: median [95% CI] of the per-round ratios; n.s.: the CI holds 1.0, no speedup. {Capital(TimeMode(rows))}, cost profile `{rows[0].CostProfile}`.*");
+        text.AppendLine();
+        text.AppendLine("| experiment | CPUs | `original` IPIs | " + string.Join(" | ", strategies.Select(s => $"`{s}`")) + " |");
+        text.AppendLine("|---|---:|---:|" + string.Concat(strategies.Select(_ => "---:|")));
+        foreach (var group in speedups.GroupBy(s => (s.Experiment, s.Cpus)))
+        {
+            var cells = strategies.Select(s => group.FirstOrDefault(x => x.Strategy == s) is { } x ? Speedup(x, "<br>") : "-");
+            text.AppendLine(CultureInfo.InvariantCulture, $"| `{group.Key.Experiment}` | {group.Key.Cpus} | {Number(group.First().BaselineIpis)} | {string.Join(" | ", cells)} |");
+        }
+
+        return text.ToString();
+    }
+
+    private static string PerUnit(IReadOnlyList<PaperRow> rows, int cpus, Func<PaperRow, double> value, string format, string what)
+    {
+        var at = rows.Where(r => r.Cpus == cpus && r.Point.Length == 0 && r.Experiment != "memcpy").ToList();
+        var strategies = Ordered(at.Select(r => r.Strategy));
+        var text = new StringBuilder();
+        text.AppendLine(CultureInfo.InvariantCulture, $"*{cpus} CPU{(cpus == 1 ? string.Empty : "s")}: {what}, from the median trial; counts do not depend on timing. Cost profile `{(at.Count > 0 ? at[0].ModelProfile : "?")}`.*");
+        text.AppendLine();
+        text.AppendLine("| experiment | " + string.Join(" | ", strategies.Select(s => $"`{s}`")) + " |");
+        text.AppendLine("|---|" + string.Concat(strategies.Select(_ => "---:|")));
+        foreach (var experiment in at.Select(r => r.Experiment).Distinct())
+        {
+            var of = at.Where(r => r.Experiment == experiment).ToList();
+            var cells = strategies.Select(s => of.FirstOrDefault(r => r.Strategy == s) is { } r ? value(r).ToString(format, CultureInfo.InvariantCulture) : "-");
+            text.AppendLine(CultureInfo.InvariantCulture, $"| `{experiment}` | {string.Join(" | ", cells)} |");
+        }
+
+        return text.ToString();
+    }
+
+    private static string Lru(IReadOnlyList<PaperRow> rows, string[] strategies)
+    {
+        var lru = rows.Where(r => r.Experiment == "lru").ToList();
+        var cpus = lru.Select(r => r.Cpus).Distinct().Order().ToList();
+        var columns = strategies.SelectMany(s => cpus.Select(c => (Strategy: s, Cpus: c))).ToList();
+        var text = new StringBuilder();
+        text.AppendLine("*Hit rate (sf_buf hits / (hits + misses), median trial) with a cyclic working set of K pages; K / `nsfbufs` in the first column.*");
+        text.AppendLine();
+        text.AppendLine("| working set / nsfbufs | pages | " + string.Join(" | ", columns.Select(c => $"`{c.Strategy}` {c.Cpus} CPU{(c.Cpus == 1 ? string.Empty : "s")}")) + " |");
+        text.AppendLine("|---:|---:|" + string.Concat(columns.Select(_ => "---:|")));
+        foreach (var point in lru.Select(r => r.Point).Distinct().OrderBy(p => JsonValues.Number(lru.First(r => r.Point == p).Params["fraction_of_pool"])))
+        {
+            var sample = lru.First(r => r.Point == point);
+            var cells = columns.Select(c => lru.FirstOrDefault(r => r.Point == point && r.Strategy == c.Strategy && r.Cpus == c.Cpus) is { } r
+                ? $"{100 * (JsonValues.Number(r.Params["hit_rate"]) ?? double.NaN):0.0} %"
+                : "-");
+            text.AppendLine(CultureInfo.InvariantCulture,
+                $"| {JsonValues.Number(sample.Params["fraction_of_pool"]):0.##} | {JsonValues.Number(sample.Params["working_set_pages"]):N0} | {string.Join(" | ", cells)} |");
+        }
+
+        return text.ToString();
+    }
+
+    private static string RealVsSimulated(IReadOnlyList<PaperRow> measured, IReadOnlyList<PaperRow> simulated)
+    {
+        var comparison = RealReport.Compare(measured, simulated);
+        var text = new StringBuilder();
+        text.AppendLine(CultureInfo.InvariantCulture, $"*Paired speedup over `original`, simulated (`perf paper --cost {simulated[0].CostProfile}`) against measured on the host MMU (`perf real`), both {TimeMode(measured).Replace("on the host MMU", "(host clock)", StringComparison.Ordinal)}; \"agree\": within a factor of 1.5. {comparison.Count(c => c.Agrees)} of {comparison.Count} agree.*");
+        text.AppendLine();
+        text.AppendLine("| experiment | CPUs | strategy | simulated | measured [95% CI] | measured / simulated | `original` MiB/s: simulated / measured | `original`: shootdowns asked / host flushes per MiB |");
+        text.AppendLine("|---|---:|---|---:|---:|---:|---:|---:|");
+        foreach (var c in comparison)
+        {
+            text.AppendLine(CultureInfo.InvariantCulture,
+                $"| `{c.Experiment}` | {c.Cpus} | `{c.Strategy}` | {c.Simulated:0.00}× | {Speedup(c.Measured, " ")} | {c.Factor:0.00} {c.Verdict} | {Number(c.SimulatedOriginal)} / {Number(c.MeasuredOriginal)} | {Number(c.ShootdownsAsked ?? double.NaN)} / {Number(c.HostFlushes ?? double.NaN)} |");
+        }
+
+        return text.ToString();
+    }
+
+    private static string Excerpt(string root, string file, string[] ranges)
+    {
+        var lines = File.ReadAllLines(Path.Combine(root, "docs", "results", file));
+        var text = new StringBuilder("```\n");
+        foreach (var range in ranges)
+        {
+            var bounds = range.Split('-');
+            int from = int.Parse(bounds[0], CultureInfo.InvariantCulture);
+            int to = bounds.Length > 1 ? int.Parse(bounds[1], CultureInfo.InvariantCulture) : from;
+            if (from < 1 || to > lines.Length || from > to)
+            {
+                throw new ArgumentException($"lines {range} are not in docs/results/{file} ({lines.Length} lines)");
+            }
+
+            for (int i = from - 1; i < to; i++)
+            {
+                string line = lines[i].TrimEnd();
+                text.AppendLine(line.Length <= 110 ? line : line[..109] + "…");
+            }
+        }
+
+        return text.Append("```\n").ToString();
+    }
+
+    private static string Strategies()
+    {
+        var text = new StringBuilder();
+        text.AppendLine("| strategy | kernel | private users get | shared users get |");
+        text.AppendLine("|---|---|---|---|");
+        foreach (var info in SfBufStrategyInfo.All)
+        {
+            text.AppendLine(CultureInfo.InvariantCulture, $"| `{info.Name}` | {info.Family} | {Escape(info.PrivateUsers)} | {Escape(info.SharedUsers)} |");
+        }
+
+        return text.ToString();
+    }
+
+    private static string CostProfilesTable()
+    {
+        var text = new StringBuilder();
+        text.AppendLine("| profile | invlpg | full flush | walk | PTE write | IPI send | delivery | handler | source |");
+        text.AppendLine("|---|---:|---:|---:|---:|---:|---:|---:|---|");
+        foreach (var m in CostModel.Builtin.Values)
+        {
+            text.AppendLine(CultureInfo.InvariantCulture,
+                $"| `{m.Name}` | {m.LocalInvalidateNs:0.#} ns | {m.FullFlushNs:0.#} ns | {m.TlbMissWalkNs:0.#} ns | {m.PteWriteNs:0.#} ns | {m.IpiSendNs:0.#} ns | {m.IpiDeliveryNs:0.#} ns | {m.IpiHandlerNs:0.#} ns | {Escape(m.Source)} |");
+        }
+
+        return text.ToString();
+    }
+
+    private static List<string> Ordered(IEnumerable<string> strategies)
+    {
+        var present = strategies.Distinct().ToList();
+        var order = SfBufStrategyInfo.All.Select(i => i.Name).ToList();
+        return [.. present.OrderBy(s => order.IndexOf(s) is int i and >= 0 ? i : int.MaxValue).ThenBy(s => s, StringComparer.Ordinal)];
+    }
+
+    private static string Speedup(PaperReport.Speedup s, string separator) =>
+        string.Create(CultureInfo.InvariantCulture, $"{s.Ratio.Median:0.00}×{(s.Significant ? string.Empty : " n.s.")}{(s.Ratio.CiLow is { } lo && s.Ratio.CiHigh is { } hi ? $"{separator}[{lo:0.00}, {hi:0.00}]" : string.Empty)}");
+
+    private static string Number(double v) =>
+        double.IsNaN(v) ? "n/a" : v == 0 ? "0" : v.ToString(Math.Abs(v) >= 100 ? "N0" : "0.##", CultureInfo.InvariantCulture);
+
+    private static string Capital(string s) => s.Length == 0 ? s : char.ToUpperInvariant(s[0]) + s[1..];
+
+    private static string Escape(string s) => s.Replace("|", "\\|", StringComparison.Ordinal);
+}
