@@ -15,7 +15,7 @@ namespace Native.SfBufNative;
 /// and is held across the PTE update and the shootdown, as in FreeBSD.
 /// </para>
 /// <para>
-/// Deliberate deviations, both documented in the README: the old PTE is obtained with an atomic
+/// Deliberate deviations, both documented in docs/architecture.md: the old PTE is obtained with an atomic
 /// exchange (FreeBSD reads then writes), and after sleeping for a free sf_buf the hash is probed
 /// again, so a page mapped by another thread meanwhile is shared instead of mapped twice.
 /// Free wakes every waiter (FreeBSD 2006 woke one and could lose wakeups).

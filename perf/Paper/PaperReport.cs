@@ -171,7 +171,7 @@ internal static class PaperReport
 
     /// <summary>
     /// A Markdown summary: median throughput with its CI, shootdowns/IPIs and the modelled cost
-    /// per unit for every experiment, strategy and CPU count (the README's results table), the
+    /// per unit for every experiment, strategy and CPU count (the results tables of docs/results.md), the
     /// paired speedups over <c>original</c>, then the LRU hit rates.
     /// </summary>
     public static void WriteMarkdown(string path, IReadOnlyList<PaperRow> rows)
