@@ -63,7 +63,7 @@ internal static class DocTables
         text.AppendLine(CultureInfo.InvariantCulture,
             $"- {rows.Count} rows: {rows.Select(r => r.Strategy).Distinct().Count()} strategies, {rows.Select(r => r.Experiment).Distinct().Count()} experiments, at {string.Join(" and ", cpus)} CPUs; {TimeMode(rows)}, cost profile `{first.CostProfile}`, {first.Samples.Count} timed trials per row.");
         text.AppendLine(CultureInfo.InvariantCulture,
-            $"- {rows.Sum(r => r.CheckedTrials)} checked trials, with {stale} stale and latent-stale accesses.");
+            $"- {rows.Sum(r => r.CheckedTrials)} checked trials, with {stale} stale or latent-stale accesses.");
         if (trips.Count > 0)
         {
             text.AppendLine(CultureInfo.InvariantCulture,
