@@ -24,9 +24,6 @@ internal static class ChartText
     /// <summary>The legend entry of the error bars.</summary>
     public const string CiLegend = "95% CI of the median";
 
-    /// <summary>The unit a row's counts are normalised by: MiB for bulk experiments, operation otherwise.</summary>
-    public static string PerUnit(PaperRow row) => row.Unit;
-
     /// <summary>The throughput unit of a row: MiB/s for bulk experiments, operations/s otherwise.</summary>
     public static string ThroughputUnit(PaperRow row)
     {

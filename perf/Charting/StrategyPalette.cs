@@ -40,36 +40,11 @@ internal sealed record StrategyStyle(int Index, Color Color, int Variant)
     /// <summary>The colour the hatch is drawn in over <see cref="Color"/>: white for the first four variants, black for the next four.</summary>
     public Color HatchColor => (Variant / 4) % 2 == 0 ? Colors.White : Colors.Black;
 
-    /// <summary>What tells two styles apart in a line chart (bar charts: colour, hatch and hatch colour, unique for the first 160 indices).</summary>
+    /// <summary>What tells two styles apart in a line chart: colour, pattern and marker, different for each of the first 640 indices (20 colours x 32 variants).</summary>
     public (uint Color, LinePattern Pattern, MarkerShape Marker) LineKey => (Color.ARGB, LinePattern, Marker);
 
-    /// <summary>What tells two styles apart in a bar chart.</summary>
+    /// <summary>What tells two styles apart in a bar chart: colour, hatch and hatch colour, different for each of the first 160 indices (20 colours x 8 variants).</summary>
     public (uint Color, int Hatch, uint HatchColor) BarKey => (Color.ARGB, Variant % 4, HatchColor.ARGB);
-
-    /// <summary>Styles a bar.</summary>
-    public void Apply(Bar bar)
-    {
-        ArgumentNullException.ThrowIfNull(bar);
-        bar.FillColor = Color;
-        if (Hatch is { } hatch)
-        {
-            bar.FillHatch = hatch;
-            bar.FillHatchColor = HatchColor;
-        }
-    }
-
-    /// <summary>A legend entry for a bar series.</summary>
-    public LegendItem BarLegend(string label)
-    {
-        var item = new LegendItem { LabelText = label, FillColor = Color };
-        if (Hatch is { } hatch)
-        {
-            item.FillHatch = hatch;
-            item.FillHatchColor = HatchColor;
-        }
-
-        return item;
-    }
 }
 
 /// <summary>
