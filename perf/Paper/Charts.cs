@@ -1,28 +1,36 @@
-using Native.SfBufNative;
-using ScottPlot;
+using Native.Perf.Charting;
 
 namespace Native.Perf.Paper;
 
-/// <summary>PNG charts of a <c>perf paper</c> run (ScottPlot, rendered headless).</summary>
+/// <summary>
+/// PNG charts of a <c>perf paper</c> run (ScottPlot, rendered headless): per experiment the
+/// throughput of every strategy with its 95% CI, and against the CPU count the modelled mapping
+/// cost and the IPIs per unit; the IPIs per MiB of every bulk experiment; the LRU curve. Every
+/// chart's title says the CPU count, the cost profile and the time mode of its rows; value axes
+/// are logarithmic where the values span more than a decade (<see cref="AxisScale"/>); every
+/// strategy keeps its registry colour (<see cref="StrategyPalette"/>).
+/// </summary>
 internal static class Charts
 {
-    private static readonly ScottPlot.Palettes.Category10 s_palette = new();
+    /// <summary>The name of the chart of IPIs per MiB of every bulk experiment.</summary>
+    public const string IpisPerMibFile = "ipis-per-mib.png";
 
     /// <summary>Writes every chart into <paramref name="directory"/>; returns the files.</summary>
     public static List<string> Write(string directory, IReadOnlyList<PaperRow> rows)
     {
         Directory.CreateDirectory(directory);
-        var files = new List<string>();
+        return [.. Plan(rows).Select(c => c.Save(directory))];
+    }
+
+    /// <summary>The charts of <paramref name="rows"/>, described, in the order they are written.</summary>
+    public static List<IChart> Plan(IReadOnlyList<PaperRow> rows)
+    {
+        ArgumentNullException.ThrowIfNull(rows);
+        var charts = new List<IChart>();
         foreach (var group in rows.Where(r => r.Experiment != "lru").GroupBy(r => r.Experiment))
         {
             var list = group.ToList();
-            bool bulk = list[0].Bytes > 0;
-            files.Add(GroupedBars(
-                Path.Combine(directory, $"throughput-{group.Key}.png"),
-                $"{group.Key}: throughput ({list[0].CostProfile} cost profile)",
-                bulk ? "MiB/s" : "operations/s",
-                list,
-                r => bulk ? r.MbPerS : r.OpsPerS));
+            charts.Add(Throughput($"throughput-{group.Key}.png", group.Key, list));
         }
 
         // Per experiment, one line per strategy against the CPU count: the modelled mapping cost
@@ -32,187 +40,139 @@ internal static class Charts
             foreach (var group in rows.Where(r => r.Experiment is not ("lru" or "memcpy")).GroupBy(r => r.Experiment))
             {
                 var list = group.ToList();
-                files.Add(AgainstCpus(
-                    Path.Combine(directory, $"modelled-{group.Key}.png"),
-                    $"{group.Key}: modelled mapping cost ({list[0].ModelProfile} profile)",
-                    $"µs per {list[0].Unit}",
+                string unit = list[0].Unit;
+                charts.Add(AgainstCpus(
+                    $"modelled-{group.Key}.png",
+                    ChartText.Title($"{group.Key}: modelled mapping cost per {unit}", ChartText.ModelledContext(list)),
+                    $"µs per {unit}",
                     list,
                     r => r.ModelledNs / 1000));
-                files.Add(AgainstCpus(
-                    Path.Combine(directory, $"ipis-vs-cpus-{group.Key}.png"),
-                    $"{group.Key}: IPIs sent per {list[0].Unit} against the CPU count",
-                    $"IPIs / {list[0].Unit}",
+                charts.Add(AgainstCpus(
+                    $"ipis-vs-cpus-{group.Key}.png",
+                    ChartText.Title($"{group.Key}: IPIs sent per {unit} against the CPU count (median trial)", ChartText.Context(list)),
+                    $"IPIs per {unit}",
                     list,
                     r => r["ipis_sent"] / r.Units));
             }
         }
 
-        var bulkRows = rows.Where(r => r.Bytes > 0 && r.Experiment != "memcpy").ToList();
+        var bulkRows = rows.Where(r => r.Bytes > 0 && r.Experiment is not ("memcpy" or "lru")).ToList();
         if (bulkRows.Count > 0)
         {
             int cpus = bulkRows.Max(r => r.Cpus);
-            files.Add(IpisPerMb(Path.Combine(directory, "ipis-per-mb.png"), bulkRows.Where(r => r.Cpus == cpus).ToList(), cpus));
+            charts.Add(IpisPerMib(IpisPerMibFile, [.. bulkRows.Where(r => r.Cpus == cpus)]));
         }
 
         var lru = rows.Where(r => r.Experiment == "lru").ToList();
         if (lru.Count > 0)
         {
-            files.Add(LruCurve(Path.Combine(directory, "lru.png"), lru));
+            charts.Add(LruCurve("lru.png", lru));
         }
 
-        return files;
+        return charts;
     }
 
-    /// <summary>One bar per strategy, grouped by CPU count.</summary>
-    public static string GroupedBars(string path, string title, string yLabel, IReadOnlyList<PaperRow> rows, Func<PaperRow, double> value)
+    /// <summary>One bar per strategy, grouped by CPU count: the median throughput with its 95% CI across rounds.</summary>
+    public static BarChart Throughput(string fileName, string experiment, IReadOnlyList<PaperRow> rows)
     {
-        var plot = new Plot();
-        var strategies = rows.Select(r => r.Strategy).Distinct().ToList();
+        ArgumentNullException.ThrowIfNull(rows);
+        var strategies = StrategyPalette.Ordered(rows.Select(r => r.Strategy));
+        var styles = StrategyPalette.For(strategies);
         var cpuCounts = rows.Select(r => r.Cpus).Distinct().Order().ToList();
-        var bars = new List<Bar>();
-        var ticks = new List<Tick>();
+        var values = new List<BarValue>();
         for (int g = 0; g < cpuCounts.Count; g++)
         {
-            double center = g * (strategies.Count + 1);
-            ticks.Add(new Tick(center + ((strategies.Count - 1) / 2.0), $"{cpuCounts[g]} CPU{(cpuCounts[g] > 1 ? "s" : string.Empty)}"));
             for (int s = 0; s < strategies.Count; s++)
             {
-                var row = rows.FirstOrDefault(r => r.Cpus == cpuCounts[g] && r.Strategy == strategies[s]);
-                if (row != null)
+                if (rows.FirstOrDefault(r => r.Cpus == cpuCounts[g] && r.Strategy == strategies[s]) is { } row)
                 {
-                    double v = value(row);
-                    bars.Add(new Bar
-                    {
-                        Position = center + s,
-                        Value = v,
-                        FillColor = s_palette.GetColor(s),
-                        Label = v.ToString(v >= 100 ? "N0" : "0.#", System.Globalization.CultureInfo.InvariantCulture),
-                    });
+                    values.Add(new BarValue(g, s, row.Throughput, row.CiLow, row.CiHigh));
                 }
             }
         }
 
-        plot.Add.Bars(bars);
-        plot.Axes.Bottom.TickGenerator = new ScottPlot.TickGenerators.NumericManual([.. ticks]);
-        plot.Axes.Margins(bottom: 0);
-        for (int s = 0; s < strategies.Count; s++)
-        {
-            plot.Legend.ManualItems.Add(new LegendItem { LabelText = strategies[s], FillColor = s_palette.GetColor(s) });
-        }
-
-        // Beside the data with the peers on board: inside, nine entries would hide bars.
-        if (strategies.Count > 3)
-        {
-            plot.ShowLegend(Edge.Right);
-        }
-        else
-        {
-            plot.ShowLegend(Alignment.UpperLeft);
-        }
-
-        plot.Title(title);
-        plot.YLabel(yLabel);
-        plot.SavePng(path, strategies.Count > 3 ? 1000 : 800, 450);
-        return path;
+        return new BarChart(
+            fileName,
+            ChartText.Title($"{experiment}: throughput, {ChartText.Summary(rows)}", ChartText.Context(rows)),
+            ChartText.ThroughputUnit(rows[0]),
+            [.. cpuCounts.Select(CpuLabel)],
+            [.. strategies.Select(s => ChartSeries.Of(s, styles[s]))],
+            values,
+            intervalLegend: ChartText.CiLegend);
     }
 
-    private static string IpisPerMb(string path, List<PaperRow> rows, int cpus)
-    {
-        var plot = new Plot();
-        var experiments = rows.Select(r => r.Experiment).Distinct().ToList();
-        var strategies = SfBufMapper.StrategyNames.Where(s => rows.Any(r => r.Strategy == s)).ToList();
-        var bars = new List<Bar>();
-        var ticks = new List<Tick>();
-        for (int e = 0; e < experiments.Count; e++)
-        {
-            double center = e * (strategies.Count + 1);
-            ticks.Add(new Tick(center + ((strategies.Count - 1) / 2.0), experiments[e]));
-            for (int s = 0; s < strategies.Count; s++)
-            {
-                var row = rows.FirstOrDefault(r => r.Experiment == experiments[e] && r.Strategy == strategies[s]);
-                if (row != null)
-                {
-                    bars.Add(new Bar { Position = center + s, Value = row["ipis_sent"] / row.Units, FillColor = s_palette.GetColor(s) });
-                }
-            }
-        }
-
-        plot.Add.Bars(bars);
-        plot.Axes.Bottom.TickGenerator = new ScottPlot.TickGenerators.NumericManual([.. ticks]);
-        plot.Axes.Margins(bottom: 0);
-        for (int s = 0; s < strategies.Count; s++)
-        {
-            plot.Legend.ManualItems.Add(new LegendItem { LabelText = strategies[s], FillColor = s_palette.GetColor(s) });
-        }
-
-        if (strategies.Count > 3)
-        {
-            plot.ShowLegend(Edge.Right);
-        }
-        else
-        {
-            plot.ShowLegend(Alignment.UpperRight);
-        }
-
-        plot.Title($"IPIs sent per MiB moved, {cpus} CPUs");
-        plot.YLabel("IPIs / MiB");
-        plot.SavePng(path, 1000, 450);
-        return path;
-    }
+    /// <summary>"1 CPU", "2 CPUs".</summary>
+    public static string CpuLabel(int cpus) => $"{cpus} CPU{(cpus > 1 ? "s" : string.Empty)}";
 
     /// <summary>One line per strategy: <paramref name="value"/> against the CPU count.</summary>
-    public static string AgainstCpus(string path, string title, string yLabel, IReadOnlyList<PaperRow> rows, Func<PaperRow, double> value)
+    public static LineChart AgainstCpus(string fileName, string title, string yLabel, IReadOnlyList<PaperRow> rows, Func<PaperRow, double> value)
     {
-        var plot = new Plot();
-        var strategies = SfBufMapper.StrategyNames.Where(s => rows.Any(r => r.Strategy == s)).ToList();
-        var cpuCounts = rows.Select(r => r.Cpus).Distinct().Order().ToList();
+        ArgumentNullException.ThrowIfNull(rows);
+        var strategies = StrategyPalette.Ordered(rows.Select(r => r.Strategy));
+        var styles = StrategyPalette.For(strategies);
+        var lines = new List<LinePoints>();
         for (int s = 0; s < strategies.Count; s++)
         {
             var points = rows.Where(r => r.Strategy == strategies[s]).OrderBy(r => r.Cpus).ToList();
-            var line = plot.Add.Scatter(points.Select(r => (double)r.Cpus).ToArray(), points.Select(value).ToArray(), s_palette.GetColor(s));
-            line.LegendText = strategies[s];
+            lines.Add(new LinePoints(s, [.. points.Select(r => (double)r.Cpus)], [.. points.Select(value)]));
         }
 
-        plot.Axes.Bottom.TickGenerator = new ScottPlot.TickGenerators.NumericManual(
-            [.. cpuCounts.Select(c => new Tick(c, c.ToString(System.Globalization.CultureInfo.InvariantCulture)))]);
-        plot.ShowLegend(Edge.Right);
-        plot.Title(title);
-        plot.XLabel("simulated CPUs");
-        plot.YLabel(yLabel);
-        plot.SavePng(path, 800, 450);
-        return path;
+        string machine = rows.Any(r => r.Backend == PaperRow.HostBackend) ? "CPUs" : "simulated CPUs";
+        return new LineChart(fileName, title, machine, yLabel,
+            [.. strategies.Select(s => ChartSeries.Of(s, styles[s]))], lines,
+            xTicks: [.. rows.Select(r => (double)r.Cpus).Distinct().Order()]);
     }
 
-    private static string LruCurve(string path, List<PaperRow> rows)
+    private static BarChart IpisPerMib(string fileName, List<PaperRow> rows)
     {
-        var plot = new Plot();
+        var experiments = rows.Select(r => r.Experiment).Distinct().ToList();
+        var strategies = StrategyPalette.Ordered(rows.Select(r => r.Strategy));
+        var styles = StrategyPalette.For(strategies);
+        var values = new List<BarValue>();
+        for (int e = 0; e < experiments.Count; e++)
+        {
+            for (int s = 0; s < strategies.Count; s++)
+            {
+                if (rows.FirstOrDefault(r => r.Experiment == experiments[e] && r.Strategy == strategies[s]) is { } row)
+                {
+                    values.Add(new BarValue(e, s, row["ipis_sent"] / row.Units));
+                }
+            }
+        }
+
+        return new BarChart(
+            fileName,
+            ChartText.Title($"IPIs sent per {ChartText.MiB} moved (median trial)", ChartText.Context(rows)),
+            $"IPIs per {ChartText.MiB}",
+            experiments,
+            [.. strategies.Select(s => ChartSeries.Of(s, styles[s]))],
+            values,
+            valueLabels: false);
+    }
+
+    private static LineChart LruCurve(string fileName, List<PaperRow> rows)
+    {
         int cpus = rows.Min(r => r.Cpus);
-        int i = 0;
-        foreach (var group in rows.Where(r => r.Cpus == cpus && JsonValues.Number(r.Params["hit_rate"]) is not null).GroupBy(r => r.Strategy))
+        var shown = rows.Where(r => r.Cpus == cpus && JsonValues.Number(r.Params.GetValueOrDefault("hit_rate")) is not null).ToList();
+        var strategies = StrategyPalette.Ordered(shown.Select(r => r.Strategy));
+        var styles = StrategyPalette.For(strategies);
+        var lines = new List<LinePoints>();
+        for (int s = 0; s < strategies.Count; s++)
         {
-            var points = group.OrderBy(r => JsonValues.Number(r.Params["fraction_of_pool"])).ToList();
-            var line = plot.Add.Scatter(
-                points.Select(r => JsonValues.Number(r.Params["fraction_of_pool"])!.Value).ToArray(),
-                points.Select(r => 100 * JsonValues.Number(r.Params["hit_rate"])!.Value).ToArray(),
-                s_palette.GetColor(i++));
-            line.LegendText = group.Key;
+            var points = shown.Where(r => r.Strategy == strategies[s]).OrderBy(r => JsonValues.Number(r.Params["fraction_of_pool"])).ToList();
+            lines.Add(new LinePoints(s,
+                [.. points.Select(r => JsonValues.Number(r.Params["fraction_of_pool"])!.Value)],
+                [.. points.Select(r => 100 * JsonValues.Number(r.Params["hit_rate"])!.Value)]));
         }
 
-        plot.Add.VerticalLine(1.0, color: Colors.Gray).LegendText = "nsfbufs";
-        if (i > 3)
-        {
-            plot.ShowLegend(Edge.Right);
-        }
-        else
-        {
-            plot.ShowLegend(Alignment.UpperRight);
-        }
-
-        plot.Title("sf_buf hit rate, cyclic working set");
-        plot.XLabel("working set / nsfbufs");
-        plot.YLabel("hits (%)");
-        plot.Axes.SetLimitsY(-5, 105);
-        plot.SavePng(path, 800, 450);
-        return path;
+        return new LineChart(
+            fileName,
+            ChartText.Title("sf_buf hit rate, cyclic working set", ChartText.Context(shown)),
+            "working set / nsfbufs",
+            "hits (%)",
+            [.. strategies.Select(s => ChartSeries.Of(s, styles[s]))],
+            lines,
+            verticalLine: (1.0, "nsfbufs"),
+            fixedY: (-5, 105));
     }
 }

@@ -45,7 +45,7 @@ internal static class PaperReport
 
     /// <summary>
     /// One table per experiment: median throughput with its CI and CV, the modelled mapping cost,
-    /// and per-MB (or per-op) counts, side by side.
+    /// and per-MiB (or per-op) counts, side by side.
     /// </summary>
     public static void PrintTables(IReadOnlyList<PaperRow> rows)
     {
@@ -61,7 +61,7 @@ internal static class PaperReport
                 table.AddColumn(new TableColumn("working set").RightAligned()).AddColumn(new TableColumn("hit rate").RightAligned());
             }
 
-            table.AddColumn(new TableColumn(first.Bytes > 0 ? "MB/s" : "ops/s").RightAligned())
+            table.AddColumn(new TableColumn(first.Bytes > 0 ? "MiB/s" : "ops/s").RightAligned())
                 .AddColumn(new TableColumn("95% CI").RightAligned())
                 .AddColumn(new TableColumn("CV").RightAligned())
                 .AddColumn(new TableColumn($"model/{first.Unit}").RightAligned());

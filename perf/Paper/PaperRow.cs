@@ -99,6 +99,16 @@ internal sealed record PaperRow
     [JsonPropertyName("checked_trials")]
     public int CheckedTrials { get; init; }
 
+    /// <summary>
+    /// How <see cref="Seconds"/> (and so the throughput) was timed: <see cref="RealTime"/>, the
+    /// host's wall clock, for every row so far (rows saved before the field read back as real time).
+    /// </summary>
+    [JsonPropertyName("time_mode")]
+    public string TimeMode { get; init; } = RealTime;
+
+    /// <summary>The <see cref="TimeMode"/> of trials timed by the host's wall clock.</summary>
+    public const string RealTime = "real";
+
     /// <summary>The <see cref="Backend"/> of rows from the simulated machine.</summary>
     public const string SimulatedBackend = "simulated";
 
@@ -112,9 +122,9 @@ internal sealed record PaperRow
     [JsonIgnore]
     public double Units => Bytes > 0 ? Bytes / (double)(1 << 20) : Math.Max(1, Ops);
 
-    /// <summary>"MB" or "op".</summary>
+    /// <summary>"MiB" (2^20 bytes) or "op".</summary>
     [JsonIgnore]
-    public string Unit => Bytes > 0 ? "MB" : "op";
+    public string Unit => Bytes > 0 ? "MiB" : "op";
 
     /// <summary>The median throughput: MiB/s for bulk experiments, operations/s otherwise.</summary>
     [JsonIgnore]

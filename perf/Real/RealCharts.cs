@@ -1,116 +1,75 @@
+using Native.Perf.Charting;
 using Native.Perf.Paper;
-using Native.SfBufNative;
 using ScottPlot;
 
 namespace Native.Perf.Real;
 
-/// <summary>PNG charts of a <c>perf real</c> run: median throughput with its interval, and simulated against measured speedups.</summary>
+/// <summary>
+/// PNG charts of a <c>perf real</c> run: per experiment the median throughput of every strategy
+/// with its 95% CI, and per CPU count the simulated against the measured speedups over
+/// <c>original</c>, each with its interval, on a log axis where they span more than a decade, with
+/// the 1× line. Titles say the CPU count, the cost profile and the time mode of each side.
+/// </summary>
 internal static class RealCharts
 {
-    private static readonly ScottPlot.Palettes.Category10 s_palette = new();
+    private static readonly ChartSeries s_simulated = ChartSeries.Plain("simulated (perf paper)", Colors.SteelBlue);
+    private static readonly ChartSeries s_measured = ChartSeries.Plain("measured (perf real, host MMU)", Colors.DarkOrange);
 
     /// <summary>Writes every chart into <paramref name="directory"/>; returns the files.</summary>
-    public static List<string> Write(string directory, IReadOnlyList<PaperRow> rows, IReadOnlyList<ComparisonRow>? comparison)
+    public static List<string> Write(string directory, IReadOnlyList<PaperRow> rows, IReadOnlyList<ComparisonRow>? comparison, IReadOnlyList<PaperRow>? simulated = null)
     {
         Directory.CreateDirectory(directory);
-        var files = new List<string>();
+        return [.. Plan(rows, comparison, simulated).Select(c => c.Save(directory))];
+    }
+
+    /// <summary>The charts, described, in the order they are written; <paramref name="simulated"/> (the rows compared with) names their profile and time mode.</summary>
+    public static List<IChart> Plan(IReadOnlyList<PaperRow> rows, IReadOnlyList<ComparisonRow>? comparison, IReadOnlyList<PaperRow>? simulated = null)
+    {
+        ArgumentNullException.ThrowIfNull(rows);
+        var charts = new List<IChart>();
         foreach (var group in rows.GroupBy(c => c.Experiment))
         {
-            files.Add(Throughput(Path.Combine(directory, $"real-throughput-{group.Key}.png"), group.Key, [.. group]));
+            var list = group.ToList();
+            var chart = Charts.Throughput($"real-throughput-{group.Key}.png", $"{group.Key} on the host MMU", list);
+            charts.Add(chart);
         }
 
         if (comparison is { Count: > 0 })
         {
             foreach (int cpus in comparison.Select(c => c.Cpus).Distinct().Order())
             {
-                files.Add(Speedups(Path.Combine(directory, $"real-vs-simulated-{cpus}cpu.png"), [.. comparison.Where(c => c.Cpus == cpus)], cpus));
+                charts.Add(Speedups($"real-vs-simulated-{cpus}cpu.png", [.. comparison.Where(c => c.Cpus == cpus)], cpus, rows, simulated));
             }
         }
 
-        return files;
+        return charts;
     }
 
-    private static string Throughput(string path, string experiment, List<PaperRow> cells)
+    private static BarChart Speedups(string fileName, List<ComparisonRow> rows, int cpus, IReadOnlyList<PaperRow> measured, IReadOnlyList<PaperRow>? simulated)
     {
-        var plot = new Plot();
-        var strategies = SfBufMapper.StrategyNames.Where(s => cells.Any(c => c.Strategy == s)).ToList();
-        var cpuCounts = cells.Select(c => c.Cpus).Distinct().Order().ToList();
-        var bars = new List<Bar>();
-        var ticks = new List<Tick>();
-        for (int g = 0; g < cpuCounts.Count; g++)
-        {
-            double center = g * (strategies.Count + 1);
-            ticks.Add(new Tick(center + ((strategies.Count - 1) / 2.0), $"{cpuCounts[g]} CPU{(cpuCounts[g] > 1 ? "s" : string.Empty)}"));
-            for (int s = 0; s < strategies.Count; s++)
-            {
-                var cell = cells.FirstOrDefault(c => c.Cpus == cpuCounts[g] && c.Strategy == strategies[s]);
-                if (cell == null)
-                {
-                    continue;
-                }
-
-                double median = cell.Throughput;
-                bars.Add(new Bar
-                {
-                    Position = center + s,
-                    Value = median,
-                    FillColor = s_palette.GetColor(s),
-                    Label = median.ToString(median >= 100 ? "N0" : "0.#", System.Globalization.CultureInfo.InvariantCulture),
-                });
-                if (cell.CiLow is { } low && cell.CiHigh is { } high)
-                {
-                    var whisker = plot.Add.Line(center + s, low, center + s, high);
-                    whisker.LineWidth = 2;
-                    whisker.LineColor = Colors.Black;
-                }
-            }
-        }
-
-        plot.Add.Bars(bars);
-        plot.Axes.Bottom.TickGenerator = new ScottPlot.TickGenerators.NumericManual([.. ticks]);
-        plot.Axes.Margins(bottom: 0);
-        for (int s = 0; s < strategies.Count; s++)
-        {
-            plot.Legend.ManualItems.Add(new LegendItem { LabelText = strategies[s], FillColor = s_palette.GetColor(s) });
-        }
-
-        plot.ShowLegend(Alignment.UpperLeft);
-        plot.Title($"{experiment} on the host MMU: median, 95% interval");
-        plot.YLabel(cells[0].Bytes > 0 ? "MiB/s" : "operations/s");
-        plot.SavePng(path, 800, 450);
-        return path;
-    }
-
-    private static string Speedups(string path, List<ComparisonRow> rows, int cpus)
-    {
-        var plot = new Plot();
-        var bars = new List<Bar>();
-        var ticks = new List<Tick>();
+        var values = new List<BarValue>();
         for (int i = 0; i < rows.Count; i++)
         {
-            double center = i * 3;
-            ticks.Add(new Tick(center + 0.5, $"{rows[i].Experiment}\n{rows[i].Strategy}"));
-            bars.Add(new Bar { Position = center, Value = rows[i].Simulated, FillColor = s_palette.GetColor(0) });
-            var measured = rows[i].Measured.Ratio;
-            bars.Add(new Bar { Position = center + 1, Value = measured.Median, FillColor = s_palette.GetColor(1) });
-            if (measured.CiLow is { } low && measured.CiHigh is { } high)
-            {
-                var whisker = plot.Add.Line(center + 1, low, center + 1, high);
-                whisker.LineWidth = 2;
-                whisker.LineColor = Colors.Black;
-            }
+            var sim = rows[i].SimulatedRatio;
+            values.Add(new BarValue(i, 0, rows[i].Simulated, sim?.CiLow, sim?.CiHigh));
+            var ratio = rows[i].Measured.Ratio;
+            values.Add(new BarValue(i, 1, ratio.Median, ratio.CiLow, ratio.CiHigh));
         }
 
-        plot.Add.Bars(bars);
-        plot.Add.HorizontalLine(1.0, color: Colors.Gray);
-        plot.Axes.Bottom.TickGenerator = new ScottPlot.TickGenerators.NumericManual([.. ticks]);
-        plot.Axes.Margins(bottom: 0);
-        plot.Legend.ManualItems.Add(new LegendItem { LabelText = "simulated (perf paper)", FillColor = s_palette.GetColor(0) });
-        plot.Legend.ManualItems.Add(new LegendItem { LabelText = "measured (perf real)", FillColor = s_palette.GetColor(1) });
-        plot.ShowLegend(Alignment.UpperLeft);
-        plot.Title($"speedup over original, {cpus} CPU{(cpus > 1 ? "s" : string.Empty)}");
-        plot.YLabel("x original");
-        plot.SavePng(path, Math.Max(800, 120 * rows.Count), 500);
-        return path;
+        var measuredRows = measured.Where(r => r.Cpus == cpus).ToList();
+        var simulatedRows = simulated?.Where(r => r.Cpus == cpus).ToList() ?? [];
+        string simulatedSide = simulatedRows.Count > 0
+            ? $"simulated: {ChartText.Profile(simulatedRows)}, {ChartText.TimeMode(simulatedRows)}"
+            : "simulated: as recorded";
+        string context = $"{Charts.CpuLabel(cpus)}; {simulatedSide}; measured: host MMU, {ChartText.Profile(measuredRows)}, {ChartText.TimeMode(measuredRows)}";
+        return new BarChart(
+            fileName,
+            ChartText.Title($"speedup over original, simulated against measured ({ChartText.MedianCi}, paired by round)", context),
+            "× original",
+            [.. rows.Select(r => $"{r.Experiment}\n{r.Strategy}")],
+            [s_simulated, s_measured],
+            values,
+            reference: 1.0,
+            intervalLegend: ChartText.CiLegend);
     }
 }

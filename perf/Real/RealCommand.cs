@@ -149,7 +149,8 @@ internal static class RealCommand
         }
 
         RealReport.PrintTables(rows);
-        var comparison = simulatedFile == null ? null : RealReport.Compare(rows, PlotCommand.Load(simulatedFile.FullName));
+        var simulatedRows = simulatedFile == null ? null : PlotCommand.Load(simulatedFile.FullName);
+        var comparison = simulatedRows == null ? null : RealReport.Compare(rows, simulatedRows);
         if (comparison != null)
         {
             RealReport.PrintComparison(comparison);
@@ -169,7 +170,7 @@ internal static class RealCommand
 
         if (plot != null)
         {
-            foreach (var file in RealCharts.Write(plot.FullName, rows, comparison))
+            foreach (var file in RealCharts.Write(plot.FullName, rows, comparison, simulatedRows))
             {
                 AnsiConsole.WriteLine($"wrote {Shown(file)}");
             }

@@ -62,7 +62,7 @@ internal static class RealReport
             var table = new Table().Border(TableBorder.Rounded)
                 .Title($"[bold]{first.Experiment}[/] (host MMU, counts per {first.Unit}; * system-wide)")
                 .AddColumn("strategy").AddColumn(new TableColumn("cpus").RightAligned()).AddColumn(new TableColumn("n").RightAligned())
-                .AddColumn(new TableColumn(first.Bytes > 0 ? "MB/s" : "ops/s").RightAligned())
+                .AddColumn(new TableColumn(first.Bytes > 0 ? "MiB/s" : "ops/s").RightAligned())
                 .AddColumn(new TableColumn("95% CI").RightAligned())
                 .AddColumn(new TableColumn("x original [[95% CI]]").RightAligned());
             foreach (var (_, header) in s_perUnit)
@@ -97,7 +97,7 @@ internal static class RealReport
             .AddColumn("experiment").AddColumn(new TableColumn("cpus").RightAligned()).AddColumn("strategy")
             .AddColumn(new TableColumn("simulated").RightAligned()).AddColumn(new TableColumn("measured [[95% CI]]").RightAligned())
             .AddColumn(new TableColumn("measured / simulated (agree: within 1.5x)").RightAligned())
-            .AddColumn(new TableColumn("original MB/s: simulated / measured").RightAligned())
+            .AddColumn(new TableColumn("original MiB/s: simulated / measured").RightAligned())
             .AddColumn(new TableColumn("original: shootdowns asked / host flushes per unit").RightAligned());
         foreach (var c in comparison)
         {
@@ -184,7 +184,10 @@ internal static class RealReport
                 simulatedOriginal?.Throughput ?? double.NaN,
                 measuredOriginal?.Throughput ?? double.NaN,
                 measuredOriginal is null ? null : PerUnit(measuredOriginal, "shootdowns"),
-                measuredOriginal is null ? null : PerUnit(measuredOriginal, "host_flushes_sent")));
+                measuredOriginal is null ? null : PerUnit(measuredOriginal, "host_flushes_sent"))
+            {
+                SimulatedRatio = sim.Ratio,
+            });
         }
 
         return result;
@@ -237,6 +240,9 @@ internal sealed record ComparisonRow(
     double? ShootdownsAsked,
     double? HostFlushes)
 {
+    /// <summary>The simulated paired speedup with its interval (null when the row was made without it).</summary>
+    public SampleSummary? SimulatedRatio { get; init; }
+
     /// <summary>Measured over simulated speedup.</summary>
     public double Factor => Measured.Ratio.Median / Simulated;
 
