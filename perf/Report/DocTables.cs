@@ -45,9 +45,13 @@ internal static class DocTables
         };
     }
 
-    /// <summary>How the run's figures were timed: every row so far is real (host clock) time.</summary>
-    public static string TimeMode(IReadOnlyList<PaperRow> rows) =>
-        rows.Any(r => r.Backend == PaperRow.HostBackend) ? "real time on the host MMU" : "real time (host clock) on the simulated machine";
+    /// <summary>How the run's figures were timed (the rows' <see cref="PaperRow.TimeMode"/>) and on what.</summary>
+    public static string TimeMode(IReadOnlyList<PaperRow> rows)
+    {
+        var modes = rows.Select(r => r.TimeMode).Distinct().ToList();
+        string time = modes is [PaperRow.RealTime] ? "real time (host clock)" : $"{string.Join(" and ", modes)} time";
+        return rows.Any(r => r.Backend == PaperRow.HostBackend) ? $"{time} on the host MMU" : $"{time} on the simulated machine";
+    }
 
     private static int Cpus(string text) =>
         int.TryParse(text, CultureInfo.InvariantCulture, out int cpus) && cpus > 0 ? cpus : throw new ArgumentException($"'{text}' is not a CPU count");
@@ -181,7 +185,7 @@ internal static class DocTables
     {
         var comparison = RealReport.Compare(measured, simulated);
         var text = new StringBuilder();
-        text.AppendLine(CultureInfo.InvariantCulture, $"*Paired speedup over `original`, simulated (`perf paper --cost {simulated[0].CostProfile}`) against measured on the host MMU (`perf real`), both {TimeMode(measured).Replace("on the host MMU", "(host clock)", StringComparison.Ordinal)}; \"agree\": within a factor of 1.5. {comparison.Count(c => c.Agrees)} of {comparison.Count} agree.*");
+        text.AppendLine(CultureInfo.InvariantCulture, $"*Paired speedup over `original`, simulated (`perf paper --cost {simulated[0].CostProfile}`) against measured on the host MMU (`perf real`), both {TimeMode(measured).Replace(" on the host MMU", string.Empty, StringComparison.Ordinal)}; \"agree\": within a factor of 1.5. {comparison.Count(c => c.Agrees)} of {comparison.Count} agree.*");
         text.AppendLine();
         text.AppendLine("| experiment | CPUs | strategy | simulated | measured [95% CI] | measured / simulated | `original` MiB/s: simulated / measured | `original`: shootdowns asked / host flushes per MiB |");
         text.AppendLine("|---|---:|---|---:|---:|---:|---:|---:|");

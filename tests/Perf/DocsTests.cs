@@ -104,6 +104,14 @@ public sealed partial class DocsTests
         Assert.That(broken, Is.Empty);
     }
 
+    [Test]
+    public void EveryCommittedChartIsLinkedFromAPage()
+    {
+        string pages = string.Concat(DocMarkers.Pages(s_root).Select(File.ReadAllText));
+        var charts = Directory.EnumerateFiles(Path.Combine(s_root, "docs", "results"), "*.png").Select(Path.GetFileName);
+        Assert.That(charts.Where(c => !pages.Contains($"results/{c})", StringComparison.Ordinal)), Is.Empty);
+    }
+
     [GeneratedRegex(@"\]\((?<target>(?!https?:|mailto:|#)[^)\s]+)\)")]
     private static partial Regex RelativeLink();
 }
