@@ -13,7 +13,7 @@ namespace Native.SfBufNative;
 /// <param name="Name">The strategy's name.</param>
 /// <param name="Family">The kernel whose design it is (FreeBSD 2005, Linux, DragonFly, NetBSD, FreeBSD 11).</param>
 /// <param name="Follows">The functions and files it follows.</param>
-/// <param name="Group">The paper's, a peer, or one of the project's own designs.</param>
+/// <param name="Group">The paper's, a peer, one of the project's own designs, or a sample registered from another assembly.</param>
 /// <param name="HasPool">True when allocations can run out of mappings (or of KVA) and wait, or fail with NoWait.</param>
 /// <param name="InterruptibleWait">True when a <see cref="SfBufFlags.Catch"/> wait ends when cancelled; false where the kernel waits uninterruptibly.</param>
 /// <param name="KvaOnAccessingCpu">True when <see cref="SfBufMapper.Kva"/> does work on the accessing CPU (lwbuf, emap).</param>
