@@ -93,7 +93,8 @@ public abstract class SfBufMapper : IDisposable
     /// Initialises the common part. A strategy's constructor takes its pool size (null: the
     /// machine's sf_buf window) and is called by its registry entry's
     /// <see cref="SfBufStrategyInfo.Create"/>; <see cref="Create"/> then publishes the instruments.
-    /// A constructor that throws after this one disposes itself first.
+    /// A constructor that throws gives back what it took itself; nothing is published before
+    /// construction ends.
     /// </summary>
     /// <param name="machine">The machine.</param>
     /// <param name="kvaOnAccessingCpu">

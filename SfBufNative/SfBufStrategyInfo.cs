@@ -156,13 +156,18 @@ public sealed record SfBufStrategyInfo(
     /// Thread-safe.
     /// </summary>
     /// <param name="info">The strategy's description; its <see cref="Create"/> constructs it with the pool size it is given.</param>
-    /// <exception cref="ArgumentException">The name is empty or already in use (built in or registered before).</exception>
+    /// <exception cref="ArgumentException">The name is empty or already in use (built in or registered before), or Create or Capacity is missing.</exception>
     public static void Register(SfBufStrategyInfo info)
     {
         ArgumentNullException.ThrowIfNull(info);
         if (string.IsNullOrWhiteSpace(info.Name))
         {
             throw new ArgumentException("a strategy needs a name", nameof(info));
+        }
+
+        if (info.Create == null || info.Capacity == null)
+        {
+            throw new ArgumentException($"sf_buf strategy '{info.Name}' needs Create and Capacity", nameof(info));
         }
 
         lock (s_registerLock)
