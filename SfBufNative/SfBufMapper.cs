@@ -8,6 +8,14 @@ namespace Native.SfBufNative;
 /// <c>sf_buf_free</c>. Each mapping strategy is a sealed subclass, chosen by name
 /// (<see cref="Create"/>). Subsystems talk to this class only.
 /// <para>
+/// A strategy may live in another assembly: it subclasses this class (the protected
+/// constructor), overrides <see cref="Name"/>, <see cref="Alloc"/>, <see cref="Free"/> and
+/// <see cref="Stats"/>, makes its handles with <see cref="NewHandle"/>, counts with the
+/// <c>Count*</c> helpers (or <see cref="MapPage"/>, which writes the PTE and counts), and is
+/// registered with <see cref="SfBufStrategyInfo.Register"/>; <c>docs/adding-a-strategy.md</c>
+/// walks through a sample.
+/// </para>
+/// <para>
 /// The caller holds (wires) the page for as long as it holds the sf_buf. Alloc returns
 /// <see cref="SfBuf.None"/>, not an exception, for <see cref="SfBufFlags.NoWait"/> with the pool
 /// exhausted and for <see cref="SfBufFlags.Catch"/> when the wait is cancelled. Misuse (double
@@ -67,19 +75,34 @@ public abstract class SfBufMapper : IDisposable
     private readonly object _manyChannel = new();
     private bool _manyBusy;
     private SfBufStrategyInfo? _info;
+
+    // The counts kept by the Count* helpers for strategies that use them (CountedStats reports them).
+    private long _countedHits;
+    private long _countedMisses;
+    private long _countedRecycles;
+    private long _countedFailures;
+    private long _countedWaits;
+    private int _countedInUse;
+    private int _countedPeak;
     private int _sharedCapacity;
     private int _privateCapacity;
     private Meter? _meter;
     private long _allocFail;
 
-    /// <summary>Initialises the common part.</summary>
+    /// <summary>
+    /// Initialises the common part. A strategy's constructor takes its pool size (null: the
+    /// machine's sf_buf window) and is called by its registry entry's
+    /// <see cref="SfBufStrategyInfo.Create"/>; <see cref="Create"/> then publishes the instruments.
+    /// A constructor that throws gives back what it took itself; nothing is published before
+    /// construction ends.
+    /// </summary>
     /// <param name="machine">The machine.</param>
     /// <param name="kvaOnAccessingCpu">
     /// True when the address must be derived on the CPU that uses it (lwbuf's <c>lwbuf_kva</c>,
     /// emap's consume): <see cref="Kva"/> then calls <see cref="KvaOnCpu"/>.
     /// </param>
     /// <param name="instruments">False for a strategy embedded in another one (its counts are reported by the outer one).</param>
-    private protected SfBufMapper(Machine machine, bool kvaOnAccessingCpu = false, bool instruments = true)
+    protected SfBufMapper(Machine machine, bool kvaOnAccessingCpu = false, bool instruments = true)
     {
         Machine = machine ?? throw new ArgumentNullException(nameof(machine));
         Id = Interlocked.Increment(ref s_nextId);
@@ -88,17 +111,20 @@ public abstract class SfBufMapper : IDisposable
         _instruments = instruments;
     }
 
-    /// <summary>Every strategy, by name, in the order results list them (<see cref="SfBufStrategyInfo.All"/>): the paper's three, the peers, then our own.</summary>
-    public static IReadOnlyList<string> StrategyNames { get; } = [.. SfBufStrategyInfo.All.Select(i => i.Name)];
+    /// <summary>
+    /// Every strategy, by name, in the order results list them (<see cref="SfBufStrategyInfo.All"/>):
+    /// the paper's three, the peers, our own, then the registered ones in the order of registration.
+    /// </summary>
+    public static IReadOnlyList<string> StrategyNames => SfBufStrategyInfo.Names;
 
     /// <summary>The paper's three strategies.</summary>
-    public static IReadOnlyList<string> PaperStrategyNames { get; } = SfBufStrategyInfo.NamesOf(SfBufStrategyGroup.Paper);
+    public static IReadOnlyList<string> PaperStrategyNames => SfBufStrategyInfo.NamesOf(SfBufStrategyGroup.Paper);
 
     /// <summary>The peers: what Linux, DragonFly, NetBSD and later FreeBSD chose instead.</summary>
-    public static IReadOnlyList<string> PeerNames { get; } = SfBufStrategyInfo.NamesOf(SfBufStrategyGroup.Peer);
+    public static IReadOnlyList<string> PeerNames => SfBufStrategyInfo.NamesOf(SfBufStrategyGroup.Peer);
 
-    /// <summary>The project's own strategies.</summary>
-    public static IReadOnlyList<string> OwnNames { get; } = SfBufStrategyInfo.NamesOf(SfBufStrategyGroup.Own);
+    /// <summary>The project's own strategies (registered ones of <see cref="SfBufStrategyGroup.Own"/> included).</summary>
+    public static IReadOnlyList<string> OwnNames => SfBufStrategyInfo.NamesOf(SfBufStrategyGroup.Own);
 
     /// <summary>The strategy's name.</summary>
     public abstract string Name { get; }
@@ -235,7 +261,14 @@ public abstract class SfBufMapper : IDisposable
     /// <summary><c>sf_buf_page</c>.</summary>
     public static VmPage Page(SfBuf sf) => sf.Page;
 
-    /// <summary>The statistics now.</summary>
+    /// <summary>
+    /// The statistics now. Read at any time, from any thread, by instruments, experiments and
+    /// tests: <see cref="SfBufStats.Misses"/>, <see cref="SfBufStats.Hits"/>,
+    /// <see cref="SfBufStats.NsfbufsUsed"/> and <see cref="SfBufStats.Failures"/> must be exact
+    /// (<c>perf paper</c> compares misses with the machine's recorded mappings, tests expect
+    /// nothing in use after every free). A strategy that counts with the <c>Count*</c> helpers
+    /// returns <see cref="CountedStats"/>.
+    /// </summary>
     public abstract SfBufStats Stats();
 
     /// <summary>Counts a caller's failed allocation (<c>sfstat.sf_allocfail</c>), as sendfile does.</summary>
@@ -362,11 +395,137 @@ public abstract class SfBufMapper : IDisposable
         }
     }
 
-    /// <summary>The accessing-CPU step of <see cref="Kva"/> for strategies that need one.</summary>
-    private protected virtual ulong KvaOnCpu(SfBuf sf) => sf.Kva;
+    /// <summary>
+    /// The accessing-CPU step of <see cref="Kva"/>, called only for a strategy constructed with
+    /// <c>kvaOnAccessingCpu</c> (whose registry entry says <see cref="SfBufStrategyInfo.KvaOnAccessingCpu"/>):
+    /// makes <paramref name="sf"/>'s address valid on the calling CPU and returns it.
+    /// </summary>
+    /// <param name="sf">A live handle of this mapper.</param>
+    protected virtual ulong KvaOnCpu(SfBuf sf) => sf.Kva;
 
-    /// <summary>Checked-mode validation shared by the strategies: the page is wired or held; CpuPrivate is pinned.</summary>
-    private protected void CheckAlloc(VmPage page, SfBufFlags flags)
+    /// <summary>
+    /// Makes a handle: what <see cref="Alloc"/> returns. Stamped with this mapper's identity, so
+    /// <see cref="CheckOwner"/> refuses it in another mapper's <see cref="Free"/>.
+    /// </summary>
+    /// <param name="kva">The kernel address that maps <paramref name="page"/> (not 0: 0 is <see cref="SfBuf.None"/>).</param>
+    /// <param name="page">The page, as passed to Alloc.</param>
+    /// <param name="slot">The strategy's own index for the mapping (its slot or sf_buf), read back with <see cref="SlotOf"/>.</param>
+    /// <param name="generation">
+    /// The slot's generation, read back with <see cref="GenerationOf"/>: bump it whenever the slot
+    /// is given to a new allocation, and compare in Free, so a double free or a handle from before
+    /// a recycle is refused.
+    /// </param>
+    protected SfBuf NewHandle(ulong kva, VmPage page, int slot, int generation = 0) => new(kva, page, slot, Id, generation);
+
+    /// <summary>The slot <see cref="NewHandle"/> stamped into <paramref name="sf"/>.</summary>
+    protected static int SlotOf(SfBuf sf) => sf.Slot;
+
+    /// <summary>The generation <see cref="NewHandle"/> stamped into <paramref name="sf"/>.</summary>
+    protected static int GenerationOf(SfBuf sf) => sf.Generation;
+
+    /// <summary>
+    /// Installs a mapping and counts it, for a miss: writes a valid, writable, global kernel PTE
+    /// for <paramref name="page"/> at <paramref name="kva"/> through the machine
+    /// (<see cref="KernelPmap.ExchangePte"/>, with <c>PG_A</c> clear), records it as one page of
+    /// an ephemeral mapping (<see cref="KernelPmap.CountMapping"/>) and counts one
+    /// <see cref="SfBufStats.Misses"/> (<see cref="CountMiss"/>). It does not invalidate: the caller
+    /// invalidates the old translation on every CPU that may cache it (or knows none does), before
+    /// the handle is used.
+    /// </summary>
+    /// <param name="kva">A page of a kernel region the strategy owns (the sf_buf window, KVA from <c>kernel_map</c>).</param>
+    /// <param name="page">The page to map.</param>
+    /// <returns>The old PTE (its <c>PG_V | PG_A</c> tell whether the old translation may be cached anywhere).</returns>
+    protected ulong MapPage(ulong kva, VmPage page)
+    {
+        ulong old = Machine.KernelPmap.ExchangePte(kva, Pte.Make(page.Frame, Pte.PG_V | Pte.PG_RW | Pte.PG_G));
+        CountMiss();
+        return old;
+    }
+
+    /// <summary>
+    /// Counts an allocation that made a new mapping of one page: one <see cref="SfBufStats.Misses"/>
+    /// and one page of an ephemeral mapping recorded with the machine
+    /// (<see cref="KernelPmap.CountMapping"/>). Call it once per valid kernel PTE the strategy
+    /// writes itself (<see cref="MapPage"/> calls it): the machine counts every such write
+    /// (<c>pte_writes</c>) and <c>perf paper</c> fails a trial whose writes are not all recorded
+    /// mappings (<c>pte_writes = mapped_pages</c>). PTE clears need no count.
+    /// </summary>
+    protected void CountMiss()
+    {
+        Machine.KernelPmap.CountMapping(1);
+        Interlocked.Increment(ref _countedMisses);
+    }
+
+    /// <summary>Counts an allocation that found its page already mapped and wrote no PTE (<see cref="SfBufStats.Hits"/>).</summary>
+    protected void CountHit() => Interlocked.Increment(ref _countedHits);
+
+    /// <summary>Counts a miss that evicted another page's cached mapping (<see cref="SfBufStats.Recycles"/>); a strategy without a cache never calls it.</summary>
+    protected void CountRecycle() => Interlocked.Increment(ref _countedRecycles);
+
+    /// <summary>Counts an Alloc that returns <see cref="SfBuf.None"/> (NoWait with the pool exhausted, a cancelled Catch): <see cref="SfBufStats.Failures"/>.</summary>
+    protected void CountFailure() => Interlocked.Increment(ref _countedFailures);
+
+    /// <summary>Counts one sleep waiting for a free mapping (<c>sf_allocwait</c>, <see cref="SfBufStats.AllocWait"/>): call it before each sleep.</summary>
+    protected void CountWait() => Interlocked.Increment(ref _countedWaits);
+
+    /// <summary>
+    /// Counts a mapping of the pool taken into use (<see cref="SfBufStats.NsfbufsUsed"/>, and the
+    /// peak): call it when a slot gets its first reference, and <see cref="CountReturned"/> when
+    /// it loses its last. Tests expect <see cref="SfBufStats.NsfbufsUsed"/> to be 0 once every
+    /// handle is freed.
+    /// </summary>
+    protected void CountTaken() => HighWater.Raise(ref _countedPeak, Interlocked.Increment(ref _countedInUse));
+
+    /// <summary>Counts a mapping of the pool no longer in use (its last reference freed): the converse of <see cref="CountTaken"/>.</summary>
+    protected void CountReturned() => Interlocked.Decrement(ref _countedInUse);
+
+    /// <summary>
+    /// The statistics kept by the <c>Count*</c> helpers and <see cref="MapPage"/>, with the
+    /// callers' <see cref="RecordAllocFail"/> count: what <see cref="Stats"/> returns for a strategy
+    /// that counts with them.
+    /// </summary>
+    /// <param name="nsfbufs">The pool size (0 without a pool).</param>
+    /// <param name="details">The strategy's own counts by name (<see cref="SfBufStats.Details"/>), or null for none.</param>
+    protected SfBufStats CountedStats(int nsfbufs, IReadOnlyDictionary<string, long>? details = null)
+    {
+        var stats = new SfBufStats
+        {
+            Strategy = Name,
+            Nsfbufs = nsfbufs,
+            NsfbufsUsed = Volatile.Read(ref _countedInUse),
+            NsfbufsPeak = Volatile.Read(ref _countedPeak),
+            AllocWait = Interlocked.Read(ref _countedWaits),
+            AllocFail = AllocFailCount,
+            Hits = Interlocked.Read(ref _countedHits),
+            Misses = Interlocked.Read(ref _countedMisses),
+            Recycles = Interlocked.Read(ref _countedRecycles),
+            Failures = Interlocked.Read(ref _countedFailures),
+        };
+        return details == null ? stats : stats with { Details = details };
+    }
+
+    /// <summary>
+    /// The checks every Alloc starts with: the page is a frame of the machine's memory (in every
+    /// mode), then <see cref="CheckAlloc"/> (checked mode).
+    /// </summary>
+    /// <param name="page">The page passed to Alloc.</param>
+    /// <param name="flags">The flags passed to Alloc.</param>
+    /// <exception cref="ArgumentOutOfRangeException">The page is outside physical memory.</exception>
+    /// <exception cref="InvalidOperationException">Checked mode, and the page is not held or the private caller not pinned.</exception>
+    protected void CheckPage(VmPage page, SfBufFlags flags)
+    {
+        Machine.Physical.CheckFrame(page.Frame);
+        CheckAlloc(page, flags);
+    }
+
+    /// <summary>
+    /// Checked-mode validation (<see cref="CheckPage"/> calls it): the page is wired or held, and
+    /// a <see cref="SfBufFlags.CpuPrivate"/> caller is pinned. Nothing outside checked mode.
+    /// </summary>
+    /// <param name="page">The page passed to Alloc.</param>
+    /// <param name="flags">The flags passed to Alloc.</param>
+    /// <exception cref="InvalidOperationException">Checked mode, and the page is not held or the private caller not pinned.</exception>
+    protected void CheckAlloc(VmPage page, SfBufFlags flags)
     {
         if (!Checked)
         {
@@ -385,11 +544,16 @@ public abstract class SfBufMapper : IDisposable
     }
 
     /// <summary>
-    /// <see cref="AllocMany"/>'s argument checks, shared by every implementation: room for the
-    /// handles, no more different pages than <see cref="Capacity"/>, and each page valid for
-    /// <see cref="CheckAlloc"/>.
+    /// <see cref="AllocMany"/>'s argument checks, shared by every implementation (a strategy that
+    /// overrides AllocMany calls it first): room for the handles, no more different pages than
+    /// <see cref="Capacity"/>, and each page valid for <see cref="CheckAlloc"/>.
     /// </summary>
-    private protected void CheckAllocMany(ReadOnlySpan<VmPage> pages, Span<SfBuf> result, SfBufFlags flags)
+    /// <param name="pages">The pages asked for.</param>
+    /// <param name="result">Where the handles will go.</param>
+    /// <param name="flags">The allocation flags.</param>
+    /// <exception cref="ArgumentException"><paramref name="result"/> is shorter than <paramref name="pages"/>.</exception>
+    /// <exception cref="ArgumentOutOfRangeException">More different pages than <see cref="Capacity"/>.</exception>
+    protected void CheckAllocMany(ReadOnlySpan<VmPage> pages, Span<SfBuf> result, SfBufFlags flags)
     {
         if (result.Length < pages.Length)
         {
@@ -411,7 +575,8 @@ public abstract class SfBufMapper : IDisposable
     }
 
     /// <summary>How many different pages <paramref name="pages"/> names (a page named twice needs one mapping, referenced twice).</summary>
-    private protected static int DistinctPages(ReadOnlySpan<VmPage> pages)
+    /// <param name="pages">The pages.</param>
+    protected static int DistinctPages(ReadOnlySpan<VmPage> pages)
     {
         int distinct = 0;
         for (int i = 0; i < pages.Length; i++)
@@ -426,7 +591,9 @@ public abstract class SfBufMapper : IDisposable
     }
 
     /// <summary>The index of the first page of <paramref name="pages"/> with frame <paramref name="frame"/>, or -1.</summary>
-    private protected static int FirstIndexOf(ReadOnlySpan<VmPage> pages, uint frame)
+    /// <param name="pages">The pages.</param>
+    /// <param name="frame">The frame looked for.</param>
+    protected static int FirstIndexOf(ReadOnlySpan<VmPage> pages, uint frame)
     {
         for (int i = 0; i < pages.Length; i++)
         {
@@ -439,8 +606,14 @@ public abstract class SfBufMapper : IDisposable
         return -1;
     }
 
-    /// <summary>Refuses a handle this mapper did not make.</summary>
-    private protected void CheckOwner(SfBuf sf)
+    /// <summary>
+    /// The check every Free starts with, in every mode: refuses <see cref="SfBuf.None"/> and a
+    /// handle another mapper made (<see cref="NewHandle"/> stamps the maker). A double free or a
+    /// stale handle is the strategy's to refuse, with <see cref="SlotOf"/> and <see cref="GenerationOf"/>.
+    /// </summary>
+    /// <param name="sf">The handle passed to Free.</param>
+    /// <exception cref="ArgumentException">No sf_buf, or another mapper's.</exception>
+    protected void CheckOwner(SfBuf sf)
     {
         if (sf.IsNone)
         {

@@ -6,12 +6,14 @@ namespace Native.SfBufNative;
 /// What a strategy is, what it follows, which of the sf_buf interface's promises it keeps (the
 /// documented exceptions tests and experiments consult instead of testing names), and how to
 /// create it. The registry of strategies: <see cref="All"/>, in the order results list them, is
-/// where a strategy is registered, once; every list of names is derived from it.
+/// where a strategy is registered, once; every list of names is derived from it. A strategy
+/// built into this assembly is one entry of the built-in list; one from another assembly is added
+/// with <see cref="Register"/> before any list is read.
 /// </summary>
 /// <param name="Name">The strategy's name.</param>
 /// <param name="Family">The kernel whose design it is (FreeBSD 2005, Linux, DragonFly, NetBSD, FreeBSD 11).</param>
 /// <param name="Follows">The functions and files it follows.</param>
-/// <param name="Group">The paper's, a peer, or one of the project's own designs.</param>
+/// <param name="Group">The paper's, a peer, one of the project's own designs, or a sample registered from another assembly.</param>
 /// <param name="HasPool">True when allocations can run out of mappings (or of KVA) and wait, or fail with NoWait.</param>
 /// <param name="InterruptibleWait">True when a <see cref="SfBufFlags.Catch"/> wait ends when cancelled; false where the kernel waits uninterruptibly.</param>
 /// <param name="KvaOnAccessingCpu">True when <see cref="SfBufMapper.Kva"/> does work on the accessing CPU (lwbuf, emap).</param>
@@ -55,10 +57,10 @@ public sealed record SfBufStrategyInfo(
         + "so this would run correctly but measure a remap with a broadcast shootdown per use, not this mechanism";
 
     /// <summary>
-    /// Every strategy, in the order results list them: the paper's three, the peers, then our own. A new
-    /// strategy is one entry here (and its file or folder under <c>Strategies/</c>).
+    /// The built-in strategies, in the order results list them: the paper's three, the peers, then our own. A new
+    /// built-in strategy is one entry here (and its file or folder under <c>Strategies/</c>).
     /// </summary>
-    public static IReadOnlyList<SfBufStrategyInfo> All { get; } =
+    private static readonly SfBufStrategyInfo[] s_builtIns =
     [
         new(SfBufMapper.Original, "FreeBSD 5", "kmem_alloc + pmap_qenter / pmap_qremove (vm_machdep.c, sys_pipe.c, kern_exec.c before 2004)",
             SfBufStrategyGroup.Paper, true, true, false, "per-use kernel_map KVA, broadcast shootdowns", "the same", SfBufPrivateRules.None, 0, true,
@@ -134,7 +136,55 @@ public sealed record SfBufStrategyInfo(
         },
     ];
 
-    private static readonly Dictionary<string, SfBufStrategyInfo> s_byName = All.ToDictionary(i => i.Name, StringComparer.Ordinal);
+    private static readonly Lock s_registerLock = new();
+    private static Registry s_registry = new(s_builtIns);
+
+    /// <summary>
+    /// Every strategy, in the order results list them: the paper's three, the peers, our own,
+    /// then those added with <see cref="Register"/>, in the order they were registered. A snapshot:
+    /// a later registration does not change a list already read.
+    /// </summary>
+    public static IReadOnlyList<SfBufStrategyInfo> All => Volatile.Read(ref s_registry).All;
+
+    /// <summary>The names of <see cref="All"/>, in the same order (a snapshot, like it).</summary>
+    public static IReadOnlyList<string> Names => Volatile.Read(ref s_registry).Names;
+
+    /// <summary>
+    /// Adds a strategy from another assembly to the registry (<see cref="All"/>, every list of
+    /// names, <see cref="SfBufMapper.Create"/>). Register before anything enumerates the
+    /// strategies (test discovery, a command's options): one line per strategy, called at start-up.
+    /// Thread-safe.
+    /// </summary>
+    /// <param name="info">The strategy's description; its <see cref="Create"/> constructs it with the pool size it is given.</param>
+    /// <exception cref="ArgumentException">The name is empty or already in use (built in or registered before), or Create or Capacity is missing.</exception>
+    public static void Register(SfBufStrategyInfo info)
+    {
+        ArgumentNullException.ThrowIfNull(info);
+        if (string.IsNullOrWhiteSpace(info.Name))
+        {
+            throw new ArgumentException("a strategy needs a name", nameof(info));
+        }
+
+        if (info.Create == null || info.Capacity == null)
+        {
+            throw new ArgumentException($"sf_buf strategy '{info.Name}' needs Create and Capacity", nameof(info));
+        }
+
+        lock (s_registerLock)
+        {
+            var registry = s_registry;
+            if (registry.ByName.TryGetValue(info.Name, out var existing))
+            {
+                throw new ArgumentException(
+                    ReferenceEquals(existing, info) || s_builtIns.All(b => b.Name != info.Name)
+                        ? $"sf_buf strategy '{info.Name}' is already registered"
+                        : $"sf_buf strategy name '{info.Name}' is in use by a built-in strategy",
+                    nameof(info));
+            }
+
+            Volatile.Write(ref s_registry, new Registry([.. registry.All, info]));
+        }
+    }
 
     /// <summary>
     /// Why the strategy does not run on the host backend (<see cref="MachineBackend.Host"/>), or
@@ -179,9 +229,19 @@ public sealed record SfBufStrategyInfo(
 
     /// <summary>The description of <paramref name="name"/>.</summary>
     public static SfBufStrategyInfo Of(string name) =>
-        s_byName.TryGetValue(name ?? throw new ArgumentNullException(nameof(name)), out var info)
+        Volatile.Read(ref s_registry).ByName.TryGetValue(name ?? throw new ArgumentNullException(nameof(name)), out var info)
             ? info
-            : throw new ArgumentException($"unknown sf_buf strategy '{name}'; known: {string.Join(", ", All.Select(i => i.Name))}", nameof(name));
+            : throw new ArgumentException($"unknown sf_buf strategy '{name}'; known: {string.Join(", ", Names)}", nameof(name));
+
+    /// <summary>One immutable state of the registry, replaced whole by <see cref="Register"/>.</summary>
+    private sealed class Registry(SfBufStrategyInfo[] all)
+    {
+        public IReadOnlyList<SfBufStrategyInfo> All { get; } = Array.AsReadOnly(all);
+
+        public IReadOnlyList<string> Names { get; } = [.. all.Select(i => i.Name)];
+
+        public Dictionary<string, SfBufStrategyInfo> ByName { get; } = all.ToDictionary(i => i.Name, StringComparer.Ordinal);
+    }
 }
 
 /// <summary>
@@ -218,4 +278,7 @@ public enum SfBufStrategyGroup
 
     /// <summary>The project's own designs.</summary>
     Own,
+
+    /// <summary>Examples of a strategy written outside the library (<c>samples/</c>), registered with <see cref="SfBufStrategyInfo.Register"/>.</summary>
+    Sample,
 }

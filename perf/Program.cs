@@ -15,6 +15,7 @@ internal static class Program
 
     private static int Main(string[] args)
     {
+        StrategyCatalog.RegisterExternal();
         if (Console.IsOutputRedirected)
         {
             AnsiConsole.Profile.Width = RedirectedWidth;

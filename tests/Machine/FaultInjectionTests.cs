@@ -52,7 +52,7 @@ public sealed class FaultInjectionTests
         Assert.That(NativeLedger.ProcessOutstandingBytes, Is.EqualTo(before));
     }
 
-    [TestCaseSource(typeof(SfBufMapper), nameof(SfBufMapper.StrategyNames))]
+    [TestCaseSource(typeof(AllStrategies), nameof(AllStrategies.Names))]
     public void ARefusedAllocationAtEveryPointOfMapperAndKernelSetUpFailsClearlyAndLeaksNothing(string strategy)
     {
         using var m = new SimMachine(Sim.Small() with { Flavor = strategy == SfBufMapper.Amd64 ? MachineFlavor.Amd64 : MachineFlavor.I386 });
@@ -60,6 +60,7 @@ public sealed class FaultInjectionTests
         int liveMappers = SfBufMetrics.LiveCount;
         int failures = 0;
         long setUpPoints;
+        bool builtIn = true;
         for (int points = 0; ; points++)
         {
             NativeLedger.TestHookLimitAllocations(points);
@@ -80,6 +81,7 @@ public sealed class FaultInjectionTests
             }
 
             NativeLedger.TestHookLimitAllocations(null);
+            builtIn = kernel.SfBufs.GetType().Assembly == typeof(SfBufMapper).Assembly;
             kernel.Dispose();
             break;
         }
@@ -92,11 +94,12 @@ public sealed class FaultInjectionTests
         Assert.That(m.CreateVmSpace, Throws.TypeOf<NativeAllocationException>());
         NativeLedger.TestHookLimitAllocations(null);
         Assert.That(m.NativeBytes, Is.EqualTo(machineBytes));
-        Assert.That(setUpPoints, Is.GreaterThan(0));
+        // A strategy from another assembly cannot use the machine's ledger (internal): its state is managed.
+        Assert.That(setUpPoints, builtIn ? Is.GreaterThan(0) : Is.GreaterThanOrEqualTo(0));
         Assert.That(failures, Is.EqualTo(setUpPoints), "every allocation point of the set-up that succeeded was refused once");
     }
 
-    [TestCaseSource(typeof(SfBufMapper), nameof(SfBufMapper.StrategyNames))]
+    [TestCaseSource(typeof(AllStrategies), nameof(AllStrategies.Names))]
     public void AKernelThreadThatDiesHoldingSfBufsAndALockIsReportedAndDisposeReclaimsEverything(string strategy)
     {
         long before = NativeLedger.ProcessOutstandingBytes;
@@ -137,7 +140,7 @@ public sealed class FaultInjectionTests
         Assert.That(blocked.Fault, Is.TypeOf<MachineStoppedException>());
     }
 
-    [TestCaseSource(typeof(SfBufMapper), nameof(SfBufMapper.StrategyNames))]
+    [TestCaseSource(typeof(AllStrategies), nameof(AllStrategies.Names))]
     public void CancellationEndsEveryInterruptibleWaitWithItsDocumentedResult(string strategy)
     {
         using var m = new SimMachine(new MachineOptions { Cpus = 2, PhysicalMemoryBytes = 32UL << 20, KernelMapPages = 64 });

@@ -135,7 +135,7 @@ public sealed class LatentStalenessTests
         Assert.That(m.Counters()[Counter.LatentStaleAccesses], Is.Zero);
     }
 
-    [TestCaseSource(typeof(SfBufMapper), nameof(SfBufMapper.StrategyNames))]
+    [TestCaseSource(typeof(AllStrategies), nameof(AllStrategies.Names))]
     public void ACpuPrivateMappingUsedOnAnotherCpuIsAnErrorNamingBothCpusEvenWithNoStaleEntry(string strategy)
     {
         using var m = new SimMachine(Sim.Small() with { Flavor = strategy == SfBufMapper.Amd64 ? MachineFlavor.Amd64 : MachineFlavor.I386 });

@@ -196,7 +196,7 @@ public sealed class LifetimeTests
         Assert.That(observed.Where(o => o.Name == "total.context_switches").Sum(o => o.Value), Is.GreaterThan(0), "the totals keep the retired counts");
     }
 
-    [TestCaseSource(typeof(Native.SfBufNative.SfBufMapper), nameof(Native.SfBufNative.SfBufMapper.StrategyNames))]
+    [TestCaseSource(typeof(AllStrategies), nameof(AllStrategies.Names))]
     public void AStrategysInstrumentsReadNothingOnceItsMachineIsGone(string strategy)
     {
         // A strategy's counts live in its machine's native memory (per-CPU counts, generations,

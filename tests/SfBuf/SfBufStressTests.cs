@@ -25,10 +25,10 @@ public sealed class SfBufStressTests
     private const int MaxHeld = 4;
     private const int MaxInFlight = 4;
 
-    [TestCaseSource(typeof(SfBufMapper), nameof(SfBufMapper.StrategyNames))]
+    [TestCaseSource(typeof(AllStrategies), nameof(AllStrategies.Names))]
     public void AMillionRandomOperationsOnTwoPinnedCpus(string strategy) => Stress(strategy, Operations(1_000_000));
 
-    [TestCaseSource(typeof(SfBufMapper), nameof(SfBufMapper.StrategyNames))]
+    [TestCaseSource(typeof(AllStrategies), nameof(AllStrategies.Names))]
     [Category("Long")]
     [Explicit("the long form: dotnet test --filter TestCategory=Long")]
     public void TenMillionRandomOperationsOnTwoPinnedCpus(string strategy) => Stress(strategy, Operations(10_000_000));

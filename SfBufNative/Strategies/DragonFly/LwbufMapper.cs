@@ -93,7 +93,7 @@ public sealed class LwbufMapper : SfBufMapper
     internal ulong MaskOf(SfBuf sf) => _lwbuf.MaskOf(sf.Slot);
 
     /// <summary><c>lwbuf_kva</c> on the calling thread's CPU.</summary>
-    private protected override ulong KvaOnCpu(SfBuf sf)
+    protected override ulong KvaOnCpu(SfBuf sf)
     {
         CheckOwner(sf);
         return _lwbuf.Kva(Machine.CurrentCpu, sf);

@@ -172,7 +172,7 @@ public sealed class EmapMapper : SfBufMapper
     }
 
     /// <summary><c>uvm_emap_consume</c> of the handle's generation on the calling thread's CPU (nothing for a writer's mapping).</summary>
-    private protected override ulong KvaOnCpu(SfBuf sf)
+    protected override ulong KvaOnCpu(SfBuf sf)
     {
         CheckOwner(sf);
         if (!(_emap.Owns(sf.Kva) || _kernelMap.Region.Contains(sf.Kva)) || Volatile.Read(ref TagOf(sf.Kva)) != sf.Slot)
