@@ -159,6 +159,7 @@ public sealed record SfBufStrategyInfo(
             PoolSizeIsParameter = true,
             PrivateShootdowns = SfBufShootdowns.WhenRecycling,
             ShootdownCounter = EpochCacheMapper.DetailFallbackShootdowns,
+            CheckInvariants = m => ((EpochCacheMapper)m).TestHookCheckInvariants(),
             Capacity = (m, _) => ((EpochCacheMapper)m).Nsfbufs,
             NotOnHost = "its saving is invalidation deferred to the flush points every CPU passes anyway (context switch, idle, epoch catch-up); user space cannot defer the host kernel's flush of a retired slot, so this would measure a broadcast shootdown per recycled slot, not this mechanism",
         },
@@ -259,6 +260,13 @@ public sealed record SfBufStrategyInfo(
     /// sf_bufs). Empty when private mappings come from the pool.
     /// </summary>
     public IReadOnlyList<string> PrivateMapCounters { get; init; } = [];
+
+    /// <summary>
+    /// The strategy's own check of its structural invariants, with no operation in flight
+    /// (epoch-cache's slots, index, epochs and partitions); returns the violations, empty when
+    /// sound. Generic drivers run it when they end quiescent. Null when the strategy has none.
+    /// </summary>
+    public Func<SfBufMapper, IReadOnlyList<string>>? CheckInvariants { get; init; }
 
     /// <summary>True when the strategy runs on the host backend.</summary>
     public bool RunsOnHost => NotOnHost == null;

@@ -96,7 +96,7 @@ public sealed class AllSubsystemsStressTests
         {
             Cpus = 2,
             PhysicalMemoryBytes = 128UL << 20,
-            Flavor = _strategy == SfBufMapper.Amd64 ? MachineFlavor.Amd64 : MachineFlavor.I386,
+            Flavor = SfBufMapper.Describe(_strategy).Flavor,
             SfBufWindowPages = Pool,
             KernelMapPages = KernelMapPages,
             KernelMemoryPages = 2048,
@@ -144,7 +144,7 @@ public sealed class AllSubsystemsStressTests
         {
             Cpus = 2,
             PhysicalMemoryBytes = 32UL << 20,
-            Flavor = _strategy == SfBufMapper.Amd64 ? MachineFlavor.Amd64 : MachineFlavor.I386,
+            Flavor = SfBufMapper.Describe(_strategy).Flavor,
             SfBufWindowPages = 1,
             KernelMapPages = SimKernel.ExecMapPages + SimKernel.PagerMapPages + 16,
             KernelMemoryPages = 64,

@@ -486,7 +486,7 @@ public sealed class SendfileTests(string strategy, int cpus) : StrategyFixture(s
     {
         Cpus = Cpus,
         PhysicalMemoryBytes = 64UL << 20,
-        Flavor = Strategy == SfBufMapper.Amd64 ? MachineFlavor.Amd64 : MachineFlavor.I386,
+        Flavor = SfBufMapper.Describe(Strategy).Flavor,
         SfBufWindowPages = Pool,
         KernelMapPages = Pool + SimKernel.PagerMapPages,
         KernelMemoryPages = 1024,

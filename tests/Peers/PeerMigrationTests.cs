@@ -28,7 +28,7 @@ public sealed class PeerMigrationTests
     [TestCaseSource(nameof(Strategies))]
     public void UnboundThreadsThatMigrateWhileHoldingSfBufsReadTheirPagesAndEveryAllocationIsCounted(string strategy)
     {
-        var flavor = strategy == SfBufMapper.Amd64 ? MachineFlavor.Amd64 : MachineFlavor.I386;
+        var flavor = SfBufMapper.Describe(strategy).Flavor;
         using var m = new SimMachine(SfBufRig.Small(flavor: flavor));
         using var sfbufs = SfBufMapper.Create(strategy, m);
         var pages = SfBufRig.NewPages(m, PageCount);
