@@ -91,6 +91,7 @@ public sealed record SfBufStrategyInfo(
         {
             CachedUsers = SfBufUsers.All,
             PoolSizeIsParameter = true,
+            ShootdownsOnlyWhenRecycling = true,
             PrivateShootdowns = SfBufShootdowns.WhenRecycling,
             ShootdownCounter = "pkmap.global_flushes",
             Capacity = (m, _) => ((Strategies.Linux.LinuxHighmemMapper)m).LastPkmap,
@@ -101,6 +102,7 @@ public sealed record SfBufStrategyInfo(
         {
             CachedUsers = SfBufUsers.Shared,
             PoolSizeIsParameter = true,
+            ShootdownsOnlyWhenRecycling = true,
             ShootdownCounter = "pkmap.global_flushes",
             PrivateMapCounters = ["kmap_atomic.maps"],
             Capacity = (m, isPrivate) => isPrivate ? Strategies.Linux.KmapAtomic.KM_TYPE_NR : ((Strategies.Linux.LinuxHighmemMapper)m).LastPkmap,
@@ -113,6 +115,7 @@ public sealed record SfBufStrategyInfo(
         {
             CachedUsers = SfBufUsers.Shared,
             PoolSizeIsParameter = true,
+            ShootdownsOnlyWhenRecycling = true,
             ShootdownCounter = "pkmap.global_flushes",
             PrivateMapCounters = ["kmap_local.maps"],
             Capacity = (m, isPrivate) => isPrivate ? Strategies.Linux.KmapLocal.KM_MAX_IDX : ((Strategies.Linux.LinuxHighmemMapper)m).LastPkmap,
@@ -157,6 +160,7 @@ public sealed record SfBufStrategyInfo(
         {
             CachedUsers = SfBufUsers.All,
             PoolSizeIsParameter = true,
+            ShootdownsOnlyWhenRecycling = true,
             PrivateShootdowns = SfBufShootdowns.WhenRecycling,
             ShootdownCounter = EpochCacheMapper.DetailFallbackShootdowns,
             CheckInvariants = m => ((EpochCacheMapper)m).TestHookCheckInvariants(),
@@ -210,11 +214,12 @@ public sealed record SfBufStrategyInfo(
 
     /// <summary>
     /// Whose freed mappings stay cached by page (<see cref="SfBufUsers"/>): a freed mapping stays
-    /// valid until its slot is taken for another page, and a later allocation of the same page
-    /// hits, with the same address, no PTE write and no invalidation; a miss is one mapping. So
-    /// while the working set fits the pool each page is mapped once (sf_buf's inactive list, kmap's
-    /// <c>page_address</c>, epoch-cache's index). <see cref="SfBufUsers.None"/> when every
-    /// allocation maps anew (or, for the direct map, maps nothing).
+    /// valid until its slot is recycled (taken for another page; for kmap, flushed when the clock
+    /// hand wraps), and a later allocation of the same page hits, with the same address, no PTE
+    /// write and no invalidation; a miss is one mapping. So while the working set fits the pool
+    /// each page is mapped once (sf_buf's inactive list, kmap's <c>page_address</c>, epoch-cache's
+    /// index). <see cref="SfBufUsers.None"/> when every allocation maps anew (or, for the direct
+    /// map, maps nothing).
     /// </summary>
     public SfBufUsers CachedUsers { get; init; }
 
@@ -245,6 +250,14 @@ public sealed record SfBufStrategyInfo(
     /// mechanisms) or it sends none.
     /// </summary>
     public string? ShootdownCounter { get; init; }
+
+    /// <summary>
+    /// True when the strategy starts no shootdown, for any user, while its pool recycles nothing
+    /// (<see cref="SfBufStats.Recycles"/> stays 0): every new mapping is valid on every CPU when made,
+    /// and invalidating others' translations is deferred to the recycling of slots (kmap's global
+    /// flush when the clock hand wraps, epoch-cache's fallback for a CPU whose epoch lags).
+    /// </summary>
+    public bool ShootdownsOnlyWhenRecycling { get; init; }
 
     /// <summary>
     /// True when no mapping is ever removed: a slot taken for another page has its PTE overwritten
