@@ -459,7 +459,7 @@ public abstract class SfBufMapper : IDisposable
     /// <summary>Counts an allocation that found its page already mapped and wrote no PTE (<see cref="SfBufStats.Hits"/>).</summary>
     protected void CountHit() => Interlocked.Increment(ref _countedHits);
 
-    /// <summary>Counts a miss that evicted another page's cached mapping (<see cref="SfBufStats.Recycles"/>); a strategy without a cache never calls it.</summary>
+    /// <summary>Counts a slot whose mapping of one page was evicted so that it can map another (<see cref="SfBufStats.Recycles"/>): a cache's eviction, or a pool's invalidation of freed slots before their reuse. A strategy that unmaps at every free never calls it.</summary>
     protected void CountRecycle() => Interlocked.Increment(ref _countedRecycles);
 
     /// <summary>Counts an Alloc that returns <see cref="SfBuf.None"/> (NoWait with the pool exhausted, a cancelled Catch): <see cref="SfBufStats.Failures"/>.</summary>

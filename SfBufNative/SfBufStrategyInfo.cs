@@ -66,30 +66,47 @@ public sealed record SfBufStrategyInfo(
             SfBufStrategyGroup.Paper, true, true, false, "per-use kernel_map KVA, broadcast shootdowns", "the same", SfBufPrivateRules.None, 0, true,
             (machine, _) => new OriginalMapper(machine))
         {
+            MapsPerUse = true,
+            PrivateShootdowns = SfBufShootdowns.PerUse,
             Capacity = (m, _) => m.Machine.KernelMap.Region.Pages,
         },
         new(SfBufMapper.I386, "FreeBSD 6", "sf_buf_alloc / sf_buf_free, i386 vm_machdep.c rev 1.269",
             SfBufStrategyGroup.Paper, true, true, false, "sf_buf with SFB_CPUPRIVATE: at most a local invlpg", "sf_buf: local invlpg + masked shootdown on a miss", SfBufPrivateRules.None, 0, true,
             (machine, nsfbufs) => new I386Mapper(machine, nsfbufs))
         {
+            CachedUsers = SfBufUsers.All,
+            PoolSizeIsParameter = true,
+            NeverUnmaps = true,
             Capacity = (m, _) => ((I386Mapper)m).Nsfbufs,
         },
         new(SfBufMapper.Amd64, "FreeBSD 6", "amd64 sf_buf.h: the direct map",
             SfBufStrategyGroup.Paper, false, true, false, "the direct map", "the direct map", SfBufPrivateRules.None, 0, true,
             (machine, _) => new DirectMapMapper(machine))
         {
+            NeedsDirectMap = true,
+            NeverUnmaps = true,
             Capacity = (_, _) => int.MaxValue,
         },
         new(SfBufMapper.LinuxKmap, "Linux", "kmap_high / kunmap_high / flush_all_zero_pkmaps (mm/highmem.c, x86-32)",
             SfBufStrategyGroup.Peer, true, false, false, "kmap", "kmap", SfBufPrivateRules.None, 0, true,
             (machine, nsfbufs) => new Strategies.Linux.LinuxKmapMapper(machine, nsfbufs))
         {
+            CachedUsers = SfBufUsers.All,
+            PoolSizeIsParameter = true,
+            ShootdownsOnlyWhenRecycling = true,
+            PrivateShootdowns = SfBufShootdowns.WhenRecycling,
+            ShootdownCounter = "pkmap.global_flushes",
             Capacity = (m, _) => ((Strategies.Linux.LinuxHighmemMapper)m).LastPkmap,
         },
         new(SfBufMapper.LinuxKmapAtomic, "Linux", "kmap_atomic / __kunmap_atomic (arch/x86/mm/highmem_32.c, 2.6.37-5.10); kmap for shared users",
             SfBufStrategyGroup.Peer, true, false, false, "kmap_atomic: per-CPU LIFO fixmap slot, preemption off", "kmap", SfBufPrivateRules.ReleaseLifo | SfBufPrivateRules.SameThread | SfBufPrivateRules.NoSleep, Strategies.Linux.KmapAtomic.KM_TYPE_NR, true,
             (machine, nsfbufs) => new Strategies.Linux.LinuxKmapAtomicMapper(machine, nsfbufs))
         {
+            CachedUsers = SfBufUsers.Shared,
+            PoolSizeIsParameter = true,
+            ShootdownsOnlyWhenRecycling = true,
+            ShootdownCounter = "pkmap.global_flushes",
+            PrivateMapCounters = ["kmap_atomic.maps"],
             Capacity = (m, isPrivate) => isPrivate ? Strategies.Linux.KmapAtomic.KM_TYPE_NR : ((Strategies.Linux.LinuxHighmemMapper)m).LastPkmap,
             PrivateNeverWaits = true,
             NotOnHost = "its saving is the per-CPU fixmap slot invalidated with a local invlpg only; " + HostFlushesEverywhere,
@@ -98,6 +115,11 @@ public sealed record SfBufStrategyInfo(
             SfBufStrategyGroup.Peer, true, false, false, "kmap_local_page: per-thread LIFO stack of per-CPU slots, migration off", "kmap", SfBufPrivateRules.ReleaseLifo | SfBufPrivateRules.SameThread | SfBufPrivateRules.NoMigration, Strategies.Linux.KmapLocal.KM_MAX_IDX, true,
             (machine, nsfbufs) => new Strategies.Linux.LinuxKmapLocalMapper(machine, nsfbufs))
         {
+            CachedUsers = SfBufUsers.Shared,
+            PoolSizeIsParameter = true,
+            ShootdownsOnlyWhenRecycling = true,
+            ShootdownCounter = "pkmap.global_flushes",
+            PrivateMapCounters = ["kmap_local.maps"],
             Capacity = (m, isPrivate) => isPrivate ? Strategies.Linux.KmapLocal.KM_MAX_IDX : ((Strategies.Linux.LinuxHighmemMapper)m).LastPkmap,
             PrivateNeverWaits = true,
             NotOnHost = "its saving is the per-CPU slot invalidated with a local invlpg only, remapped at context switches; " + HostFlushesEverywhere,
@@ -106,6 +128,7 @@ public sealed record SfBufStrategyInfo(
             SfBufStrategyGroup.Peer, true, false, true, "lwbuf: PTE + local invlpg, lwbuf_kva on the accessing CPU", "lwbuf + lwbuf_set_global (DragonFly's sf_buf)", SfBufPrivateRules.None, 0, false,
             (machine, _) => new Strategies.DragonFly.LwbufMapper(machine))
         {
+            ShootdownCounter = "lwbuf.set_global_syncs",
             Capacity = (m, _) => m.Machine.KernelMap.Region.Pages,
             NotOnHost = "its saving is the per-CPU invalidation recorded in a cpumask (lwbuf_kva invalidates lazily, only on the accessing CPU); " + HostFlushesEverywhere,
         },
@@ -115,6 +138,9 @@ public sealed record SfBufStrategyInfo(
             "the same", SfBufPrivateRules.None, 0, true,
             (machine, nsfbufs) => new Strategies.NetBsd.EmapMapper(machine, nsfbufs))
         {
+            PoolSizeIsParameter = true,
+            PrivateShootdowns = SfBufShootdowns.PerWrittenPage,
+            ShootdownCounter = "emap.kenter_shootdowns",
             // Readers map in the emap window, writers in kernel_map: the smaller bounds a request
             // that may hold both kinds.
             Capacity = (m, _) => Math.Min(m.Stats().Nsfbufs, m.Machine.KernelMap.Region.Pages),
@@ -124,6 +150,9 @@ public sealed record SfBufStrategyInfo(
             SfBufStrategyGroup.Peer, true, true, false, "pmap_quick_enter_page (nested: sfbuf-i386 CPU-private)", "sfbuf-i386", SfBufPrivateRules.SameThread | SfBufPrivateRules.NoSleep, 1, true,
             (machine, nsfbufs) => new Strategies.FreeBsd.QuickMapper(machine, nsfbufs))
         {
+            CachedUsers = SfBufUsers.Shared,
+            PoolSizeIsParameter = true,
+            PrivateMapCounters = ["quick.enters", "quick.nested_fallbacks"],
             Capacity = (m, isPrivate) => (isPrivate ? 1 : 0) + ((Strategies.FreeBsd.QuickMapper)m).SfBufPool.Nsfbufs,
             NotOnHost = "its saving is the per-CPU quick-map page invalidated with a local invlpg only (pmap_quick_enter_page); " + HostFlushesEverywhere,
         },
@@ -131,6 +160,12 @@ public sealed record SfBufStrategyInfo(
             SfBufStrategyGroup.Own, true, true, false, "the shared cache: no hint needed, no IPI", "the same: lock-free hit, no IPI on a miss unless the epoch fallback runs", SfBufPrivateRules.None, 0, true,
             (machine, nsfbufs) => new EpochCacheMapper(machine, nsfbufs))
         {
+            CachedUsers = SfBufUsers.All,
+            PoolSizeIsParameter = true,
+            ShootdownsOnlyWhenRecycling = true,
+            PrivateShootdowns = SfBufShootdowns.WhenRecycling,
+            ShootdownCounter = EpochCacheMapper.DetailFallbackShootdowns,
+            CheckInvariants = m => ((EpochCacheMapper)m).TestHookCheckInvariants(),
             Capacity = (m, _) => ((EpochCacheMapper)m).Nsfbufs,
             NotOnHost = "its saving is invalidation deferred to the flush points every CPU passes anyway (context switch, idle, epoch catch-up); user space cannot defer the host kernel's flush of a retired slot, so this would measure a broadcast shootdown per recycled slot, not this mechanism",
         },
@@ -208,6 +243,94 @@ public sealed record SfBufStrategyInfo(
     /// </summary>
     public bool PrivateNeverWaits { get; init; }
 
+    /// <summary>
+    /// True when the strategy needs the direct map (amd64's DMAP): every physical page already has
+    /// a kernel address, so it maps nothing, writes no kernel PTE and sends no shootdown; it runs
+    /// only on a machine of flavor <see cref="MachineFlavor.Amd64"/> (<see cref="Flavor"/>).
+    /// </summary>
+    public bool NeedsDirectMap { get; init; }
+
+    /// <summary>The machine flavor the strategy runs on: amd64 when it needs the direct map, i386 otherwise.</summary>
+    public MachineFlavor Flavor => NeedsDirectMap ? MachineFlavor.Amd64 : MachineFlavor.I386;
+
+    /// <summary>
+    /// True when nothing is kept between uses: every allocation maps fresh <c>kernel_map</c> KVA
+    /// (<c>pmap_qenter</c>) and every free removes it (<c>pmap_qremove</c>), each a broadcast
+    /// shootdown on SMP; with it the simulated kernel's subsystems take their pre-sf_buf (FreeBSD 5)
+    /// paths (the pipe's window, <c>exec_map</c>, <c>pager_map</c>, sendfile's fixed KVA per buffer),
+    /// whose mappings and shootdowns the tests and experiments count exactly.
+    /// </summary>
+    public bool MapsPerUse { get; init; }
+
+    /// <summary>
+    /// Whose freed mappings stay cached by page (<see cref="SfBufUsers"/>): a freed mapping stays
+    /// valid until its slot is recycled (taken for another page; for kmap, flushed when the clock
+    /// hand wraps), and a later allocation of the same page hits, with the same address, no PTE
+    /// write and no invalidation; a miss is one mapping. So while the working set fits the pool
+    /// each page is mapped once (sf_buf's inactive list, kmap's <c>page_address</c>, epoch-cache's
+    /// index). <see cref="SfBufUsers.None"/> when every allocation maps anew (or, for the direct
+    /// map, maps nothing).
+    /// </summary>
+    public SfBufUsers CachedUsers { get; init; }
+
+    /// <summary>True when every allocation, private and shared, goes through the cache of mappings (<see cref="CachedUsers"/> is <see cref="SfBufUsers.All"/>).</summary>
+    public bool IsMappingCache => CachedUsers == SfBufUsers.All;
+
+    /// <summary>
+    /// True when the pool's size is a parameter of <see cref="Create"/> (<c>nsfbufs</c>,
+    /// <c>LAST_PKMAP</c>, the emap window); false when the strategy takes what the machine has
+    /// (<c>kernel_map</c>, the direct map). Generic drivers (stress, exploration) give such a
+    /// strategy a small pool, so that exhaustion, waits and recycling are exercised.
+    /// </summary>
+    public bool PoolSizeIsParameter { get; init; }
+
+    /// <summary>
+    /// What private users' (<see cref="SfBufFlags.CpuPrivate"/>) mappings cost in shootdowns
+    /// (<see cref="SfBufShootdowns"/>): none for the strategies whose private mappings are
+    /// invalidated on the local CPU only, or never.
+    /// </summary>
+    public SfBufShootdowns PrivateShootdowns { get; init; }
+
+    /// <summary>
+    /// The <see cref="SfBufStats.Details"/> counter that counts the strategy's shootdowns, its only
+    /// source of them: on SMP every shootdown round it starts is one of these (kmap's global flush
+    /// at a wrap of the clock hand, <c>lwbuf_set_global</c>, emap's removal of writers' used kernel
+    /// mappings, epoch-cache's fallback), and on a uniprocessor it starts none. Null when its
+    /// shootdowns are not counted apart (sf_buf's masked shootdown on a miss, the per-use
+    /// mechanisms) or it sends none.
+    /// </summary>
+    public string? ShootdownCounter { get; init; }
+
+    /// <summary>
+    /// True when the strategy starts no shootdown, for any user, while its pool recycles nothing
+    /// (<see cref="SfBufStats.Recycles"/> stays 0): every new mapping is valid on every CPU when made,
+    /// and invalidating others' translations is deferred to the recycling of slots (kmap's global
+    /// flush when the clock hand wraps, epoch-cache's fallback for a CPU whose epoch lags).
+    /// </summary>
+    public bool ShootdownsOnlyWhenRecycling { get; init; }
+
+    /// <summary>
+    /// True when no mapping is ever removed: a slot taken for another page has its PTE overwritten
+    /// (sf_buf's inactive list), so no kernel PTE is cleared and, on the host backend, nothing is
+    /// unmapped. True also for the direct map, which maps nothing.
+    /// </summary>
+    public bool NeverUnmaps { get; init; }
+
+    /// <summary>
+    /// The <see cref="SfBufStats.Details"/> counters whose sum is the number of private mappings the
+    /// strategy made in its per-CPU slots (<see cref="PerCpuPrivateSlots"/>), each counted on the CPU
+    /// that made it (kmap_atomic's and kmap_local's maps; the quick page's enters and its nested
+    /// sf_bufs). Empty when private mappings come from the pool.
+    /// </summary>
+    public IReadOnlyList<string> PrivateMapCounters { get; init; } = [];
+
+    /// <summary>
+    /// The strategy's own check of its structural invariants, with no operation in flight
+    /// (epoch-cache's slots, index, epochs and partitions); returns the violations, empty when
+    /// sound. Generic drivers run it when they end quiescent. Null when the strategy has none.
+    /// </summary>
+    public Func<SfBufMapper, IReadOnlyList<string>>? CheckInvariants { get; init; }
+
     /// <summary>True when the strategy runs on the host backend.</summary>
     public bool RunsOnHost => NotOnHost == null;
 
@@ -265,6 +388,43 @@ public enum SfBufPrivateRules
 
     /// <summary>The holder stays on its CPU until it frees the mapping (kmap_local: migration off; the strategy enforces it).</summary>
     NoMigration = 8,
+}
+
+/// <summary>Which users of the sf_buf interface a property concerns.</summary>
+[Flags]
+public enum SfBufUsers
+{
+    /// <summary>Nobody.</summary>
+    None = 0,
+
+    /// <summary>Private short users (<see cref="SfBufFlags.CpuPrivate"/>: the pipe reader, md, ptrace, <c>uiomove_fromphys</c>).</summary>
+    Private = 1,
+
+    /// <summary>Shared users (sendfile, vnode page-in, the exec header).</summary>
+    Shared = 2,
+
+    /// <summary>Both.</summary>
+    All = Private | Shared,
+}
+
+/// <summary>What private users' mappings cost in shootdown rounds (<see cref="SfBufStrategyInfo.PrivateShootdowns"/>).</summary>
+public enum SfBufShootdowns
+{
+    /// <summary>None ever: a private mapping is invalidated on the local CPU only (sf_buf's <c>SFB_CPUPRIVATE</c>, per-CPU slots, lwbuf), or never (the direct map).</summary>
+    None,
+
+    /// <summary>One on SMP per page mapped for writing, when its used kernel mapping is removed (emap's writers: <c>pmap_kremove</c> + <c>pmap_update</c>); none for readers.</summary>
+    PerWrittenPage,
+
+    /// <summary>
+    /// None until the pool recycles: then a batched invalidation (kmap's global flush when the
+    /// clock hand wraps, epoch-cache's fallback for a CPU whose epoch lags), counted in
+    /// <see cref="SfBufStrategyInfo.ShootdownCounter"/>.
+    /// </summary>
+    WhenRecycling,
+
+    /// <summary>Two broadcast rounds per mapping on SMP: at <c>pmap_qenter</c> and at <c>pmap_qremove</c>.</summary>
+    PerUse,
 }
 
 /// <summary>Where a strategy comes from.</summary>

@@ -22,54 +22,62 @@ public abstract class StrategyFixture(string strategy, int cpus)
         from c in new[] { 1, 2 }
         select new TestFixtureData(s, c).SetArgDisplayNames(s, $"{c}cpu");
 
+    /// <summary>What the registry declares of the strategy under test.</summary>
+    protected SfBufStrategyInfo Info => SfBufMapper.Describe(Strategy);
+
     /// <summary>
     /// The counts a private sf_buf user (md, ptrace, uiomove_fromphys) must show for
     /// <paramref name="mappedPages"/> page mappings, <paramref name="writtenPages"/> of them made
-    /// to write the page: <c>original</c> broadcasts at qenter and at qremove of every page;
-    /// <c>sfbuf-i386</c> sends no IPI; the direct map writes no PTE; <c>netbsd-emap</c> shoots
-    /// down, on SMP, only the writers' kernel mappings, once each at removal (its readers' emap
-    /// mappings never); the other peers but <c>linux-kmap</c> (whose pool may wrap and flush)
-    /// send no shootdown; and every strategy records every kernel PTE write as a page of a mapping.
+    /// to write the page, from what the registry declares of the strategy: every strategy records
+    /// every kernel PTE write as a page of a mapping; one that needs the direct map writes and
+    /// clears no PTE; a cache of mappings writes at most one PTE per mapping; and the shootdowns
+    /// its private users cost (<see cref="SfBufStrategyInfo.PrivateShootdowns"/>): none (sfbuf-i386,
+    /// the direct map, the per-CPU slots, lwbuf); on SMP one per written page's kernel mapping and
+    /// none for readers (netbsd-emap); none while <paramref name="sfbufs"/>' pool has recycled
+    /// nothing (kmap's wrap flush, epoch-cache's fallback); or a broadcast at qenter and at qremove
+    /// of every page (original, which also writes exactly one PTE per page).
     /// </summary>
-    protected void AssertPrivateUserCounts(CounterSnapshot d, long mappedPages, long writtenPages)
+    protected void AssertPrivateUserCounts(CounterSnapshot d, long mappedPages, long writtenPages, SfBufMapper sfbufs)
     {
         ArgumentNullException.ThrowIfNull(d);
+        ArgumentNullException.ThrowIfNull(sfbufs);
         Assert.That(mappedPages, Is.GreaterThan(0));
         Assert.That(d[Counter.StaleAccesses], Is.Zero);
         Assert.That(d[Counter.KernelPteWrites], Is.EqualTo(d[Counter.MappedPages]), "every kernel PTE write is a recorded mapping page");
-        switch (Strategy)
+        var info = Info;
+        if (info.NeedsDirectMap)
         {
-            case SfBufMapper.Original:
-                Assert.That(d[Counter.ShootdownRounds], Is.EqualTo(Cpus > 1 ? 2 * mappedPages : 0));
-                Assert.That(d[Counter.KernelPteWrites], Is.EqualTo(mappedPages));
-                break;
-            case SfBufMapper.I386:
+            Assert.That(d[Counter.KernelPteWrites], Is.Zero, "the direct map writes no PTE");
+            Assert.That(d[Counter.KernelPteClears], Is.Zero);
+        }
+
+        if (info.IsMappingCache)
+        {
+            Assert.That(d[Counter.KernelPteWrites], Is.LessThanOrEqualTo(mappedPages), "a cache of mappings writes at most one PTE per mapping");
+        }
+
+        switch (info.PrivateShootdowns)
+        {
+            case SfBufShootdowns.None:
                 Assert.That(d[Counter.IpisSent], Is.Zero, "private mappings send no IPI");
-                Assert.That(d[Counter.ShootdownRounds], Is.Zero);
+                Assert.That(d[Counter.ShootdownRounds], Is.Zero, "private mappings send no shootdown");
                 break;
-            case SfBufMapper.EpochCache:
-                Assert.That(d[Counter.IpisSent], Is.Zero, "no hint needed: recycled slots wait out an epoch instead");
-                Assert.That(d[Counter.ShootdownRounds], Is.Zero);
-                Assert.That(d[Counter.KernelPteWrites], Is.LessThanOrEqualTo(mappedPages));
-                break;
-            case SfBufMapper.Amd64:
-                Assert.That(d[Counter.KernelPteWrites], Is.Zero, "the direct map writes no PTE");
-                Assert.That(d[Counter.KernelPteClears], Is.Zero);
-                Assert.That(d[Counter.ShootdownRounds], Is.Zero);
-                break;
-            case SfBufMapper.LinuxKmap:
-                break;
-            case SfBufMapper.NetBsdEmap:
+            case SfBufShootdowns.PerWrittenPage:
                 // Every page mapped for writing was written, so its PTE was used (PG_A):
                 // pmap_kremove + pmap_update shoot it down on the other CPU.
                 Assert.That(d[Counter.ShootdownRounds], Is.EqualTo(Cpus > 1 ? writtenPages : 0), "a shootdown per written page's kernel mapping, none for readers");
                 break;
-            default:
-                if (SfBufMapper.Describe(Strategy).IsPeer)
+            case SfBufShootdowns.WhenRecycling:
+                if (sfbufs.Stats().Recycles == 0)
                 {
-                    Assert.That(d[Counter.ShootdownRounds], Is.Zero, "the peer's private users send no shootdown");
+                    Assert.That(d[Counter.IpisSent], Is.Zero, "nothing recycled: no batched invalidation, no IPI");
+                    Assert.That(d[Counter.ShootdownRounds], Is.Zero);
                 }
 
+                break;
+            case SfBufShootdowns.PerUse:
+                Assert.That(d[Counter.ShootdownRounds], Is.EqualTo(Cpus > 1 ? 2 * mappedPages : 0));
+                Assert.That(d[Counter.KernelPteWrites], Is.EqualTo(mappedPages));
                 break;
         }
     }

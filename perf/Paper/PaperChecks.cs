@@ -7,13 +7,17 @@ namespace Native.Perf.Paper;
 /// strategy (peers included): no stale and no latent stale access (checked trials); every kernel
 /// PTE write is a page of a mapping the mechanism recorded (<c>pte_writes = mapped_pages</c>), so a
 /// mapping made without being counted fails here; every shootdown target got an IPI or was
-/// deferred idle, and no round targets more CPUs than there are others. Per strategy: the direct map maps nothing; <c>original</c>
-/// unmaps everything it maps and on SMP sends exactly the rounds its mechanisms imply
-/// (<see cref="Experiment.OriginalRounds"/>), each a broadcast to N-1 CPUs, so IPIs = rounds × (N-1)
-/// less idle deferrals; <c>sfbuf-i386</c> maps once per miss, never unmaps, and sends nothing for
-/// private users; each peer the counts its algorithm fixes (<see cref="CheckPeer"/>); <c>epoch-cache</c>
-/// maps once per miss and sends IPIs only from its epoch fallback (<see cref="CheckEpochCache"/>). Then each
-/// experiment's own relations (<see cref="Experiment.Relations"/>).
+/// deferred idle, no round targets more CPUs than there are others, and a uniprocessor shoots
+/// nothing down. Then what the strategy's registry entry declares (<see cref="SfBufStrategyInfo"/>),
+/// never its name: a strategy that needs the direct map maps nothing; one that maps per use
+/// (<c>original</c>) unmaps everything it maps and on SMP sends exactly the rounds its kernel paths
+/// imply (<see cref="Experiment.OriginalRounds"/>), each a broadcast to N-1 CPUs, so IPIs = rounds ×
+/// (N-1) less idle deferrals; every other one makes one mapping per miss; one that never unmaps
+/// clears no PTE; one whose private users shoot nothing down sends no shootdown and no IPI in an
+/// experiment of private users; one that declares the counter of its shootdowns sends, on SMP,
+/// exactly those. Then the relations of the mechanisms' own counters, wherever published
+/// (<see cref="CheckMechanismCounters"/>), and each experiment's own relations
+/// (<see cref="Experiment.Relations"/>).
 /// </summary>
 internal static class PaperChecks
 {
@@ -32,6 +36,7 @@ internal static class PaperChecks
             }
         }
 
+        var info = SfBufMapper.Describe(m.Strategy);
         long rounds = m["shootdowns"];
         long targets = m["ipi_targets"];
         Expect(m["stale_accesses"] == 0, $"{m["stale_accesses"]} stale accesses");
@@ -46,8 +51,8 @@ internal static class PaperChecks
             Expect(m["ipis_sent"] == 0, $"{m["ipis_sent"]} simulated IPIs on the host backend");
             Expect(m["host_maps"] == m["pte_writes"], $"{m["host_maps"]} host mmaps for {m["pte_writes"]} kernel PTE writes");
             Expect(m["host_unmaps"] <= m["pte_clears"], $"{m["host_unmaps"]} host unmaps for {m["pte_clears"]} kernel PTE clears");
-            Expect(m.Strategy != SfBufMapper.Amd64 || m["host_remaps"] == 0, $"the direct map made {m["host_remaps"]} host remaps");
-            Expect(m.Strategy != SfBufMapper.I386 || !experiment.PrivateMappings || m["host_unmaps"] == 0, $"sf_buf private users unmapped {m["host_unmaps"]} times");
+            Expect(!info.NeedsDirectMap || m["host_remaps"] == 0, $"the direct map made {m["host_remaps"]} host remaps");
+            Expect(!info.NeverUnmaps || m["host_unmaps"] == 0, $"a strategy that never removes a mapping unmapped {m["host_unmaps"]} times");
         }
         else
         {
@@ -57,103 +62,90 @@ internal static class PaperChecks
 
         Expect(targets <= rounds * (m.Cpus - 1), $"{targets} shootdown targets in {rounds} rounds on {m.Cpus} CPUs");
 
-        switch (m.Strategy)
+        if (info.NeedsDirectMap)
         {
-            case SfBufMapper.Amd64:
-                Expect(m["mappings"] == 0 && m["pte_writes"] == 0 && rounds == 0,
-                    $"the direct map made {m["mappings"]} mappings, wrote {m["pte_writes"]} kernel PTEs and sent {rounds} shootdowns");
-                break;
-            case SfBufMapper.Original:
-                Expect(m["pte_clears"] == m["mapped_pages"], $"{m["pte_clears"]} PTEs cleared for {m["mapped_pages"]} mapped (each mapping is removed again)");
-                if (m.Cpus == 1)
-                {
-                    Expect(rounds == 0, $"{rounds} shootdowns on a uniprocessor");
-                }
-                else
-                {
-                    long expected = experiment.OriginalRounds(m);
-                    Expect(rounds == expected, $"{rounds} shootdown rounds for {m["mappings"]} mappings (expected {expected})");
-                    Expect(targets == rounds * (m.Cpus - 1), $"{targets} targets in {rounds} broadcast rounds (expected {rounds * (m.Cpus - 1)}): IPIs = rounds x (N-1) less idle deferrals");
-                }
-
-                break;
-            case SfBufMapper.I386:
-                Expect(m["mappings"] == m["sfbuf_misses"], $"{m["mappings"]} mappings for {m["sfbuf_misses"]} sf_buf misses (one each)");
-                Expect(m["pte_clears"] == 0, $"{m["pte_clears"]} PTEs cleared (inactive sf_bufs keep their mapping)");
-                if (experiment.PrivateMappings)
-                {
-                    Expect(rounds == 0 && m["ipis_sent"] == 0, $"private mappings sent {rounds} shootdowns and {m["ipis_sent"]} IPIs");
-                }
-
-                break;
-            case SfBufMapper.EpochCache:
-                CheckEpochCache(m, Expect);
-                break;
+            Expect(m["mappings"] == 0 && m["pte_writes"] == 0 && rounds == 0,
+                $"the direct map made {m["mappings"]} mappings, wrote {m["pte_writes"]} kernel PTEs and sent {rounds} shootdowns");
+        }
+        else if (info.MapsPerUse)
+        {
+            Expect(m["pte_clears"] == m["mapped_pages"], $"{m["pte_clears"]} PTEs cleared for {m["mapped_pages"]} mapped (each mapping is removed again)");
+            if (m.Cpus > 1)
+            {
+                long expected = experiment.OriginalRounds(m);
+                Expect(rounds == expected, $"{rounds} shootdown rounds for {m["mappings"]} mappings (expected {expected})");
+                Expect(targets == rounds * (m.Cpus - 1), $"{targets} targets in {rounds} broadcast rounds (expected {rounds * (m.Cpus - 1)}): IPIs = rounds x (N-1) less idle deferrals");
+            }
+        }
+        else
+        {
+            long restores = m["kmap_local.restores"];
+            Expect(m["mappings"] == m["sfbuf_misses"] + restores,
+                $"{m["mappings"]} mappings for {m["sfbuf_misses"]} sf_buf misses{(restores > 0 ? $" and {restores} kmap_local restores" : string.Empty)} (one each)");
         }
 
-        if (SfBufMapper.Describe(m.Strategy).IsPeer)
+        if (m.Cpus == 1)
         {
-            CheckPeer(m, experiment, Expect);
+            Expect(rounds == 0, $"{rounds} shootdowns on a uniprocessor");
         }
+
+        if (info.NeverUnmaps)
+        {
+            Expect(m["pte_clears"] == 0, $"{m["pte_clears"]} PTEs cleared (the strategy never removes a mapping: a reused slot's PTE is overwritten)");
+        }
+
+        if (info.PrivateShootdowns == SfBufShootdowns.None && experiment.PrivateMappings)
+        {
+            Expect(rounds == 0 && m["ipis_sent"] == 0, $"private mappings sent {rounds} shootdowns and {m["ipis_sent"]} IPIs where the algorithm sends none");
+        }
+
+        if (info.ShootdownCounter is { } counter && m.Cpus > 1)
+        {
+            Expect(rounds == m[counter], $"{rounds} shootdowns but {m[counter]} {counter} (the strategy's only shootdowns)");
+        }
+
+        CheckMechanismCounters(m, experiment, Expect);
 
         problems.AddRange(experiment.Relations(m).Select(p => $"{where}: {p}"));
         return problems;
     }
 
     /// <summary>
-    /// The counts <c>epoch-cache</c>'s algorithm fixes, in one trial: one mapping per miss (a
-    /// recycled slot is installed with one PTE write and nothing else); one PTE clear per retired
-    /// slot and nothing else unmapped; its only shootdowns are the fallback's, one round each, so
-    /// without the fallback not one IPI; and a round goes to at most the N-1 other CPUs.
-    /// </summary>
-    private static void CheckEpochCache(Measurement m, Action<bool, string> expect)
-    {
-        long rounds = m["shootdowns"];
-        long fallbacks = m[EpochCacheMapper.DetailFallbackShootdowns];
-        expect(m["mappings"] == m["sfbuf_misses"], $"{m["mappings"]} mappings for {m["sfbuf_misses"]} sf_buf misses (one each)");
-        expect(m["pte_clears"] == m["sfbuf_recycles"],
-            $"{m["pte_clears"]} PTEs cleared for {m["sfbuf_recycles"]} retired slots (retiring is the only unmap)");
-        expect(rounds == fallbacks, $"{rounds} shootdowns but {fallbacks} epoch fallbacks (the fallback is the only shootdown)");
-        expect(fallbacks > 0 || m["ipis_sent"] == 0, $"{m["ipis_sent"]} IPIs sent without an epoch fallback");
-        expect(m["ipis_sent"] <= fallbacks * (m.Cpus - 1), $"{m["ipis_sent"]} IPIs for {fallbacks} fallbacks on {m.Cpus} CPUs");
-    }
-
-    /// <summary>
-    /// The counts each peer's algorithm fixes, in one trial:
+    /// The relations of the mechanisms' own counters, checked wherever a strategy publishes them
+    /// (each counter is a mechanism's, whichever strategy uses it):
     /// <list type="bullet">
-    /// <item>every peer records one mapping per new mapping it makes (<c>sfbuf_misses</c>), plus
-    /// one per page <c>kmap_local</c> writes again when a thread switches back in;</item>
-    /// <item><c>netbsd-emap</c>: readers' emap mappings cause no shootdown and no IPI (consumers
-    /// flush their own TLB), and every mapping flush is a consume or a switch flush; the only
-    /// shootdowns are the <c>pmap_update</c>s that remove writers' used <c>pmap_kenter_pa</c>
-    /// mappings, at most one per writer's mapping;</item>
-    /// <item><c>linux-kmap-atomic</c>, <c>linux-kmap-local</c>, <c>freebsd-quick</c>: none for private
-    /// users (their shared users go through <c>kmap</c> or <c>sfbuf-i386</c>);</item>
-    /// <item>the kmap pool: at most one global flush per wrap of the clock hand, so between two
-    /// flushes at least <c>LAST_PKMAP</c> minus the slots in use new mappings,
-    /// <c>(flushes - 1) x (LAST_PKMAP - peak in use) &lt;= new mappings</c>; and the global flush
-    /// is its only shootdown;</item>
-    /// <item><c>dragonfly-lwbuf</c>: every shootdown is an <c>lwbuf_set_global</c>, one per shared
-    /// allocation on SMP; private users none;</item>
-    /// <item><c>linux-kmap-local</c>: every map saved at a switch-out is restored at the switch-in.</item>
+    /// <item>epoch-cache's fallback (<see cref="EpochCacheMapper.DetailFallbackShootdowns"/>): one PTE
+    /// clear per retired slot and nothing else unmapped; the fallback is the only shootdown, one round
+    /// each, so without it not one IPI, and a round goes to at most the N-1 other CPUs;</item>
+    /// <item>emap's writers (<c>emap.kenter_shootdowns</c>): the only shootdowns are the
+    /// <c>pmap_update</c>s that remove writers' used <c>pmap_kenter_pa</c> mappings, at most one per
+    /// writer's mapping (readers' emap mappings cause none: consumers flush their own TLB);</item>
+    /// <item>the kmap pool (<c>pkmap.global_flushes</c>): at most one global flush per wrap of the clock
+    /// hand, so between two flushes at least <c>LAST_PKMAP</c> minus the slots in use new mappings,
+    /// <c>(flushes - 1) x (LAST_PKMAP - peak in use) &lt;= new mappings</c>; and the global flush is
+    /// its only shootdown;</item>
+    /// <item>lwbuf (<c>lwbuf.set_global_syncs</c>): every shootdown is an <c>lwbuf_set_global</c>, one
+    /// per shared allocation on SMP; private users none;</item>
+    /// <item>emap's consumers (<c>emap.consume_flushes</c>): every mapping flush is a consume or a
+    /// switch flush;</item>
+    /// <item>kmap_local (<c>kmap_local.saves</c>): every map saved at a switch-out is restored at the
+    /// switch-in.</item>
     /// </list>
     /// </summary>
-    private static void CheckPeer(Measurement m, Experiment experiment, Action<bool, string> expect)
+    private static void CheckMechanismCounters(Measurement m, Experiment experiment, Action<bool, string> expect)
     {
         long rounds = m["shootdowns"];
-        long restores = m["kmap_local.restores"];
-        expect(m["mappings"] == m["sfbuf_misses"] + restores,
-            $"{m["mappings"]} mappings for {m["sfbuf_misses"]} sf_buf misses{(restores > 0 ? $" and {restores} kmap_local restores" : string.Empty)} (one each)");
-
-        bool perCpuPrivate = m.Strategy is SfBufMapper.LinuxKmapAtomic or SfBufMapper.LinuxKmapLocal or SfBufMapper.FreeBsdQuick;
-        if (perCpuPrivate && experiment.PrivateMappings)
+        if (m.Counters.TryGetValue(EpochCacheMapper.DetailFallbackShootdowns, out long fallbacks))
         {
-            expect(rounds == 0 && m["ipis_sent"] == 0, $"{rounds} shootdowns and {m["ipis_sent"]} IPIs where the algorithm sends none");
+            expect(m["pte_clears"] == m["sfbuf_recycles"],
+                $"{m["pte_clears"]} PTEs cleared for {m["sfbuf_recycles"]} retired slots (retiring is the only unmap)");
+            expect(rounds == fallbacks, $"{rounds} shootdowns but {fallbacks} epoch fallbacks (the fallback is the only shootdown)");
+            expect(fallbacks > 0 || m["ipis_sent"] == 0, $"{m["ipis_sent"]} IPIs sent without an epoch fallback");
+            expect(m["ipis_sent"] <= fallbacks * (m.Cpus - 1), $"{m["ipis_sent"]} IPIs for {fallbacks} fallbacks on {m.Cpus} CPUs");
         }
 
-        if (m.Strategy == SfBufMapper.NetBsdEmap)
+        if (m.Counters.TryGetValue("emap.kenter_shootdowns", out long kenterShootdowns))
         {
-            long kenterShootdowns = m["emap.kenter_shootdowns"];
             expect(rounds == kenterShootdowns, $"{rounds} shootdowns but {kenterShootdowns} removals of writers' used kernel mappings (emap itself sends none)");
             expect(kenterShootdowns <= m["emap.kenter_maps"], $"{kenterShootdowns} kremove shootdowns for {m["emap.kenter_maps"]} writers' mappings");
             expect(m["ipis_sent"] <= kenterShootdowns * (m.Cpus - 1), $"{m["ipis_sent"]} IPIs for {kenterShootdowns} kremove shootdowns on {m.Cpus} CPUs");
@@ -168,9 +160,8 @@ internal static class PaperChecks
             expect(rounds == (m.Cpus > 1 ? flushes : 0), $"{rounds} shootdowns for {flushes} global pkmap flushes (the flush is kmap's only shootdown)");
         }
 
-        if (m.Strategy == SfBufMapper.DragonFlyLwbuf)
+        if (m.Counters.TryGetValue("lwbuf.set_global_syncs", out long syncs))
         {
-            long syncs = m["lwbuf.set_global_syncs"];
             expect(rounds == syncs, $"{rounds} shootdowns but {syncs} lwbuf_set_global invalidations");
             expect(syncs == (m.Cpus > 1 ? m["lwbuf.shared_allocs"] : 0),
                 $"{syncs} cross-CPU invalidations for {m["lwbuf.shared_allocs"]} shared allocations (expected one each on SMP, none on a uniprocessor)");
@@ -189,6 +180,7 @@ internal static class PaperChecks
 
         if (m.Counters.TryGetValue("kmap_local.saves", out long saves))
         {
+            long restores = m["kmap_local.restores"];
             expect(saves == restores, $"{saves} kmap_local maps saved at switch-out, {restores} restored");
         }
     }

@@ -137,10 +137,9 @@ internal static class PaperCommand
         }
 
         AnsiConsole.MarkupLine($"[green]all invariants hold[/] in every trial: 0 stale and 0 latent stale accesses; every kernel PTE write a recorded mapping; "
-            + "original: exactly the shootdown rounds its mechanisms imply, IPIs = rounds x (N-1) less idle deferrals; direct map: no mapping; "
-            + "sfbuf-i386: one mapping per miss, no IPI for private users; "
-            + (plan.Strategies.Any(s => SfBufMapper.Describe(s).IsPeer) ? "each peer's own counts (PaperChecks); " : string.Empty)
-            + (plan.Strategies.Contains(SfBufMapper.EpochCache) ? "epoch-cache: one mapping per miss, shootdowns only from its epoch fallback; " : string.Empty)
+            + "per strategy what its registry entry declares: per-use mapping (original): exactly the shootdown rounds its mechanisms imply, IPIs = rounds x (N-1) less idle deferrals; "
+            + "direct map: no mapping; the others: one mapping per miss; no IPI for private users where private mappings shoot nothing down; "
+            + "shootdowns only from the counter a strategy declares; the mechanisms' own counters (PaperChecks); "
             + "and each experiment's own relations");
         return 0;
     }

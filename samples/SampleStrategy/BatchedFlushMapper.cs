@@ -62,6 +62,10 @@ public sealed class BatchedFlushMapper : SfBufMapper
         SfBufPrivateRules.None, PerCpuPrivateSlots: 0, FreesReachWaitersOnAnyCpu: true, (machine, nsfbufs) => new BatchedFlushMapper(machine, nsfbufs))
     {
         Capacity = (mapper, _) => ((BatchedFlushMapper)mapper).Nsfbufs,
+        PoolSizeIsParameter = true,
+        PrivateShootdowns = SfBufShootdowns.WhenRecycling,
+        ShootdownCounter = DetailFlushes,
+        ShootdownsOnlyWhenRecycling = true,
         NotOnHost = "its saving is leaving freed slots' translations in place until one batched shootdown; the host kernel flushes every remap on every CPU",
     };
 
@@ -169,6 +173,7 @@ public sealed class BatchedFlushMapper : SfBufMapper
         {
             int slot = _dirty[i];
             Machine.KernelPmap.KRemove(_window.PageAddress(slot));
+            CountRecycle(); // the slot's old mapping is evicted so that it can map another page
             (lowest, highest) = (Math.Min(lowest, slot), Math.Max(highest, slot));
             _clean[_cleanCount++] = slot;
         }

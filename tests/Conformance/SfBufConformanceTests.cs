@@ -29,8 +29,6 @@ public sealed class SfBufConformanceTests(string strategy, int cpus) : StrategyF
     private Native.PageTable.Machine _machine = null!;
     private SfBufMapper _mapper = null!;
 
-    private SfBufStrategyInfo Info => SfBufMapper.Describe(Strategy);
-
     private bool HasPool => Info.HasPool;
 
     private int OtherCpu => Cpus > 1 ? 1 : 0;

@@ -589,21 +589,23 @@ internal static class Scenarios
     }
 
     /// <summary>
-    /// The pool for the caches of mappings: two slots, fewer than the scenarios' pages, so that
-    /// every schedule recycles (and, for epoch-cache, retires, waits out or forces an epoch).
+    /// The pool for every strategy whose pool size is a parameter (<see cref="SfBufStrategyInfo.PoolSizeIsParameter"/>):
+    /// two slots, fewer than the scenarios' pages, so that every schedule exhausts it and recycles
+    /// (and, for epoch-cache, retires, waits out or forces an epoch). The others take the
+    /// machine's: a <c>kernel_map</c> of two pages, or the direct map.
     /// </summary>
-    private const int CachePool = 2;
+    private const int SmallPool = 2;
 
     private static Scenario SfBufScenario(string name, string strategy, int cpus, Action<ExploreRun, SfBufMapper, VmPage[], LiveHandles> threads, int pageCount = 3, Action<SfBufMapper>? plant = null)
     {
-        var flavor = strategy == SfBufMapper.Amd64 ? MachineFlavor.Amd64 : MachineFlavor.I386;
-        return new Scenario(name, SfBufRig.Small(cpus, flavor, windowPages: 8, kernelMapPages: 2), run =>
+        var info = SfBufMapper.Describe(strategy);
+        return new Scenario(name, SfBufRig.Small(cpus, info.Flavor, windowPages: 8, kernelMapPages: 2), run =>
         {
-            var mapper = SfBufMapper.Create(strategy, run.M, strategy is SfBufMapper.I386 or SfBufMapper.EpochCache ? CachePool : null);
+            var mapper = SfBufMapper.Create(strategy, run.M, info.PoolSizeIsParameter ? SmallPool : null);
             run.State["mapper"] = mapper;
             plant?.Invoke(mapper);
             var pages = SfBufRig.NewPages(run.M, pageCount);
-            threads(run, mapper, pages, new LiveHandles(mapper is I386Mapper or EpochCacheMapper));
+            threads(run, mapper, pages, new LiveHandles(info.IsMappingCache));
         })
         {
             ExpectedSteps = 300,
@@ -639,7 +641,7 @@ internal static class Scenarios
     }
 
     /// <summary>
-    /// The live handles per page: for a cache of mappings (sfbuf-i386, epoch-cache), two live handles of one
+    /// The live handles per page: for a cache of mappings of every user (<see cref="SfBufStrategyInfo.IsMappingCache"/>), two live handles of one
     /// page must be the same sf_buf. Released before the free, added after the alloc, so it never
     /// claims a handle is live when it is not.
     /// </summary>

@@ -60,7 +60,7 @@ public sealed class MemoryDiskTests(string strategy, int cpus) : StrategyFixture
         Assert.That(mapped, Is.EqualTo(385 + 385), "each written page is mapped once by the writes and once by the reads");
         Assert.That(md.PagesMapped, Is.EqualTo(mapped));
         Assert.That(md.PagesZeroFilled, Is.EqualTo(512 - 385), "the unwritten pages are zero-filled without a mapping");
-        AssertPrivateUserCounts(d, mapped, writtenPages: 385);
+        AssertPrivateUserCounts(d, mapped, writtenPages: 385, kernel.SfBufs);
 
         Teardown(machine, md, writeBuffer, readBuffer);
     }
@@ -111,7 +111,7 @@ public sealed class MemoryDiskTests(string strategy, int cpus) : StrategyFixture
         Assert.That(md.Writes, Is.EqualTo(300));
         Assert.That(md.Reads, Is.EqualTo(300 + (diskBytes / SequentialRequest)));
         Assert.That(md.PagesMapped, Is.EqualTo(mapped));
-        AssertPrivateUserCounts(d, mapped, writtenPages: written);
+        AssertPrivateUserCounts(d, mapped, writtenPages: written, kernel.SfBufs);
 
         Teardown(machine, md, writeBuffer, readBuffer);
     }
@@ -175,7 +175,7 @@ public sealed class MemoryDiskTests(string strategy, int cpus) : StrategyFixture
         var d = machine.Counters() - before;
 
         Assert.That(failures, Is.Empty);
-        AssertPrivateUserCounts(d, writerMapped + readerMapped, writtenPages: writerMapped);
+        AssertPrivateUserCounts(d, writerMapped + readerMapped, writtenPages: writerMapped, kernel.SfBufs);
 
         // Everything, after both: the writer's half as written, the reader's half untouched.
         machine.Run(Cpus - 1, () =>

@@ -79,7 +79,7 @@ public sealed class UioMoveTests(string strategy, int cpus) : StrategyFixture(st
             mappedPages += PagesSpanned(offset, length);
         }
 
-        AssertPrivateUserCounts(rig.Machine.Counters() - before, mappedPages, writtenPages: direction == UioDirection.Write ? mappedPages : 0);
+        AssertPrivateUserCounts(rig.Machine.Counters() - before, mappedPages, writtenPages: direction == UioDirection.Write ? mappedPages : 0, rig.Kernel.SfBufs);
         Assert.That(rig.Machine.Counters()[Counter.LatentStaleAccesses], Is.Zero);
     }
 

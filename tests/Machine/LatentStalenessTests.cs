@@ -138,7 +138,7 @@ public sealed class LatentStalenessTests
     [TestCaseSource(typeof(AllStrategies), nameof(AllStrategies.Names))]
     public void ACpuPrivateMappingUsedOnAnotherCpuIsAnErrorNamingBothCpusEvenWithNoStaleEntry(string strategy)
     {
-        using var m = new SimMachine(Sim.Small() with { Flavor = strategy == SfBufMapper.Amd64 ? MachineFlavor.Amd64 : MachineFlavor.I386 });
+        using var m = new SimMachine(Sim.Small() with { Flavor = SfBufMapper.Describe(strategy).Flavor });
         using var mapper = SfBufMapper.Create(strategy, m);
         var page = Sim.NewPage(m, OldMarker);
         SfBufHandle sf = SfBufHandle.None;

@@ -222,7 +222,7 @@ public sealed class LifetimeTests
         });
         listener.Start();
 
-        var m = new SimMachine(Sim.Small() with { Flavor = strategy == Native.SfBufNative.SfBufMapper.Amd64 ? MachineFlavor.Amd64 : MachineFlavor.I386 });
+        var m = new SimMachine(Sim.Small() with { Flavor = Native.SfBufNative.SfBufMapper.Describe(strategy).Flavor });
         var mapper = Native.SfBufNative.SfBufMapper.Create(strategy, m);
         var page = Sim.NewPage(m, 1);
         m.Run(0, () => mapper.Free(mapper.Alloc(page)));

@@ -7,12 +7,12 @@ using SimMachine = Native.PageTable.Machine;
 namespace Native.Tests.Peers;
 
 /// <summary>
-/// Unbound threads that migrate while they hold sf_bufs, for every strategy but epoch-cache
-/// (which has its own liveness tests): more threads than CPUs, each yielding between alloc, the
+/// Unbound threads that migrate while they hold sf_bufs, for every strategy (epoch-cache also
+/// has its own liveness tests): more threads than CPUs, each yielding between alloc, the
 /// access and free, so that a thread reads and frees on another CPU than the one it allocated
 /// on. Every read must see its page, nothing may be left allocated, and every allocation must be
-/// counted once, the per-CPU mechanisms' counts included (a count made on a CPU the thread no
-/// longer holds can be lost to that CPU's own increments).
+/// counted once, the per-CPU mechanisms' counts included (<see cref="SfBufStrategyInfo.PrivateMapCounters"/>:
+/// a count made on a CPU the thread no longer holds can be lost to that CPU's own increments).
 /// </summary>
 [TestFixture]
 [NonParallelizable]
@@ -22,14 +22,11 @@ public sealed class PeerMigrationTests
     private const int Rounds = 150;
     private const int PageCount = 16;
 
-    /// <summary>Every strategy but epoch-cache.</summary>
-    public static IEnumerable<string> Strategies() => SfBufMapper.StrategyNames.Where(s => s != SfBufMapper.EpochCache);
-
-    [TestCaseSource(nameof(Strategies))]
+    [TestCaseSource(typeof(AllStrategies), nameof(AllStrategies.Names))]
     public void UnboundThreadsThatMigrateWhileHoldingSfBufsReadTheirPagesAndEveryAllocationIsCounted(string strategy)
     {
-        var flavor = strategy == SfBufMapper.Amd64 ? MachineFlavor.Amd64 : MachineFlavor.I386;
-        using var m = new SimMachine(SfBufRig.Small(flavor: flavor));
+        var info = SfBufMapper.Describe(strategy);
+        using var m = new SimMachine(SfBufRig.Small(flavor: info.Flavor));
         using var sfbufs = SfBufMapper.Create(strategy, m);
         var pages = SfBufRig.NewPages(m, PageCount);
 
@@ -100,19 +97,13 @@ public sealed class PeerMigrationTests
         Assert.That(wrongReads, Is.All.Zero, "every read through an sf_buf saw its page's stamp");
         Assert.That(d[Counter.StaleAccesses] + d[Counter.LatentStaleAccesses], Is.Zero);
         Assert.That(stats.NsfbufsUsed, Is.Zero, "everything was freed");
-        if (strategy != SfBufMapper.Amd64)
+        if (!info.NeedsDirectMap)
         {
             // Each allocation is a hit or a miss; the per-CPU mechanisms count theirs per CPU.
             Assert.That(stats.Hits + stats.Misses - (statsBefore.Hits + statsBefore.Misses), Is.EqualTo(total), "every allocation counted once");
         }
 
-        long perCpuMaps = strategy switch
-        {
-            SfBufMapper.LinuxKmapAtomic => stats.Details["kmap_atomic.maps"],
-            SfBufMapper.LinuxKmapLocal => stats.Details["kmap_local.maps"],
-            SfBufMapper.FreeBsdQuick => stats.Details["quick.enters"] + stats.Details["quick.nested_fallbacks"],
-            _ => privateAllocations.Sum(),
-        };
+        long perCpuMaps = info.PrivateMapCounters.Count > 0 ? info.PrivateMapCounters.Sum(c => stats.Details[c]) : privateAllocations.Sum();
         Assert.That(perCpuMaps, Is.EqualTo(privateAllocations.Sum()), "every private mapping counted on the CPU that made it");
     }
 

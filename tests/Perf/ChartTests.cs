@@ -82,7 +82,9 @@ public sealed partial class ChartTests
     {
         var rows = Committed().OfType<BarChart>().First(c => c.FileName == "throughput-pipe.png");
         var extra = PlotCommand.Load(Path.Combine(Results, PaperJson)).Where(r => r.Experiment == "pipe").ToList();
-        extra.AddRange(extra.Where(r => r.Strategy == SfBufMapper.EpochCache).SelectMany(r => Enumerable.Range(1, 12).Select(i => r with { Strategy = $"variant-{i:00}" })).ToList());
+        // Twelve more strategies, each a copy of the last row's values under a new name.
+        string last = extra[^1].Strategy;
+        extra.AddRange(extra.Where(r => r.Strategy == last).SelectMany(r => Enumerable.Range(1, 12).Select(i => r with { Strategy = $"variant-{i:00}" })).ToList());
         var chart = Charts.Throughput("throughput-pipe.png", "pipe", extra);
         Assert.That(chart.Series, Has.Count.EqualTo(rows.Series.Count + 12));
         Assert.That(chart.Series.Select(s => (s.Color, s.Hatch?.GetType(), s.HatchColor)).Distinct().Count(), Is.EqualTo(chart.Series.Count));

@@ -17,14 +17,20 @@ public sealed class HitPathAllocationTests
 {
     private const int Operations = 10_000;
 
-    [Test]
-    public void AllocKvaFreeOfACachedPageAllocatesNoManagedMemory(
-        [Values(SfBufMapper.I386, SfBufMapper.Amd64, SfBufMapper.EpochCache, SfBufMapper.LinuxKmap)] string strategy,
-        [Values(false, true)] bool isChecked)
+    /// <summary>The strategies whose shared allocations of a cached page hit (<see cref="SfBufStrategyInfo.CachedUsers"/>), and the direct map.</summary>
+    public static IEnumerable<TestCaseData> Cases() =>
+        from s in SfBufMapper.StrategyNames
+        let info = SfBufMapper.Describe(s)
+        where info.CachedUsers.HasFlag(SfBufUsers.Shared) || info.NeedsDirectMap
+        from isChecked in new[] { false, true }
+        select new TestCaseData(s, isChecked);
+
+    [TestCaseSource(nameof(Cases))]
+    public void AllocKvaFreeOfACachedPageAllocatesNoManagedMemory(string strategy, bool isChecked)
     {
-        var flavor = strategy == SfBufMapper.Amd64 ? MachineFlavor.Amd64 : MachineFlavor.I386;
-        using var m = new SimMachine(SfBufRig.Small(flavor: flavor) with { Checked = isChecked });
-        using var sfbufs = SfBufMapper.Create(strategy, m, strategy == SfBufMapper.Amd64 || strategy == SfBufMapper.LinuxKmap ? null : 8);
+        var info = SfBufMapper.Describe(strategy);
+        using var m = new SimMachine(SfBufRig.Small(flavor: info.Flavor) with { Checked = isChecked });
+        using var sfbufs = SfBufMapper.Create(strategy, m, info.PoolSizeIsParameter ? 8 : null);
         var page = SfBufRig.NewPage(m);
         ulong stamp = SfBufRig.Stamp(page);
         long allocated = -1;
@@ -61,7 +67,7 @@ public sealed class HitPathAllocationTests
 
         // Every hit returns the address of the mapping the first (missing) allocation made (for
         // the direct map, the page's direct-map address), and reads the page through it.
-        if (strategy == SfBufMapper.Amd64)
+        if (info.NeedsDirectMap)
         {
             Assert.That(firstKva, Is.EqualTo(VmLayout.DMAP_BASE + page.PhysicalAddress));
         }

@@ -55,7 +55,7 @@ internal sealed class ExecExperiment(string image = "/bin/true") : Experiment
     public override IEnumerable<string> Relations(Measurement m)
     {
         long perExec = 1 + Convert.ToInt64(m.Params["partial_pages"], System.Globalization.CultureInfo.InvariantCulture);
-        return IsOriginal(m)
+        return MapsPerUse(m)
             ? Expect(m["mappings"] == m.Ops * perExec, $"{m["mappings"]} mappings for {m.Ops} execs ({perExec} each: the header and the partial pages)")
             : Expect(m["mappings"] <= m.Ops * perExec, $"{m["mappings"]} mappings for {m.Ops} execs (at most {perExec} each)");
     }

@@ -68,10 +68,12 @@ internal abstract class Experiment
         }
     }
 
-    protected static bool IsOriginal(Measurement m) => m.Strategy == SfBufMapper.Original;
+    /// <summary>True when the strategy maps per use and the kernel takes its pre-sf_buf paths (<see cref="SfBufStrategyInfo.MapsPerUse"/>): its mappings are counted exactly.</summary>
+    protected static bool MapsPerUse(Measurement m) => SfBufMapper.Describe(m.Strategy).MapsPerUse;
 
-    protected static bool IsI386(Measurement m) => m.Strategy == SfBufMapper.I386;
+    /// <summary>A cache of mappings by page for every user, private and shared (<see cref="SfBufStrategyInfo.IsMappingCache"/>): a miss is one mapping.</summary>
+    protected static bool IsMappingCache(Measurement m) => SfBufMapper.Describe(m.Strategy).IsMappingCache;
 
-    /// <summary>A cache of mappings by page that keeps inactive mappings (sfbuf-i386, epoch-cache): a miss is one mapping.</summary>
-    protected static bool IsMappingCache(Measurement m) => m.Strategy is SfBufMapper.I386 or SfBufMapper.EpochCache;
+    /// <summary>True when the strategy caches shared users' mappings by page (<see cref="SfBufStrategyInfo.CachedUsers"/>).</summary>
+    protected static bool CachesSharedMappings(Measurement m) => SfBufMapper.Describe(m.Strategy).CachedUsers.HasFlag(SfBufUsers.Shared);
 }

@@ -59,7 +59,7 @@ internal sealed class LruExperiment : Experiment
     }
 
     public override IEnumerable<string> Relations(Measurement m) =>
-        IsOriginal(m)
+        MapsPerUse(m)
             ? Expect(m["mappings"] == m.Ops, $"{m["mappings"]} mappings for {m.Ops} allocations (one each)")
             : [];
 

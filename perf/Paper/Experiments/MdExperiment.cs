@@ -83,7 +83,7 @@ internal sealed class MdExperiment(bool random) : Experiment
     }
 
     public override IEnumerable<string> Relations(Measurement m) =>
-        IsOriginal(m)
+        MapsPerUse(m)
             ? Expect(m["mappings"] == m.Bytes / Pte.PageSize, $"{m["mappings"]} mappings for {m.Bytes / Pte.PageSize} pages moved (one each)")
             : [];
 }

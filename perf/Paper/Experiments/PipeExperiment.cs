@@ -84,7 +84,7 @@ internal sealed class PipeExperiment(bool huge) : Experiment
     {
         long writes = Convert.ToInt64(m.Params["direct_writes"], CultureInfo.InvariantCulture);
         long pages = m.Bytes / Pte.PageSize;
-        return (IsOriginal(m), IsMappingCache(m)) switch
+        return (MapsPerUse(m), IsMappingCache(m)) switch
         {
             // One window mapping per direct write, of the 16 pages a page-aligned 64 KiB write spans.
             (true, _) => Expect(m["mappings"] == writes && m["mapped_pages"] == pages,

@@ -25,7 +25,7 @@ internal sealed class PtraceExperiment(bool pages) : Experiment
     public override IReadOnlyList<Measurement> Run(Trial t) => [pages ? Pages(t) : Words(t)];
 
     public override IEnumerable<string> Relations(Measurement m) =>
-        IsOriginal(m)
+        MapsPerUse(m)
             ? Expect(m["mappings"] == m.Ops, $"{m["mappings"]} mappings for {m.Ops} transfers of one page each")
             : [];
 

@@ -71,12 +71,12 @@ internal sealed class SendfileExperiment(bool hot) : Experiment
     public override IEnumerable<string> Relations(Measurement m)
     {
         long pages = m.Bytes / Pte.PageSize;
-        if (IsOriginal(m))
+        if (MapsPerUse(m))
         {
             return Expect(m["mappings"] == pages, $"{m["mappings"]} pool mappings for {pages} pages sent (one each)");
         }
 
-        if (IsMappingCache(m))
+        if (CachesSharedMappings(m))
         {
             // Hot: every page is still cached from the warm-up pass; cold: the file cycles through twice the pool.
             return hot

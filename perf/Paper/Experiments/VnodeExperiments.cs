@@ -52,7 +52,7 @@ internal sealed class VnodePageInExperiment : Experiment
     public override long OriginalRounds(Measurement m) => m["mappings"];
 
     public override IEnumerable<string> Relations(Measurement m) =>
-        IsOriginal(m)
+        MapsPerUse(m)
             ? Expect(m["mappings"] == m.Ops, $"{m["mappings"]} pager_map mappings for {m.Ops} page-ins (one each)")
             : Expect(m["mappings"] <= m.Ops, $"{m["mappings"]} mappings for {m.Ops} page-ins (at most one each)");
 }
@@ -115,7 +115,7 @@ internal sealed class VnodeReadExperiment : Experiment
     }
 
     public override IEnumerable<string> Relations(Measurement m) =>
-        IsOriginal(m)
+        MapsPerUse(m)
             ? Expect(m["mappings"] == m.Ops, $"{m["mappings"]} mappings for {m.Ops} pages read (one each)")
             : [];
 }
