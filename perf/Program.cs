@@ -30,6 +30,7 @@ internal static class Program
             MachineCommand.Create(),
             BenchCommand.Create(),
             ScalingCommand.Create(),
+            TraceSummaryCommand.Create(),
         };
 
         return root.Parse(args).Invoke();

@@ -856,8 +856,9 @@ public sealed unsafe partial class Cpu
             CheckRoundComplete(posted, kind, va, pages);
         }
 
-        Count(Counter.AckWaitNanoseconds, (long)Stopwatch.GetElapsedTime(start).TotalNanoseconds);
-        Machine.Trace.ShootdownEnd(Id, count);
+        long ackWait = (long)Stopwatch.GetElapsedTime(start).TotalNanoseconds;
+        Count(Counter.AckWaitNanoseconds, ackWait);
+        Machine.Trace.ShootdownEnd(Id, count, ackWait);
         return count;
     }
 
