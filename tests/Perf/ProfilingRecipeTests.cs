@@ -28,6 +28,10 @@ public sealed class ProfilingRecipeTests
     /// <summary>The documented recipe, with <c>{perf}</c> for perf.dll and <c>{trace}</c> for the output file.</summary>
     private const string TraceRecipe = "dotnet dotnet-trace collect --providers SfBufNative:0x1FF:5 -o {trace} -- dotnet {perf} " + PaperArguments;
 
+    /// <summary>The documented counters recipe, with <c>{perf}</c> for perf.dll and <c>{counters}</c> for the output file.</summary>
+    /// <remarks>Three experiments: the run lasts several one-second samples (a counter shows from its second).</remarks>
+    private const string CountersRecipe = "dotnet dotnet-counters collect --counters SfBufNative --format json -o {counters} -- dotnet {perf} " + PaperArguments + " sendfile-cold md-rand";
+
     private static readonly TimeSpan s_restoreTimeout = TimeSpan.FromMinutes(3);
     private static readonly TimeSpan s_traceTimeout = TimeSpan.FromSeconds(120);
 
@@ -35,8 +39,9 @@ public sealed class ProfilingRecipeTests
     public void TheDocsShowTheRecipeThisTestRuns()
     {
         string docs = File.ReadAllText(Path.Combine(RepositoryRoot(), "docs", "profiling.md"));
-        string asDocumented = TraceRecipe.Replace("{trace}", "trace.nettrace", StringComparison.Ordinal).Replace("{perf}", "perf/bin/Release/net10.0/perf.dll", StringComparison.Ordinal);
-        Assert.That(docs, Does.Contain(asDocumented), "docs/profiling.md shows the recipe this test runs");
+        const string perf = "perf/bin/Release/net10.0/perf.dll";
+        Assert.That(docs, Does.Contain(TraceRecipe.Replace("{trace}", "trace.nettrace", StringComparison.Ordinal).Replace("{perf}", perf, StringComparison.Ordinal)), "docs/profiling.md shows the trace recipe this test runs");
+        Assert.That(docs, Does.Contain(CountersRecipe.Replace("{counters}", "counters.json", StringComparison.Ordinal).Replace("{perf}", perf, StringComparison.Ordinal)), "docs/profiling.md shows the counters recipe this test runs");
     }
 
     [Test]
@@ -71,6 +76,36 @@ public sealed class ProfilingRecipeTests
                 Assert.That(summary.Fields["SfBufAlloc"], Is.EqualTo(new[] { "strategy", "mapper", "cpu", "frame", "kva", "hit" }));
                 Assert.That(summary.Fields["ShootdownEnd"], Does.Contain("ackWaitNanoseconds"));
             });
+        }
+        finally
+        {
+            Directory.Delete(dir, recursive: true);
+        }
+    }
+
+    [Test]
+    [CancelAfter(300_000)]
+    public void CountersCollectedOutOfProcessByDotnetCountersShowTheSfBufTotals()
+    {
+        string root = RepositoryRoot();
+        string perf = PerfDll(root);
+        string dir = Path.Combine(Path.GetTempPath(), "sfbuf-counters-" + Guid.NewGuid().ToString("N"));
+        Directory.CreateDirectory(dir);
+        try
+        {
+            Run(root, "dotnet", "tool restore", s_restoreTimeout);
+            string counters = Path.Combine(dir, "counters.json");
+            string command = CountersRecipe.Replace("{counters}", Quote(counters), StringComparison.Ordinal).Replace("{perf}", Quote(perf), StringComparison.Ordinal);
+            string output = Run(root, "dotnet", command["dotnet ".Length..], s_traceTimeout);
+            Assert.That(File.Exists(counters), Is.True, $"dotnet-counters wrote no file; its output:{Environment.NewLine}{output}");
+
+            // A counter appears from its second sample on (a rate needs two), so which ones a
+            // short run shows varies: at least one sf_buf total and one machine total.
+            var names = System.Text.RegularExpressions.Regex.Matches(File.ReadAllText(counters), "\"name\": \"([^ \"]+)")
+                .Select(m => m.Groups[1].Value).ToHashSet();
+            string seen = string.Join(", ", names.Order());
+            Assert.That(names.Any(n => n.StartsWith("total.sfbuf.", StringComparison.Ordinal)), Is.True, $"an sf_buf total was sampled; seen: {seen}");
+            Assert.That(names.Any(n => n.StartsWith("total.", StringComparison.Ordinal) && !n.StartsWith("total.sfbuf.", StringComparison.Ordinal)), Is.True, $"a machine total was sampled; seen: {seen}");
         }
         finally
         {
