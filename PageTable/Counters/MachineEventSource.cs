@@ -82,7 +82,7 @@ internal sealed class MachineEventSource : EventSource
     }
 
     [Event(1, Level = EventLevel.Verbose, Keywords = Keywords.Shootdown, Message = "cpu {0} shootdown to cpumask {1} kind {2} va {3} pages {4}")]
-    public unsafe void ShootdownBegin(int cpu, ulong targets, int kind, ulong va, int pages)
+    public unsafe void ShootdownBegin(int cpu, long targets, int kind, long va, int pages)
     {
         if (IsEnabled(EventLevel.Verbose, Keywords.Shootdown))
         {
