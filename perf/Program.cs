@@ -32,6 +32,7 @@ internal static class Program
             BenchCommand.Create(),
             ScalingCommand.Create(),
             Report.ReportCommand.Create(),
+            TraceSummaryCommand.Create(),
         };
 
         return root.Parse(args).Invoke();

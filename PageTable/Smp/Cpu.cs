@@ -786,7 +786,7 @@ public sealed unsafe partial class Cpu
         // What an idle target is charged when it next runs: what a running one pays in its handler.
         var targetCharge = _cost.IpiHandler + (kind == ShootdownKind.All ? _cost.FullFlush
             : _cost.LocalInvalidate.Times(kind == ShootdownKind.Range ? pages : 1));
-        Machine.Trace.ShootdownBegin(Id, targets, (int)kind, va, pages);
+        Machine.Trace.ShootdownBegin(Id, (long)targets, (int)kind, (long)va, pages);
         long start = Stopwatch.GetTimestamp();
 
         CpuShared* request = _shared;
@@ -856,8 +856,9 @@ public sealed unsafe partial class Cpu
             CheckRoundComplete(posted, kind, va, pages);
         }
 
-        Count(Counter.AckWaitNanoseconds, (long)Stopwatch.GetElapsedTime(start).TotalNanoseconds);
-        Machine.Trace.ShootdownEnd(Id, count);
+        long ackWait = (long)Stopwatch.GetElapsedTime(start).TotalNanoseconds;
+        Count(Counter.AckWaitNanoseconds, ackWait);
+        Machine.Trace.ShootdownEnd(Id, count, ackWait);
         return count;
     }
 

@@ -1,3 +1,5 @@
+using System.Diagnostics;
+
 namespace Native.PageTable;
 
 /// <summary>
@@ -51,8 +53,13 @@ public sealed class KMutex
         }
 
         cpu.Count(Counter.LockContentions);
+        long waitStart = MachineEventSource.On.Lock ? Stopwatch.GetTimestamp() : 0;
         LockContended(td);
         td.Cpu!.Count(Counter.LockAcquisitions);
+        if (waitStart != 0)
+        {
+            TraceContended(td, waitStart);
+        }
     }
 
     /// <summary><c>mtx_trylock</c>: true when acquired without waiting.</summary>
@@ -119,6 +126,9 @@ public sealed class KMutex
             throw new SynchronizationLockException($"{Name} is not owned by the calling thread");
         }
     }
+
+    private void TraceContended(KernelThread td, long waitStart) =>
+        MachineEventSource.Log.LockContended(Name, td.Id, td.Cpu!.Id, (long)Stopwatch.GetElapsedTime(waitStart).TotalNanoseconds, _spinOnly);
 
     private void LockContended(KernelThread td)
     {

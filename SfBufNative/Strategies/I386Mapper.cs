@@ -103,6 +103,7 @@ public sealed unsafe partial class I386Mapper : SfBufMapper
         {
             int i;
             bool slept = false;
+            bool hit;
             while (true)
             {
                 // (A planted bug skips the probe after a sleep, as FreeBSD 2006 did.)
@@ -110,12 +111,14 @@ public sealed unsafe partial class I386Mapper : SfBufMapper
                 if (i != NoEntry)
                 {
                     Hit(i);
+                    hit = true;
                     break;
                 }
 
                 if (_freeHead != NoEntry)
                 {
                     i = Recycle(page.Frame, td, flags);
+                    hit = false;
                     break;
                 }
 
@@ -129,7 +132,9 @@ public sealed unsafe partial class I386Mapper : SfBufMapper
                 // dropping the lock; count each sleep. Probe the hash again after waking.
                 _allocWant++;
                 _allocWait++;
+                long waitStart = SfBufTrace.WaitBegin(this, page.Frame);
                 var result = Machine.Sleep(_freeListChannel, _lock, cancellation: token);
+                SfBufTrace.WaitEnd(this, page.Frame, waitStart, result == SleepResult.Interrupted);
                 _allocWant--;
                 slept = true;
                 if (result == SleepResult.Interrupted)
@@ -145,7 +150,9 @@ public sealed unsafe partial class I386Mapper : SfBufMapper
                 TagOwnership(td, i, flags);
             }
 
-            return new SfBuf(_window.PageAddress(i), page, i, Id, _entries[i].Generation);
+            ulong kva = _window.PageAddress(i);
+            SfBufTrace.Alloc(this, page.Frame, kva, hit);
+            return new SfBuf(kva, page, i, Id, _entries[i].Generation);
         }
         catch (MachineStoppedException)
         {
@@ -267,10 +274,12 @@ public sealed unsafe partial class I386Mapper : SfBufMapper
         int i = _freeHead;
         SfBufEntry* e = _entries + i;
         RemoveFree(i);
+        ulong kva = _window.PageAddress(i);
         if (e->HasPage != 0)
         {
             HashRemove(i);
             _recycles++;
+            SfBufTrace.Recycle(this, kva, e->Frame, frame);
         }
 
         e->Frame = frame;
@@ -283,8 +292,9 @@ public sealed unsafe partial class I386Mapper : SfBufMapper
 
         // New PTE with PG_A (and PG_M) clear, so the next recycle can tell whether this mapping
         // was ever used. The exchange returns the old PTE atomically (see the class remarks).
-        ulong opte = Machine.KernelPmap.ExchangePte(_window.PageAddress(i), Pte.Make(frame, NewPteFlags));
+        ulong opte = Machine.KernelPmap.ExchangePte(kva, Pte.Make(frame, NewPteFlags));
         Machine.KernelPmap.CountMapping(1);
+        SfBufTrace.Miss(this, frame, kva);
         if (Machine.Planted(PlantedBug.Mask2005))
         {
             Recycle2005(i, opte, td, flags);

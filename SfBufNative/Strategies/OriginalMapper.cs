@@ -106,7 +106,9 @@ public sealed unsafe class OriginalMapper : SfBufMapper
 
                 _poolWant++;
                 Interlocked.Increment(ref _allocWait);
+                long waitStart = SfBufTrace.WaitBegin(this, page.Frame);
                 var result = Machine.Sleep(_poolFree, _poolLock, cancellation: token);
+                SfBufTrace.WaitEnd(this, page.Frame, waitStart, result == SleepResult.Interrupted);
                 _poolWant--;
                 if (result == SleepResult.Interrupted)
                 {
@@ -238,6 +240,8 @@ public sealed unsafe class OriginalMapper : SfBufMapper
         // exchange, and the handle gets there through the caller's own synchronisation.
         Volatile.Write(ref _tags[PageIndex(va)], tag);
         Interlocked.Increment(ref _misses);
+        SfBufTrace.Alloc(this, page.Frame, va, hit: false);
+        SfBufTrace.Miss(this, page.Frame, va);
         int used = Interlocked.Increment(ref _used);
         HighWater.Raise(ref _peak, used);
 

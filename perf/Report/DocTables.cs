@@ -19,6 +19,7 @@ namespace Native.Perf.Report;
 /// <item><c>lru FILE STRATEGY...</c>: the hit rate at each working-set size;</item>
 /// <item><c>real-vs-simulated MEASURED SIMULATED</c>: <c>perf real</c>'s comparison;</item>
 /// <item><c>excerpt FILE FROM-TO...</c>: lines of a committed terminal output, clipped to 110 columns, in a code block;</item>
+/// <item><c>trace-summary FILE</c>: the event counts of a committed <c>perf trace-summary --json</c>;</item>
 /// <item><c>strategies</c>, <c>cost-profiles</c>: the registry and the built-in cost profiles.</item>
 /// </list>
 /// </summary>
@@ -39,6 +40,7 @@ internal static class DocTables
             ["lru", var file, .. var strategies] when strategies.Length > 0 => Lru(results.Rows(file), strategies),
             ["real-vs-simulated", var measured, var simulated] => RealVsSimulated(results.Rows(measured), results.Rows(simulated)),
             ["excerpt", var file, .. var ranges] when ranges.Length > 0 => Excerpt(results.Root, file, ranges),
+            ["trace-summary", var file] => Commands.TraceSummary.FromJson(Path.Combine(results.Root, "docs", "results", file)).ToMarkdown(),
             ["strategies"] => Strategies(),
             ["cost-profiles"] => CostProfilesTable(),
             _ => throw new ArgumentException($"unknown generated block '{args}'"),

@@ -249,6 +249,7 @@ public sealed unsafe partial class EpochCacheMapper
         // flushes before it runs), so it has passed the epoch: advance it on its behalf.
         long global = Volatile.Read(ref _shared->GlobalEpoch);
         var td = KernelThread.Current;
+        long start = MachineEventSource.On.EpochFallback ? Stopwatch.GetTimestamp() : 0;
         td.PinSelf();
         try
         {
@@ -260,6 +261,11 @@ public sealed unsafe partial class EpochCacheMapper
         }
 
         _fallbackShootdowns++;
+        if (start != 0)
+        {
+            MachineEventSource.Log.EpochFallback(Id, self.Id, laggards, need, global, (long)Stopwatch.GetElapsedTime(start).TotalNanoseconds);
+        }
+
         for (ulong rest = laggards; rest != 0; rest &= rest - 1)
         {
             RaiseObserved(_perCpu + System.Numerics.BitOperations.TrailingZeroCount(rest), global);
@@ -308,7 +314,9 @@ public sealed unsafe partial class EpochCacheMapper
             }
 
             Interlocked.CompareExchange(ref _slotOfFrame[s->Frame], 0, slot + 1);
-            Machine.KernelPmap.ExchangePte(_window.PageAddress(slot), 0);
+            ulong kva = _window.PageAddress(slot);
+            Machine.KernelPmap.ExchangePte(kva, 0);
+            SfBufTrace.Recycle(this, kva, s->Frame, newFrame: -1);
 
             // Staged past the tail: the consumer reads only below it, and the entries from the
             // head on are distinct retired slots of this partition, so none is overwritten.

@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using System.Runtime.CompilerServices;
 using Native.PageTable;
 
 namespace Native.SfBufNative;
@@ -30,7 +31,7 @@ public sealed unsafe partial class EpochCacheMapper
                     return true;
                 }
 
-                if (!WaitForSlot(td, flags, cancellation, ref wait))
+                if (!WaitForSlot(td, pages[0].Frame, flags, cancellation, ref wait))
                 {
                     return false;
                 }
@@ -89,7 +90,7 @@ public sealed unsafe partial class EpochCacheMapper
                 int slot = TryHit(pages[i].Frame, cpu);
                 if (slot >= 0)
                 {
-                    _perCpu[cpu.Id].Hits++;
+                    CountHit(cpu, slot, pages[i].Frame);
                 }
                 else
                 {
@@ -138,7 +139,7 @@ public sealed unsafe partial class EpochCacheMapper
                 int slot = TryHit(page.Frame, td.Cpu!);
                 if (slot >= 0)
                 {
-                    _perCpu[td.Cpu!.Id].Hits++;
+                    CountHit(td.Cpu!, slot, page.Frame);
                     return Handle(slot, page);
                 }
 
@@ -150,7 +151,7 @@ public sealed unsafe partial class EpochCacheMapper
                     return Handle(MapOrHitLocked(td.Cpu!, page.Frame), page);
                 }
 
-                if (!WaitForSlot(td, flags, cancellation, ref wait))
+                if (!WaitForSlot(td, page.Frame, flags, cancellation, ref wait))
                 {
                     return SfBuf.None;
                 }
@@ -227,7 +228,7 @@ public sealed unsafe partial class EpochCacheMapper
                 int hit = TryHit(frame, cpu);
                 if (hit >= 0)
                 {
-                    _perCpu[cpu.Id].Hits++;
+                    CountHit(cpu, hit, frame);
                     return hit;
                 }
 
@@ -258,7 +259,8 @@ public sealed unsafe partial class EpochCacheMapper
         s->Frame = frame;
         s->Referenced = 0;
         Interlocked.Increment(ref s->Generation);
-        ulong old = Machine.KernelPmap.ExchangePte(_window.PageAddress(slot), Pte.Make(frame, NewPteFlags));
+        ulong kva = _window.PageAddress(slot);
+        ulong old = Machine.KernelPmap.ExchangePte(kva, Pte.Make(frame, NewPteFlags));
         Debug.Assert(!Pte.IsValid(old), "a clean slot's PTE is invalid");
         Machine.KernelPmap.CountMapping(1); // every miss is one mapping of one page (PaperChecks)
         Volatile.Write(ref s->Ref, 1);
@@ -271,6 +273,20 @@ public sealed unsafe partial class EpochCacheMapper
         if (Checked)
         {
             CountBusyExactly(+1);
+        }
+
+        SfBufTrace.Alloc(this, frame, kva, hit: false);
+        SfBufTrace.Miss(this, frame, kva);
+    }
+
+    /// <summary>Counts a hit on <paramref name="cpu"/> (which the caller holds) of <paramref name="slot"/>, mapping <paramref name="frame"/>.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private void CountHit(Cpu cpu, int slot, uint frame)
+    {
+        _perCpu[cpu.Id].Hits++;
+        if (MachineEventSource.On.Alloc)
+        {
+            SfBufTrace.Alloc(this, frame, _window.PageAddress(slot), hit: true);
         }
     }
 

@@ -12,8 +12,9 @@ public sealed unsafe partial class EpochCacheMapper
     /// Queues for a slot, first come first served; false for NoWait or a cancelled Catch. The
     /// first call only registers as a waiter and returns for one more scan, so a free between
     /// the failed scan and the sleep is never missed (see <see cref="BecameInactive"/>).
+    /// <paramref name="frame"/> is the page waited for (the first of an AllocMany), for the trace.
     /// </summary>
-    private bool WaitForSlot(KernelThread td, SfBufFlags flags, CancellationToken cancellation, ref WaitState wait)
+    private bool WaitForSlot(KernelThread td, uint frame, SfBufFlags flags, CancellationToken cancellation, ref WaitState wait)
     {
         if ((flags & SfBufFlags.NoWait) != 0)
         {
@@ -35,7 +36,10 @@ public sealed unsafe partial class EpochCacheMapper
 
         _allocWait++;
         var token = (flags & SfBufFlags.Catch) != 0 ? cancellation : CancellationToken.None;
-        if (Machine.Sleep(_waitChannel, _lock, cancellation: token) == SleepResult.Interrupted)
+        long waitStart = SfBufTrace.WaitBegin(this, frame);
+        var result = Machine.Sleep(_waitChannel, _lock, cancellation: token);
+        SfBufTrace.WaitEnd(this, frame, waitStart, result == SleepResult.Interrupted);
+        if (result == SleepResult.Interrupted)
         {
             _failures++;
             return false;

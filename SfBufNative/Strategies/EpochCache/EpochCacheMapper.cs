@@ -228,7 +228,7 @@ public sealed unsafe partial class EpochCacheMapper : SfBufMapper, IContextSwitc
         int slot = TryHit(page.Frame, cpu);
         if (slot >= 0)
         {
-            _perCpu[cpu.Id].Hits++;
+            CountHit(cpu, slot, page.Frame);
             return Handle(slot, page);
         }
 
