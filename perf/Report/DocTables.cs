@@ -85,7 +85,7 @@ internal static class DocTables
     {
         var speedups = PaperReport.Speedups(rows).Where(s => s.Cpus == cpus && s.Point.Length == 0).ToList();
         var text = new StringBuilder();
-        text.AppendLine(CultureInfo.InvariantCulture, $"*Paired speedup over `original` at {cpus} CPUs, median [95% CI] of the per-round ratios; n.s.: the CI holds 1.0. {Capital(TimeMode(rows))}, cost profile `{rows[0].CostProfile}`.*");
+        text.AppendLine(CultureInfo.InvariantCulture, $"*Paired speedup over `original` at {cpus} CPUs, median [95% CI] of the per-round ratios; n.s.: the CI holds 1.0; the best peer is the one with the highest median, whose CI may overlap others'. {Capital(TimeMode(rows))}, cost profile `{rows[0].CostProfile}`.*");
         text.AppendLine();
         text.AppendLine("| experiment | `original` IPIs per unit | `sfbuf-i386` | `sfbuf-amd64` (direct map) | `epoch-cache` | best peer |");
         text.AppendLine("|---|---:|---:|---:|---:|---|");
@@ -146,7 +146,7 @@ internal static class DocTables
         var at = rows.Where(r => r.Cpus == cpus && r.Point.Length == 0 && r.Experiment != "memcpy").ToList();
         var strategies = Ordered(at.Select(r => r.Strategy));
         var text = new StringBuilder();
-        text.AppendLine(CultureInfo.InvariantCulture, $"*{cpus} CPU{(cpus == 1 ? string.Empty : "s")}: {what}, from the median trial; counts do not depend on timing. Cost profile `{(at.Count > 0 ? at[0].ModelProfile : "?")}`.*");
+        text.AppendLine(CultureInfo.InvariantCulture, $"*{cpus} CPU{(cpus == 1 ? string.Empty : "s")}: {what}, from the median trial{(cpus == 1 ? "; at 1 CPU the counts do not depend on timing" : "; on several CPUs some depend on their interleaving")}. Cost profile `{(at.Count > 0 ? at[0].ModelProfile : "?")}`.*");
         text.AppendLine();
         text.AppendLine("| experiment | " + string.Join(" | ", strategies.Select(s => $"`{s}`")) + " |");
         text.AppendLine("|---|" + string.Concat(strategies.Select(_ => "---:|")));
