@@ -295,7 +295,9 @@ internal static class PaperReport
     private static string Interval(double? low, double? high, Func<double, string> format) =>
         low is { } l && high is { } h ? $"[{format(l)}, {format(h)}]" : "-";
 
-    private static string Number(double v) => v.ToString(Math.Abs(v) >= 100 ? "N0" : "0.##", CultureInfo.InvariantCulture);
+    /// <summary>A figure as every report prints it: thousands separated from 100 up, two decimals at most below; "n/a" for NaN.</summary>
+    public static string Number(double v) =>
+        double.IsNaN(v) ? "n/a" : v.ToString(Math.Abs(v) >= 100 ? "N0" : "0.##", CultureInfo.InvariantCulture);
 
     private static string PerUnit(PaperRow row, string key)
     {

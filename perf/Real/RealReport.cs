@@ -78,8 +78,8 @@ internal static class RealReport
                     row.Strategy,
                     row.Cpus.ToString(CultureInfo.InvariantCulture),
                     Math.Max(1, row.Samples.Count).ToString(CultureInfo.InvariantCulture),
-                    Number(row.Throughput),
-                    row.CiLow is { } lo && row.CiHigh is { } hi ? $"[{Number(lo)}, {Number(hi)}]" : "-",
+                    PaperReport.Number(row.Throughput),
+                    row.CiLow is { } lo && row.CiHigh is { } hi ? $"[{PaperReport.Number(lo)}, {PaperReport.Number(hi)}]" : "-",
                     speedup is null ? "-" : PaperReport.SpeedupText(speedup),
                 };
                 cells.AddRange(s_perUnit.Select(k => Fmt(PerUnit(row, k.Key))));
@@ -109,7 +109,7 @@ internal static class RealReport
                 $"{c.Simulated:0.00}x",
                 PaperReport.SpeedupText(c.Measured),
                 $"{c.Factor:0.00} {c.Verdict}",
-                $"{Number(c.SimulatedOriginal)} / {Number(c.MeasuredOriginal)}",
+                $"{PaperReport.Number(c.SimulatedOriginal)} / {PaperReport.Number(c.MeasuredOriginal)}",
                 $"{Fmt(c.ShootdownsAsked)} / {Fmt(c.HostFlushes)}",
             ];
             table.AddRow(cells.Select(t => new Text(t)));
@@ -134,9 +134,9 @@ internal static class RealReport
         foreach (var r in Ordered(rows))
         {
             var s = speedups.FirstOrDefault(x => x.Experiment == r.Experiment && x.Point == r.Point && x.Cpus == r.Cpus && x.Strategy == r.Strategy);
-            string interval = r.CiLow is { } lo && r.CiHigh is { } hi ? $" [{Number(lo)}, {Number(hi)}]" : string.Empty;
+            string interval = r.CiLow is { } lo && r.CiHigh is { } hi ? $" [{PaperReport.Number(lo)}, {PaperReport.Number(hi)}]" : string.Empty;
             text.AppendLine(CultureInfo.InvariantCulture,
-                $"| {r.Experiment} | {r.Cpus} | {r.Strategy} | {Number(r.Throughput)}{interval} {(r.Bytes > 0 ? "MiB/s" : "ops/s")} | {(s is null ? "-" : PaperReport.SpeedupText(s))} | {Fmt(PerUnit(r, "host_remaps"))} | {Fmt(PerUnit(r, "host_flushes_sent"))} | {Fmt(PerUnit(r, "shootdowns"))} | {(r.Bytes > 0 ? "MiB" : "op")} |");
+                $"| {r.Experiment} | {r.Cpus} | {r.Strategy} | {PaperReport.Number(r.Throughput)}{interval} {(r.Bytes > 0 ? "MiB/s" : "ops/s")} | {(s is null ? "-" : PaperReport.SpeedupText(s))} | {Fmt(PerUnit(r, "host_remaps"))} | {Fmt(PerUnit(r, "host_flushes_sent"))} | {Fmt(PerUnit(r, "shootdowns"))} | {(r.Bytes > 0 ? "MiB" : "op")} |");
         }
 
         if (comparison is { Count: > 0 })
@@ -147,7 +147,7 @@ internal static class RealReport
             foreach (var c in comparison)
             {
                 text.AppendLine(CultureInfo.InvariantCulture,
-                    $"| {c.Experiment} | {c.Cpus} | {c.Strategy} | {c.Simulated:0.00}x | {PaperReport.SpeedupText(c.Measured)} | {c.Factor:0.00} {c.Verdict} | {Number(c.SimulatedOriginal)} / {Number(c.MeasuredOriginal)} | {Fmt(c.ShootdownsAsked)} / {Fmt(c.HostFlushes)} |");
+                    $"| {c.Experiment} | {c.Cpus} | {c.Strategy} | {c.Simulated:0.00}x | {PaperReport.SpeedupText(c.Measured)} | {c.Factor:0.00} {c.Verdict} | {PaperReport.Number(c.SimulatedOriginal)} / {PaperReport.Number(c.MeasuredOriginal)} | {Fmt(c.ShootdownsAsked)} / {Fmt(c.HostFlushes)} |");
             }
         }
 
@@ -205,9 +205,6 @@ internal static class RealReport
         int i = SfBufMapper.StrategyNames.ToList().IndexOf(strategy);
         return i < 0 ? int.MaxValue : i;
     }
-
-    private static string Number(double v) =>
-        double.IsNaN(v) ? "n/a" : v.ToString(v >= 100 ? "N0" : "0.##", CultureInfo.InvariantCulture);
 
     private static string Fmt(double? v) => v switch
     {

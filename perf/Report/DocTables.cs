@@ -1,6 +1,7 @@
 using System.Globalization;
 using System.Text;
 using Native.PageTable;
+using Native.Perf.Charting;
 using Native.Perf.Paper;
 using Native.Perf.Real;
 using Native.SfBufNative;
@@ -47,13 +48,9 @@ internal static class DocTables
         };
     }
 
-    /// <summary>How the run's figures were timed (the rows' <see cref="PaperRow.TimeMode"/>) and on what.</summary>
-    public static string TimeMode(IReadOnlyList<PaperRow> rows)
-    {
-        var modes = rows.Select(r => r.TimeMode).Distinct().ToList();
-        string time = modes is [PaperRow.RealTime] ? "real time (host clock)" : $"{string.Join(" and ", modes)} time";
-        return rows.Any(r => r.Backend == PaperRow.HostBackend) ? $"{time} on the host MMU" : $"{time} on the simulated machine";
-    }
+    /// <summary>How the run's figures were timed (named as the charts name it) and on what.</summary>
+    public static string TimeMode(IReadOnlyList<PaperRow> rows) =>
+        $"{ChartText.TimeMode(rows)} on {(rows.Any(r => r.Backend == PaperRow.HostBackend) ? "the host MMU" : "the simulated machine")}";
 
     private static int Cpus(string text) =>
         int.TryParse(text, CultureInfo.InvariantCulture, out int cpus) && cpus > 0 ? cpus : throw new ArgumentException($"'{text}' is not a CPU count");
@@ -95,7 +92,7 @@ internal static class DocTables
             string Cell(string strategy) => of.FirstOrDefault(s => s.Strategy == strategy) is { } s ? Speedup(s, " ") : "-";
             var best = of.Where(s => SfBufStrategyInfo.All.Any(i => i.Name == s.Strategy && i.IsPeer)).MaxBy(s => s.Ratio.Median);
             text.AppendLine(CultureInfo.InvariantCulture,
-                $"| `{experiment}` | {Number(of[0].BaselineIpis)} | {Cell(SfBufMapper.I386)} | {Cell(SfBufMapper.Amd64)} | {Cell(SfBufMapper.EpochCache)} | {(best is null ? "-" : $"`{best.Strategy}` {Speedup(best, " ")}")} |");
+                $"| `{experiment}` | {PaperReport.Number(of[0].BaselineIpis)} | {Cell(SfBufMapper.I386)} | {Cell(SfBufMapper.Amd64)} | {Cell(SfBufMapper.EpochCache)} | {(best is null ? "-" : $"`{best.Strategy}` {Speedup(best, " ")}")} |");
         }
 
         return text.ToString();
@@ -115,7 +112,7 @@ internal static class DocTables
             var of = at.Where(r => r.Experiment == experiment).ToList();
             string unit = of[0].Bytes > 0 ? "MiB/s<br>95% CI<br>IPIs/MiB" : "ops/s<br>95% CI<br>IPIs/op";
             var cells = strategies.Select(s => of.FirstOrDefault(r => r.Strategy == s) is { } r
-                ? $"{Number(r.Throughput)}<br>{(r.CiLow is { } lo && r.CiHigh is { } hi ? $"[{Number(lo)}, {Number(hi)}]" : "-")}<br>{Number(r["ipis_sent"] / r.Units)}"
+                ? $"{PaperReport.Number(r.Throughput)}<br>{(r.CiLow is { } lo && r.CiHigh is { } hi ? $"[{PaperReport.Number(lo)}, {PaperReport.Number(hi)}]" : "-")}<br>{PaperReport.Number(r["ipis_sent"] / r.Units)}"
                 : "-");
             text.AppendLine(CultureInfo.InvariantCulture, $"| `{experiment}` | {unit} | {string.Join(" | ", cells)} |");
         }
@@ -135,7 +132,7 @@ internal static class DocTables
         foreach (var group in speedups.GroupBy(s => (s.Experiment, s.Cpus)))
         {
             var cells = strategies.Select(s => group.FirstOrDefault(x => x.Strategy == s) is { } x ? Speedup(x, "<br>") : "-");
-            text.AppendLine(CultureInfo.InvariantCulture, $"| `{group.Key.Experiment}` | {group.Key.Cpus} | {Number(group.First().BaselineIpis)} | {string.Join(" | ", cells)} |");
+            text.AppendLine(CultureInfo.InvariantCulture, $"| `{group.Key.Experiment}` | {group.Key.Cpus} | {PaperReport.Number(group.First().BaselineIpis)} | {string.Join(" | ", cells)} |");
         }
 
         return text.ToString();
@@ -187,14 +184,14 @@ internal static class DocTables
     {
         var comparison = RealReport.Compare(measured, simulated);
         var text = new StringBuilder();
-        text.AppendLine(CultureInfo.InvariantCulture, $"*Paired speedup over `original`, simulated (`perf paper --cost {simulated[0].CostProfile}`) against measured on the host MMU (`perf real`), both {TimeMode(measured).Replace(" on the host MMU", string.Empty, StringComparison.Ordinal)}; \"agree\": within a factor of 1.5. {comparison.Count(c => c.Agrees)} of {comparison.Count} agree.*");
+        text.AppendLine(CultureInfo.InvariantCulture, $"*Paired speedup over `original`, simulated (`perf paper --cost {simulated[0].CostProfile}`) against measured on the host MMU (`perf real`), both {ChartText.TimeMode(measured)}; \"agree\": within a factor of 1.5. {comparison.Count(c => c.Agrees)} of {comparison.Count} agree.*");
         text.AppendLine();
         text.AppendLine("| experiment | CPUs | strategy | simulated | measured [95% CI] | measured / simulated | `original` MiB/s: simulated / measured | `original`: shootdowns asked / host flushes per MiB |");
         text.AppendLine("|---|---:|---|---:|---:|---:|---:|---:|");
         foreach (var c in comparison)
         {
             text.AppendLine(CultureInfo.InvariantCulture,
-                $"| `{c.Experiment}` | {c.Cpus} | `{c.Strategy}` | {c.Simulated:0.00}× | {Speedup(c.Measured, " ")} | {c.Factor:0.00} {c.Verdict} | {Number(c.SimulatedOriginal)} / {Number(c.MeasuredOriginal)} | {Number(c.ShootdownsAsked ?? double.NaN)} / {Number(c.HostFlushes ?? double.NaN)} |");
+                $"| `{c.Experiment}` | {c.Cpus} | `{c.Strategy}` | {c.Simulated:0.00}× | {Speedup(c.Measured, " ")} | {c.Factor:0.00} {c.Verdict} | {PaperReport.Number(c.SimulatedOriginal)} / {PaperReport.Number(c.MeasuredOriginal)} | {PaperReport.Number(c.ShootdownsAsked ?? double.NaN)} / {PaperReport.Number(c.HostFlushes ?? double.NaN)} |");
         }
 
         return text.ToString();
@@ -260,9 +257,6 @@ internal static class DocTables
 
     private static string Speedup(PaperReport.Speedup s, string separator) =>
         string.Create(CultureInfo.InvariantCulture, $"{s.Ratio.Median:0.00}×{(s.Significant ? string.Empty : " n.s.")}{(s.Ratio.CiLow is { } lo && s.Ratio.CiHigh is { } hi ? $"{separator}[{lo:0.00}, {hi:0.00}]" : string.Empty)}");
-
-    private static string Number(double v) =>
-        double.IsNaN(v) ? "n/a" : v == 0 ? "0" : v.ToString(Math.Abs(v) >= 100 ? "N0" : "0.##", CultureInfo.InvariantCulture);
 
     private static string Capital(string s) => s.Length == 0 ? s : char.ToUpperInvariant(s[0]) + s[1..];
 
