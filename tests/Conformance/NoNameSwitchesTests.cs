@@ -31,7 +31,7 @@ public sealed class NoNameSwitchesTests
     [Test]
     public void NoSourceOutsideTheRegistryComparesOrSwitchesOnAStrategyName()
     {
-        string root = RepositoryRoot();
+        string root = TestRepository.Root;
         var scanner = NameSwitchScanner.ForRegisteredStrategies();
         var findings = new List<string>();
         int files = 0;
@@ -104,20 +104,6 @@ public sealed class NoNameSwitchesTests
 
     private static bool IsBuildOutput(string relative) =>
         relative.Split('/').Any(part => part is "bin" or "obj");
-
-    /// <summary>The folder that holds <c>Native.sln</c>, found upwards from the test's directory.</summary>
-    private static string RepositoryRoot()
-    {
-        for (var dir = new DirectoryInfo(TestContext.CurrentContext.TestDirectory); dir != null; dir = dir.Parent)
-        {
-            if (File.Exists(Path.Combine(dir.FullName, "Native.sln")))
-            {
-                return dir.FullName;
-            }
-        }
-
-        throw new InvalidOperationException($"no Native.sln above {TestContext.CurrentContext.TestDirectory}");
-    }
 }
 
 /// <summary>

@@ -23,7 +23,7 @@ public sealed partial class ChartTests
 
     private static List<IChart>? s_committed;
 
-    private static string Results => Path.Combine(RepositoryRoot(), "docs", "results");
+    private static string Results => Path.Combine(TestRepository.Root, "docs", "results");
 
     /// <summary>The charts of the committed runs, as the regeneration command plans them.</summary>
     private static List<IChart> Committed() => s_committed ??= PlotCommand.Plan(
@@ -291,19 +291,6 @@ public sealed partial class ChartTests
         new[] { chart.Title, chart.XLabel, chart.YLabel }.Concat(chart.Series.Select(s => s.Name))
             .Concat(chart is BarChart bars ? bars.Groups.Append(bars.IntervalLegend ?? string.Empty) : [])
             .Concat(chart is LineChart lines ? lines.LegendTexts() : []);
-
-    private static string RepositoryRoot()
-    {
-        for (var dir = new DirectoryInfo(TestContext.CurrentContext.TestDirectory); dir != null; dir = dir.Parent)
-        {
-            if (File.Exists(Path.Combine(dir.FullName, "Native.sln")))
-            {
-                return dir.FullName;
-            }
-        }
-
-        throw new DirectoryNotFoundException("no Native.sln above the test directory");
-    }
 
     [GeneratedRegex(@"\bMB\b")]
     private static partial Regex MegaBytes();

@@ -12,7 +12,7 @@ namespace Native.Tests.Perf;
 [TestFixture]
 public sealed partial class DocsTests
 {
-    private static readonly string s_root = DocResults.FindRoot(TestContext.CurrentContext.TestDirectory);
+    private static readonly string s_root = TestRepository.Root;
 
     [Test]
     public void EveryQuotedFigureMatchesTheCommittedResults()

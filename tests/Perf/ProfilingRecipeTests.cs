@@ -39,7 +39,7 @@ public sealed class ProfilingRecipeTests
     [Test]
     public void TheDocsShowTheRecipeThisTestRuns()
     {
-        string docs = File.ReadAllText(Path.Combine(RepositoryRoot(), "docs", "profiling.md"));
+        string docs = File.ReadAllText(Path.Combine(TestRepository.Root, "docs", "profiling.md"));
         const string perf = "perf/bin/Release/net10.0/perf.dll";
         Assert.That(docs, Does.Contain(TraceRecipe.Replace("{trace}", "trace.nettrace", StringComparison.Ordinal).Replace("{perf}", perf, StringComparison.Ordinal)), "docs/profiling.md shows the trace recipe this test runs");
         Assert.That(docs, Does.Contain(CountersRecipe.Replace("{counters}", "counters.json", StringComparison.Ordinal).Replace("{perf}", perf, StringComparison.Ordinal)), "docs/profiling.md shows the counters recipe this test runs");
@@ -49,7 +49,7 @@ public sealed class ProfilingRecipeTests
     [CancelAfter(300_000)]
     public void ATraceTakenOutOfProcessByDotnetTraceHoldsTheSfBufEvents()
     {
-        string root = RepositoryRoot();
+        string root = TestRepository.Root;
         string perf = PerfDll(root);
         string dir = Path.Combine(Path.GetTempPath(), "sfbuf-trace-" + Guid.NewGuid().ToString("N"));
         Directory.CreateDirectory(dir);
@@ -88,7 +88,7 @@ public sealed class ProfilingRecipeTests
     [CancelAfter(300_000)]
     public void CountersCollectedOutOfProcessByDotnetCountersShowTheSfBufInstruments()
     {
-        string root = RepositoryRoot();
+        string root = TestRepository.Root;
         string perf = PerfDll(root);
         string dir = Path.Combine(Path.GetTempPath(), "sfbuf-counters-" + Guid.NewGuid().ToString("N"));
         Directory.CreateDirectory(dir);
@@ -229,21 +229,6 @@ public sealed class ProfilingRecipeTests
         Assert.That(events[0]["thread"], Is.EqualTo(contender.Id));
         Assert.That((long)events[0]["waitNanoseconds"]!, Is.GreaterThan(0L));
         Assert.That(events[0]["spin"], Is.False);
-    }
-
-    /// <summary>The repository root (where dotnet-tools.json is), above the test's directory.</summary>
-    private static string RepositoryRoot()
-    {
-        for (var dir = new DirectoryInfo(TestContext.CurrentContext.TestDirectory); dir != null; dir = dir.Parent)
-        {
-            if (File.Exists(Path.Combine(dir.FullName, "dotnet-tools.json")) && File.Exists(Path.Combine(dir.FullName, "Native.sln")))
-            {
-                return dir.FullName;
-            }
-        }
-
-        Assert.Fail($"no dotnet-tools.json above {TestContext.CurrentContext.TestDirectory}");
-        return null!;
     }
 
     /// <summary>The built perf the docs name, or this test's copy when only another configuration is built.</summary>
