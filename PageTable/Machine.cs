@@ -63,9 +63,9 @@ public sealed unsafe partial class Machine : IDisposable
             throw new ArgumentOutOfRangeException(nameof(options), Options.DeadlockQuiescence, "the deadlock quiescence must be positive");
         }
 
-        Controller = Options.Controlled;
+        Controller = Options.Time == MachineTime.Virtual ? CreateVirtualClock(Options) : Options.Controlled;
         _detectDeadlocks = Options.DetectDeadlocks && Controller == null;
-        if (Controller != null && !Options.Checked)
+        if (Options.Controlled != null && !Options.Checked)
         {
             throw new ArgumentException("controlled scheduling needs checked mode", nameof(options));
         }
@@ -74,7 +74,8 @@ public sealed unsafe partial class Machine : IDisposable
         {
             Cost = new CostTicks(Options.Cost);
             Host = Options.Backend == MachineBackend.Host ? HostMmu.Create(Options) : null;
-            Oversubscribed = Options.Oversubscribed ?? Options.Cpus > HostCpu.AllowedCpus().Length;
+            // Virtual time runs one CPU at a time: nothing is oversubscribed, and a spin lasts virtual time.
+            Oversubscribed = Controller is not { IsVirtual: true } && (Options.Oversubscribed ?? Options.Cpus > HostCpu.AllowedCpus().Length);
             CrossCpuSpin = Options.CrossCpuSpin ?? (Oversubscribed ? TimeSpan.FromMicroseconds(5) : TimeSpan.FromMicroseconds(50));
             Physical = new PhysicalMemory(this, _ledger, Options.PhysicalMemoryBytes);
             Layout = new VmLayout(
@@ -205,6 +206,47 @@ public sealed unsafe partial class Machine : IDisposable
 
     /// <summary>The controlled scheduler (exploration), or null for real concurrency.</summary>
     internal ControlledScheduler? Controller { get; }
+
+    /// <summary>Real or virtual time (<see cref="MachineOptions.Time"/>).</summary>
+    public MachineTime Time => Options.Time;
+
+    /// <summary>
+    /// Virtual time: the latest time, in nanoseconds, that any kernel thread has reached (while
+    /// none runs, when the last one stopped); 0 in real time. A run's elapsed virtual time is the
+    /// difference of two readings taken while no kernel thread runs.
+    /// </summary>
+    public long VirtualNowNs => Controller is { IsVirtual: true } clock ? clock.NowNs : 0;
+
+    /// <summary>Virtual time: the quantum in nanoseconds; 0 in real time.</summary>
+    public long QuantumNs => Controller is { IsVirtual: true } clock ? clock.QuantumNs : 0;
+
+    /// <summary>Virtual time: scheduling decisions taken so far (a measure of the simulator's own work); 0 in real time.</summary>
+    public long VirtualSteps => Controller is { IsVirtual: true } clock ? clock.LongSteps : 0;
+
+    private static ControlledScheduler CreateVirtualClock(MachineOptions options)
+    {
+        if (options.Controlled != null)
+        {
+            throw new ArgumentException("virtual time has its own scheduler: do not also set Controlled", nameof(options));
+        }
+
+        if (options.Backend != MachineBackend.Simulated)
+        {
+            throw new ArgumentException("virtual time needs the simulated backend (the host backend's MMU runs in real time)", nameof(options));
+        }
+
+        if (!options.Cost.CanRunVirtualTime)
+        {
+            throw new ArgumentException($"virtual time needs a cost profile with positive prices; '{options.Cost.Name}' has none (use 'default' or a calibrated 'host')", nameof(options));
+        }
+
+        if (options.Quantum < MachineOptions.MinQuantum || options.Quantum > MachineOptions.MaxQuantum)
+        {
+            throw new ArgumentOutOfRangeException(nameof(options), options.Quantum, $"the quantum must be from {MachineOptions.MinQuantum.TotalNanoseconds} ns to {MachineOptions.MaxQuantum.TotalNanoseconds} ns");
+        }
+
+        return new ControlledScheduler((long)options.Quantum.TotalNanoseconds);
+    }
 
     internal static MachineEventSource Trace => MachineEventSource.Log;
 
@@ -455,7 +497,8 @@ public sealed unsafe partial class Machine : IDisposable
 
         if (Controller != null)
         {
-            Controller.WaitUntil(td, () => td.Wakeup.IsSet || cancellation.IsCancellationRequested || IsStopping, timed: timeout.HasValue);
+            long deadline = timeout is { } limit && Controller.IsVirtual ? td.ReadyAtNs + (long)limit.TotalNanoseconds : long.MaxValue;
+            Controller.WaitUntil(td, () => td.Wakeup.IsSet || cancellation.IsCancellationRequested || IsStopping, timed: timeout.HasValue, deadline);
         }
         else
         {
@@ -503,6 +546,11 @@ public sealed unsafe partial class Machine : IDisposable
         }
 
         ThrowIfStopping();
+
+        if (result == SleepResult.Woken && Controller is { IsVirtual: true })
+        {
+            td.ReadyAtNs += Cost.Wakeup.Ns; // from wakeup until it can run
+        }
 
         Scheduler.Acquire(td);
         interlock?.Lock();
@@ -827,6 +875,7 @@ public sealed unsafe partial class Machine : IDisposable
         if (woken > 0 && KernelThread.CurrentOrNull is { Cpu: { } cpu } self && ReferenceEquals(self.Machine, this))
         {
             cpu.Count(Counter.Wakeups, woken);
+            cpu.VirtualNotify();
         }
 
         return woken;

@@ -10,6 +10,24 @@ public enum MachineFlavor
     I386,
 }
 
+/// <summary>How a machine keeps time.</summary>
+public enum MachineTime
+{
+    /// <summary>
+    /// Real time: every simulated CPU runs on its own host thread at once, and the cost profile's
+    /// charges are busy-waits; throughput is host wall-clock time.
+    /// </summary>
+    Real,
+
+    /// <summary>
+    /// Virtual time: one CPU runs at a time and every CPU has a clock in nanoseconds that only
+    /// priced events advance (the cost profile, including its virtual-time prices: copies, kernel
+    /// entry, locks, wakeups, switches, spins); the runnable CPU with the smallest clock runs
+    /// next. A run's figures depend only on the workload, the strategy and the profile.
+    /// </summary>
+    Virtual,
+}
+
 /// <summary>The configuration of a simulated machine. The defaults are the embedded default machine.</summary>
 public sealed record MachineOptions
 {
@@ -108,6 +126,22 @@ public sealed record MachineOptions
     /// wait; such a workload raises this or turns <see cref="DetectDeadlocks"/> off.
     /// </summary>
     public TimeSpan DeadlockQuiescence { get; init; } = TimeSpan.FromSeconds(2);
+
+    /// <summary>Real time (the default) or virtual time (<see cref="MachineTime"/>).</summary>
+    public MachineTime Time { get; init; } = MachineTime.Real;
+
+    /// <summary>Default <see cref="Quantum"/>: half the default profile's IPI delivery latency, so a CPU that runs ahead cannot hide a round trip.</summary>
+    public static readonly TimeSpan DefaultQuantum = TimeSpan.FromTicks(5); // 500 ns
+
+    /// <summary>Smallest and largest <see cref="Quantum"/>.</summary>
+    public static readonly TimeSpan MinQuantum = TimeSpan.FromTicks(1), MaxQuantum = TimeSpan.FromMilliseconds(1);
+
+    /// <summary>
+    /// Virtual time: how far a running CPU's clock may pass the next runnable CPU's before it
+    /// yields (default <see cref="DefaultQuantum"/>, from <see cref="MinQuantum"/> to <see cref="MaxQuantum"/>).
+    /// Interactions inside a quantum are approximated, so it should stay below an IPI round trip.
+    /// </summary>
+    public TimeSpan Quantum { get; init; } = DefaultQuantum;
 
     /// <summary>Controlled scheduling for exploration (tests); null for real concurrency.</summary>
     internal ControlledScheduler? Controlled { get; init; }

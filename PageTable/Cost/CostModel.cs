@@ -37,8 +37,50 @@ public sealed record CostModel(
     double IpiHandlerNs,
     string Source)
 {
+    /// <summary>
+    /// Bytes copied per nanosecond by kernel copies (<c>bcopy</c>, <c>copyin</c>/<c>copyout</c>,
+    /// page copies): virtual time only, since in real time the host really copies. Default 10
+    /// (10 GB/s: one core's in-cache copy bandwidth on current x86 servers, the order of STREAM's
+    /// single-thread Copy figures).
+    /// </summary>
+    public double CopyBytesPerNs { get; init; } = 10;
+
+    /// <summary>Entering and leaving the kernel once (<c>syscall</c>/<c>sysret</c>), virtual time only. Default 100 ns (FlexSC, Soares and Stumm, OSDI 2010: about 150 cycles direct, before the 2018 mitigations).</summary>
+    public double KernelEntryNs { get; init; } = 100;
+
+    /// <summary>An uncontended mutex acquire and its release (one locked read-modify-write and a store), virtual time only. Default 20 ns (Schweizer, Besta and Hoefler, PACT 2015: a local CAS is tens of cycles).</summary>
+    public double LockNs { get; init; } = 20;
+
+    /// <summary>
+    /// A contended mutex passing to its next owner: the waiter acquires this long after the
+    /// release (the lock's cache line moving between cores), virtual time only. Default 100 ns
+    /// (Schweizer et al., PACT 2015: a cross-core cache-line transfer is about 100 ns).
+    /// </summary>
+    public double LockHandoffNs { get; init; } = 100;
+
+    /// <summary>From <c>wakeup</c> until the woken thread can run (run-queue insertion and the reschedule), virtual time only. Default 1000 ns (Linux wakeup-to-run latencies of 1-5 us, as schbench reports them).</summary>
+    public double WakeupNs { get; init; } = 1000;
+
+    /// <summary>Switching a CPU to another thread (<c>mi_switch</c>/<c>cpu_switch</c>), virtual time only. Default 2000 ns (Li, Ding and Shen, "Quantifying the cost of context switch", ExpCS 2007: 2-4 us including cache effects).</summary>
+    public double ContextSwitchNs { get; init; } = 2000;
+
+    /// <summary>One iteration of a spin-wait loop (<c>pause</c> and a load of the shared word), virtual time only. Default 40 ns (<c>pause</c> is about 140 cycles on Skylake-SP, Intel optimization manual 2.5.4).</summary>
+    public double SpinNs { get; init; } = 40;
+
+    /// <summary>True when every price virtual time needs is positive (the zero profile's are not).</summary>
+    public bool CanRunVirtualTime => CopyBytesPerNs > 0 && SpinNs > 0;
+
     /// <summary>No charges: functional tests and counting experiments.</summary>
-    public static CostModel Zero { get; } = new("zero", 0, 0, 0, 0, 0, 0, 0, "no simulated charges; only the real cost of the simulation");
+    public static CostModel Zero { get; } = new("zero", 0, 0, 0, 0, 0, 0, 0, "no simulated charges; only the real cost of the simulation")
+    {
+        CopyBytesPerNs = 0,
+        KernelEntryNs = 0,
+        LockNs = 0,
+        LockHandoffNs = 0,
+        WakeupNs = 0,
+        ContextSwitchNs = 0,
+        SpinNs = 0,
+    };
 
     /// <summary>
     /// Literature values for an x86 SMP machine, each with its source:
@@ -74,7 +116,8 @@ public sealed record CostModel(
     /// <summary>One line: the name and every charge.</summary>
     public override string ToString() =>
         $"{Name}: invlpg {LocalInvalidateNs} ns, flush {FullFlushNs} ns, walk {TlbMissWalkNs} ns, pte write {PteWriteNs} ns, "
-        + $"ipi send {IpiSendNs} ns, delivery {IpiDeliveryNs} ns, handler {IpiHandlerNs} ns";
+        + $"ipi send {IpiSendNs} ns, delivery {IpiDeliveryNs} ns, handler {IpiHandlerNs} ns; virtual time: copy {CopyBytesPerNs} B/ns, "
+        + $"kernel entry {KernelEntryNs} ns, lock {LockNs} ns, hand-off {LockHandoffNs} ns, wakeup {WakeupNs} ns, switch {ContextSwitchNs} ns, spin {SpinNs} ns";
 }
 
 /// <summary>One charge of a <see cref="CostModel"/>: <see cref="Stopwatch"/> ticks to busy-wait and the nanoseconds they stand for.</summary>
@@ -100,6 +143,9 @@ internal readonly struct CostCharge
         Ns = ns;
     }
 
+    /// <summary>A price of work the host really does in real time (a copy, a lock, a switch): nanoseconds for virtual time, no busy-wait.</summary>
+    public static CostCharge VirtualOnly(double ns) => new(0, new CostCharge(ns).Ns);
+
     /// <summary>Two charges paid one after the other.</summary>
     public static CostCharge operator +(CostCharge a, CostCharge b) => new(a.Ticks + b.Ticks, a.Ns + b.Ns);
 
@@ -118,8 +164,24 @@ internal readonly struct CostTicks
     public readonly CostCharge IpiDelivery;
     public readonly CostCharge IpiHandler;
 
+    // Virtual time only (the host pays these for real in real time): nanoseconds, no ticks.
+    public readonly CostCharge KernelEntry;
+    public readonly CostCharge Lock;
+    public readonly CostCharge LockHandoff;
+    public readonly CostCharge Wakeup;
+    public readonly CostCharge ContextSwitch;
+    public readonly CostCharge SpinIteration;
+    public readonly double CopyNsPerByte;
+
     public CostTicks(CostModel model)
     {
+        KernelEntry = CostCharge.VirtualOnly(model.KernelEntryNs);
+        Lock = CostCharge.VirtualOnly(model.LockNs);
+        LockHandoff = CostCharge.VirtualOnly(model.LockHandoffNs);
+        Wakeup = CostCharge.VirtualOnly(model.WakeupNs);
+        ContextSwitch = CostCharge.VirtualOnly(model.ContextSwitchNs);
+        SpinIteration = CostCharge.VirtualOnly(model.SpinNs);
+        CopyNsPerByte = model.CopyBytesPerNs > 0 ? 1 / model.CopyBytesPerNs : 0;
         LocalInvalidate = new CostCharge(model.LocalInvalidateNs);
         FullFlush = new CostCharge(model.FullFlushNs);
         TlbMissWalk = new CostCharge(model.TlbMissWalkNs);

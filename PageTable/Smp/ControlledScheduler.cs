@@ -14,7 +14,7 @@ namespace Native.PageTable;
 /// </summary>
 [System.Diagnostics.CodeAnalysis.SuppressMessage("Reliability", "CA1001", Justification =
     "Lives as long as its machine; its events hold no kernel handle unless a wait blocks long.")]
-internal sealed class ControlledScheduler
+internal sealed partial class ControlledScheduler
 {
     private readonly Lock _lock = new();
     private readonly List<Slot> _slots = [];
@@ -24,6 +24,7 @@ internal sealed class ControlledScheduler
     private Slot? _running;
     private bool _started;
     private volatile bool _aborted;
+    private long _steps;
 
     public ControlledScheduler(ScheduleStrategy strategy, int maxSteps)
     {
@@ -31,8 +32,11 @@ internal sealed class ControlledScheduler
         _maxSteps = maxSteps;
     }
 
+    /// <summary>Scheduling decisions taken so far (saturating).</summary>
+    public int Steps => (int)Math.Min(_steps, int.MaxValue);
+
     /// <summary>Scheduling decisions taken so far.</summary>
-    public int Steps { get; private set; }
+    public long LongSteps => _steps;
 
     /// <summary>Why the schedule was abandoned (deadlock, step bound), or null.</summary>
     public string? Failure { get; private set; }
@@ -48,10 +52,16 @@ internal sealed class ControlledScheduler
     {
         lock (_lock)
         {
+            if (IsVirtual)
+            {
+                RegisterVirtual(td);
+            }
+
             var slot = new Slot(td, _slots.Count);
             _slots.Add(slot);
             td.Controlled = slot;
             _strategy.ThreadCreated(slot.Index);
+            _live.Add(slot);
         }
     }
 
@@ -86,6 +96,11 @@ internal sealed class ControlledScheduler
         ThrowIfAborted();
         lock (_lock)
         {
+            if (IsVirtual)
+            {
+                me.Ready = null;
+            }
+
             me.Spinning = spinning;
             var next = Choose(me);
             if (ReferenceEquals(next, me))
@@ -104,7 +119,14 @@ internal sealed class ControlledScheduler
     /// running, while no other runs). With <paramref name="timed"/>, the wait may instead time out
     /// when no other thread can run, as time passing in an idle machine; returns false then.
     /// </summary>
-    public bool WaitUntil(KernelThread td, Func<bool> ready, bool timed = false)
+    public bool WaitUntil(KernelThread td, Func<bool> ready, bool timed = false) => WaitUntil(td, ready, timed, long.MaxValue);
+
+    /// <summary>
+    /// <see cref="WaitUntil(KernelThread, Func{bool}, bool)"/>; in virtual time the wait times out
+    /// at virtual time <paramref name="deadlineNs"/> (<see cref="long.MaxValue"/>: never) and
+    /// <paramref name="timed"/> is not used.
+    /// </summary>
+    public bool WaitUntil(KernelThread td, Func<bool> ready, bool timed, long deadlineNs)
     {
         var me = td.Controlled!;
         while (true)
@@ -121,6 +143,8 @@ internal sealed class ControlledScheduler
                 me.Ready = ready;
                 me.Timed = timed;
                 me.TimedOut = false;
+                me.StampNs = -1;
+                me.DeadlineNs = deadlineNs;
                 var next = Choose(me);
                 runOn = ReferenceEquals(next, me);
                 if (!runOn)
@@ -150,16 +174,27 @@ internal sealed class ControlledScheduler
         lock (_lock)
         {
             me.Exited = true;
+            me.Ready = null;
+            _live.Remove(me);
             if (_aborted)
             {
                 CheckFinished();
                 return;
             }
 
-            if (_slots.TrueForAll(s => s.Exited))
+            if (_live.Count == 0)
             {
                 _running = null;
+                _scheduleRunning = false;
                 _finished.Set();
+                return;
+            }
+
+            if (IsVirtual)
+            {
+                // Threads asleep with nothing to wake them: the schedule pauses, unless a thread
+                // outside waits for one of them (then nothing can ever end its wait).
+                SwitchTo(Choose(me, reportDeadlock: JoinedFromOutside()));
                 return;
             }
 
@@ -209,7 +244,12 @@ internal sealed class ControlledScheduler
     /// <summary>Picks the next thread; null after aborting (deadlock or step bound).</summary>
     private Slot? Choose(Slot? current)
     {
-        if (++Steps > _maxSteps)
+        if (IsVirtual)
+        {
+            return Choose(current, reportDeadlock: JoinedFromOutside());
+        }
+
+        if (++_steps > _maxSteps)
         {
             AbortLocked($"no schedule end after {_maxSteps} steps (livelock?): still running "
                 + string.Join(", ", _slots.Where(s => !s.Exited).Select(s => $"{s.Thread.Name} (cpu {s.Thread.LastCpu}{(s.Ready != null ? ", waiting" : "")})")));
@@ -253,6 +293,13 @@ internal sealed class ControlledScheduler
     {
         if (next == null)
         {
+            if (IsVirtual && !_aborted)
+            {
+                // Nothing can run until a thread outside acts: the schedule pauses.
+                _running = null;
+                _scheduleRunning = false;
+            }
+
             return;
         }
 
@@ -292,6 +339,12 @@ internal sealed class ControlledScheduler
         public bool Spinning { get; set; }
 
         public bool Exited { get; set; }
+
+        /// <summary>Virtual time: when the scheduler first found this blocked thread's condition true, or -1.</summary>
+        public long StampNs { get; set; } = -1;
+
+        /// <summary>Virtual time: when this blocked thread's wait times out, or <see cref="long.MaxValue"/>.</summary>
+        public long DeadlineNs { get; set; } = long.MaxValue;
     }
 }
 

@@ -40,6 +40,15 @@ public sealed unsafe partial class Cpu
     private readonly ControlledScheduler? _controller;
     private readonly bool _parkIdle;
 
+    // Virtual time: every priced event advances ClockNs instead of busy-waiting, and a TLB hit
+    // takes the slow check (the yield test) that checked mode takes anyway.
+    private readonly bool _virtual;
+    private readonly bool _hitSlow;
+    private readonly long _crossCpuSpinNs;
+
+    /// <summary>Virtual time: this CPU's clock in nanoseconds (written by the thread holding the CPU, or by the scheduler while it is switched out).</summary>
+    internal long ClockNs;
+
     // Checked mode: every translation this CPU filled and has not explicitly invalidated (vpn ->
     // PTE), never evicted, so the latent-staleness oracle does not depend on TLB size or luck.
     private readonly Dictionary<ulong, ulong>? _shadow;
@@ -68,6 +77,9 @@ public sealed unsafe partial class Cpu
         _spinTicks = (long)(machine.CrossCpuSpin.TotalSeconds * Stopwatch.Frequency);
         _controller = machine.Controller;
         _parkIdle = machine.Oversubscribed;
+        _virtual = _controller is { IsVirtual: true };
+        _hitSlow = _checked;
+        _crossCpuSpinNs = (long)machine.CrossCpuSpin.TotalNanoseconds;
         _shadow = _checked ? [] : null;
     }
 
@@ -86,6 +98,9 @@ public sealed unsafe partial class Cpu
     /// <summary>The user page table currently loaded (CR3), or null.</summary>
     public UserPmap? LoadedPmap { get; internal set; }
 
+    /// <summary>Virtual time: this CPU's clock in nanoseconds (0 in real time).</summary>
+    public long VirtualTimeNs => ClockNs;
+
     /// <summary>True while no thread holds the CPU.</summary>
     public bool IsIdle => (Volatile.Read(ref _shared->State) & Running) == 0;
 
@@ -102,12 +117,45 @@ public sealed unsafe partial class Cpu
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     internal void Charge(in CostCharge charge)
     {
-        if (charge.Ticks > 0)
+        if (_virtual)
+        {
+            Count(Counter.ChargedNanoseconds, charge.Ns);
+            ClockNs += charge.Ns;
+        }
+        else if (charge.Ticks > 0)
         {
             Count(Counter.ChargedNanoseconds, charge.Ns);
             CostTicks.Spin(charge.Ticks);
         }
     }
+
+    /// <summary>
+    /// Pays the price of work the host really does in real time (a copy, a kernel entry, a lock, a
+    /// switch): in virtual time it advances the clock; in real time it costs nothing extra.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal void Work(in CostCharge charge)
+    {
+        if (_virtual)
+        {
+            ClockNs += charge.Ns;
+        }
+    }
+
+    /// <summary>Virtual time: the price of copying <paramref name="bytes"/> at the profile's copy bandwidth.</summary>
+    /// <remarks>
+    /// The clock moves before the bytes do, and the thread yields there once past the quantum: a
+    /// store becomes visible at the end of its cost, after the CPUs that are behind have caught up.
+    /// </remarks>
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private void Copied(long bytes)
+    {
+        ClockNs += (long)Math.Ceiling(bytes * _cost.CopyNsPerByte);
+        AccessPoint();
+    }
+
+    /// <summary>Kernel entry (a system call or trap) on this CPU: priced in virtual time.</summary>
+    public void EnterKernel() => Work(_cost.KernelEntry);
 
     // ---------------------------------------------------------------- memory access
 
@@ -115,6 +163,11 @@ public sealed unsafe partial class Cpu
     public void Read(ulong va, Span<byte> destination)
     {
         CheckCaller();
+        if (_virtual)
+        {
+            Copied(destination.Length);
+        }
+
         int first = Pte.PageSize - (int)(va & Pte.PageMask);
         if (destination.Length <= first)
         {
@@ -137,6 +190,11 @@ public sealed unsafe partial class Cpu
     public void Write(ulong va, ReadOnlySpan<byte> source)
     {
         CheckCaller();
+        if (_virtual)
+        {
+            Copied(source.Length);
+        }
+
         int first = Pte.PageSize - (int)(va & Pte.PageMask);
         if (source.Length <= first)
         {
@@ -159,6 +217,11 @@ public sealed unsafe partial class Cpu
     {
         CheckCaller();
         ArgumentOutOfRangeException.ThrowIfNegative(length);
+        if (_virtual)
+        {
+            Copied(length);
+        }
+
         long done = 0;
         while (done < length)
         {
@@ -174,6 +237,11 @@ public sealed unsafe partial class Cpu
     {
         CheckCaller();
         ArgumentOutOfRangeException.ThrowIfNegative(length);
+        if (_virtual)
+        {
+            Copied(length);
+        }
+
         long done = 0;
         while (done < length)
         {
@@ -192,6 +260,11 @@ public sealed unsafe partial class Cpu
     {
         CheckCaller();
         RequireAligned(va, sizeof(ulong));
+        if (_virtual)
+        {
+            Copied(sizeof(ulong));
+        }
+
         return *(ulong*)Translate(va, write: false);
     }
 
@@ -200,6 +273,11 @@ public sealed unsafe partial class Cpu
     {
         CheckCaller();
         RequireAligned(va, sizeof(ulong));
+        if (_virtual)
+        {
+            Copied(sizeof(ulong));
+        }
+
         *(ulong*)Translate(va, write: true) = value;
     }
 
@@ -263,9 +341,9 @@ public sealed unsafe partial class Cpu
         if (e != null && (!write || (e->Pte & Pte.PG_M) != 0))
         {
             Count(Counter.TlbHits);
-            if (_checked)
+            if (_hitSlow)
             {
-                CheckHit(va, e->Pte);
+                HitSlow(va, e->Pte);
             }
 
             return _frames + (e->Pte & Pte.PG_FRAME) + (va & Pte.PageMask);
@@ -334,7 +412,11 @@ public sealed unsafe partial class Cpu
         ulong vpn = va >> Pte.PageShift;
         if (_checked)
         {
-            SchedulingPoint();
+            if (!_virtual)
+            {
+                SchedulingPoint();
+            }
+
             if (entry != null)
             {
                 // A write through a clean entry re-walks to set PG_M; the old entry is checked first.
@@ -376,10 +458,19 @@ public sealed unsafe partial class Cpu
     }
 
     [MethodImpl(MethodImplOptions.NoInlining)]
+    private void HitSlow(ulong va, ulong cachedPte)
+    {
+        // Exploration may switch threads at any access; virtual time yields in Copied instead.
+        if (!_virtual)
+        {
+            SchedulingPoint();
+        }
+
+        CheckHit(va, cachedPte);
+    }
+
     private void CheckHit(ulong va, ulong cachedPte)
     {
-        SchedulingPoint();
-
         // The shadow holds the same frame as a resident entry, so checking the entry covers both oracles.
         CheckStale(va, cachedPte);
         CheckPrivate(va);
@@ -425,10 +516,31 @@ public sealed unsafe partial class Cpu
         }
     }
 
-    /// <summary>A scheduling point of controlled mode (nothing otherwise).</summary>
+    /// <summary>
+    /// A scheduling point of controlled mode (nothing otherwise): exploration may switch threads
+    /// here; virtual time looks here for threads that this one's last action let go on.
+    /// </summary>
     internal void SchedulingPoint()
     {
         if (_controller != null && KernelThread.CurrentOrNull is { Controlled: not null } td)
+        {
+            _controller.Yield(td);
+        }
+    }
+
+    /// <summary>Virtual time: a scheduling point after an action that may let another thread go on (nothing otherwise).</summary>
+    internal void VirtualNotify()
+    {
+        if (_virtual)
+        {
+            SchedulingPoint();
+        }
+    }
+
+    /// <summary>Virtual time, at a memory access: yields once the clock has passed the quantum.</summary>
+    private void AccessPoint()
+    {
+        if (ClockNs > _controller!.YieldAtNs && KernelThread.CurrentOrNull is { Controlled: not null } td)
         {
             _controller.Yield(td);
         }
@@ -610,7 +722,13 @@ public sealed unsafe partial class Cpu
     public void Poll()
     {
         CheckCaller();
-        if (_controller != null && KernelThread.CurrentOrNull is { Controlled: not null } td)
+        if (_virtual)
+        {
+            // One turn of a spin loop: time passes, and the thread waited for runs once it is behind.
+            Work(_cost.SpinIteration);
+            AccessPoint();
+        }
+        else if (_controller != null && KernelThread.CurrentOrNull is { Controlled: not null } td)
         {
             // Kernel code polls in loops that wait for another thread: let it run.
             _controller.Yield(td, spinning: true);
@@ -640,8 +758,24 @@ public sealed unsafe partial class Cpu
     }
 
     [MethodImpl(MethodImplOptions.NoInlining)]
-    private void ServiceMailbox()
+    private void ServiceMailbox(bool waitForArrival = false)
     {
+        if (_virtual)
+        {
+            // An IPI is taken once this CPU's clock reaches its arrival; before going idle the CPU
+            // waits for one already in flight.
+            long arrival = _shared->MailArrivalNs;
+            if (ClockNs < arrival)
+            {
+                if (!waitForArrival)
+                {
+                    return;
+                }
+
+                ClockNs = arrival;
+            }
+        }
+
         // Take every posted request at once; each sender waits for its own acknowledgement.
         ulong pending = Interlocked.And(ref _shared->State, ~MailMask) & MailMask;
         while (pending != 0)
@@ -788,6 +922,7 @@ public sealed unsafe partial class Cpu
             : _cost.LocalInvalidate.Times(kind == ShootdownKind.Range ? pages : 1));
         Machine.Trace.ShootdownBegin(Id, (long)targets, (int)kind, (long)va, pages);
         long start = Stopwatch.GetTimestamp();
+        long startNs = ClockNs;
 
         CpuShared* request = _shared;
         uint round = ++request->Round;
@@ -825,6 +960,13 @@ public sealed unsafe partial class Cpu
                 {
                     Count(Counter.IpisSent);
                     Charge(_cost.IpiSend);
+                    if (_virtual)
+                    {
+                        // It arrives one delivery latency after the send (the earliest pending one counts).
+                        long arrival = ClockNs + _cost.IpiDelivery.Ns;
+                        target->MailArrivalNs = (s & MailMask) == 0 ? arrival : Math.Min(target->MailArrivalNs, arrival);
+                    }
+
                     posted |= 1UL << t;
                     _machine.CpuAt(t).Ring();
                     break;
@@ -837,18 +979,27 @@ public sealed unsafe partial class Cpu
         // simulation never waits for an idle CPU, but the kernels it models did: it took the IPI.
         var roundTrip = _cost.IpiDelivery + _cost.IpiHandler;
         long deliveredAt = Stopwatch.GetTimestamp() + roundTrip.Ticks;
-        if (roundTrip.Ticks > 0)
+        long deliveredAtNs = ClockNs + roundTrip.Ns;
+        if (roundTrip.Ticks > 0 || (_virtual && roundTrip.Ns > 0))
         {
             Count(Counter.ChargedNanoseconds, roundTrip.Ns);
         }
 
         var acks = new AcksIn(this, request, start, targets);
         WaitUntil(ref acks, park: true);
-        var spin = default(SpinWait);
-        while (Stopwatch.GetTimestamp() < deliveredAt)
+        if (_virtual)
         {
-            PollPoint();
-            spin.SpinOnce(sleep1Threshold: -1);
+            // Resumed at the last acknowledgement (the scheduler's stamp), and no earlier than the round trip.
+            ClockNs = Math.Max(ClockNs, deliveredAtNs);
+        }
+        else
+        {
+            var spin = default(SpinWait);
+            while (Stopwatch.GetTimestamp() < deliveredAt)
+            {
+                PollPoint();
+                spin.SpinOnce(sleep1Threshold: -1);
+            }
         }
 
         if (_controller != null)
@@ -856,7 +1007,7 @@ public sealed unsafe partial class Cpu
             CheckRoundComplete(posted, kind, va, pages);
         }
 
-        long ackWait = (long)Stopwatch.GetElapsedTime(start).TotalNanoseconds;
+        long ackWait = _virtual ? ClockNs - startNs : (long)Stopwatch.GetElapsedTime(start).TotalNanoseconds;
         Count(Counter.AckWaitNanoseconds, ackWait);
         Machine.Trace.ShootdownEnd(Id, count, ackWait);
         return count;
@@ -1000,6 +1151,11 @@ public sealed unsafe partial class Cpu
         where T : struct, ICrossCpuWait
     {
         var td = KernelThread.Current;
+        if (_virtual)
+        {
+            return VirtualWait(td, ref condition, park);
+        }
+
         if (!park)
         {
             // A bounded spin: one chance for another thread to run, then the caller blocks its own way.
@@ -1021,6 +1177,35 @@ public sealed unsafe partial class Cpu
         }
     }
 
+    /// <summary>
+    /// Virtual time: spins (time passes) until the condition holds, resuming at the time the
+    /// thread that made it true reached; takes IPIs as they arrive. Without <paramref name="park"/>
+    /// the spin lasts the machine's cross-CPU spin, in virtual nanoseconds.
+    /// </summary>
+    private bool VirtualWait<T>(KernelThread td, ref T condition, bool park)
+        where T : struct, ICrossCpuWait
+    {
+        long spinEnd = park ? long.MaxValue : ClockNs + _crossCpuSpinNs;
+        var copy = condition;
+        while (true)
+        {
+            PollPoint();
+            if (condition.IsMet())
+            {
+                return true;
+            }
+
+            if (ClockNs >= spinEnd)
+            {
+                return false;
+            }
+
+            // Until the condition holds, the spin ends, or an IPI arrives (one posted later may arrive sooner).
+            long deadline = MailPending ? Math.Min(spinEnd, _shared->MailArrivalNs) : spinEnd;
+            _controller!.WaitUntil(td, () => copy.IsMet() || (MailPending && _shared->MailArrivalNs < deadline), timed: false, deadline);
+        }
+    }
+
     // ---------------------------------------------------------------- idle protocol
 
     /// <summary>Publishes the CPU idle; serves any request posted before the switch.</summary>
@@ -1031,7 +1216,7 @@ public sealed unsafe partial class Cpu
             ulong s = Volatile.Read(ref _shared->State);
             if ((s & MailMask) != 0)
             {
-                ServiceMailbox();
+                ServiceMailbox(waitForArrival: true);
                 continue;
             }
 
@@ -1133,6 +1318,10 @@ internal struct CpuShared
 
     [FieldOffset(24)]
     public long DeferredChargeNs;
+
+    /// <summary>Virtual time: when the earliest IPI waiting in this mailbox arrives.</summary>
+    [FieldOffset(32)]
+    public long MailArrivalNs;
 
     [FieldOffset(128)]
     public int Kind;

@@ -41,6 +41,7 @@ public sealed class KMutex
     {
         var cpu = td.Cpu ?? throw new InvalidOperationException($"{td} holds no CPU");
         cpu.SchedulingPoint();
+        cpu.Work(td.Machine.Cost.Lock);
         if (Interlocked.CompareExchange(ref _owner, td.Id, 0) == 0)
         {
             cpu.Count(Counter.LockAcquisitions);
@@ -56,6 +57,7 @@ public sealed class KMutex
         long waitStart = MachineEventSource.On.Lock ? Stopwatch.GetTimestamp() : 0;
         LockContended(td);
         td.Cpu!.Count(Counter.LockAcquisitions);
+        td.Cpu.Work(td.Machine.Cost.LockHandoff); // the lock's line moves to this CPU after the release
         if (waitStart != 0)
         {
             TraceContended(td, waitStart);
@@ -66,6 +68,7 @@ public sealed class KMutex
     public bool TryLock()
     {
         var td = KernelThread.Current;
+        td.Cpu?.Work(td.Machine.Cost.Lock);
         if (Interlocked.CompareExchange(ref _owner, td.Id, 0) != 0)
         {
             return false;
@@ -106,6 +109,8 @@ public sealed class KMutex
                     next.Wakeup.Set();
                 }
             }
+
+            td.Cpu?.VirtualNotify();
         }
     }
 
@@ -187,6 +192,10 @@ public sealed class KMutex
                 if (td.Machine.Controller is { } controller)
                 {
                     controller.WaitUntil(td, () => td.Wakeup.IsSet || td.Machine.IsStopping);
+                    if (controller.IsVirtual)
+                    {
+                        td.ReadyAtNs += td.Machine.Cost.Wakeup.Ns; // a turnstile wakeup, priced as one
+                    }
                 }
                 else
                 {

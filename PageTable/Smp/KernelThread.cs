@@ -103,6 +103,9 @@ public sealed class KernelThread
 
     internal int GrantedCpu { get; set; } = -1;
 
+    /// <summary>Virtual time: when the thread became runnable while it holds no CPU (its CPU's clock takes over once it runs).</summary>
+    internal long ReadyAtNs { get; set; }
+
     /// <summary>True once the thread has held a CPU (a first start on a CPU is not a migration).</summary>
     internal bool HasRun { get; set; }
 
@@ -276,6 +279,7 @@ public sealed class KernelThread
         Machine.OutsideJoin(this, +1);
         try
         {
+            Machine.Controller?.RunFromOutside();
             while (true)
             {
                 Machine.CheckForDeadlock();
@@ -330,9 +334,17 @@ public sealed class KernelThread
         {
             s_current = null;
             _hasExited = true;
-            _exited.Set();
+
+            // Controlled: the schedule moves on (or pauses) before a joiner outside hears of the
+            // exit, so that what the joiner does next finds the schedule as this exit left it.
+            if (Machine.Controller == null)
+            {
+                _exited.Set();
+            }
+
             Machine.ThreadExited(this);
             Machine.Controller?.Exit(this);
+            _exited.Set();
         }
     }
 

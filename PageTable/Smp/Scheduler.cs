@@ -101,6 +101,7 @@ internal sealed class Scheduler
         cpu.Owner = null;
         td.Cpu = null;
         td.LastCpu = cpu.Id;
+        td.ReadyAtNs = cpu.ClockNs;
 
         lock (_lock)
         {
@@ -113,6 +114,7 @@ internal sealed class Scheduler
                     _waiting.Remove(node);
                     _owners[cpu.Id] = waiter;
                     waiter.GrantedCpu = cpu.Id;
+                    waiter.ReadyAtNs = Math.Max(waiter.ReadyAtNs, cpu.ClockNs);
                     waiter.CpuGranted.Release();
                     break;
                 }
@@ -174,8 +176,10 @@ internal sealed class Scheduler
         }
 
         int previous = td.LastCpu;
+        cpu.ClockNs = Math.Max(cpu.ClockNs, td.ReadyAtNs); // virtual time: an idle CPU's clock jumps to the thread's
         cpu.Owner = td;
         td.Cpu = cpu;
+        cpu.Work(_machine.Cost.ContextSwitch);
         cpu.LeaveIdle();
         LoadAddressSpace(cpu, td);
         cpu.Count(Counter.ContextSwitches);
