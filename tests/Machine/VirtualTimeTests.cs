@@ -13,7 +13,7 @@ namespace Native.Tests.Machine;
 [NonParallelizable]
 public sealed class VirtualTimeTests
 {
-    private static readonly CostModel P = CostModel.Default;
+    private static CostModel P => CostModel.Default;
 
     private static long Ns(double ns) => (long)Math.Round(ns);
 
