@@ -32,8 +32,33 @@ internal sealed record Measurement
     [JsonPropertyName("params")]
     public required IReadOnlyDictionary<string, object> Params { get; init; }
 
+    /// <summary>Seconds of the measurement window: host wall-clock time in real time, virtual seconds in virtual time.</summary>
     [JsonPropertyName("seconds")]
     public required double Seconds { get; init; }
+
+    /// <summary>How <see cref="Seconds"/> was timed: <see cref="PaperRow.RealTime"/> or <see cref="PaperRow.VirtualTime"/>.</summary>
+    [JsonPropertyName("time_mode")]
+    public string Time { get; init; } = PaperRow.RealTime;
+
+    /// <summary>Which CPUs the workload kept busy: <see cref="PaperRow.PaperLoad"/> or <see cref="PaperRow.AllLoad"/>.</summary>
+    [JsonPropertyName("load")]
+    public string Load { get; init; } = PaperRow.PaperLoad;
+
+    /// <summary>Virtual time: the window's virtual nanoseconds.</summary>
+    [JsonPropertyName("virtual_ns")]
+    public long? VirtualNs { get; init; }
+
+    /// <summary>Virtual time: the quantum, in nanoseconds.</summary>
+    [JsonPropertyName("quantum_ns")]
+    public long? QuantumNs { get; init; }
+
+    /// <summary>The window's host wall-clock seconds (in virtual time: what the simulation itself took).</summary>
+    [JsonPropertyName("host_seconds")]
+    public double HostSeconds { get; init; }
+
+    /// <summary>Virtual time: the scheduler's decisions in the window (the simulator's own work).</summary>
+    [JsonPropertyName("scheduling_steps")]
+    public long? SchedulingSteps { get; init; }
 
     [JsonPropertyName("bytes")]
     public required long Bytes { get; init; }

@@ -27,7 +27,7 @@ internal static class PaperCommand
         var command = new Command("paper", "Reproduce the paper's evaluation: every experiment x strategy x CPU count, repeated.")
         {
             options.Quick, options.Cpus, options.Strategies, options.Peers, options.Experiments, options.Cost, options.Model, options.Checked, options.Backend, options.Host,
-            repeat, inProcess, json, csv, plot, markdown,
+            options.Time, options.Quantum, options.Load, repeat, inProcess, json, csv, plot, markdown,
         };
         command.SetAction(parse =>
         {
@@ -41,7 +41,9 @@ internal static class PaperCommand
                 }
 
                 var plan = options.Plan(parse, quick ? TrialSize.Quick : TrialSize.Full, rounds);
-                return Run(plan, !parse.GetValue(inProcess), new Outputs(parse.GetValue(json), parse.GetValue(csv), parse.GetValue(plot), parse.GetValue(markdown)));
+
+                // Virtual time is deterministic: one round, in this process.
+                return Run(plan, !plan.IsVirtual && !parse.GetValue(inProcess), new Outputs(parse.GetValue(json), parse.GetValue(csv), parse.GetValue(plot), parse.GetValue(markdown)));
             }
             catch (ArgumentException ex)
             {
@@ -254,9 +256,34 @@ internal sealed class PlanOptions
         DefaultValueFactory = _ => MachineBackend.Simulated,
     };
 
+    public Option<MachineTime> Time { get; } = new("--time")
+    {
+        Description = "real: time trials by the host's wall clock (default); virtual: one CPU at a time on per-CPU virtual clocks, deterministic at any CPU count (one round, no interval)",
+        DefaultValueFactory = _ => MachineTime.Real,
+    };
+
+    public Option<int> Quantum { get; } = new("--quantum")
+    {
+        Description = $"Virtual time: how far, in ns, a CPU's clock may run ahead of the next runnable CPU's before it yields (default {(long)MachineOptions.DefaultQuantum.TotalNanoseconds}; a multiple of 100)",
+        DefaultValueFactory = _ => (int)MachineOptions.DefaultQuantum.TotalNanoseconds,
+    };
+
+    public Option<LoadForm[]> Load { get; } = new("--load")
+    {
+        Description = "paper: the experiments as the paper ran them (default); all: also the forms in which every CPU works (N/2 pipe pairs, N sendfile connections); both: paper all",
+        DefaultValueFactory = _ => [LoadForm.Paper],
+        AllowMultipleArgumentsPerToken = true,
+    };
+
     /// <summary>The plan the parsed options describe.</summary>
     public PaperPlan Plan(ParseResult parse, TrialSize size, int rounds)
     {
+        var time = parse.GetValue(Time);
+        if (time == MachineTime.Virtual)
+        {
+            return VirtualPlan(parse, size);
+        }
+
         var experiments = Paper.Experiments.Expand(parse.GetRequiredValue(Experiments));
         var strategies = PaperCommand.ChooseStrategies(parse.GetRequiredValue(Strategies), parse.GetValue(Peers));
 
@@ -281,7 +308,42 @@ internal sealed class PlanOptions
         var host = parse.GetValue(Host);
         bool shared = host == HostMode.Shared
             || (host == HostMode.Auto && HostLoad.SampleOtherCoresBusy(PaperRunner.HostCores, TimeSpan.FromMilliseconds(250)) >= HostLoad.BusyCores);
-        return new PaperPlan(experiments, strategies, cpus, cost, model, size, rounds, parse.GetValue(Checked), backend, shared);
+        return new PaperPlan(experiments, strategies, cpus, cost, model, size, rounds, parse.GetValue(Checked), backend, shared, Loads: LoadForms(parse));
+    }
+
+    private LoadForm[] LoadForms(ParseResult parse) => [.. parse.GetRequiredValue(Load).Distinct().Order()];
+
+    /// <summary>A virtual-time plan: one round (the figures do not move), the simulated backend, a profile with virtual-time prices.</summary>
+    private PaperPlan VirtualPlan(ParseResult parse, TrialSize size)
+    {
+        var experiments = Paper.Experiments.Expand(parse.GetRequiredValue(Experiments));
+        var strategies = PaperCommand.ChooseStrategies(parse.GetRequiredValue(Strategies), parse.GetValue(Peers));
+        var cpus = parse.GetRequiredValue(Cpus).Distinct().Order().ToArray();
+        foreach (int c in cpus.Where(c => c < 1 || c > MachineOptions.MaxCpus))
+        {
+            throw new ArgumentException($"a machine has 1 to {MachineOptions.MaxCpus} CPUs, not {c}");
+        }
+
+        if (parse.GetValue(Backend) != MachineBackend.Simulated)
+        {
+            throw new ArgumentException("virtual time runs on the simulated backend only");
+        }
+
+        var cost = CostProfiles.Load(parse.GetRequiredValue(Cost));
+        if (!cost.CanRunVirtualTime)
+        {
+            throw new ArgumentException($"virtual time needs a cost profile with prices; '{cost.Name}' has none (use default or host)");
+        }
+
+        var model = parse.GetValue(Model) is { } name ? CostProfiles.Load(name) : cost;
+        int quantum = parse.GetValue(Quantum);
+        if (quantum % 100 != 0 || quantum < MachineOptions.MinQuantum.TotalNanoseconds || quantum > MachineOptions.MaxQuantum.TotalNanoseconds)
+        {
+            throw new ArgumentException($"--quantum must be a multiple of 100 ns from {MachineOptions.MinQuantum.TotalNanoseconds} to {MachineOptions.MaxQuantum.TotalNanoseconds}");
+        }
+
+        return new PaperPlan(experiments, strategies, cpus, cost, model, size, 1, parse.GetValue(Checked), MachineBackend.Simulated, false,
+            MachineTime.Virtual, TimeSpan.FromTicks(quantum / 100), LoadForms(parse));
     }
 }
 

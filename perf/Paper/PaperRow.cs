@@ -101,13 +101,42 @@ internal sealed record PaperRow
 
     /// <summary>
     /// How <see cref="Seconds"/> (and so the throughput) was timed: <see cref="RealTime"/>, the
-    /// host's wall clock, for every row so far (rows saved before the field read back as real time).
+    /// host's wall clock, or <see cref="VirtualTime"/> (rows saved before the field read back as real time).
     /// </summary>
     [JsonPropertyName("time_mode")]
     public string TimeMode { get; init; } = RealTime;
 
     /// <summary>The <see cref="TimeMode"/> of trials timed by the host's wall clock.</summary>
     public const string RealTime = "real";
+
+    /// <summary>The <see cref="TimeMode"/> of trials timed by the machine's virtual clocks.</summary>
+    public const string VirtualTime = "virtual";
+
+    /// <summary>Which CPUs the workload kept busy: <see cref="PaperLoad"/> or <see cref="AllLoad"/>.</summary>
+    [JsonPropertyName("load")]
+    public string Load { get; init; } = PaperLoad;
+
+    /// <summary>The <see cref="Load"/> of the paper's form of an experiment.</summary>
+    public const string PaperLoad = "paper";
+
+    /// <summary>The <see cref="Load"/> of the form in which every CPU works.</summary>
+    public const string AllLoad = "all";
+
+    /// <summary>Virtual time: the median trial's virtual nanoseconds; null in real time.</summary>
+    [JsonPropertyName("virtual_ns")]
+    public long? VirtualNs { get; init; }
+
+    /// <summary>Virtual time: the quantum in nanoseconds; null in real time.</summary>
+    [JsonPropertyName("quantum_ns")]
+    public long? QuantumNs { get; init; }
+
+    /// <summary>Host wall-clock seconds of the median trial's window (a host figure: it varies from run to run).</summary>
+    [JsonPropertyName("host_seconds")]
+    public double HostSeconds { get; init; }
+
+    /// <summary>Virtual time: the scheduler's decisions in the median trial's window; null in real time.</summary>
+    [JsonPropertyName("scheduling_steps")]
+    public long? SchedulingSteps { get; init; }
 
     /// <summary>The <see cref="Backend"/> of rows from the simulated machine.</summary>
     public const string SimulatedBackend = "simulated";

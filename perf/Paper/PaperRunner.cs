@@ -20,6 +20,9 @@ namespace Native.Perf.Paper;
 /// <param name="CheckedTiming">Timed trials run with the stale-translation oracle on (<c>--checked</c>).</param>
 /// <param name="Backend">The machine backend: the simulation, or the host's MMU (<c>perf real</c>).</param>
 /// <param name="SharedHost">Other processes keep the host's cores busy: the simulated machines run as oversubscribed, with unpinned threads (<c>--host</c>).</param>
+/// <param name="Time">Real or virtual time (<c>--time</c>).</param>
+/// <param name="Quantum">Virtual time's quantum (<c>--quantum</c>); null for the default.</param>
+/// <param name="Loads">The load forms (<c>--load</c>); null for the paper's.</param>
 internal sealed record PaperPlan(
     string[] Experiments,
     string[] Strategies,
@@ -30,8 +33,17 @@ internal sealed record PaperPlan(
     int Rounds,
     bool CheckedTiming,
     MachineBackend Backend = MachineBackend.Simulated,
-    bool SharedHost = false)
+    bool SharedHost = false,
+    MachineTime Time = MachineTime.Real,
+    TimeSpan? Quantum = null,
+    LoadForm[]? Loads = null)
 {
+    /// <summary>True in virtual time: one deterministic round, no interval.</summary>
+    public bool IsVirtual => Time == MachineTime.Virtual;
+
+    /// <summary>The load forms to run (the paper's by default).</summary>
+    public LoadForm[] LoadForms => Loads ?? [LoadForm.Paper];
+
     /// <summary>
     /// One verification trial per cell, checked, at the check size; not needed when the timed
     /// trials are checked, nor on the host backend, which has no oracle to verify with (its
@@ -41,16 +53,17 @@ internal sealed record PaperPlan(
 
     /// <summary>The cells, grouped so that each (experiment, CPU count)'s strategies are adjacent.</summary>
     public IReadOnlyList<Cell> Cells() =>
-        [.. from e in Experiments from c in CpuCounts from s in Strategies select new Cell(e, s, c)];
+        [.. from e in Experiments from l in LoadForms where l == LoadForm.Paper || Paper.Experiments.Get(e).HasAllCpuForm
+            from c in CpuCounts from s in Strategies select new Cell(e, s, c, l)];
 }
 
-/// <summary>One cell: an experiment with one strategy on one CPU count.</summary>
-internal sealed record Cell(string Experiment, string Strategy, int Cpus)
+/// <summary>One cell: an experiment (in one load form) with one strategy on one CPU count.</summary>
+internal sealed record Cell(string Experiment, string Strategy, int Cpus, LoadForm Load = LoadForm.Paper)
 {
     /// <summary>The cells compared with each other: the strategies of one experiment at one CPU count.</summary>
-    public (string, int) Group => (Experiment, Cpus);
+    public (string, int, LoadForm) Group => (Experiment, Cpus, Load);
 
-    public override string ToString() => $"{Experiment} {Strategy} {Cpus}cpu";
+    public override string ToString() => $"{Experiment}{(Load == LoadForm.All ? " (all CPUs)" : string.Empty)} {Strategy} {Cpus}cpu";
 }
 
 /// <summary>Everything one <c>perf paper</c> run produced.</summary>
@@ -132,7 +145,7 @@ internal static class PaperRunner
     /// <summary>One trial of one cell on a freshly booted machine.</summary>
     public static IReadOnlyList<Measurement> RunTrial(PaperPlan plan, Cell cell, TrialSize size, bool isChecked)
     {
-        var trial = new Trial(plan.Cost, cell.Strategy, cell.Cpus, size, isChecked, plan.Model, plan.Backend, plan.SharedHost);
+        var trial = new Trial(plan.Cost, cell.Strategy, cell.Cpus, size, isChecked, plan.Model, plan.Backend, plan.SharedHost, plan.Time, plan.Quantum, cell.Load);
         IReadOnlyList<Measurement> result;
         try
         {
@@ -279,14 +292,15 @@ internal static class PaperRunner
         var rows = new List<PaperRow>();
         foreach (var cell in plan.Cells().OrderBy(c => Array.IndexOf(plan.Experiments, c.Experiment)).ThenBy(c => Array.IndexOf(plan.Strategies, c.Strategy)).ThenBy(c => c.Cpus))
         {
-            var mine = timed.Where(m => m.Experiment == cell.Experiment && m.Strategy == cell.Strategy && m.Cpus == cell.Cpus).ToList();
+            string load = cell.Load == LoadForm.All ? PaperRow.AllLoad : PaperRow.PaperLoad;
+            var mine = timed.Where(m => m.Experiment == cell.Experiment && m.Strategy == cell.Strategy && m.Cpus == cell.Cpus && m.Load == load).ToList();
             foreach (var point in mine.Select(m => m.Point).Distinct())
             {
                 var trials = mine.Where(m => m.Point == point).ToList();
                 var summary = SampleSummary.Of([.. trials.Select(m => m.Throughput)]);
                 var median = trials.OrderBy(m => Math.Abs(m.Throughput - summary.Median)).First();
                 var checkedTrials = trials.Where(m => m.Checked)
-                    .Concat(verification.Where(m => m.Experiment == cell.Experiment && m.Strategy == cell.Strategy && m.Cpus == cell.Cpus && m.Point == point))
+                    .Concat(verification.Where(m => m.Experiment == cell.Experiment && m.Strategy == cell.Strategy && m.Cpus == cell.Cpus && m.Point == point && m.Load == load))
                     .ToList();
                 var counters = new Dictionary<string, long>(median.Counters, StringComparer.Ordinal)
                 {
@@ -315,7 +329,13 @@ internal static class PaperRunner
                     Modelled = median.Modelled.Per(median.Units),
                     ModelProfile = plan.Model.Name,
                     Point = point,
-                    Oversubscribed = cell.Cpus > cores,
+                    Oversubscribed = !plan.IsVirtual && cell.Cpus > cores,
+                    TimeMode = median.Time,
+                    Load = load,
+                    VirtualNs = median.VirtualNs,
+                    QuantumNs = median.QuantumNs,
+                    HostSeconds = median.HostSeconds,
+                    SchedulingSteps = median.SchedulingSteps,
                     TimedChecked = plan.CheckedTiming,
                     CheckedTrials = checkedTrials.Count,
                 });

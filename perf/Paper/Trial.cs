@@ -19,6 +19,16 @@ internal enum TrialSize
     Check,
 }
 
+/// <summary>Which CPUs an experiment keeps busy.</summary>
+internal enum LoadForm
+{
+    /// <summary>The paper's form: two parties for pipe and sendfile (the other CPUs idle); one worker per CPU where the paper already had that.</summary>
+    Paper,
+
+    /// <summary>Every CPU works: N/2 pipe pairs, N sendfile connections, and so on.</summary>
+    All,
+}
+
 /// <summary>
 /// One experiment run: a freshly booted default machine with the chosen CPU count, cost profile
 /// and sf_buf strategy, and the measurement window (time, machine counters, sf_buf statistics).
@@ -26,6 +36,10 @@ internal enum TrialSize
 internal sealed class Trial : IDisposable
 {
     private readonly Stopwatch _clock = new();
+    private long _virtualBegin;
+    private long _virtualEnd;
+    private long _stepsBegin;
+    private long _stepsEnd;
     private CounterSnapshot? _before;
     private CounterSnapshot? _after;
     private SfBufStats? _sfBefore;
@@ -33,14 +47,17 @@ internal sealed class Trial : IDisposable
     private readonly HostWindow? _host;
     private readonly double? _roundTripNs;
 
-    public Trial(CostModel cost, string strategy, int cpus, TrialSize size, bool isChecked, CostModel? model = null, MachineBackend backend = MachineBackend.Simulated, bool sharedHost = false)
+    public Trial(CostModel cost, string strategy, int cpus, TrialSize size, bool isChecked, CostModel? model = null, MachineBackend backend = MachineBackend.Simulated, bool sharedHost = false,
+        MachineTime time = MachineTime.Real, TimeSpan? quantum = null, LoadForm load = LoadForm.Paper)
     {
         Cost = cost;
         Model = model ?? cost;
         Strategy = strategy;
         Cpus = cpus;
         Size = size;
-        if (backend == MachineBackend.Host || size != TrialSize.Check)
+        Load = load;
+        bool isVirtual = time == MachineTime.Virtual;
+        if (!isVirtual && (backend == MachineBackend.Host || size != TrialSize.Check))
         {
             // The host can move its vCPUs between physical cores mid-run (on the development VM
             // between about 100 and 500 ns, for minutes at a time), which moves every cross-CPU
@@ -52,7 +69,7 @@ internal sealed class Trial : IDisposable
         // host time slice for every hand-off (a 16 MiB pipe trial went from 13 ms to 1 s): there the
         // threads run unpinned, so a waiting CPU's core can run the thread it waits for, and the
         // machine parks early as an oversubscribed one does. The host backend needs its pins.
-        bool unpin = sharedHost && backend == MachineBackend.Simulated;
+        bool unpin = (sharedHost && backend == MachineBackend.Simulated) || isVirtual;
         Machine = new Machine(new MachineOptions
         {
             Cpus = cpus,
@@ -60,7 +77,9 @@ internal sealed class Trial : IDisposable
             Checked = isChecked,
             Backend = backend,
             PinThreads = !unpin,
-            Oversubscribed = unpin ? true : null,
+            Oversubscribed = unpin && !isVirtual ? true : null,
+            Time = time,
+            Quantum = quantum ?? MachineOptions.DefaultQuantum,
         });
         Kernel = new SimKernel(Machine, strategy);
         _host = backend == MachineBackend.Host ? new HostWindow(Machine) : null;
@@ -77,6 +96,12 @@ internal sealed class Trial : IDisposable
     public int Cpus { get; }
 
     public TrialSize Size { get; }
+
+    /// <summary>Which CPUs the experiment keeps busy.</summary>
+    public LoadForm Load { get; }
+
+    /// <summary>True in virtual time.</summary>
+    public bool IsVirtual => Machine.Time == MachineTime.Virtual;
 
     public Machine Machine { get; }
 
@@ -110,6 +135,8 @@ internal sealed class Trial : IDisposable
         _sfBefore = Kernel.SfBufs.Stats();
         _before = Machine.Counters();
         _host?.Begin();
+        _virtualBegin = Machine.VirtualNowNs;
+        _stepsBegin = Machine.VirtualSteps;
         _clock.Restart();
     }
 
@@ -117,6 +144,8 @@ internal sealed class Trial : IDisposable
     public void End()
     {
         _clock.Stop();
+        _virtualEnd = Machine.VirtualNowNs;
+        _stepsEnd = Machine.VirtualSteps;
         _host?.End();
         _after = Machine.Counters();
         _sfAfter = Kernel.SfBufs.Stats();
@@ -180,7 +209,13 @@ internal sealed class Trial : IDisposable
             Backend = _host != null ? PaperRow.HostBackend : PaperRow.SimulatedBackend,
             Point = point,
             Params = parameters,
-            Seconds = _clock.Elapsed.TotalSeconds,
+            Seconds = IsVirtual ? (_virtualEnd - _virtualBegin) / 1e9 : _clock.Elapsed.TotalSeconds,
+            Time = IsVirtual ? PaperRow.VirtualTime : PaperRow.RealTime,
+            Load = Load == LoadForm.All ? PaperRow.AllLoad : PaperRow.PaperLoad,
+            VirtualNs = IsVirtual ? _virtualEnd - _virtualBegin : null,
+            QuantumNs = IsVirtual ? Machine.QuantumNs : null,
+            HostSeconds = _clock.Elapsed.TotalSeconds,
+            SchedulingSteps = IsVirtual ? _stepsEnd - _stepsBegin : null,
             Bytes = bytes,
             Ops = ops,
             Counters = counters,

@@ -25,6 +25,9 @@ internal abstract class Experiment
     /// <summary>What <c>original</c> does here, naming the FreeBSD function it follows.</summary>
     public abstract string Baseline { get; }
 
+    /// <summary>True when the experiment has a form in which every CPU works that differs from the paper's (<see cref="LoadForm.All"/>).</summary>
+    public virtual bool HasAllCpuForm => false;
+
     /// <summary>True when every sf_buf of the workload is <c>SFB_CPUPRIVATE</c> (sfbuf-i386 then sends no IPI).</summary>
     public virtual bool PrivateMappings => false;
 
