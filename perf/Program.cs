@@ -31,6 +31,7 @@ internal static class Program
             MachineCommand.Create(),
             BenchCommand.Create(),
             ScalingCommand.Create(),
+            Scale.ScaleCommand.Create(),
             Report.ReportCommand.Create(),
             TraceSummaryCommand.Create(),
         };

@@ -15,8 +15,10 @@ internal sealed record LinePoints(int Series, IReadOnlyList<double> Xs, IReadOnl
 internal sealed class LineChart : IChart
 {
     public LineChart(string fileName, string title, string xLabel, string yLabel, IReadOnlyList<ChartSeries> series, IReadOnlyList<LinePoints> lines,
-        IReadOnlyList<double>? xTicks = null, double? reference = null, (double X, string Label)? verticalLine = null, (double Low, double High)? fixedY = null)
+        IReadOnlyList<double>? xTicks = null, double? reference = null, (double X, string Label)? verticalLine = null, (double Low, double High)? fixedY = null,
+        bool log2X = false)
     {
+        Log2X = log2X;
         FileName = fileName;
         Title = title;
         XLabel = xLabel;
@@ -31,6 +33,11 @@ internal sealed class LineChart : IChart
     }
 
     public string FileName { get; }
+
+    /// <summary>True when the horizontal axis is logarithmic in base 2 (CPU counts 1 to 256), labelled in the original values.</summary>
+    public bool Log2X { get; }
+
+    private double MapX(double x) => Log2X ? Math.Log2(x) : x;
 
     public string Title { get; }
 
@@ -85,7 +92,7 @@ internal sealed class LineChart : IChart
             var line = Lines[i];
             var style = Series[line.Series];
             int later = Lines.Skip(i + 1).Count(l => Coincide(l, line));
-            var scatter = plot.Add.Scatter(line.Xs.ToArray(), line.Ys.Select(Scale.Map).ToArray(), style.Color);
+            var scatter = plot.Add.Scatter(line.Xs.Select(MapX).ToArray(), line.Ys.Select(Scale.Map).ToArray(), style.Color);
             scatter.LinePattern = style.Pattern;
             scatter.LineWidth = 1.5f;
             scatter.MarkerShape = style.Marker;
@@ -106,9 +113,10 @@ internal sealed class LineChart : IChart
         if (XTicks is { } ticks)
         {
             plot.Axes.Bottom.TickGenerator = new ScottPlot.TickGenerators.NumericManual(
-                [.. ticks.Select(c => new Tick(c, c.ToString(CultureInfo.InvariantCulture)))]);
-            double span = ticks.Count > 1 ? ticks.Max() - ticks.Min() : 1;
-            plot.Axes.SetLimitsX(ticks.Min() - (0.05 * span), ticks.Max() + (0.05 * span));
+                [.. ticks.Select(c => new Tick(MapX(c), c.ToString(CultureInfo.InvariantCulture)))]);
+            double low = MapX(ticks.Min()), high = MapX(ticks.Max());
+            double span = ticks.Count > 1 ? high - low : 1;
+            plot.Axes.SetLimitsX(low - (0.05 * span), high + (0.05 * span));
         }
 
         if (FixedY is { } y && !Scale.IsLog)

@@ -105,7 +105,7 @@ internal static class Charts
     public static string CpuLabel(int cpus) => $"{cpus} CPU{(cpus > 1 ? "s" : string.Empty)}";
 
     /// <summary>One line per strategy: <paramref name="value"/> against the CPU count.</summary>
-    public static LineChart AgainstCpus(string fileName, string title, string yLabel, IReadOnlyList<PaperRow> rows, Func<PaperRow, double> value)
+    public static LineChart AgainstCpus(string fileName, string title, string yLabel, IReadOnlyList<PaperRow> rows, Func<PaperRow, double> value, bool log2X = false)
     {
         ArgumentNullException.ThrowIfNull(rows);
         var strategies = StrategyPalette.Ordered(rows.Select(r => r.Strategy));
@@ -118,9 +118,9 @@ internal static class Charts
         }
 
         string machine = rows.Any(r => r.Backend == PaperRow.HostBackend) ? "CPUs" : "simulated CPUs";
-        return new LineChart(fileName, title, machine, yLabel,
+        return new LineChart(fileName, title, log2X ? $"{machine} (log2 scale)" : machine, yLabel,
             [.. strategies.Select(s => ChartSeries.Of(s, styles[s]))], lines,
-            xTicks: [.. rows.Select(r => (double)r.Cpus).Distinct().Order()]);
+            xTicks: [.. rows.Select(r => (double)r.Cpus).Distinct().Order()], log2X: log2X);
     }
 
     private static BarChart IpisPerMib(string fileName, List<PaperRow> rows)

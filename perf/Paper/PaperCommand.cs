@@ -276,10 +276,10 @@ internal sealed class PlanOptions
     };
 
     /// <summary>The plan the parsed options describe.</summary>
-    public PaperPlan Plan(ParseResult parse, TrialSize size, int rounds)
+    public PaperPlan Plan(ParseResult parse, TrialSize size, int rounds, bool forceVirtual = false)
     {
         var time = parse.GetValue(Time);
-        if (time == MachineTime.Virtual)
+        if (time == MachineTime.Virtual || forceVirtual)
         {
             return VirtualPlan(parse, size);
         }
