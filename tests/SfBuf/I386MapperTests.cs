@@ -464,6 +464,76 @@ public sealed class I386MapperTests
     }
 
     [Test]
+    public void OnA256CpuMachineAMappingSharedByCpus1And200IsRecycledWithTheIpiToCpu200()
+    {
+        using var m = new SimMachine(SfBufRig.Small(cpus: MachineOptions.MaxCpus) with { PinThreads = false });
+        using var sfbufs = SfBufRig.I386(m, 1); // one sf_buf: the second page recycles it
+        var p1 = SfBufRig.NewPage(m);
+        var p2 = SfBufRig.NewPage(m);
+        SfBufHandle s1 = default, s2 = default;
+        ulong readP1On1 = 0, readP1On200 = 0, readP2On200 = 0;
+        int phase = 0;
+        CounterSnapshot? d = null;
+        CpuSet maskShared = default, maskRecycled = default;
+
+        // CPU 1 maps P1 shared (every CPU joins the mask; all others idle, so deferred) and reads it.
+        m.Run(1, () =>
+        {
+            s1 = sfbufs.Alloc(p1);
+            readP1On1 = m.CurrentCpu.ReadUInt64(s1.Kva);
+            maskShared = sfbufs.TestHookEntry(0).CpuMask;
+        });
+
+        // CPU 200 reads P1 through the same sf_buf, frees it, and keeps running with the entry cached.
+        var reader = m.StartThread("cpu200-reader", () =>
+        {
+            readP1On200 = m.CurrentCpu.ReadUInt64(s1.Kva);
+            sfbufs.Free(s1);
+            Volatile.Write(ref phase, 1);
+            SfBufRig.SpinOnCpu(m, () => Volatile.Read(ref phase) == 2, "the recycle");
+            readP2On200 = m.CurrentCpu.ReadUInt64(s2.Kva);
+            sfbufs.Free(s2);
+        }, 200, bound: true);
+
+        try
+        {
+            SfBufRig.WaitUntil(() => Volatile.Read(ref phase) == 1, "CPU 200 cached P1 and freed it");
+            m.Run(1, () =>
+            {
+                var before = m.Counters();
+                s2 = sfbufs.Alloc(p2); // recycles the accessed mapping: the mask is cleared
+                d = m.Counters() - before;
+                maskRecycled = sfbufs.TestHookEntry(0).CpuMask;
+            });
+        }
+        finally
+        {
+            Volatile.Write(ref phase, 2);
+            reader.Join(SfBufRig.Patience);
+        }
+
+        Assert.Multiple(() =>
+        {
+            Assert.That(maskShared, Is.EqualTo(m.AllCpusMask));
+            Assert.That(readP1On1, Is.EqualTo(SfBufRig.Stamp(p1)));
+            Assert.That(readP1On200, Is.EqualTo(SfBufRig.Stamp(p1)));
+            Assert.That(s2.Kva, Is.EqualTo(s1.Kva), "the one sf_buf was recycled");
+            Assert.That(sfbufs.Stats().Recycles, Is.EqualTo(1));
+            Assert.That(d![Counter.ShootdownRounds], Is.EqualTo(1));
+            Assert.That(d[Counter.IpiTargets], Is.EqualTo(255));
+            Assert.That(d[Counter.IpisSent], Is.EqualTo(1), "CPU 200 is the one running target");
+            Assert.That(d.OnCpu(200, Counter.IpisReceived), Is.EqualTo(1));
+            Assert.That(d.OnCpu(200, Counter.IpiInvalidations), Is.EqualTo(1));
+            Assert.That(d[Counter.IdleTargetsDeferred], Is.EqualTo(254));
+            Assert.That(d.OnCpu(1, Counter.LocalInvalidations), Is.EqualTo(1));
+            Assert.That(maskRecycled, Is.EqualTo(m.AllCpusMask));
+            Assert.That(readP2On200, Is.EqualTo(SfBufRig.Stamp(p2)), "CPU 200 dropped P1's translation at the IPI");
+            Assert.That(m.Counters()[Counter.StaleAccesses], Is.Zero);
+            Assert.That(m.Counters()[Counter.LatentStaleAccesses], Is.Zero);
+        });
+    }
+
+    [Test]
     public void APrivateAllocationSendsNoIpi()
     {
         using var m = new SimMachine(SfBufRig.Small());
