@@ -88,7 +88,7 @@ public sealed unsafe partial class Machine : IDisposable
             KernelPmap = new KernelPmap(this, _ledger, Layout.KernelPages);
             _counters = new CpuCounters(_ledger, Options.Cpus);
             _shared = (CpuShared*)_ledger.AllocZeroed((nuint)(sizeof(CpuShared) * Options.Cpus), 128);
-            AllCpusMask = Options.Cpus == 64 ? ulong.MaxValue : (1UL << Options.Cpus) - 1;
+            AllCpusMask = CpuSet.AllBelow(Options.Cpus);
             _cpus = new Cpu[Options.Cpus];
             for (int i = 0; i < Options.Cpus; i++)
             {
@@ -165,7 +165,7 @@ public sealed unsafe partial class Machine : IDisposable
     public IReadOnlyList<Cpu> Cpus => _cpus;
 
     /// <summary>cpumask with every CPU's bit (<c>all_cpus</c>).</summary>
-    public ulong AllCpusMask { get; }
+    public CpuSet AllCpusMask { get; }
 
     /// <summary>The global shootdown lock the original kernels used (<c>smp_ipi_mtx</c>), a spin mutex.</summary>
     public KMutex SmpIpiMutex { get; }

@@ -31,8 +31,8 @@ public enum MachineTime
 /// <summary>The configuration of a simulated machine. The defaults are the embedded default machine.</summary>
 public sealed record MachineOptions
 {
-    /// <summary>Most CPUs a cpumask word can name here (two bits of the mailbox word are flags).</summary>
-    public const int MaxCpus = 62;
+    /// <summary>Most CPUs a machine may have: as many as a <see cref="CpuSet"/> can name.</summary>
+    public const int MaxCpus = CpuSet.Capacity;
 
     /// <summary>Simulated CPUs (default 2). More than the host has is allowed, unpinned, with a warning.</summary>
     public int Cpus { get; init; } = 2;

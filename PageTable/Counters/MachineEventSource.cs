@@ -81,6 +81,7 @@ internal sealed class MachineEventSource : EventSource
         On.Lock = IsEnabled(EventLevel.Verbose, Keywords.Lock);
     }
 
+    /// <summary><paramref name="targets"/> is the first word of the targets' CPU set (CPUs 0 to 63); <see cref="ShootdownEnd"/> counts them all.</summary>
     [Event(1, Level = EventLevel.Verbose, Keywords = Keywords.Shootdown, Message = "cpu {0} shootdown to cpumask {1} kind {2} va {3} pages {4}")]
     public unsafe void ShootdownBegin(int cpu, long targets, int kind, long va, int pages)
     {
@@ -223,19 +224,24 @@ internal sealed class MachineEventSource : EventSource
         }
     }
 
-    [Event(10, Level = EventLevel.Informational, Keywords = Keywords.EpochFallback, Message = "epoch-cache mapper {0} cpu {1}: full-flush shootdown to laggards {2} for epoch {3} (global {4}), {5} ns")]
-    public unsafe void EpochFallback(int mapper, int cpu, ulong laggards, long needEpoch, long globalEpoch, long durationNanoseconds)
+    /// <summary>
+    /// <paramref name="laggards"/> is the first word of the laggards' CPU set (CPUs 0 to 63);
+    /// <paramref name="laggardCount"/> counts them all.
+    /// </summary>
+    [Event(10, Version = 1, Level = EventLevel.Informational, Keywords = Keywords.EpochFallback, Message = "epoch-cache mapper {0} cpu {1}: full-flush shootdown to laggards {2} ({6} CPUs) for epoch {3} (global {4}), {5} ns")]
+    public unsafe void EpochFallback(int mapper, int cpu, ulong laggards, long needEpoch, long globalEpoch, long durationNanoseconds, int laggardCount)
     {
         if (IsEnabled(EventLevel.Informational, Keywords.EpochFallback))
         {
-            EventData* data = stackalloc EventData[6];
+            EventData* data = stackalloc EventData[7];
             Set(data, 0, &mapper);
             Set(data, 1, &cpu);
             Set(data, 2, &laggards);
             Set(data, 3, &needEpoch);
             Set(data, 4, &globalEpoch);
             Set(data, 5, &durationNanoseconds);
-            WriteEventCore(10, 6, data);
+            Set(data, 6, &laggardCount);
+            WriteEventCore(10, 7, data);
         }
     }
 

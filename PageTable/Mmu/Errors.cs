@@ -58,9 +58,9 @@ public sealed class StaleTranslationException : Exception
 /// <summary>A shootdown waited longer than the machine's watchdog for an acknowledgement.</summary>
 public sealed class ShootdownTimeoutException : Exception
 {
-    /// <summary>Creates the report naming the initiator and the CPUs that never acknowledged.</summary>
-    public ShootdownTimeoutException(int initiator, ulong pendingMask, TimeSpan waited)
-        : base($"cpu {initiator} waited {waited.TotalSeconds:0.#} s for shootdown acknowledgements from cpumask 0x{pendingMask:x}: "
+    /// <summary>Creates the report naming the initiator and the CPUs it waited for.</summary>
+    public ShootdownTimeoutException(int initiator, CpuSet targets, TimeSpan waited)
+        : base($"cpu {initiator} waited {waited.TotalSeconds:0.#} s for shootdown acknowledgements from CPUs {targets}: "
             + "a kernel thread on a target CPU is blocked outside the kernel's wait primitives")
     {
         Initiator = initiator;

@@ -16,7 +16,7 @@ public sealed unsafe class UserPmap
     private readonly NativeLedger _ledger;
     private readonly nint* _directory;
     private readonly Lock _growLock = new();
-    private ulong _active;
+    private CpuSet _active;
     private volatile bool _destroyed;
     private int _foreignUsers;
 
@@ -30,8 +30,8 @@ public sealed unsafe class UserPmap
     /// <summary>The address space this page table belongs to (its write faults resolve copy-on-write there).</summary>
     internal VmSpace? Owner { get; set; }
 
-    /// <summary><c>pm_active</c>: cpumask of CPUs with this page table loaded.</summary>
-    public ulong Active => Volatile.Read(ref _active);
+    /// <summary><c>pm_active</c>: cpumask of CPUs with this page table loaded (each word read atomically).</summary>
+    public CpuSet Active => CpuSet.VolatileRead(ref _active);
 
     /// <summary>The PTE word of a user address, or null when no PTE page covers it.</summary>
     internal ulong* PteAddress(ulong va)
@@ -147,9 +147,9 @@ public sealed unsafe class UserPmap
     /// <summary>Tests: runs inside every foreign lookup, while it is counted (to drive races with teardown).</summary>
     internal Action? TestHookInsideForeignLookup { get; set; }
 
-    internal void Activate(int cpu) => Interlocked.Or(ref _active, 1UL << cpu);
+    internal void Activate(int cpu) => CpuSet.AtomicAdd(ref _active, cpu);
 
-    internal void Deactivate(int cpu) => Interlocked.And(ref _active, ~(1UL << cpu));
+    internal void Deactivate(int cpu) => CpuSet.AtomicRemove(ref _active, cpu);
 
     /// <summary>Frees every PTE page. The caller has unloaded the page table everywhere.</summary>
     internal void Destroy()
@@ -191,13 +191,14 @@ public sealed unsafe class UserPmap
     private void Invalidate(ulong va)
     {
         var cpu = _machine.CurrentCpu;
-        ulong active = Active;
-        if ((active & cpu.Mask) != 0)
+        var active = Active;
+        if (active.Contains(cpu.Id))
         {
             cpu.InvalidateLocal(va >> Pte.PageShift);
+            active.Remove(cpu.Id);
         }
 
-        if ((active & ~cpu.Mask) != 0)
+        if (!active.IsEmpty)
         {
             cpu.Shootdown(active, ShootdownKind.Page, va);
         }

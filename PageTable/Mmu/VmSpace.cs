@@ -165,8 +165,8 @@ public sealed class VmSpace
         // CPUs that loaded it (lazily, too) may still cache its entries: flush them before its
         // pages are reused. Idle ones are marked flush-pending by the shootdown.
         var cpu = _machine.CurrentCpu;
-        ulong active = Pmap.Active;
-        if ((active & cpu.Mask) != 0)
+        var active = Pmap.Active;
+        if (active.Contains(cpu.Id))
         {
             cpu.FlushNonGlobalLocal();
         }

@@ -1,4 +1,3 @@
-using System.Numerics;
 using System.Runtime.CompilerServices;
 
 namespace Native.PageTable;
@@ -44,9 +43,9 @@ public sealed unsafe partial class Cpu
     /// simulation counts it (rounds, targets, target pages); nothing is posted to the simulated
     /// mailboxes and nothing is waited for.
     /// </summary>
-    private int HostShootdown(ulong targets, ShootdownKind kind, int pages)
+    private int HostShootdown(in CpuSet targets, ShootdownKind kind, int pages)
     {
-        int count = BitOperations.PopCount(targets);
+        int count = targets.Count;
         Count(Counter.ShootdownRounds);
         Count(Counter.IpiTargets, count);
         if (kind == ShootdownKind.All)

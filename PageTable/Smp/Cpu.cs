@@ -1,5 +1,4 @@
 using System.Diagnostics;
-using System.Numerics;
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 
@@ -18,12 +17,24 @@ namespace Native.PageTable;
     "The machine disposes its CPUs' doorbells in Dispose.")]
 public sealed unsafe partial class Cpu
 {
-    // State word bits: RUNNING while a thread holds the CPU; FLUSH_PENDING when a shootdown
-    // found it idle; the low bits are the CPUs whose request is waiting in this mailbox. Keeping
-    // all three in one word makes "check idle, then post" a single CAS.
+    // The mailbox. State holds RUNNING while a thread holds the CPU, FLUSH_PENDING when a
+    // shootdown found it idle, and in its low bits the count of requests posted and not yet
+    // taken; CpuShared.Pending names their senders, one bit each (up to 256 CPUs).
+    // - A sender posts with one CAS on State that requires RUNNING and adds one to the count,
+    //   then at once sets its bit in Pending. Idle entry clears RUNNING with a CAS that requires
+    //   the count to be 0. So "check idle, then post" stays one CAS: a request either reaches a
+    //   running CPU, which cannot go idle before it has taken the request, or finds it idle and
+    //   is deferred to its flush; never both, never neither.
+    // - The target takes the count (an atomic AND) and clears exactly that many sender bits,
+    //   waiting for a bit whose sender has counted but not yet set it (nothing can stop a sender
+    //   between its two steps, and no scheduling point lies between them, so the wait is short).
+    // - A sender has at most one request in a mailbox (it waits for the round's acknowledgement),
+    //   so counts and bits pair one for one, in whatever order they are collected: every
+    //   counted request is served once. The bit is set after the request block is written, and
+    //   the target clears it with an atomic AND before it reads the block.
     internal const ulong Running = 1UL << 63;
     internal const ulong FlushPending = 1UL << 62;
-    internal const ulong MailMask = FlushPending - 1;
+    internal const ulong MailMask = (1UL << 32) - 1;
 
     private readonly Machine _machine;
     private readonly Tlb _tlb;
@@ -86,8 +97,8 @@ public sealed unsafe partial class Cpu
     /// <summary>The CPU number (cpuid), 0-based.</summary>
     public int Id { get; }
 
-    /// <summary>This CPU's bit in a cpumask.</summary>
-    public ulong Mask => 1UL << Id;
+    /// <summary>The cpumask of this CPU alone.</summary>
+    public CpuSet Mask => CpuSet.Single(Id);
 
     /// <summary>The machine this CPU belongs to.</summary>
     public Machine Machine => _machine;
@@ -776,12 +787,11 @@ public sealed unsafe partial class Cpu
             }
         }
 
-        // Take every posted request at once; each sender waits for its own acknowledgement.
-        ulong pending = Interlocked.And(ref _shared->State, ~MailMask) & MailMask;
-        while (pending != 0)
+        // Take every posted request at once (the count, then as many senders: the protocol at
+        // the top); each sender waits for its own acknowledgement.
+        int taken = (int)(Interlocked.And(ref _shared->State, ~MailMask) & MailMask);
+        foreach (int from in TakeSenders(taken))
         {
-            int from = BitOperations.TrailingZeroCount(pending);
-            pending &= pending - 1;
             CpuShared* request = _machine.SharedOf(from);
 
             // The round this request belongs to: the acknowledgement names it, so an answer that
@@ -825,6 +835,42 @@ public sealed unsafe partial class Cpu
         }
     }
 
+    /// <summary>
+    /// Clears <paramref name="count"/> senders' bits from this CPU's pending set, lowest first, and
+    /// returns them; waits for a bit a sender has counted but not yet set.
+    /// </summary>
+    private CpuSet TakeSenders(int count)
+    {
+        var taken = default(CpuSet);
+        var spin = default(SpinWait);
+        while (count > 0)
+        {
+            for (int w = 0; w < CpuSet.WordCount && count > 0; w++)
+            {
+                ref ulong word = ref CpuSet.WordRef(ref _shared->Pending, w);
+                ulong chosen = 0;
+                for (ulong rest = Volatile.Read(ref word); rest != 0 && count > 0; rest &= rest - 1, count--)
+                {
+                    chosen |= rest & (0 - rest);
+                }
+
+                if (chosen != 0)
+                {
+                    // Only this CPU clears bits, and a sender's bit stays set until it is served.
+                    Interlocked.And(ref word, ~chosen);
+                    CpuSet.WordRef(ref taken, w) |= chosen;
+                }
+            }
+
+            if (count > 0)
+            {
+                spin.SpinOnce(sleep1Threshold: -1);
+            }
+        }
+
+        return taken;
+    }
+
     /// <summary>Counts one acknowledgement towards <paramref name="round"/> of CPU <paramref name="from"/>'s request, if that round is still open.</summary>
     private void Acknowledge(int from, uint round)
     {
@@ -862,11 +908,12 @@ public sealed unsafe partial class Cpu
     /// <param name="pages">Pages in a range.</param>
     /// <param name="serialize">Take <c>smp_ipi_mtx</c> around the round, as FreeBSD's <c>smp_tlb_shootdown</c> does.</param>
     /// <returns>The number of CPUs targeted (running or idle).</returns>
-    public int Shootdown(ulong targets, ShootdownKind kind, ulong va = 0, int pages = 1, bool serialize = true)
+    public int Shootdown(CpuSet targets, ShootdownKind kind, ulong va = 0, int pages = 1, bool serialize = true)
     {
         CheckCaller();
-        targets &= _machine.AllCpusMask & ~Mask;
-        if (targets == 0)
+        targets = targets.Intersect(_machine.AllCpusMask);
+        targets.Remove(Id);
+        if (targets.IsEmpty)
         {
             return 0;
         }
@@ -903,9 +950,9 @@ public sealed unsafe partial class Cpu
     public int ShootdownAllButSelf(ShootdownKind kind, ulong va = 0, int pages = 1, bool serialize = true) =>
         Shootdown(_machine.AllCpusMask, kind, va, pages, serialize);
 
-    private int ShootdownRound(ulong targets, ShootdownKind kind, ulong va, int pages)
+    private int ShootdownRound(in CpuSet targets, ShootdownKind kind, ulong va, int pages)
     {
-        int count = BitOperations.PopCount(targets);
+        int count = targets.Count;
         Count(Counter.ShootdownRounds);
         Count(Counter.IpiTargets, count);
         if (kind == ShootdownKind.All)
@@ -920,7 +967,7 @@ public sealed unsafe partial class Cpu
         // What an idle target is charged when it next runs: what a running one pays in its handler.
         var targetCharge = _cost.IpiHandler + (kind == ShootdownKind.All ? _cost.FullFlush
             : _cost.LocalInvalidate.Times(kind == ShootdownKind.Range ? pages : 1));
-        Machine.Trace.ShootdownBegin(Id, (long)targets, (int)kind, (long)va, pages);
+        Machine.Trace.ShootdownBegin(Id, (long)targets.Word(0), (int)kind, (long)va, pages);
         long start = Stopwatch.GetTimestamp();
         long startNs = ClockNs;
 
@@ -931,11 +978,9 @@ public sealed unsafe partial class Cpu
         request->Pages = pages;
         Volatile.Write(ref request->AckWord, (long)(((ulong)round << 32) | (uint)count));
 
-        ulong posted = 0;
-        ulong mine = Mask;
-        for (ulong rest = targets; rest != 0; rest &= rest - 1)
+        var posted = default(CpuSet);
+        foreach (int t in targets)
         {
-            int t = BitOperations.TrailingZeroCount(rest);
             CpuShared* target = _machine.SharedOf(t);
             SchedulingPoint();
             while (true)
@@ -956,8 +1001,10 @@ public sealed unsafe partial class Cpu
                         break;
                     }
                 }
-                else if (Interlocked.CompareExchange(ref target->State, s | mine, s) == s)
+                else if (Interlocked.CompareExchange(ref target->State, s + 1, s) == s)
                 {
+                    // Counted: now name the sender, with nothing in between (see the mailbox).
+                    CpuSet.AtomicAdd(ref target->Pending, Id);
                     Count(Counter.IpisSent);
                     Charge(_cost.IpiSend);
                     if (_virtual)
@@ -967,7 +1014,7 @@ public sealed unsafe partial class Cpu
                         target->MailArrivalNs = (s & MailMask) == 0 ? arrival : Math.Min(target->MailArrivalNs, arrival);
                     }
 
-                    posted |= 1UL << t;
+                    posted.Add(t);
                     _machine.CpuAt(t).Ring();
                     break;
                 }
@@ -1014,7 +1061,7 @@ public sealed unsafe partial class Cpu
     }
 
     /// <summary>Controlled mode: a target that acknowledged must no longer cache a stale translation of the pages.</summary>
-    private void CheckRoundComplete(ulong posted, ShootdownKind kind, ulong va, int pages)
+    private void CheckRoundComplete(in CpuSet posted, ShootdownKind kind, ulong va, int pages)
     {
         if (kind == ShootdownKind.All)
         {
@@ -1023,9 +1070,9 @@ public sealed unsafe partial class Cpu
 
         ulong first = va >> Pte.PageShift;
         int n = kind == ShootdownKind.Page ? 1 : pages;
-        for (ulong rest = posted; rest != 0; rest &= rest - 1)
+        foreach (int t in posted)
         {
-            var target = _machine.CpuAt(BitOperations.TrailingZeroCount(rest));
+            var target = _machine.CpuAt(t);
             for (int i = 0; i < n; i++)
             {
                 if (target.HoldsStale(first + (ulong)i))
@@ -1037,7 +1084,7 @@ public sealed unsafe partial class Cpu
     }
 
     /// <summary>The watchdog fired: abandons the round so late acknowledgements are ignored, and fails the machine.</summary>
-    private void AbandonRound(CpuShared* request, long start, ulong targets)
+    private void AbandonRound(CpuShared* request, long start, in CpuSet targets)
     {
         uint round = ++request->Round;
         Volatile.Write(ref request->AckWord, (long)((ulong)round << 32));
@@ -1261,7 +1308,7 @@ public sealed unsafe partial class Cpu
     }
 
     /// <summary>The acknowledgement wait of a shootdown round, with its watchdog.</summary>
-    private readonly struct AcksIn(Cpu cpu, CpuShared* request, long start, ulong targets) : ICrossCpuWait
+    private readonly struct AcksIn(Cpu cpu, CpuShared* request, long start, CpuSet targets) : ICrossCpuWait
     {
         public bool IsMet() => (uint)Volatile.Read(ref request->AckWord) == 0;
 
@@ -1299,8 +1346,9 @@ public enum ShootdownKind
 }
 
 /// <summary>
-/// Per-CPU words other CPUs touch: the state/mailbox word on its own line, then the request
-/// this CPU posts as a shootdown initiator on another line.
+/// Per-CPU words other CPUs touch: the mailbox (state word and pending senders) and the
+/// deferred charges, which senders write, on one line; then the request this CPU posts as a
+/// shootdown initiator on another line.
 /// </summary>
 [StructLayout(LayoutKind.Explicit, Size = 256)]
 internal struct CpuShared
@@ -1319,8 +1367,12 @@ internal struct CpuShared
     [FieldOffset(24)]
     public long DeferredChargeNs;
 
-    /// <summary>Virtual time: when the earliest IPI waiting in this mailbox arrives.</summary>
+    /// <summary>The CPUs whose request waits in this mailbox (each counted in <see cref="State"/> first).</summary>
     [FieldOffset(32)]
+    public CpuSet Pending;
+
+    /// <summary>Virtual time: when the earliest IPI waiting in this mailbox arrives.</summary>
+    [FieldOffset(64)]
     public long MailArrivalNs;
 
     [FieldOffset(128)]

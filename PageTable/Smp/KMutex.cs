@@ -17,8 +17,10 @@ public sealed class KMutex
     private int _owner;
     private int _waiters;
 
-    // CPUs spinning on the mutex (they may park: unlock rings them).
-    private ulong _spinners;
+    // CPUs spinning on the mutex (they may park: unlock rings them), and how many, so that an
+    // unlock finds "no spinner" in one word. A spinner adds its bit before it counts itself.
+    private CpuSet _spinners;
+    private int _spinning;
 
     /// <summary>Creates a mutex named <paramref name="name"/>.</summary>
     public KMutex(string name, bool spinOnly = false)
@@ -93,10 +95,9 @@ public sealed class KMutex
         // attempt, so either it sees the mutex free or we see it waiting.
         Interlocked.Exchange(ref _owner, 0);
         td.Cpu?.SchedulingPoint();
-        ulong spinners = Volatile.Read(ref _spinners);
-        if (spinners != 0)
+        if (Volatile.Read(ref _spinning) != 0)
         {
-            RingSpinners(td, spinners);
+            RingSpinners(td, CpuSet.VolatileRead(ref _spinners));
         }
 
         if (Volatile.Read(ref _waiters) > 0)
@@ -114,12 +115,12 @@ public sealed class KMutex
         }
     }
 
-    private static void RingSpinners(KernelThread td, ulong spinners)
+    private static void RingSpinners(KernelThread td, in CpuSet spinners)
     {
         var cpus = td.Machine.Cpus;
-        for (; spinners != 0; spinners &= spinners - 1)
+        foreach (int cpu in spinners)
         {
-            cpus[System.Numerics.BitOperations.TrailingZeroCount(spinners)].Ring();
+            cpus[cpu].Ring();
         }
     }
 
@@ -146,7 +147,8 @@ public sealed class KMutex
             // rings it at unlock.
             var cpu = td.Cpu!;
             var free = new Free(this);
-            Interlocked.Or(ref _spinners, cpu.Mask);
+            CpuSet.AtomicAdd(ref _spinners, cpu.Id);
+            Interlocked.Increment(ref _spinning);
             bool acquired;
             try
             {
@@ -154,7 +156,8 @@ public sealed class KMutex
             }
             finally
             {
-                Interlocked.And(ref _spinners, ~cpu.Mask);
+                Interlocked.Decrement(ref _spinning);
+                CpuSet.AtomicRemove(ref _spinners, cpu.Id);
             }
 
             if (acquired)

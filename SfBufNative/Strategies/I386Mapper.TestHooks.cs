@@ -1,10 +1,12 @@
+using Native.PageTable;
+
 namespace Native.SfBufNative;
 
 /// <summary>White-box views for tests (internal; reached through InternalsVisibleTo).</summary>
 public sealed unsafe partial class I386Mapper
 {
     /// <summary>One sf_buf's state.</summary>
-    internal (bool HasPage, uint Frame, int RefCount, ulong CpuMask) TestHookEntry(int i)
+    internal (bool HasPage, uint Frame, int RefCount, CpuSet CpuMask) TestHookEntry(int i)
     {
         var e = _entries[i];
         return (e.HasPage != 0, e.Frame, e.RefCount, e.CpuMask);

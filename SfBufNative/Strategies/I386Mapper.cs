@@ -30,6 +30,7 @@ public sealed unsafe partial class I386Mapper : SfBufMapper
     private readonly int* _buckets;
     private readonly uint _hashMask;
     private readonly KvaRegion _window;
+    private readonly CpuSet _allCpus;
     private readonly KMutex _lock = new("sf_buf");
     private readonly object _freeListChannel = new();
     private int _freeHead = NoEntry;
@@ -47,6 +48,7 @@ public sealed unsafe partial class I386Mapper : SfBufMapper
         : base(machine, instruments: instruments)
     {
         _window = machine.Layout.SfBufWindow;
+        _allCpus = machine.AllCpusMask;
         Nsfbufs = nsfbufs ?? _window.Pages;
         if (Nsfbufs < 1 || Nsfbufs > _window.Pages)
         {
@@ -305,7 +307,7 @@ public sealed unsafe partial class I386Mapper : SfBufMapper
         // only then is no CPU known clean. An unused one leaves the mask as it was.
         if ((opte & (Pte.PG_V | Pte.PG_A)) == (Pte.PG_V | Pte.PG_A))
         {
-            e->CpuMask = 0;
+            e->CpuMask = default;
         }
 
         return i;
@@ -360,20 +362,18 @@ public sealed unsafe partial class I386Mapper : SfBufMapper
         try
         {
             var cpu = td.Cpu!;
-            if ((e->CpuMask & cpu.Mask) == 0)
+            if (!e->CpuMask.Contains(cpu.Id))
             {
-                e->CpuMask |= cpu.Mask;
+                e->CpuMask.Add(cpu.Id);
                 cpu.InvalidateLocal(kva >> Pte.PageShift);
             }
 
-            if (!cpuPrivate)
+            // This CPU is in the mask by now: the others are the CPUs outside it.
+            if (!cpuPrivate && !e->CpuMask.ContainsAll(_allCpus))
             {
-                ulong others = Machine.AllCpusMask & ~cpu.Mask & ~e->CpuMask;
-                if (others != 0)
-                {
-                    e->CpuMask |= others;
-                    cpu.Shootdown(others, ShootdownKind.Page, kva);
-                }
+                var others = _allCpus.Except(e->CpuMask);
+                e->CpuMask = _allCpus;
+                cpu.Shootdown(others, ShootdownKind.Page, kva);
             }
         }
         finally
@@ -470,8 +470,8 @@ public sealed unsafe partial class I386Mapper : SfBufMapper
 [StructLayout(LayoutKind.Sequential)]
 internal struct SfBufEntry
 {
-    /// <summary>CPUs known to hold no stale translation for this sf_buf's address.</summary>
-    public ulong CpuMask;
+    /// <summary>CPUs known to hold no stale translation for this sf_buf's address (up to <see cref="CpuSet.Capacity"/>).</summary>
+    public CpuSet CpuMask;
 
     /// <summary>The page mapped (or last mapped), valid when <see cref="HasPage"/> is 1.</summary>
     public uint Frame;

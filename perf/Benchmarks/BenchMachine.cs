@@ -11,7 +11,7 @@ namespace Native.Perf.Benchmarks;
 internal sealed class BenchMachine : IDisposable
 {
     /// <summary>cpumask of the responder's CPU.</summary>
-    public const ulong ResponderMask = 1UL << ResponderCpu;
+    public static readonly CpuSet ResponderMask = CpuSet.Single(ResponderCpu);
 
     private const int ServerCpu = 0;
     private const int ResponderCpu = 1;

@@ -20,10 +20,10 @@ public sealed class CounterTests
         var pollers = new List<KernelThread>();
         CounterSnapshot? d = null;
         int targeted = -1;
-        ulong targets = 0;
+        var targets = default(CpuSet);
         for (int c = 1; c <= k; c++)
         {
-            targets |= 1UL << c;
+            targets.Add(c);
         }
 
         try
@@ -165,9 +165,9 @@ public sealed class CounterTests
         {
             var cpu = m.CurrentCpu;
             var before = m.Counters();
-            results.Add(cpu.Shootdown(0, ShootdownKind.All));
+            results.Add(cpu.Shootdown(CpuSet.Empty, ShootdownKind.All));
             results.Add(cpu.Shootdown(cpu.Mask, ShootdownKind.Page, m.Layout.KernelMap.Start));
-            results.Add(cpu.Shootdown(1UL << 40, ShootdownKind.All)); // no such CPU
+            results.Add(cpu.Shootdown(CpuSet.Of(40, 255), ShootdownKind.All)); // no such CPUs
             d = m.Counters() - before;
         });
 

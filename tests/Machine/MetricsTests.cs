@@ -98,11 +98,11 @@ public sealed class MetricsTests
         using var m = new SimMachine(Sim.Small(cpus: 3));
         ulong va = m.Layout.KernelMap.PageAddress(7);
 
-        m.Run(2, () => m.CurrentCpu.Shootdown(0b011, ShootdownKind.Page, va));
+        m.Run(2, () => m.CurrentCpu.Shootdown(CpuSet.Of(0, 1), ShootdownKind.Page, va));
 
         var mine = events.Snapshot().Where(e => e.Payload is { Count: > 0 } p && p[0] is int cpu && cpu == 2).ToList();
         Assert.That(mine.Select(e => e.EventId), Is.EqualTo(new[] { 1, 2 }));
-        Assert.That(mine[0].Payload![1], Is.EqualTo(0b011L), "the target cpumask");
+        Assert.That(mine[0].Payload![1], Is.EqualTo(0b011L), "the target cpumask (its first word)");
         Assert.That(mine[0].Payload![3], Is.EqualTo((long)va));
         Assert.That(mine[1].Payload![1], Is.EqualTo(2), "two targets");
     }

@@ -115,7 +115,7 @@ public sealed class PageOwnershipTests
         long ipisBefore = machine.Counters().OnCpu(1, Counter.IpisReceived);
         var initiator = machine.StartThread("cpu0-initiator", () =>
         {
-            machine.CurrentCpu.Shootdown(1UL << 1, ShootdownKind.Page, 0xffff_ffff_8000_0000);
+            machine.CurrentCpu.Shootdown(CpuSet.Single(1), ShootdownKind.Page, 0xffff_ffff_8000_0000);
         }, cpu: 0, bound: true);
 
         // Wait until the request is in CPU 1's mailbox, then serve it from this host thread.

@@ -322,7 +322,7 @@ public sealed class PeerPitfallTests
         SfBuf second = default;
         m.Run(1, () => second = lwbuf.Alloc(p2, SfBufFlags.CpuPrivate));
         Assert.That(second.Kva, Is.EqualTo(first.Kva), "the object (and its KVA) came back from cpu 1's magazine");
-        Assert.That(lwbuf.MaskOf(second), Is.EqualTo(plantOredMask ? 0b11UL : 0b10UL));
+        Assert.That(lwbuf.MaskOf(second), Is.EqualTo(CpuSet.FromWord(plantOredMask ? 0b11UL : 0b10UL)));
         if (plantOredMask)
         {
             Assert.That(() => m.Run(0, () => m.CurrentCpu.ReadUInt64(lwbuf.Kva(second))), Throws.TypeOf<StaleTranslationException>());

@@ -184,6 +184,7 @@ public sealed class ProfilingRecipeTests
         Assert.That(sfbufs.FallbackShootdowns, Is.GreaterThan(0));
         Assert.That(events, Has.Count.EqualTo(sfbufs.FallbackShootdowns), "one event per fallback shootdown");
         Assert.That(events[0]["laggards"], Is.EqualTo(2UL), "CPU 1 lagged");
+        Assert.That(events[0]["laggardCount"], Is.EqualTo(1));
         Assert.That(events[0]["cpu"], Is.EqualTo(0));
     }
 

@@ -228,7 +228,8 @@ public sealed class I386MapperTests
         using var sfbufs = SfBufRig.I386(m, 1);
         var p1 = SfBufRig.NewPage(m);
         var p2 = SfBufRig.NewPage(m);
-        ulong maskBefore = 0, maskAfter = 0, oldPte = 0, newPte = 0, read = 0;
+        CpuSet maskBefore = default, maskAfter = default;
+        ulong oldPte = 0, newPte = 0, read = 0;
         CounterSnapshot? d = null;
 
         m.Run(0, () =>
@@ -248,9 +249,9 @@ public sealed class I386MapperTests
             sfbufs.Free(sf2);
         });
 
-        Assert.That(maskBefore, Is.EqualTo(0b11UL));
+        Assert.That(maskBefore, Is.EqualTo(CpuSet.FromWord(0b11)));
         Assert.That(oldPte & (Pte.PG_V | Pte.PG_A), Is.EqualTo(Pte.PG_V | Pte.PG_A));
-        Assert.That(maskAfter, Is.EqualTo(0b01UL), "the mask was cleared, then the allocating CPU joined");
+        Assert.That(maskAfter, Is.EqualTo(CpuSet.FromWord(0b01)), "the mask was cleared, then the allocating CPU joined");
         Assert.That(d!.OnCpu(0, Counter.LocalInvalidations), Is.EqualTo(1));
         Assert.That(d[Counter.KernelPteWrites], Is.EqualTo(1));
         Assert.That(d[Counter.ShootdownRounds], Is.EqualTo(0));
@@ -266,7 +267,8 @@ public sealed class I386MapperTests
         using var sfbufs = SfBufRig.I386(m, 1);
         var p1 = SfBufRig.NewPage(m);
         var p2 = SfBufRig.NewPage(m);
-        ulong maskBefore = 0, maskAfter = 0, oldPte = 0, read = 0;
+        CpuSet maskBefore = default, maskAfter = default;
+        ulong oldPte = 0, read = 0;
         CounterSnapshot? d = null;
 
         m.Run(0, () =>
@@ -283,9 +285,9 @@ public sealed class I386MapperTests
             sfbufs.Free(sf2);
         });
 
-        Assert.That(maskBefore, Is.EqualTo(0b11UL));
+        Assert.That(maskBefore, Is.EqualTo(CpuSet.FromWord(0b11)));
         Assert.That(oldPte & Pte.PG_A, Is.EqualTo(0UL));
-        Assert.That(maskAfter, Is.EqualTo(0b11UL), "an unused old mapping leaves the mask as it was");
+        Assert.That(maskAfter, Is.EqualTo(CpuSet.FromWord(0b11)), "an unused old mapping leaves the mask as it was");
         Assert.That(d![Counter.LocalInvalidations], Is.EqualTo(0));
         Assert.That(d[Counter.ShootdownRounds], Is.EqualTo(0));
         Assert.That(d[Counter.KernelPteWrites], Is.EqualTo(1));
@@ -299,7 +301,7 @@ public sealed class I386MapperTests
         using var sfbufs = SfBufRig.I386(m, 1);
         var p1 = SfBufRig.NewPage(m);
         var p2 = SfBufRig.NewPage(m);
-        ulong maskAfter = 0;
+        CpuSet maskAfter = default;
         CounterSnapshot? d = null;
 
         m.Run(0, () => sfbufs.Free(sfbufs.Alloc(p1, SfBufFlags.CpuPrivate))); // mask {0}, never touched
@@ -312,7 +314,7 @@ public sealed class I386MapperTests
             sfbufs.Free(sf);
         });
 
-        Assert.That(maskAfter, Is.EqualTo(0b11UL));
+        Assert.That(maskAfter, Is.EqualTo(CpuSet.FromWord(0b11)));
         Assert.That(d!.OnCpu(1, Counter.LocalInvalidations), Is.EqualTo(1));
         Assert.That(d.OnCpu(0, Counter.LocalInvalidations), Is.EqualTo(0));
         Assert.That(d[Counter.ShootdownRounds], Is.EqualTo(0));
@@ -329,7 +331,8 @@ public sealed class I386MapperTests
         var p2 = SfBufRig.NewPage(m);
         var p3 = SfBufRig.NewPage(m);
         ulong kva = m.Layout.SfBufWindow.PageAddress(0);
-        ulong readP1 = 0, readP3 = 0, maskAfterPrivate = 0, maskAfterShared = 0;
+        ulong readP1 = 0, readP3 = 0;
+        CpuSet maskAfterPrivate = default, maskAfterShared = default;
         SfBufHandle s3 = default;
 
         // CPU 1 caches a shared mapping of P1 by reading through it.
@@ -362,8 +365,8 @@ public sealed class I386MapperTests
 
         Assert.That(readP1, Is.EqualTo(SfBufRig.Stamp(p1)));
         Assert.That(cachedOnCpu1, Is.EqualTo((long)p1.Frame), "the scenario needs CPU 1 to still cache P1 at the address");
-        Assert.That(maskAfterPrivate, Is.EqualTo(0b01UL));
-        Assert.That(maskAfterShared, Is.EqualTo(0b11UL));
+        Assert.That(maskAfterPrivate, Is.EqualTo(CpuSet.FromWord(0b01)));
+        Assert.That(maskAfterShared, Is.EqualTo(CpuSet.FromWord(0b11)));
         Assert.That(s3.Kva, Is.EqualTo(kva));
         Assert.That(readP3, Is.EqualTo(SfBufRig.Stamp(p3)));
         Assert.That(m.Counters()[Counter.StaleAccesses], Is.EqualTo(0));
@@ -433,7 +436,7 @@ public sealed class I386MapperTests
             slot = sf.Slot;
             sfbufs.Free(sf);
         });
-        ulong maskBefore = sfbufs.TestHookEntry(slot).CpuMask;
+        var maskBefore = sfbufs.TestHookEntry(slot).CpuMask;
 
         CounterSnapshot d;
         using (new BusyCpus(m, Enumerable.Range(0, 4).Where(c => c != initiator)))
@@ -443,9 +446,9 @@ public sealed class I386MapperTests
             d = m.Counters() - before;
         }
 
-        bool selfInMask = ((maskBefore >> initiator) & 1) != 0;
+        bool selfInMask = maskBefore.Contains(initiator);
         int targets = BitOperations.PopCount(expectedTargets);
-        Assert.That(maskBefore, Is.EqualTo(0b0101UL));
+        Assert.That(maskBefore, Is.EqualTo(CpuSet.FromWord(0b0101)));
         Assert.That(d[Counter.ShootdownRounds], Is.EqualTo(1));
         Assert.That(d[Counter.IpiTargets], Is.EqualTo(targets));
         Assert.That(d[Counter.IpisSent], Is.EqualTo(targets));
@@ -457,7 +460,77 @@ public sealed class I386MapperTests
         }
 
         Assert.That(d.OnCpu(initiator, Counter.LocalInvalidations), Is.EqualTo(selfInMask ? 0 : 1));
-        Assert.That(sfbufs.TestHookEntry(slot).CpuMask, Is.EqualTo(0b1111UL));
+        Assert.That(sfbufs.TestHookEntry(slot).CpuMask, Is.EqualTo(CpuSet.FromWord(0b1111)));
+    }
+
+    [Test]
+    public void OnA256CpuMachineAMappingSharedByCpus1And200IsRecycledWithTheIpiToCpu200()
+    {
+        using var m = new SimMachine(SfBufRig.Small(cpus: MachineOptions.MaxCpus) with { PinThreads = false });
+        using var sfbufs = SfBufRig.I386(m, 1); // one sf_buf: the second page recycles it
+        var p1 = SfBufRig.NewPage(m);
+        var p2 = SfBufRig.NewPage(m);
+        SfBufHandle s1 = default, s2 = default;
+        ulong readP1On1 = 0, readP1On200 = 0, readP2On200 = 0;
+        int phase = 0;
+        CounterSnapshot? d = null;
+        CpuSet maskShared = default, maskRecycled = default;
+
+        // CPU 1 maps P1 shared (every CPU joins the mask; all others idle, so deferred) and reads it.
+        m.Run(1, () =>
+        {
+            s1 = sfbufs.Alloc(p1);
+            readP1On1 = m.CurrentCpu.ReadUInt64(s1.Kva);
+            maskShared = sfbufs.TestHookEntry(0).CpuMask;
+        });
+
+        // CPU 200 reads P1 through the same sf_buf, frees it, and keeps running with the entry cached.
+        var reader = m.StartThread("cpu200-reader", () =>
+        {
+            readP1On200 = m.CurrentCpu.ReadUInt64(s1.Kva);
+            sfbufs.Free(s1);
+            Volatile.Write(ref phase, 1);
+            SfBufRig.SpinOnCpu(m, () => Volatile.Read(ref phase) == 2, "the recycle");
+            readP2On200 = m.CurrentCpu.ReadUInt64(s2.Kva);
+            sfbufs.Free(s2);
+        }, 200, bound: true);
+
+        try
+        {
+            SfBufRig.WaitUntil(() => Volatile.Read(ref phase) == 1, "CPU 200 cached P1 and freed it");
+            m.Run(1, () =>
+            {
+                var before = m.Counters();
+                s2 = sfbufs.Alloc(p2); // recycles the accessed mapping: the mask is cleared
+                d = m.Counters() - before;
+                maskRecycled = sfbufs.TestHookEntry(0).CpuMask;
+            });
+        }
+        finally
+        {
+            Volatile.Write(ref phase, 2);
+            reader.Join(SfBufRig.Patience);
+        }
+
+        Assert.Multiple(() =>
+        {
+            Assert.That(maskShared, Is.EqualTo(m.AllCpusMask));
+            Assert.That(readP1On1, Is.EqualTo(SfBufRig.Stamp(p1)));
+            Assert.That(readP1On200, Is.EqualTo(SfBufRig.Stamp(p1)));
+            Assert.That(s2.Kva, Is.EqualTo(s1.Kva), "the one sf_buf was recycled");
+            Assert.That(sfbufs.Stats().Recycles, Is.EqualTo(1));
+            Assert.That(d![Counter.ShootdownRounds], Is.EqualTo(1));
+            Assert.That(d[Counter.IpiTargets], Is.EqualTo(255));
+            Assert.That(d[Counter.IpisSent], Is.EqualTo(1), "CPU 200 is the one running target");
+            Assert.That(d.OnCpu(200, Counter.IpisReceived), Is.EqualTo(1));
+            Assert.That(d.OnCpu(200, Counter.IpiInvalidations), Is.EqualTo(1));
+            Assert.That(d[Counter.IdleTargetsDeferred], Is.EqualTo(254));
+            Assert.That(d.OnCpu(1, Counter.LocalInvalidations), Is.EqualTo(1));
+            Assert.That(maskRecycled, Is.EqualTo(m.AllCpusMask));
+            Assert.That(readP2On200, Is.EqualTo(SfBufRig.Stamp(p2)), "CPU 200 dropped P1's translation at the IPI");
+            Assert.That(m.Counters()[Counter.StaleAccesses], Is.Zero);
+            Assert.That(m.Counters()[Counter.LatentStaleAccesses], Is.Zero);
+        });
     }
 
     [Test]
@@ -467,7 +540,7 @@ public sealed class I386MapperTests
         using var sfbufs = SfBufRig.I386(m, 2);
         var pages = SfBufRig.NewPages(m, 5);
         CounterSnapshot d;
-        var masks = new List<ulong>();
+        var masks = new List<CpuSet>();
 
         using (new BusyCpus(m, [1]))
         {
@@ -492,7 +565,7 @@ public sealed class I386MapperTests
         Assert.That(d[Counter.IpiTargets], Is.EqualTo(0));
         Assert.That(d[Counter.IpisSent], Is.EqualTo(0));
         Assert.That(d.OnCpu(1, Counter.IpisReceived), Is.EqualTo(0));
-        Assert.That(masks, Is.All.EqualTo(0b01UL));
+        Assert.That(masks, Is.All.EqualTo(CpuSet.FromWord(0b01)));
         Assert.That(sfbufs.Stats().Recycles, Is.GreaterThan(0));
     }
 
@@ -520,7 +593,7 @@ public sealed class I386MapperTests
         Assert.That(d[Counter.IpiTargets], Is.EqualTo(0));
         Assert.That(d[Counter.IpisSent], Is.EqualTo(0));
         Assert.That(d[Counter.LocalInvalidations], Is.EqualTo(0));
-        Assert.That(sfbufs.TestHookEntry(0).CpuMask, Is.EqualTo(0b11UL));
+        Assert.That(sfbufs.TestHookEntry(0).CpuMask, Is.EqualTo(CpuSet.FromWord(0b11)));
     }
 
     // ------------------------------------------------------------------ statistics

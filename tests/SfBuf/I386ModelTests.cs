@@ -410,7 +410,7 @@ public sealed class I386ModelTests
             var text = new StringBuilder();
             for (int s = 0; s < Nsfbufs; s++)
             {
-                text.Append($"sf {s}: ").Append(_page[s] is int k ? $"frame 0x{frames[k]:x} ref {_ref[s]} mask {_mask[s]} accessed {_accessed[s]}" : "never used").AppendLine();
+                text.Append($"sf {s}: ").Append(_page[s] is int k ? $"frame 0x{frames[k]:x} ref {_ref[s]} mask {CpuSet.FromWord(_mask[s])} accessed {_accessed[s]}" : "never used").AppendLine();
             }
 
             text.Append("free list: ").AppendJoin(' ', _freeList).AppendLine();

@@ -178,7 +178,7 @@ public sealed class I386StressTests
                 {
                     ulong kva = m.Layout.SfBufWindow.PageAddress(i);
                     long cached = SfBufRig.CachedFrame(m.CurrentCpu, kva);
-                    if (((entries[i].CpuMask >> self) & 1) != 0 && cached >= 0 && cached != entries[i].Frame)
+                    if (entries[i].CpuMask.Contains(self) && cached >= 0 && cached != entries[i].Frame)
                     {
                         unsound.Add($"cpu {self} caches frame 0x{cached:x} for sf_buf {i}, which maps 0x{entries[i].Frame:x}");
                     }

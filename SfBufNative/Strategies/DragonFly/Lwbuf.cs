@@ -25,9 +25,9 @@ namespace Native.SfBufNative.Strategies.DragonFly;
 /// gets two objects.
 /// </para>
 /// <para>
-/// Memory ordering: the <c>cpumask</c> is the one word CPUs share without a lock. Each CPU only
+/// Memory ordering: the <c>cpumask</c> is the one datum CPUs share without a lock. Each CPU only
 /// ever adds its own bit (in <see cref="Kva"/>, after its own <c>invlpg</c>, with an atomic OR
-/// so that no concurrent OR by another CPU is lost), and it is reset only by <c>lwbuf_alloc</c>
+/// of its word so that no concurrent OR by another CPU is lost), and it is reset only by <c>lwbuf_alloc</c>
 /// and <c>lwbuf_free</c>, which run before the handle is shared and after the last use. The
 /// handle reaches other CPUs through the caller's own synchronisation, which orders the reset
 /// and the new PTE before their <see cref="Kva"/>. The magazines are per-CPU data of the thread
@@ -132,11 +132,11 @@ internal sealed unsafe class Lwbuf
         o->Generation++;
         if (PlantOredMask)
         {
-            Interlocked.Or(ref o->CpuMask, cpu.Mask);
+            CpuSet.AtomicAdd(ref o->CpuMask, cpu.Id);
         }
         else
         {
-            Volatile.Write(ref o->CpuMask, cpu.Mask);
+            CpuSet.VolatileWrite(ref o->CpuMask, cpu.Mask);
         }
 
         // pmap_kenter_quick: the PTE and a local invlpg.
@@ -162,14 +162,14 @@ internal sealed unsafe class Lwbuf
         // its invlpg; or lwbuf_alloc on this CPU, after the PTE and its invlpg), and nobody clears
         // it while the handle is live. So the bit means this CPU has invalidated since the PTE
         // was written; the acquire read keeps the access that follows after it.
-        if ((Volatile.Read(ref o->CpuMask) & cpu.Mask) != 0)
+        if (CpuSet.VolatileContains(ref o->CpuMask, cpu.Id))
         {
             return o->Kva;
         }
 
         // _lwbuf_kva: pmap_kenter_sync_quick (a local invlpg), then OR this CPU in.
         cpu.InvalidateLocal(o->Kva >> Pte.PageShift);
-        Interlocked.Or(ref o->CpuMask, cpu.Mask);
+        CpuSet.AtomicAdd(ref o->CpuMask, cpu.Id);
         Interlocked.Increment(ref _kvaSyncs);
         return o->Kva;
     }
@@ -178,12 +178,12 @@ internal sealed unsafe class Lwbuf
     public void SetGlobal(Cpu cpu, int id)
     {
         LwbufObject* o = _objects + id;
-        ulong all = _machine.AllCpusMask;
+        var all = _machine.AllCpusMask;
 
         // Called by lwbuf_alloc's caller before the handle is shared, so no lwbuf_kva can OR a
         // bit in between this read and the store of all ones below; that store is a release,
         // after the shootdown has been acknowledged.
-        ulong mask = Volatile.Read(ref o->CpuMask);
+        var mask = CpuSet.VolatileRead(ref o->CpuMask);
         if (mask == all)
         {
             return;
@@ -191,17 +191,19 @@ internal sealed unsafe class Lwbuf
 
         // pmap_kenter_sync: a cross-CPU invalidation of the address, to the CPUs that may hold an
         // old translation (those missing from the mask); this CPU is in it since lwbuf_alloc.
-        if ((mask & cpu.Mask) == 0)
+        if (!mask.Contains(cpu.Id))
         {
             cpu.InvalidateLocal(o->Kva >> Pte.PageShift);
         }
 
-        if (cpu.Shootdown(all & ~mask & ~cpu.Mask, ShootdownKind.Page, o->Kva) > 0)
+        var others = all.Except(mask);
+        others.Remove(cpu.Id);
+        if (cpu.Shootdown(others, ShootdownKind.Page, o->Kva) > 0)
         {
             Interlocked.Increment(ref _setGlobalSyncs);
         }
 
-        Volatile.Write(ref o->CpuMask, all);
+        CpuSet.VolatileWrite(ref o->CpuMask, all);
     }
 
     /// <summary><c>lwbuf_free</c>: back into this CPU's magazine; the PTE stays.</summary>
@@ -211,7 +213,7 @@ internal sealed unsafe class Lwbuf
         o->HasPage = 0;
         if (!PlantOredMask)
         {
-            Volatile.Write(ref o->CpuMask, 0UL);
+            CpuSet.VolatileWrite(ref o->CpuMask, CpuSet.Empty);
         }
 
         ObjcachePut(td, sf.Slot);
@@ -219,7 +221,7 @@ internal sealed unsafe class Lwbuf
     }
 
     /// <summary>An object's cpumask (tests).</summary>
-    internal ulong MaskOf(int id) => Volatile.Read(ref _objects[id].CpuMask);
+    internal CpuSet MaskOf(int id) => CpuSet.VolatileRead(ref _objects[id].CpuMask);
 
     private LwbufObject* Check(SfBuf sf)
     {
@@ -349,8 +351,8 @@ internal sealed unsafe class Lwbuf
 [StructLayout(LayoutKind.Sequential)]
 internal struct LwbufObject
 {
-    /// <summary>CPUs known to hold no stale translation for <see cref="Kva"/>.</summary>
-    public ulong CpuMask;
+    /// <summary>CPUs known to hold no stale translation for <see cref="Kva"/> (up to <see cref="CpuSet.Capacity"/>).</summary>
+    public CpuSet CpuMask;
 
     /// <summary>The object's page of KVA, for its whole life.</summary>
     public ulong Kva;

@@ -90,7 +90,7 @@ public sealed class LwbufMapper : SfBufMapper
     };
 
     /// <summary>The cpumask of the object behind <paramref name="sf"/> (tests).</summary>
-    internal ulong MaskOf(SfBuf sf) => _lwbuf.MaskOf(sf.Slot);
+    internal CpuSet MaskOf(SfBuf sf) => _lwbuf.MaskOf(sf.Slot);
 
     /// <summary><c>lwbuf_kva</c> on the calling thread's CPU.</summary>
     protected override ulong KvaOnCpu(SfBuf sf)

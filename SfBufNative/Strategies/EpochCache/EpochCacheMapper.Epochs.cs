@@ -230,17 +230,17 @@ public sealed unsafe partial class EpochCacheMapper
     /// <summary>The fallback: one full-flush shootdown to every running CPU that has not observed <paramref name="need"/>.</summary>
     private void ForceEpoch(Cpu self, long need)
     {
-        ulong laggards = 0;
+        var laggards = default(CpuSet);
         var cpus = Machine.Cpus;
         for (int i = 0; i < _cpuCount; i++)
         {
             if (i != self.Id && Volatile.Read(ref _perCpu[i].ObservedEpoch) < need && !cpus[i].IsIdle)
             {
-                laggards |= 1UL << i;
+                laggards.Add(i);
             }
         }
 
-        if (laggards == 0)
+        if (laggards.IsEmpty)
         {
             return;
         }
@@ -263,12 +263,12 @@ public sealed unsafe partial class EpochCacheMapper
         _fallbackShootdowns++;
         if (start != 0)
         {
-            MachineEventSource.Log.EpochFallback(Id, self.Id, laggards, need, global, (long)Stopwatch.GetElapsedTime(start).TotalNanoseconds);
+            MachineEventSource.Log.EpochFallback(Id, self.Id, laggards.Word(0), need, global, (long)Stopwatch.GetElapsedTime(start).TotalNanoseconds, laggards.Count);
         }
 
-        for (ulong rest = laggards; rest != 0; rest &= rest - 1)
+        foreach (int laggard in laggards)
         {
-            RaiseObserved(_perCpu + System.Numerics.BitOperations.TrailingZeroCount(rest), global);
+            RaiseObserved(_perCpu + laggard, global);
         }
     }
 
