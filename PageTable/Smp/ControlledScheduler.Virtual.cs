@@ -147,11 +147,39 @@ internal sealed partial class ControlledScheduler
             _nowNs = now;
         }
 
+        // Stamps go to the time of the action that made a condition true: the caller's, or the
+        // acknowledgement of an IPI serviced below.
+        long stampAt = now;
+        while (true)
+        {
+            var chosen = ChooseOnce(me, now, stampAt, reportDeadlock, out var service, out long serviceAt);
+            if (service == null)
+            {
+                return chosen;
+            }
+
+            // A CPU spinning on a word takes the IPI that has arrived: its own handler, on its own
+            // clock, run here because its thread would do nothing else at that instant.
+            service.ClockNs = Math.Max(service.ClockNs, serviceAt);
+            service.ServiceWhileSpinning();
+            stampAt = service.ClockNs;
+            if (stampAt > _nowNs)
+            {
+                _nowNs = stampAt;
+            }
+        }
+    }
+
+    private Slot? ChooseOnce(Slot? me, long now, long stampAt, bool reportDeadlock, out Cpu? service, out long serviceAt)
+    {
+        service = null;
+        serviceAt = 0;
         bool meEnabled = me is { Exited: false, Ready: null };
         Slot? first = null;
         long firstT = long.MaxValue, secondT = long.MaxValue;
         Slot? second = null;
         bool firstTimesOut = false;
+        bool firstServices = false;
         foreach (var s in _live)
         {
             if (ReferenceEquals(s, me) && meEnabled)
@@ -160,7 +188,7 @@ internal sealed partial class ControlledScheduler
             }
 
             long t;
-            bool timesOut = false;
+            bool timesOut = false, services = false;
             if (s.Ready == null)
             {
                 t = TimeOf(s);
@@ -169,7 +197,7 @@ internal sealed partial class ControlledScheduler
             {
                 if (s.StampNs < 0)
                 {
-                    s.StampNs = now;
+                    s.StampNs = stampAt;
                 }
 
                 t = Math.Max(TimeOf(s), s.StampNs);
@@ -177,13 +205,21 @@ internal sealed partial class ControlledScheduler
             else
             {
                 s.StampNs = -1;
-                if (s.DeadlineNs == long.MaxValue)
+                long mail = s.Spinner?.PendingMailArrivalNs ?? long.MaxValue;
+                if (mail < s.DeadlineNs)
+                {
+                    t = Math.Max(TimeOf(s), mail);
+                    services = true;
+                }
+                else if (s.DeadlineNs != long.MaxValue)
+                {
+                    t = Math.Max(TimeOf(s), s.DeadlineNs);
+                    timesOut = true;
+                }
+                else
                 {
                     continue;
                 }
-
-                t = Math.Max(TimeOf(s), s.DeadlineNs);
-                timesOut = true;
             }
 
             if (Before(t, s, firstT, first))
@@ -193,6 +229,7 @@ internal sealed partial class ControlledScheduler
                 first = s;
                 firstT = t;
                 firstTimesOut = timesOut;
+                firstServices = services;
             }
             else if (Before(t, s, secondT, second))
             {
@@ -214,6 +251,13 @@ internal sealed partial class ControlledScheduler
                 AbortLocked("deadlock: no kernel thread can run (" + string.Join(", ", _live.Select(s => s.Thread.Name)) + " are blocked)");
             }
 
+            return null;
+        }
+
+        if (firstServices)
+        {
+            service = first.Spinner;
+            serviceAt = firstT;
             return null;
         }
 

@@ -126,7 +126,14 @@ internal sealed partial class ControlledScheduler
     /// at virtual time <paramref name="deadlineNs"/> (<see cref="long.MaxValue"/>: never) and
     /// <paramref name="timed"/> is not used.
     /// </summary>
-    public bool WaitUntil(KernelThread td, Func<bool> ready, bool timed, long deadlineNs)
+    public bool WaitUntil(KernelThread td, Func<bool> ready, bool timed, long deadlineNs) => WaitUntil(td, ready, timed, deadlineNs, spinner: null);
+
+    /// <summary>
+    /// Virtual time: the wait of a CPU spinning on a shared word (<paramref name="spinner"/>), which
+    /// takes IPIs while it spins: each one is serviced on that CPU when its clock reaches the
+    /// arrival, without the waiting thread's host thread (it would do nothing else then).
+    /// </summary>
+    public bool WaitUntil(KernelThread td, Func<bool> ready, bool timed, long deadlineNs, Cpu? spinner)
     {
         var me = td.Controlled!;
         while (true)
@@ -145,6 +152,7 @@ internal sealed partial class ControlledScheduler
                 me.TimedOut = false;
                 me.StampNs = -1;
                 me.DeadlineNs = deadlineNs;
+                me.Spinner = spinner;
                 var next = Choose(me);
                 runOn = ReferenceEquals(next, me);
                 if (!runOn)
@@ -345,6 +353,9 @@ internal sealed partial class ControlledScheduler
 
         /// <summary>Virtual time: when this blocked thread's wait times out, or <see cref="long.MaxValue"/>.</summary>
         public long DeadlineNs { get; set; } = long.MaxValue;
+
+        /// <summary>Virtual time: the CPU this blocked thread spins on, taking IPIs meanwhile; null for other waits.</summary>
+        public Cpu? Spinner { get; set; }
     }
 }
 

@@ -769,7 +769,7 @@ public sealed unsafe partial class Cpu
     }
 
     [MethodImpl(MethodImplOptions.NoInlining)]
-    private void ServiceMailbox(bool waitForArrival = false)
+    private void ServiceMailbox(bool waitForArrival = false, bool fromScheduler = false)
     {
         if (_virtual)
         {
@@ -803,7 +803,10 @@ public sealed unsafe partial class Cpu
             if (ackFirst)
             {
                 Acknowledge(from, round);
-                SchedulingPoint();
+                if (!fromScheduler)
+                {
+                    SchedulingPoint();
+                }
             }
 
             switch ((ShootdownKind)request->Kind)
@@ -830,7 +833,10 @@ public sealed unsafe partial class Cpu
             if (!ackFirst)
             {
                 Acknowledge(from, round);
-                SchedulingPoint();
+                if (!fromScheduler)
+                {
+                    SchedulingPoint();
+                }
             }
         }
     }
@@ -1185,6 +1191,16 @@ public sealed unsafe partial class Cpu
 
     private bool MailPending => (Volatile.Read(ref _shared->State) & MailMask) != 0;
 
+    /// <summary>Virtual time: when the earliest IPI waiting in the mailbox arrives, or <see cref="long.MaxValue"/> when none waits.</summary>
+    internal long PendingMailArrivalNs => MailPending ? _shared->MailArrivalNs : long.MaxValue;
+
+    /// <summary>
+    /// Virtual time: services the mailbox of this CPU while its thread is parked spinning on a word
+    /// (the scheduler calls it once the clock has reached the arrival). The same handler as at a
+    /// poll point, minus the scheduling points: the scheduler is deciding already.
+    /// </summary>
+    internal void ServiceWhileSpinning() => ServiceMailbox(waitForArrival: true, fromScheduler: true);
+
     /// <summary>Wakes this CPU's thread if it is parked in a cross-CPU wait.</summary>
     internal void Ring()
     {
@@ -1247,9 +1263,8 @@ public sealed unsafe partial class Cpu
                 return false;
             }
 
-            // Until the condition holds, the spin ends, or an IPI arrives (one posted later may arrive sooner).
-            long deadline = MailPending ? Math.Min(spinEnd, _shared->MailArrivalNs) : spinEnd;
-            _controller!.WaitUntil(td, () => copy.IsMet() || (MailPending && _shared->MailArrivalNs < deadline), timed: false, deadline);
+            // Until the condition holds or the spin ends; IPIs are taken as they arrive meanwhile.
+            _controller!.WaitUntil(td, () => copy.IsMet(), timed: false, spinEnd, spinner: this);
         }
     }
 
