@@ -14,6 +14,10 @@ namespace Native.PageTable;
 internal sealed partial class ControlledScheduler
 {
     private readonly List<Slot> _live = [];
+
+    // Virtual time: threads blocked on a condition, and parked runnable threads by time.
+    private readonly List<Slot> _blocked = [];
+    private readonly PriorityQueue<Slot, SlotKey> _runnable = new();
     private readonly long _quantumNs;
     private long _yieldAtNs = long.MaxValue;
     private long _nowNs;
@@ -122,17 +126,6 @@ internal sealed partial class ControlledScheduler
         }
     }
 
-    private static bool Before(long t, Slot s, long bestT, Slot? best)
-    {
-        if (best == null || t != bestT)
-        {
-            return best == null || t < bestT;
-        }
-
-        int cpu = s.Thread.Cpu?.Id ?? int.MaxValue, bestCpu = best.Thread.Cpu?.Id ?? int.MaxValue;
-        return cpu != bestCpu ? cpu < bestCpu : s.Index < best.Index;
-    }
-
     /// <summary>
     /// The virtual-time choice (under the lock). <paramref name="me"/> is the calling thread (null
     /// from outside); it goes on if it may. With nothing runnable the schedule pauses (null), or
@@ -175,25 +168,16 @@ internal sealed partial class ControlledScheduler
         service = null;
         serviceAt = 0;
         bool meEnabled = me is { Exited: false, Ready: null };
-        Slot? first = null;
-        long firstT = long.MaxValue, secondT = long.MaxValue;
-        Slot? second = null;
-        bool firstTimesOut = false;
-        bool firstServices = false;
-        foreach (var s in _live)
-        {
-            if (ReferenceEquals(s, me) && meEnabled)
-            {
-                continue;
-            }
 
+        // The blocked threads: each condition evaluated (there is no knowing which one changed).
+        Slot? b1 = null, b2 = null;
+        SlotKey k1 = SlotKey.None, k2 = SlotKey.None;
+        var kind1 = Wake.Ready;
+        foreach (var s in _blocked)
+        {
             long t;
-            bool timesOut = false, services = false;
-            if (s.Ready == null)
-            {
-                t = TimeOf(s);
-            }
-            else if (s.Ready())
+            var kind = Wake.Ready;
+            if (s.Ready!())
             {
                 if (s.StampNs < 0)
                 {
@@ -209,12 +193,12 @@ internal sealed partial class ControlledScheduler
                 if (mail < s.DeadlineNs)
                 {
                     t = Math.Max(TimeOf(s), mail);
-                    services = true;
+                    kind = Wake.Service;
                 }
                 else if (s.DeadlineNs != long.MaxValue)
                 {
                     t = Math.Max(TimeOf(s), s.DeadlineNs);
-                    timesOut = true;
+                    kind = Wake.Timeout;
                 }
                 else
                 {
@@ -222,25 +206,26 @@ internal sealed partial class ControlledScheduler
                 }
             }
 
-            if (Before(t, s, firstT, first))
+            var key = KeyOf(s, t);
+            if (key.CompareTo(k1) < 0)
             {
-                second = first;
-                secondT = firstT;
-                first = s;
-                firstT = t;
-                firstTimesOut = timesOut;
-                firstServices = services;
+                (b2, k2) = (b1, k1);
+                (b1, k1, kind1) = (s, key, kind);
             }
-            else if (Before(t, s, secondT, second))
+            else if (key.CompareTo(k2) < 0)
             {
-                second = s;
-                secondT = t;
+                (b2, k2) = (s, key);
             }
         }
 
-        if (meEnabled && (first == null || now <= firstT + _quantumNs))
+        // The runnable ones: a queue by time, since their times do not move while they wait.
+        _runnable.TryPeek(out var r1, out var rk1);
+        bool firstRunnable = r1 != null && rk1.CompareTo(k1) < 0;
+        var firstKey = firstRunnable ? rk1 : k1;
+        var first = firstRunnable ? r1 : b1;
+        if (meEnabled && (first == null || now <= firstKey.T + _quantumNs))
         {
-            _yieldAtNs = first == null ? long.MaxValue : firstT + _quantumNs;
+            _yieldAtNs = first == null ? long.MaxValue : firstKey.T + _quantumNs;
             return me;
         }
 
@@ -254,28 +239,65 @@ internal sealed partial class ControlledScheduler
             return null;
         }
 
-        if (firstServices)
+        if (!firstRunnable && kind1 == Wake.Service)
         {
             service = first.Spinner;
-            serviceAt = firstT;
+            serviceAt = firstKey.T;
             return null;
         }
 
-        long next = meEnabled ? Math.Min(now, secondT) : secondT;
-        _yieldAtNs = next == long.MaxValue ? long.MaxValue : next + _quantumNs;
-        if (firstTimesOut)
+        // The next one after the chosen: the yield time of the chosen.
+        SlotKey next;
+        if (firstRunnable)
         {
-            first.TimedOut = true;
+            _runnable.Dequeue();
+            next = _runnable.TryPeek(out _, out var rk2) && rk2.CompareTo(k1) < 0 ? rk2 : k1;
+        }
+        else
+        {
+            _blocked.Remove(first);
+            if (kind1 == Wake.Timeout)
+            {
+                first.TimedOut = true;
+            }
+
             first.Ready = null;
+            next = r1 != null && rk1.CompareTo(k2) < 0 ? rk1 : k2;
         }
 
-        Resume(first, firstT);
-        if (firstT > _nowNs)
+        long nextT = meEnabled ? Math.Min(now, next.T) : next.T;
+        _yieldAtNs = nextT == long.MaxValue ? long.MaxValue : nextT + _quantumNs;
+        if (meEnabled)
         {
-            _nowNs = firstT;
+            _runnable.Enqueue(me!, KeyOf(me!, now));
+        }
+
+        Resume(first, firstKey.T);
+        if (firstKey.T > _nowNs)
+        {
+            _nowNs = firstKey.T;
         }
 
         return first;
+    }
+
+    private static SlotKey KeyOf(Slot s, long t) => new(t, s.Thread.Cpu?.Id ?? int.MaxValue, s.Index);
+
+    /// <summary>Why a blocked thread is a candidate: its condition holds, its wait times out, or its CPU takes an IPI.</summary>
+    private enum Wake
+    {
+        Ready,
+        Timeout,
+        Service,
+    }
+
+    /// <summary>The order of candidates: time, then CPU id (none last), then creation.</summary>
+    private readonly record struct SlotKey(long T, int Cpu, int Index) : IComparable<SlotKey>
+    {
+        public static SlotKey None { get; } = new(long.MaxValue, int.MaxValue, int.MaxValue);
+
+        public int CompareTo(SlotKey other) =>
+            T != other.T ? T.CompareTo(other.T) : Cpu != other.Cpu ? Cpu.CompareTo(other.Cpu) : Index.CompareTo(other.Index);
     }
 
     /// <summary>Every live thread's scheduling state, for reports.</summary>

@@ -62,6 +62,10 @@ internal sealed partial class ControlledScheduler
             td.Controlled = slot;
             _strategy.ThreadCreated(slot.Index);
             _live.Add(slot);
+            if (IsVirtual)
+            {
+                _runnable.Enqueue(slot, KeyOf(slot, td.ReadyAtNs));
+            }
         }
     }
 
@@ -96,11 +100,6 @@ internal sealed partial class ControlledScheduler
         ThrowIfAborted();
         lock (_lock)
         {
-            if (IsVirtual)
-            {
-                me.Ready = null;
-            }
-
             me.Spinning = spinning;
             var next = Choose(me);
             if (ReferenceEquals(next, me))
@@ -153,6 +152,11 @@ internal sealed partial class ControlledScheduler
                 me.StampNs = -1;
                 me.DeadlineNs = deadlineNs;
                 me.Spinner = spinner;
+                if (IsVirtual)
+                {
+                    _blocked.Add(me);
+                }
+
                 var next = Choose(me);
                 runOn = ReferenceEquals(next, me);
                 if (!runOn)

@@ -72,8 +72,11 @@ internal static class PaperChecks
             Expect(m["pte_clears"] == m["mapped_pages"], $"{m["pte_clears"]} PTEs cleared for {m["mapped_pages"]} mapped (each mapping is removed again)");
             if (m.Cpus > 1)
             {
-                long expected = experiment.OriginalRounds(m);
-                Expect(rounds == expected, $"{rounds} shootdown rounds for {m["mappings"]} mappings (expected {expected})");
+                if (experiment.OriginalRounds(m) is var expected && expected >= 0)
+                {
+                    Expect(rounds == expected, $"{rounds} shootdown rounds for {m["mappings"]} mappings (expected {expected})");
+                }
+
                 Expect(targets == rounds * (m.Cpus - 1), $"{targets} targets in {rounds} broadcast rounds (expected {rounds * (m.Cpus - 1)}): IPIs = rounds x (N-1) less idle deferrals");
             }
         }

@@ -36,7 +36,8 @@ internal abstract class Experiment
 
     /// <summary>
     /// The shootdown rounds <c>original</c> must send on SMP for what <paramref name="m"/> did:
-    /// by default two per mapping (<c>pmap_qenter</c> and <c>pmap_qremove</c>).
+    /// by default two per mapping (<c>pmap_qenter</c> and <c>pmap_qremove</c>); -1 when a mix of
+    /// mechanisms makes no single rule (each is checked exactly in its own experiment).
     /// </summary>
     public virtual long OriginalRounds(Measurement m) => 2 * m["mappings"];
 

@@ -19,6 +19,7 @@ internal static class Experiments
         new VnodeReadExperiment(),
         new LruExperiment(),
         new MemcpyExperiment(),
+        new BuildExperiment(),
     ];
 
     /// <summary>Experiment names in the order they run and print.</summary>

@@ -22,7 +22,88 @@ internal sealed class PipeExperiment(bool huge) : Experiment
 
     public override bool PrivateMappings => true;
 
-    public override IReadOnlyList<Measurement> Run(Trial t)
+    public override bool HasAllCpuForm => true;
+
+    public override IReadOnlyList<Measurement> Run(Trial t) => t.Load == LoadForm.All ? RunPairs(t) : RunOne(t);
+
+    /// <summary>Every CPU works: N/2 writer and reader pairs (writer on CPU 2k, reader on 2k + 1; one pair on CPU 0 alone), the same total bytes.</summary>
+    private List<Measurement> RunPairs(Trial t)
+    {
+        var m = t.Machine;
+        int pairs = Math.Max(1, t.Cpus / 2);
+        long perPair = Math.Max(Chunk, t.Pick(1L << 30, 16L << 20, 2L << 20) / pairs / Chunk * Chunk);
+        long window = huge ? (2L * Nsfbufs(t) * Pte.PageSize + Chunk - 1) / Chunk * Chunk : Chunk;
+        var pipes = new SfBufNative.Kernel.Pipe[pairs];
+        var writerSpaces = new VmSpace[pairs];
+        var readerSpaces = new VmSpace[pairs];
+        m.Run(0, () =>
+        {
+            for (int p = 0; p < pairs; p++)
+            {
+                pipes[p] = SfBufNative.Kernel.Pipe.Create(t.Kernel);
+                writerSpaces[p] = m.CreateVmSpace();
+                writerSpaces[p].MapAnonymous(UserBase, window);
+                readerSpaces[p] = m.CreateVmSpace();
+                readerSpaces[p].MapAnonymous(UserBase, Chunk);
+            }
+        });
+
+        var received = new long[pairs];
+        t.Begin();
+        var threads = new List<KernelThread>();
+        for (int p = 0; p < pairs; p++)
+        {
+            int pair = p;
+            int writerCpu = t.Cpus == 1 ? 0 : 2 * pair, readerCpu = t.Cpus == 1 ? 0 : (2 * pair) + 1;
+            threads.Add(m.StartThread($"bw_pipe writer {pair}", () =>
+            {
+                long offset = 0;
+                for (long sent = 0; sent < perPair; sent += Chunk)
+                {
+                    Check(pipes[pair].Write(new Uio(UserBase + (ulong)offset, Chunk, UioSegment.UserSpace, UioDirection.Write)), "pipe write");
+                    offset = (offset + Chunk) % window;
+                }
+
+                pipes[pair].CloseWrite();
+            }, cpu: writerCpu, bound: true, vmspace: writerSpaces[pair]));
+            threads.Add(m.StartThread($"bw_pipe reader {pair}", () =>
+            {
+                while (true)
+                {
+                    var uio = new Uio(UserBase, Chunk, UioSegment.UserSpace, UioDirection.Read);
+                    Check(pipes[pair].Read(uio), "pipe read");
+                    long n = Chunk - uio.Resid;
+                    if (n == 0)
+                    {
+                        break;
+                    }
+
+                    received[pair] += n;
+                }
+            }, cpu: readerCpu, bound: true, vmspace: readerSpaces[pair]));
+        }
+
+        Trial.JoinAll([.. threads]);
+        t.End();
+        m.Run(0, () =>
+        {
+            foreach (var pipe in pipes)
+            {
+                pipe.CloseRead();
+            }
+        });
+        long total = perPair * pairs;
+        Require(received.Sum() == total, $"the readers got {received.Sum()} of {total} bytes");
+        return [t.Measure(Name, total, total / Chunk, new Dictionary<string, object>
+        {
+            ["write_bytes"] = Chunk,
+            ["writer_buffer_bytes"] = window,
+            ["direct_writes"] = pipes.Sum(p => p.DirectWrites),
+            ["pairs"] = pairs,
+        })];
+    }
+
+    private List<Measurement> RunOne(Trial t)
     {
         var m = t.Machine;
         long total = t.Pick(1L << 30, 16L << 20, 2L << 20);
