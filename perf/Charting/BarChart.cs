@@ -7,8 +7,9 @@ internal sealed record BarValue(int Group, int Series, double Value, double? Low
 
 /// <summary>
 /// Bars grouped along the horizontal axis (by CPU count, by experiment), one per series in each
-/// group, with error bars where the values have intervals, the values written over the bars, an
-/// optional reference line, and the legend beside the plot. The layout is computed from the
+/// group, with error bars where the values have intervals (named in the legend and explained by a
+/// caption under the plot), the values written over the bars, an optional reference line, and the
+/// legend beside the plot. The layout is computed from the
 /// labels so that none overlaps: every bar's slot is at least as wide as its value label (written
 /// upright when that would make the chart too wide) and every group as wide as its label.
 /// </summary>
@@ -19,9 +20,11 @@ internal sealed class BarChart : IChart
     private const int AxisPx = 110;
     private const int LegendCharPx = 8;
     private const int PlotHeightPx = 330;
+    private const int CaptionFontPx = 12;
+    private const int CaptionLinePx = 20;
 
     public BarChart(string fileName, string title, string yLabel, IReadOnlyList<string> groups, IReadOnlyList<ChartSeries> series, IReadOnlyList<BarValue> values,
-        double? reference = null, string? intervalLegend = null, bool valueLabels = true)
+        double? reference = null, string? intervalLegend = null, bool valueLabels = true, string? intervalCaption = null)
     {
         FileName = fileName;
         Title = title;
@@ -29,7 +32,9 @@ internal sealed class BarChart : IChart
         Series = series;
         Values = values;
         Reference = reference;
-        IntervalLegend = values.Any(v => v.Low is not null && v.High is not null) ? intervalLegend : null;
+        bool intervals = values.Any(v => v.Low is not null && v.High is not null);
+        IntervalLegend = intervals ? intervalLegend : null;
+        Caption = intervals ? intervalCaption : null;
         ValueLabels = valueLabels;
         Scale = AxisScale.For(values.SelectMany(v => new[] { v.Value, v.Low ?? double.NaN, v.High ?? double.NaN }).Concat(reference is { } r ? [r] : []));
         YLabel = AxisLabel.With(yLabel, Scale);
@@ -57,19 +62,25 @@ internal sealed class BarChart : IChart
     /// <summary>What the error bars are, for the legend; null when no value has an interval.</summary>
     public string? IntervalLegend { get; }
 
+    /// <summary>The line under the plot saying what the error bars leave out; null when no value has an interval.</summary>
+    public string? Caption { get; }
+
     public bool ValueLabels { get; }
 
     /// <summary>True when the value labels are written upright (horizontal ones would make the chart wider than its maximum).</summary>
     public bool UprightLabels => ValueLabels && Slots * HorizontalSlotPx > MaxWidth - AxisPx - LegendPx;
 
     /// <summary>The chart's width in pixels, from the layout: the slots or the title over the data area (ScottPlot centres it there), the value axis and the legend.</summary>
-    public int Width => Math.Max(800, (int)Math.Ceiling(Math.Max(Slots * SlotPx, ChartText.TitleWidth(Title))) + AxisPx + LegendPx);
+    public int Width => Math.Max(800, (int)Math.Ceiling(Math.Max(Math.Max(Slots * SlotPx, ChartText.TitleWidth(Title)), CaptionPx)) + AxisPx + LegendPx);
 
-    /// <summary>The chart's height in pixels: the plot, the title, the group labels, and room for the legend.</summary>
-    public int Height => Math.Max(PlotHeightPx + 150 + (GroupLines * 16), (LegendEntries * 22) + 120);
+    /// <summary>The chart's height in pixels: the plot, the title, the group labels, the caption, and room for the legend.</summary>
+    public int Height => Math.Max(PlotHeightPx + 150 + (GroupLines * 16) + (Caption is null ? 0 : CaptionLinePx), (LegendEntries * 22) + 120);
 
     /// <summary>The width of one bar's slot in pixels.</summary>
     public double SlotPx => UprightLabels ? Math.Max(24, GroupPx / (Series.Count + 1)) : HorizontalSlotPx;
+
+    /// <summary>The width the caption needs (12 px, about 6.5 px a character), laid out under the data area.</summary>
+    private double CaptionPx => Caption is null ? 0 : 6.5 * Caption.Length;
 
     private int Slots => Groups.Count * (Series.Count + 1);
 
@@ -176,6 +187,13 @@ internal sealed class BarChart : IChart
         if (Reference is { } r)
         {
             plot.Legend.ManualItems.Add(new LegendItem { LabelText = $"{AxisScale.Label(r)}× (no change)", LineColor = Colors.DimGray, LineWidth = 1.5f, LinePattern = LinePattern.Dashed });
+        }
+
+        if (Caption is { } caption)
+        {
+            plot.Axes.Bottom.Label.Text = caption;
+            plot.Axes.Bottom.Label.FontSize = CaptionFontPx;
+            plot.Axes.Bottom.Label.Bold = false;
         }
 
         plot.ShowLegend(Edge.Right);

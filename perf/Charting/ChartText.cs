@@ -1,28 +1,34 @@
 using System.Globalization;
 using Native.PageTable;
 using Native.Perf.Paper;
+using Native.Perf.Stats;
 
 namespace Native.Perf.Charting;
 
 /// <summary>
-/// The words on the charts: units (MiB, 2^20 bytes, as the text says; never "MB") and the line
+/// The words on the charts: units (MiB, 2^20 bytes, as the text says; never "MB"), the line
 /// under every title saying what the values come from: the CPU count and the machine, the cost
-/// profile, and the time mode, all read from the rows.
+/// profile, and the time mode, all read from the rows; and what the error bars are: within-run
+/// intervals (<see cref="WithinRun"/>), named so in the title and the legend and explained in the
+/// caption under the plot.
 /// </summary>
 internal static class ChartText
 {
     /// <summary>The unit of bulk data: 2^20 bytes.</summary>
     public const string MiB = "MiB";
 
-    /// <summary>What the error bars of a throughput chart are.</summary>
-    public const string MedianCi = "median, 95% CI across rounds";
+    /// <summary>What the bars and error bars of a chart with intervals are.</summary>
+    public const string MedianCi = "median, " + WithinRun.Interval + " across rounds";
 
-    /// <summary>What a throughput bar is: the median with its 95% CI across rounds, or the one round's value.</summary>
+    /// <summary>What a throughput bar is: the median with its within-run 95% CI across rounds, or the one round's value.</summary>
     public static string Summary(IEnumerable<PaperRow> rows) =>
         rows.Any(r => r.CiLow is not null && r.CiHigh is not null) ? MedianCi : rows.Any(r => r.Samples.Count > 1) ? "median across rounds" : "one round";
 
     /// <summary>The legend entry of the error bars.</summary>
-    public const string CiLegend = "95% CI of the median";
+    public const string CiLegend = WithinRun.Interval;
+
+    /// <summary>The caption under a chart with error bars: what they leave out.</summary>
+    public const string IntervalCaption = WithinRun.ChartCaption;
 
     /// <summary>The throughput unit of a row: MiB/s for bulk experiments, operations/s otherwise.</summary>
     public static string ThroughputUnit(PaperRow row)

@@ -11,16 +11,21 @@ namespace Native.Perf.Commands;
 
 /// <summary>
 /// <c>perf scaling</c>: what two CPUs running sf_buf alloc + kva + free at once deliver against
-/// one, as paired ratios with a confidence interval. BenchmarkDotNet measures the one-thread and
+/// one, as paired ratios with a within-run confidence interval (<see cref="WithinRun"/>). BenchmarkDotNet measures the one-thread and
 /// two-thread cases minutes apart, in separate processes, and on a VM whose host moves its cores
 /// the two can land in different host phases, which moves their ratio by ±20 % from run to run.
 /// Here both cases run in one machine, alternately, batch after batch, so that each pair's ratio
-/// is taken within one host phase (the paired-speedup design of <c>perf paper</c>).
+/// is taken within one host phase (the paired-speedup design of <c>perf paper</c>); for the same
+/// reason the interval leaves out the host's between-run variation.
 /// </summary>
 internal static class ScalingCommand
 {
     /// <summary>The paths measured: the BenchmarkDotNet suite's <c>Hit</c> and <c>Miss</c>.</summary>
     public static readonly string[] Paths = ["hit", "miss"];
+
+    /// <summary>The legend under the table: what the interval is and what it leaves out.</summary>
+    public const string Legend = WithinRun.Interval + ": the spread of this run's pairs of batches, all on one host phase; "
+        + "it does not include the host's between-run variation (phases lasting minutes).";
 
     private const int DefaultPairs = 20;
     private const int DefaultOps = 500_000;
@@ -69,7 +74,7 @@ internal static class ScalingCommand
             }
         });
 
-        var command = new Command("scaling", "Two CPUs against one on sf_buf alloc + kva + free: paired batches, the aggregate ratio with its 95% CI.")
+        var command = new Command("scaling", $"Two CPUs against one on sf_buf alloc + kva + free: paired batches, the aggregate ratio with its {WithinRun.Interval}.")
         {
             strategies, paths, pairs, ops,
         };
@@ -78,7 +83,8 @@ internal static class ScalingCommand
             AnsiConsole.MarkupLine($"[bold]perf scaling[/]: {parse.GetValue(pairs)} pairs of batches, {parse.GetValue(ops):N0} alloc + kva + free per thread per batch, "
                 + "default 2-CPU machine, zero cost profile, checked mode off; one thread: CPU 0 runs the loop while CPU 1 polls; two threads: both run it");
             AnsiConsole.MarkupLine($"aggregate = (two-thread operations per second) / (one-thread operations per second), per pair; {Markup.Escape(SampleSummary.CiMethod)}");
-            var table = new Table().AddColumns("strategy", "path", "1 thread, ns/op", "2 threads, ns/op per thread", "aggregate", "95% CI");
+            var table = new Table().AddColumns("strategy", "path", "1 thread, ns/op", "2 threads, ns/op per thread", "aggregate", WithinRun.Interval)
+                .Caption(Markup.Escape(Legend));
             foreach (string strategy in parse.GetRequiredValue(strategies).Distinct())
             {
                 foreach (string path in parse.GetRequiredValue(paths).Distinct())

@@ -4,7 +4,8 @@ namespace Native.Perf.Paper;
 
 /// <summary>
 /// PNG charts of a <c>perf paper</c> run (ScottPlot, rendered headless): per experiment the
-/// throughput of every strategy with its 95% CI, and against the CPU count the modelled mapping
+/// throughput of every strategy with its within-run 95% CI (the caption under it says what that
+/// leaves out), and against the CPU count the modelled mapping
 /// cost and the IPIs per unit; the IPIs per MiB of every bulk experiment; the LRU curve. Every
 /// chart's title says the CPU count, the cost profile and the time mode of its rows; value axes
 /// are logarithmic where the values span more than a decade (<see cref="AxisScale"/>); every
@@ -72,7 +73,7 @@ internal static class Charts
         return charts;
     }
 
-    /// <summary>One bar per strategy, grouped by CPU count: the median throughput with its 95% CI across rounds.</summary>
+    /// <summary>One bar per strategy, grouped by CPU count: the median throughput with its within-run 95% CI across rounds.</summary>
     public static BarChart Throughput(string fileName, string experiment, IReadOnlyList<PaperRow> rows)
     {
         ArgumentNullException.ThrowIfNull(rows);
@@ -98,7 +99,8 @@ internal static class Charts
             [.. cpuCounts.Select(CpuLabel)],
             [.. strategies.Select(s => ChartSeries.Of(s, styles[s]))],
             values,
-            intervalLegend: ChartText.CiLegend);
+            intervalLegend: ChartText.CiLegend,
+            intervalCaption: ChartText.IntervalCaption);
     }
 
     /// <summary>"1 CPU", "2 CPUs".</summary>

@@ -9,8 +9,11 @@ namespace Native.Perf.Paper;
 
 /// <summary>
 /// Renders <c>perf paper</c>'s rows: the terminal tables, the comparison with the original
-/// mechanisms (paired speedups with their CIs), warnings, JSON, CSV and Markdown. Generic over the
-/// strategies: every strategy in the rows gets its rows and its comparison column.
+/// mechanisms (paired speedups with their within-run intervals), warnings, JSON, CSV and Markdown.
+/// Generic over the strategies: every strategy in the rows gets its rows and its comparison column.
+/// Every table with an interval names it <see cref="WithinRun.Interval"/> and carries
+/// <see cref="WithinRun.Legend"/>: the intervals leave out the host's between-run variation, so
+/// nothing here calls a difference significant.
 /// </summary>
 internal static class PaperReport
 {
@@ -44,8 +47,8 @@ internal static class PaperReport
     ];
 
     /// <summary>
-    /// One table per experiment: median throughput with its CI and CV, the modelled mapping cost,
-    /// and per-MiB (or per-op) counts, side by side.
+    /// One table per experiment: median throughput with its within-run CI and CV, the modelled
+    /// mapping cost, and per-MiB (or per-op) counts, side by side; the legend under each.
     /// </summary>
     public static void PrintTables(IReadOnlyList<PaperRow> rows)
     {
@@ -62,7 +65,7 @@ internal static class PaperReport
             }
 
             table.AddColumn(new TableColumn(first.Bytes > 0 ? "MiB/s" : "ops/s").RightAligned())
-                .AddColumn(new TableColumn("95% CI").RightAligned())
+                .AddColumn(new TableColumn(WithinRun.Interval).RightAligned())
                 .AddColumn(new TableColumn("CV").RightAligned())
                 .AddColumn(new TableColumn($"model/{first.Unit}").RightAligned());
             foreach (var (_, header) in s_perUnit)
@@ -91,6 +94,11 @@ internal static class PaperReport
                 table.AddRow(cells.Select(c => new Text(c)));
             }
 
+            if (group.Any(r => r.CiLow is not null))
+            {
+                table.Caption(Markup.Escape(WithinRun.Legend));
+            }
+
             AnsiConsole.Write(table);
         }
     }
@@ -98,8 +106,11 @@ internal static class PaperReport
     /// <summary>One paired comparison: a strategy's throughput over the baseline's, round by round.</summary>
     public sealed record Speedup(string Experiment, string Point, int Cpus, string Strategy, SampleSummary Ratio, double BaselineIpis, double Ipis, bool Oversubscribed)
     {
-        /// <summary>The CI excludes 1.0: a real speedup (or slowdown).</summary>
-        public bool Significant => Ratio.DiffersFromOne;
+        /// <summary>
+        /// The within-run interval excludes 1.0: a speedup (or slowdown) within this run. Whether it
+        /// is the strategy's, not the host's, the row's counts must say (<see cref="WithinRun"/>).
+        /// </summary>
+        public bool ExcludesOne => Ratio.ExcludesOne;
     }
 
     /// <summary>The paired speedups of every strategy over <see cref="Baseline"/>, per experiment point and CPU count.</summary>
@@ -127,8 +138,8 @@ internal static class PaperReport
 
     /// <summary>
     /// The paper's comparison: per experiment and CPU count, each strategy's paired speedup over
-    /// <c>original</c> (median of the per-round ratios, with its 95% CI; "n.s." when the CI
-    /// includes 1.0) and how far its IPIs fell.
+    /// <c>original</c> (median of the per-round ratios, with its within-run 95% CI; marked
+    /// <see cref="WithinRun.HoldsOne"/> when the interval holds 1.0) and how far its IPIs fell.
     /// </summary>
     public static void PrintComparison(IReadOnlyList<PaperRow> rows)
     {
@@ -140,7 +151,7 @@ internal static class PaperReport
 
         var strategies = speedups.Select(s => s.Strategy).Distinct().ToList();
         var table = new Table().Border(TableBorder.Rounded)
-            .Title("[bold]against the original mechanisms[/]: paired speedup, median [[95% CI]]; IPIs per unit (and how far they fell from original's)")
+            .Title($"[bold]against the original mechanisms[/]: paired speedup, median [[{WithinRun.Interval}]]; IPIs per unit (and how far they fell from original's)")
             .AddColumn("experiment").AddColumn(new TableColumn("cpus").RightAligned())
             .AddColumn(new TableColumn($"{Baseline} IPIs").RightAligned());
         foreach (var s in strategies)
@@ -165,14 +176,19 @@ internal static class PaperReport
             table.AddRow(cells.Select(c => new Text(c)));
         }
 
+        if (speedups.Any(s => s.Ratio.CiLow is not null))
+        {
+            table.Caption(Markup.Escape(WithinRun.Legend));
+        }
+
         AnsiConsole.Write(table);
-        AnsiConsole.WriteLine($"speedups: per-round ratios of paired trials; {SampleSummary.CiMethod}; n.s. = the CI includes 1.0 (not a speedup); * = oversubscribed.");
+        AnsiConsole.WriteLine($"speedups: per-round ratios of paired trials; {WithinRun.HoldsOneLegend} * = oversubscribed.");
     }
 
     /// <summary>
-    /// A Markdown summary: median throughput with its CI, shootdowns/IPIs and the modelled cost
-    /// per unit for every experiment, strategy and CPU count (the results tables of docs/results.md), the
-    /// paired speedups over <c>original</c>, then the LRU hit rates.
+    /// A Markdown summary: median throughput with its within-run CI, shootdowns/IPIs and the
+    /// modelled cost per unit for every experiment, strategy and CPU count, the paired speedups over
+    /// <c>original</c>, each table with <see cref="WithinRun.Legend"/> under it, then the LRU hit rates.
     /// </summary>
     public static void WriteMarkdown(string path, IReadOnlyList<PaperRow> rows)
     {
@@ -193,7 +209,7 @@ internal static class PaperReport
         foreach (var group in rows.Where(r => r.Experiment != "lru").GroupBy(r => r.Experiment))
         {
             var first = group.First();
-            text.Append(CultureInfo.InvariantCulture, $"| {group.Key} | {(first.Bytes > 0 ? "MiB/s" : "ops/s")} [95% CI]<br>shootdowns / IPIs per {first.Unit}<br>modelled cost per {first.Unit} |");
+            text.Append(CultureInfo.InvariantCulture, $"| {group.Key} | {(first.Bytes > 0 ? "MiB/s" : "ops/s")} [{WithinRun.Interval}]<br>shootdowns / IPIs per {first.Unit}<br>modelled cost per {first.Unit} |");
             foreach (var c in cpus)
             {
                 foreach (var s in strategies)
@@ -208,11 +224,16 @@ internal static class PaperReport
             text.AppendLine();
         }
 
+        if (rows.Any(r => r.Experiment != "lru" && r.CiLow is not null))
+        {
+            text.AppendLine().AppendLine(CultureInfo.InvariantCulture, $"*{WithinRun.Legend}*");
+        }
+
         var speedups = Speedups(rows).Where(s => s.Point.Length == 0).ToList();
         if (speedups.Count > 0)
         {
             var others = speedups.Select(s => s.Strategy).Distinct().ToList();
-            text.AppendLine().AppendLine("| experiment | cpus | " + string.Join(" | ", others.Select(s => $"{s} over {Baseline}")) + " |");
+            text.AppendLine().AppendLine("| experiment | cpus | " + string.Join(" | ", others.Select(s => $"{s} over {Baseline} [{WithinRun.Interval}]")) + " |");
             text.AppendLine("|---|---:|" + string.Concat(Enumerable.Repeat("---:|", others.Count)));
             foreach (var group in speedups.GroupBy(s => (s.Experiment, s.Cpus)))
             {
@@ -224,6 +245,11 @@ internal static class PaperReport
                 }
 
                 text.AppendLine();
+            }
+
+            if (speedups.Any(s => s.Ratio.CiLow is not null))
+            {
+                text.AppendLine().AppendLine(CultureInfo.InvariantCulture, $"*{WithinRun.Legend} {WithinRun.HoldsOneLegend}*");
             }
         }
 
@@ -268,17 +294,17 @@ internal static class PaperReport
         File.WriteAllText(path, text.ToString());
     }
 
-    /// <summary>A speedup as text: <c>2.05x [1.90, 2.21]</c>, or with <c>n.s.</c> when its CI includes 1.0; <paramref name="separator"/> between the median and the CI.</summary>
+    /// <summary>A speedup as text: <c>2.05x [1.90, 2.21]</c>, marked <see cref="WithinRun.HoldsOne"/> when its within-run interval holds 1.0; <paramref name="separator"/> between the median and the interval.</summary>
     public static string SpeedupText(Speedup s, string separator = " ")
     {
         var r = s.Ratio;
         string median = r.Median.ToString("0.00", CultureInfo.InvariantCulture) + "x";
         if (r.CiLow is null)
         {
-            return $"{median} (1 round, no CI)";
+            return $"{median} (1 round, no interval)";
         }
 
-        return $"{median}{separator}{Interval(r.CiLow, r.CiHigh, v => v.ToString("0.00", CultureInfo.InvariantCulture))}{(s.Significant ? string.Empty : " n.s.")}";
+        return $"{median}{separator}{Interval(r.CiLow, r.CiHigh, v => v.ToString("0.00", CultureInfo.InvariantCulture))}{(s.ExcludesOne ? string.Empty : $" {WithinRun.HoldsOne}")}";
     }
 
     /// <summary>A modelled cost in ns, µs or ms.</summary>

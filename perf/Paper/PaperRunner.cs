@@ -355,7 +355,7 @@ internal static class PaperRunner
             warnings.Add($"{noisy.Count} of {rows.Count} rows vary by more than 10% between rounds (CV): "
                 + string.Join(", ", noisy.Take(12).Select(r => $"{r.Experiment}{(r.Point.Length > 0 ? $"[{r.Point}]" : string.Empty)}/{r.Strategy}/{r.Cpus}cpu {r.Cv:P0}"))
                 + (noisy.Count > 12 ? ", ..." : string.Empty)
-                + ". Their medians are uncertain (see the CI); more rounds (--repeat) or a quieter host narrow it.");
+                + $". Their medians are uncertain (see the {WithinRun.Interval}); more rounds (--repeat) or a quieter host narrow it, though no number of rounds in one run covers the host's between-run variation.");
         }
 
         if (load?.Warning() is { } busy)

@@ -9,7 +9,9 @@ namespace Native.Perf.Paper;
 /// <summary>
 /// <c>perf plot</c>: renders the charts of saved runs without running them again: those of a
 /// <c>perf paper --json</c> run (<c>--json</c>), and those of a <c>perf real --json</c> run
-/// (<c>--real-json</c>, compared with the <c>perf paper</c> run given by <c>--simulated</c>).
+/// (<c>--real-json</c>, compared with the <c>perf paper</c> run given by <c>--simulated</c>); and
+/// with <c>--markdown</c> the <c>perf paper</c> run's Markdown tables, as <c>perf paper --markdown</c>
+/// writes them.
 /// </summary>
 internal static class PlotCommand
 {
@@ -18,8 +20,9 @@ internal static class PlotCommand
         var json = new Option<FileInfo?>("--json") { Description = "Rows written by perf paper --json" };
         var realJson = new Option<FileInfo?>("--real-json") { Description = "Rows written by perf real --json (real-throughput-*.png; with --simulated, real-vs-simulated-*cpu.png)" };
         var simulated = new Option<FileInfo?>("--simulated") { Description = "Rows of the perf paper run the --real-json run is compared with (as perf real --simulated)" };
-        var output = new Option<DirectoryInfo>("--plot") { Description = "Directory for the PNG charts", Required = true };
-        var command = new Command("plot", "Render the charts of saved perf paper and perf real runs.") { json, realJson, simulated, output };
+        var output = new Option<DirectoryInfo?>("--plot") { Description = "Directory for the PNG charts" };
+        var markdown = new Option<FileInfo?>("--markdown") { Description = "Write the --json run's Markdown tables (as perf paper --markdown) to this file" };
+        var command = new Command("plot", "Render the charts (and, with --markdown, the Markdown tables) of saved perf paper and perf real runs.") { json, realJson, simulated, output, markdown };
         command.Validators.Add(result =>
         {
             if (result.GetValue(json) is null && result.GetValue(realJson) is null)
@@ -31,13 +34,31 @@ internal static class PlotCommand
             {
                 result.AddError("--simulated is the run --real-json is compared with: give --real-json too");
             }
+
+            if (result.GetValue(markdown) is not null && result.GetValue(json) is null)
+            {
+                result.AddError("--markdown renders the tables of a perf paper run: give --json too");
+            }
+
+            if (result.GetValue(output) is null && result.GetValue(markdown) is null)
+            {
+                result.AddError("give --plot (a directory for the charts), --markdown (a file for the tables), or both");
+            }
         });
         command.SetAction(parse =>
         {
-            string directory = parse.GetRequiredValue(output).FullName;
-            foreach (var file in Write(directory, parse.GetValue(json)?.FullName, parse.GetValue(realJson)?.FullName, parse.GetValue(simulated)?.FullName))
+            if (parse.GetValue(markdown) is { } md)
             {
-                AnsiConsole.WriteLine($"wrote {Path.GetRelativePath(Environment.CurrentDirectory, file)}");
+                PaperReport.WriteMarkdown(md.FullName, Load(parse.GetRequiredValue(json)!.FullName));
+                AnsiConsole.WriteLine($"wrote {Path.GetRelativePath(Environment.CurrentDirectory, md.FullName)}");
+            }
+
+            if (parse.GetValue(output) is { } directory)
+            {
+                foreach (var file in Write(directory.FullName, parse.GetValue(json)?.FullName, parse.GetValue(realJson)?.FullName, parse.GetValue(simulated)?.FullName))
+                {
+                    AnsiConsole.WriteLine($"wrote {Path.GetRelativePath(Environment.CurrentDirectory, file)}");
+                }
             }
 
             return 0;

@@ -6,7 +6,7 @@ namespace Native.Perf.Real;
 
 /// <summary>
 /// PNG charts of a <c>perf real</c> run: per experiment the median throughput of every strategy
-/// with its 95% CI, and per CPU count the simulated against the measured speedups over
+/// with its within-run 95% CI, and per CPU count the simulated against the measured speedups over
 /// <c>original</c>, each with its interval, on a log axis where they span more than a decade, with
 /// the 1× line. Titles say the CPU count, the cost profile and the time mode of each side.
 /// </summary>
@@ -70,6 +70,7 @@ internal static class RealCharts
             [s_simulated, s_measured],
             values,
             reference: 1.0,
-            intervalLegend: ChartText.CiLegend);
+            intervalLegend: ChartText.CiLegend,
+            intervalCaption: ChartText.IntervalCaption);
     }
 }

@@ -11,7 +11,7 @@ namespace Native.Perf.Real;
 /// <c>perf real</c>: the paper's experiments that make sense on real hardware, run unchanged on
 /// the host backend (the host's MMU and its real TLB shootdowns) for each strategy and CPU count,
 /// by <c>perf paper</c>'s own runner: repeated rounds with the strategies interleaved, medians
-/// with confidence intervals, paired speedups over <c>original</c>, every trial's relations
+/// with within-run confidence intervals, paired speedups over <c>original</c>, every trial's relations
 /// checked; beside them the host kernel's own counts and the cross-core round trip.
 /// </summary>
 internal static class RealCommand

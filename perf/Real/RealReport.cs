@@ -38,7 +38,11 @@ internal sealed record RealRunInfo(
     private static string Ns(double? ns) => ns is double v && v > 0 ? $"{v:0} ns" : "n/a";
 }
 
-/// <summary>Renders <c>perf real</c>'s rows: terminal tables, the comparison with the simulation, Markdown.</summary>
+/// <summary>
+/// Renders <c>perf real</c>'s rows: terminal tables, the comparison with the simulation, Markdown;
+/// every interval named <see cref="WithinRun.Interval"/>, with <see cref="WithinRun.Legend"/> under
+/// each table.
+/// </summary>
 internal static class RealReport
 {
     private static readonly (string Key, string Header)[] s_perUnit =
@@ -52,7 +56,7 @@ internal static class RealReport
         ("sfbuf_misses", "misses"),
     ];
 
-    /// <summary>One table per experiment: median throughput with its CI, the paired speedup, and host counts per unit (median trial).</summary>
+    /// <summary>One table per experiment: median throughput with its within-run CI, the paired speedup, and host counts per unit (median trial).</summary>
     public static void PrintTables(IReadOnlyList<PaperRow> rows)
     {
         var speedups = PaperReport.Speedups(rows);
@@ -63,8 +67,8 @@ internal static class RealReport
                 .Title($"[bold]{first.Experiment}[/] (host MMU, counts per {first.Unit}; * system-wide)")
                 .AddColumn("strategy").AddColumn(new TableColumn("cpus").RightAligned()).AddColumn(new TableColumn("n").RightAligned())
                 .AddColumn(new TableColumn(first.Bytes > 0 ? "MiB/s" : "ops/s").RightAligned())
-                .AddColumn(new TableColumn("95% CI").RightAligned())
-                .AddColumn(new TableColumn("x original [[95% CI]]").RightAligned());
+                .AddColumn(new TableColumn(WithinRun.Interval).RightAligned())
+                .AddColumn(new TableColumn($"x original [[{WithinRun.Interval}]]").RightAligned());
             foreach (var (_, header) in s_perUnit)
             {
                 table.AddColumn(new TableColumn(header).RightAligned());
@@ -86,6 +90,11 @@ internal static class RealReport
                 table.AddRow(cells.Select(c => new Text(c)));
             }
 
+            if (group.Any(r => r.CiLow is not null))
+            {
+                table.Caption(Markup.Escape($"{WithinRun.Legend} {WithinRun.HoldsOneLegend}"));
+            }
+
             AnsiConsole.Write(table);
         }
     }
@@ -95,7 +104,7 @@ internal static class RealReport
     {
         var table = new Table().Border(TableBorder.Rounded).Title("[bold]simulation (perf paper) against the host MMU (perf real): speedup over original[/]")
             .AddColumn("experiment").AddColumn(new TableColumn("cpus").RightAligned()).AddColumn("strategy")
-            .AddColumn(new TableColumn("simulated").RightAligned()).AddColumn(new TableColumn("measured [[95% CI]]").RightAligned())
+            .AddColumn(new TableColumn("simulated").RightAligned()).AddColumn(new TableColumn($"measured [[{WithinRun.Interval}]]").RightAligned())
             .AddColumn(new TableColumn("measured / simulated (agree: within 1.5x)").RightAligned())
             .AddColumn(new TableColumn("original MiB/s: simulated / measured").RightAligned())
             .AddColumn(new TableColumn("original: shootdowns asked / host flushes per unit").RightAligned());
@@ -115,6 +124,11 @@ internal static class RealReport
             table.AddRow(cells.Select(t => new Text(t)));
         }
 
+        if (comparison.Any(c => c.Measured.Ratio.CiLow is not null))
+        {
+            table.Caption(Markup.Escape($"{WithinRun.Legend} {WithinRun.HoldsOneLegend}"));
+        }
+
         AnsiConsole.Write(table);
     }
 
@@ -129,7 +143,7 @@ internal static class RealReport
         }
 
         text.AppendLine();
-        text.AppendLine("| experiment | cpus | strategy | throughput, median [95% CI] | x original [95% CI] | remaps | host flushes sent | shootdowns asked | per |");
+        text.AppendLine(CultureInfo.InvariantCulture, $"| experiment | cpus | strategy | throughput, median [{WithinRun.Interval}] | x original [{WithinRun.Interval}] | remaps | host flushes sent | shootdowns asked | per |");
         text.AppendLine("|---|---:|---|---:|---:|---:|---:|---:|---|");
         foreach (var r in Ordered(rows))
         {
@@ -139,15 +153,25 @@ internal static class RealReport
                 $"| {r.Experiment} | {r.Cpus} | {r.Strategy} | {PaperReport.Number(r.Throughput)}{interval} {(r.Bytes > 0 ? "MiB/s" : "ops/s")} | {(s is null ? "-" : PaperReport.SpeedupText(s))} | {Fmt(PerUnit(r, "host_remaps"))} | {Fmt(PerUnit(r, "host_flushes_sent"))} | {Fmt(PerUnit(r, "shootdowns"))} | {(r.Bytes > 0 ? "MiB" : "op")} |");
         }
 
+        if (rows.Any(r => r.CiLow is not null))
+        {
+            text.AppendLine().AppendLine(CultureInfo.InvariantCulture, $"*{WithinRun.Legend} {WithinRun.HoldsOneLegend}*");
+        }
+
         if (comparison is { Count: > 0 })
         {
             text.AppendLine();
-            text.AppendLine("| experiment | cpus | strategy | simulated speedup | measured speedup [95% CI] | measured / simulated | original MiB/s: simulated / measured | original: shootdowns asked / host flushes per unit |");
+            text.AppendLine(CultureInfo.InvariantCulture, $"| experiment | cpus | strategy | simulated speedup | measured speedup [{WithinRun.Interval}] | measured / simulated | original MiB/s: simulated / measured | original: shootdowns asked / host flushes per unit |");
             text.AppendLine("|---|---:|---|---:|---:|---:|---:|---:|");
             foreach (var c in comparison)
             {
                 text.AppendLine(CultureInfo.InvariantCulture,
                     $"| {c.Experiment} | {c.Cpus} | {c.Strategy} | {c.Simulated:0.00}x | {PaperReport.SpeedupText(c.Measured)} | {c.Factor:0.00} {c.Verdict} | {PaperReport.Number(c.SimulatedOriginal)} / {PaperReport.Number(c.MeasuredOriginal)} | {Fmt(c.ShootdownsAsked)} / {Fmt(c.HostFlushes)} |");
+            }
+
+            if (comparison.Any(c => c.Measured.Ratio.CiLow is not null))
+            {
+                text.AppendLine().AppendLine(CultureInfo.InvariantCulture, $"*{WithinRun.Legend} {WithinRun.HoldsOneLegend}*");
             }
         }
 
@@ -246,9 +270,9 @@ internal sealed record ComparisonRow(
     /// <summary>True when the two speedups are within a factor of 1.5 of each other.</summary>
     public bool Agrees => Factor is >= 1 / 1.5 and <= 1.5;
 
-    /// <summary>True when the simulated speedup lies inside the measured one's CI: the difference is then within the noise.</summary>
+    /// <summary>True when the simulated speedup lies inside the measured one's within-run CI: the difference is then within this run's noise alone.</summary>
     public bool SimulatedInsideCi => Measured.Ratio.CiContains(Simulated);
 
-    /// <summary>The verdict: agree (within 1.5x), differ, or differ by the medians only (the simulated value is inside the measured CI).</summary>
-    public string Verdict => Agrees ? "agree" : SimulatedInsideCi ? "differ (inside CI)" : "differ";
+    /// <summary>The verdict: agree (within 1.5x), differ, or differ by the medians only (the simulated value is inside the measured within-run CI).</summary>
+    public string Verdict => Agrees ? "agree" : SimulatedInsideCi ? "differ (inside within-run CI)" : "differ";
 }

@@ -4,6 +4,7 @@ using Native.PageTable;
 using Native.Perf.Charting;
 using Native.Perf.Paper;
 using Native.Perf.Real;
+using Native.Perf.Stats;
 using Native.SfBufNative;
 
 namespace Native.Perf.Report;
@@ -14,8 +15,9 @@ namespace Native.Perf.Report;
 /// <list type="bullet">
 /// <item><c>run FILE</c>: what the run was (rows, CPUs, checked trials, stale accesses, round trip, noisy rows);</item>
 /// <item><c>headline FILE CPUS</c>: per experiment, the paired speedups of the paper's strategies, <c>epoch-cache</c> and the best peer;</item>
-/// <item><c>throughput FILE CPUS</c>: the median throughput, its 95% CI and IPIs per unit of every strategy;</item>
+/// <item><c>throughput FILE CPUS</c>: the median throughput, its within-run 95% CI and IPIs per unit of every strategy;</item>
 /// <item><c>speedups FILE</c>: every paired speedup over <c>original</c>;</item>
+/// <item><c>between-runs FILE FILE...</c>: runs of the same tree, each run's within-run interval against the median of the other runs' medians;</item>
 /// <item><c>per-unit FILE CPUS COUNTER FORMAT</c>, <c>modelled FILE CPUS</c>: one count, or the modelled cost, per unit;</item>
 /// <item><c>lru FILE STRATEGY...</c>: the hit rate at each working-set size;</item>
 /// <item><c>real-vs-simulated MEASURED SIMULATED</c>: <c>perf real</c>'s comparison;</item>
@@ -23,6 +25,8 @@ namespace Native.Perf.Report;
 /// <item><c>trace-summary FILE</c>: the event counts of a committed <c>perf trace-summary --json</c>;</item>
 /// <item><c>strategies</c>, <c>cost-profiles</c>: the registry and the built-in cost profiles.</item>
 /// </list>
+/// Every table with an interval names it <see cref="WithinRun.Interval"/> and has
+/// <see cref="WithinRun.Legend"/> under it.
 /// </summary>
 internal static class DocTables
 {
@@ -36,6 +40,7 @@ internal static class DocTables
             ["headline", var file, var cpus] => Headline(results.Rows(file), Cpus(cpus)),
             ["throughput", var file, var cpus] => Throughput(results.Rows(file), Cpus(cpus)),
             ["speedups", var file] => Speedups(results.Rows(file)),
+            ["between-runs", .. var files] when files.Length >= 2 => BetweenRuns(files, results),
             ["per-unit", var file, var cpus, var counter, var format] => PerUnit(results.Rows(file), Cpus(cpus), r => r[counter] / r.Units, format, $"`{counter}` per MiB (per operation for exec and ptrace-word)"),
             ["modelled", var file, var cpus] => PerUnit(results.Rows(file), Cpus(cpus), r => r.ModelledNs / 1000, "0.0#", "modelled mapping cost, µs per MiB (per operation for exec and ptrace-word)"),
             ["lru", var file, .. var strategies] when strategies.Length > 0 => Lru(results.Rows(file), strategies),
@@ -82,7 +87,7 @@ internal static class DocTables
     {
         var speedups = PaperReport.Speedups(rows).Where(s => s.Cpus == cpus && s.Point.Length == 0).ToList();
         var text = new StringBuilder();
-        text.AppendLine(CultureInfo.InvariantCulture, $"*Paired speedup over `original` at {cpus} CPUs, median [95% CI] of the per-round ratios; n.s.: the CI holds 1.0; the best peer is the one with the highest median, whose CI may overlap others'. {Capital(TimeMode(rows))}, cost profile `{rows[0].CostProfile}`.*");
+        text.AppendLine(CultureInfo.InvariantCulture, $"*Paired speedup over `original` at {cpus} CPUs, median [{WithinRun.Interval}] of the per-round ratios; the best peer is the one with the highest median, whose interval may overlap others'. {Capital(TimeMode(rows))}, cost profile `{rows[0].CostProfile}`.*");
         text.AppendLine();
         text.AppendLine("| experiment | `original` IPIs per unit | `sfbuf-i386` | `sfbuf-amd64` (direct map) | `epoch-cache` | best peer |");
         text.AppendLine("|---|---:|---:|---:|---:|---|");
@@ -95,7 +100,7 @@ internal static class DocTables
                 $"| `{experiment}` | {PaperReport.Number(of[0].BaselineIpis)} | {Cell(SfBufMapper.I386)} | {Cell(SfBufMapper.Amd64)} | {Cell(SfBufMapper.EpochCache)} | {(best is null ? "-" : $"`{best.Strategy}` {Speedup(best, " ")}")} |");
         }
 
-        return text.ToString();
+        return text.Append(Legend(speedups: true)).ToString();
     }
 
     private static string Throughput(IReadOnlyList<PaperRow> rows, int cpus)
@@ -103,21 +108,21 @@ internal static class DocTables
         var at = rows.Where(r => r.Cpus == cpus && r.Point.Length == 0).ToList();
         var strategies = Ordered(at.Select(r => r.Strategy));
         var text = new StringBuilder();
-        text.AppendLine(CultureInfo.InvariantCulture, $"*{cpus} CPU{(cpus == 1 ? string.Empty : "s")}: median throughput, its 95% CI, and IPIs sent per unit in the median trial. {Capital(TimeMode(at))}, cost profile `{at[0].CostProfile}`.*");
+        text.AppendLine(CultureInfo.InvariantCulture, $"*{cpus} CPU{(cpus == 1 ? string.Empty : "s")}: median throughput, its {WithinRun.Interval}, and IPIs sent per unit in the median trial. {Capital(TimeMode(at))}, cost profile `{at[0].CostProfile}`.*");
         text.AppendLine();
         text.AppendLine("| experiment | unit | " + string.Join(" | ", strategies.Select(s => $"`{s}`")) + " |");
         text.AppendLine("|---|---|" + string.Concat(strategies.Select(_ => "---:|")));
         foreach (var experiment in at.Select(r => r.Experiment).Distinct())
         {
             var of = at.Where(r => r.Experiment == experiment).ToList();
-            string unit = of[0].Bytes > 0 ? "MiB/s<br>95% CI<br>IPIs/MiB" : "ops/s<br>95% CI<br>IPIs/op";
+            string unit = of[0].Bytes > 0 ? $"MiB/s<br>{WithinRun.Interval}<br>IPIs/MiB" : $"ops/s<br>{WithinRun.Interval}<br>IPIs/op";
             var cells = strategies.Select(s => of.FirstOrDefault(r => r.Strategy == s) is { } r
                 ? $"{PaperReport.Number(r.Throughput)}<br>{(r.CiLow is { } lo && r.CiHigh is { } hi ? $"[{PaperReport.Number(lo)}, {PaperReport.Number(hi)}]" : "-")}<br>{PaperReport.Number(r["ipis_sent"] / r.Units)}"
                 : "-");
             text.AppendLine(CultureInfo.InvariantCulture, $"| `{experiment}` | {unit} | {string.Join(" | ", cells)} |");
         }
 
-        return text.ToString();
+        return text.Append(Legend(speedups: false)).ToString();
     }
 
     private static string Speedups(IReadOnlyList<PaperRow> rows)
@@ -125,7 +130,7 @@ internal static class DocTables
         var speedups = PaperReport.Speedups(rows).Where(s => s.Point.Length == 0).ToList();
         var strategies = Ordered(speedups.Select(s => s.Strategy));
         var text = new StringBuilder();
-        text.AppendLine(CultureInfo.InvariantCulture, $"*Paired speedup over `original`: median [95% CI] of the per-round ratios; n.s.: the CI holds 1.0, no speedup. {Capital(TimeMode(rows))}, cost profile `{rows[0].CostProfile}`.*");
+        text.AppendLine(CultureInfo.InvariantCulture, $"*Paired speedup over `original`: median [{WithinRun.Interval}] of the per-round ratios. {Capital(TimeMode(rows))}, cost profile `{rows[0].CostProfile}`.*");
         text.AppendLine();
         text.AppendLine("| experiment | CPUs | `original` IPIs | " + string.Join(" | ", strategies.Select(s => $"`{s}`")) + " |");
         text.AppendLine("|---|---:|---:|" + string.Concat(strategies.Select(_ => "---:|")));
@@ -135,7 +140,76 @@ internal static class DocTables
             text.AppendLine(CultureInfo.InvariantCulture, $"| `{group.Key.Experiment}` | {group.Key.Cpus} | {PaperReport.Number(group.First().BaselineIpis)} | {string.Join(" | ", cells)} |");
         }
 
-        return text.ToString();
+        return text.Append(Legend(speedups: true)).ToString();
+    }
+
+    /// <summary>
+    /// Runs of the same tree against each other, what the within-run intervals leave out, measured:
+    /// for every cell all the runs have, whether each run's within-run interval holds the median of
+    /// the other runs' medians (throughput, and paired speedup over <c>original</c>), how many cells
+    /// held it in at least 80 % of the runs, and how far a run's median lies from the others'; and the
+    /// host's round trip in each run.
+    /// </summary>
+    private static string BetweenRuns(IReadOnlyList<string> files, DocResults results)
+    {
+        static (string, string, string, int) RowKey(PaperRow r) => (r.Experiment, r.Point, r.Strategy, r.Cpus);
+        static (string, string, string, int) SpeedupKey(PaperReport.Speedup s) => (s.Experiment, s.Point, s.Strategy, s.Cpus);
+        var runs = files.Select(results.Rows).ToList();
+        var rows = Cells(runs.Select(run => run.Where(r => r.CiLow is not null).ToDictionary(RowKey, Estimate.Of)).ToList());
+        var speedups = Cells(runs.Select(run => PaperReport.Speedups(run).Where(s => s.Ratio.CiLow is not null).ToDictionary(SpeedupKey, s => Estimate.Of(s.Ratio))).ToList());
+        if (rows.Count == 0)
+        {
+            throw new InvalidDataException($"{string.Join(", ", files)} have no cell with an interval in common");
+        }
+
+        var names = files.Select((_, i) => ((char)('A' + i)).ToString()).ToList();
+        string Both(Func<List<Estimate[]>, string> of) => $"{of(rows)} | {(speedups.Count == 0 ? "-" : of(speedups))}";
+        var text = new StringBuilder();
+        text.AppendLine(CultureInfo.InvariantCulture,
+            $"*{runs.Count} runs of the same tree, {string.Join(", ", files.Select((f, i) => $"`{f}` ({names[i]})"))}: in every cell, each run's {WithinRun.Interval} against the median of the other runs' medians. {Capital(TimeMode(runs[0]))}, cost profile `{runs[0][0].CostProfile}`.*");
+        text.AppendLine();
+        text.AppendLine("| | throughput | paired speedup over `original` |");
+        text.AppendLine("|---|---:|---:|");
+        text.AppendLine(CultureInfo.InvariantCulture, $"| cells with an interval in every run | {Both(c => c.Count.ToString(CultureInfo.InvariantCulture))} |");
+        text.AppendLine(CultureInfo.InvariantCulture, $"| intervals that hold the median of the other runs' medians | {Both(c => Share(c.Sum(cell => Enumerable.Range(0, cell.Length).Count(i => HoldsOthers(cell, i))), c.Count * runs.Count))} |");
+        text.AppendLine(CultureInfo.InvariantCulture, $"| the same, per run: {string.Join(", ", names)} | {Both(c => string.Join(", ", Enumerable.Range(0, runs.Count).Select(i => Share(c.Count(cell => HoldsOthers(cell, i)), c.Count))))} |");
+        text.AppendLine(CultureInfo.InvariantCulture, $"| cells whose intervals hold it in at least 80 % of the runs | {Both(c => Share(c.Count(cell => Enumerable.Range(0, cell.Length).Count(i => HoldsOthers(cell, i)) >= 0.8 * cell.Length), c.Count))} |");
+        text.AppendLine(CultureInfo.InvariantCulture, $"| factor between a run's median and the others': median, 90th percentile, largest | {Both(Factors)} |");
+        text.AppendLine(CultureInfo.InvariantCulture, $"| host's cross-core round trip, median over each run's trials | {string.Join(", ", runs.Select(RoundTrip))} | |");
+        return text.Append(Legend(speedups: false)).ToString();
+
+        static List<Estimate[]> Cells<TKey>(List<Dictionary<TKey, Estimate>> perRun)
+            where TKey : notnull =>
+            [.. perRun[0].Keys.Where(k => perRun.All(run => run.ContainsKey(k))).Select(k => perRun.Select(run => run[k]).ToArray())];
+
+        static double Others(Estimate[] cell, int i) =>
+            SampleSummary.Of([.. cell.Where((_, j) => j != i).Select(e => e.Median)]).Median;
+
+        static bool HoldsOthers(Estimate[] cell, int i) => cell[i].Holds(Others(cell, i));
+
+        static string Share(int count, int of) => string.Create(CultureInfo.InvariantCulture, $"{count} of {of} ({100.0 * count / of:0} %)");
+
+        static string Factors(List<Estimate[]> cells)
+        {
+            var factors = cells.SelectMany(cell => cell.Select((e, i) => Math.Max(e.Median / Others(cell, i), Others(cell, i) / e.Median))).Order().ToList();
+            return string.Create(CultureInfo.InvariantCulture, $"{DocQueries.Percentile(factors, 0.5):0.00}×, {DocQueries.Percentile(factors, 0.9):0.00}×, {factors[^1]:0.00}×");
+        }
+
+        static string RoundTrip(IReadOnlyList<PaperRow> run)
+        {
+            var trips = run.Select(r => JsonValues.Number(r.Params.GetValueOrDefault("round_trip_ns"))).OfType<double>().Order().ToList();
+            return trips.Count == 0 ? "-" : string.Create(CultureInfo.InvariantCulture, $"{DocQueries.Percentile(trips, 0.5):0} ns");
+        }
+    }
+
+    /// <summary>A median and its within-run interval, as a row or a paired speedup gives them.</summary>
+    private sealed record Estimate(double Median, double Low, double High)
+    {
+        public static Estimate Of(PaperRow row) => new(row.Throughput, row.CiLow!.Value, row.CiHigh!.Value);
+
+        public static Estimate Of(SampleSummary ratio) => new(ratio.Median, ratio.CiLow!.Value, ratio.CiHigh!.Value);
+
+        public bool Holds(double value) => Low <= value && value <= High;
     }
 
     private static string PerUnit(IReadOnlyList<PaperRow> rows, int cpus, Func<PaperRow, double> value, string format, string what)
@@ -186,7 +260,7 @@ internal static class DocTables
         var text = new StringBuilder();
         text.AppendLine(CultureInfo.InvariantCulture, $"*Paired speedup over `original`, simulated (`perf paper --cost {simulated[0].CostProfile}`) against measured on the host MMU (`perf real`), both {ChartText.TimeMode(measured)}; \"agree\": within a factor of 1.5. {comparison.Count(c => c.Agrees)} of {comparison.Count} agree.*");
         text.AppendLine();
-        text.AppendLine("| experiment | CPUs | strategy | simulated | measured [95% CI] | measured / simulated | `original` MiB/s: simulated / measured | `original`: shootdowns asked / host flushes per MiB |");
+        text.AppendLine(CultureInfo.InvariantCulture, $"| experiment | CPUs | strategy | simulated | measured [{WithinRun.Interval}] | measured / simulated | `original` MiB/s: simulated / measured | `original`: shootdowns asked / host flushes per MiB |");
         text.AppendLine("|---|---:|---|---:|---:|---:|---:|---:|");
         foreach (var c in comparison)
         {
@@ -194,7 +268,7 @@ internal static class DocTables
                 $"| `{c.Experiment}` | {c.Cpus} | `{c.Strategy}` | {c.Simulated:0.00}× | {Speedup(c.Measured, " ")} | {c.Factor:0.00} {c.Verdict} | {PaperReport.Number(c.SimulatedOriginal)} / {PaperReport.Number(c.MeasuredOriginal)} | {PaperReport.Number(c.ShootdownsAsked ?? double.NaN)} / {PaperReport.Number(c.HostFlushes ?? double.NaN)} |");
         }
 
-        return text.ToString();
+        return text.Append(Legend(speedups: true)).ToString();
     }
 
     private static string Excerpt(string root, string file, string[] ranges)
@@ -255,8 +329,12 @@ internal static class DocTables
         return [.. present.OrderBy(s => order.IndexOf(s) is int i and >= 0 ? i : int.MaxValue).ThenBy(s => s, StringComparer.Ordinal)];
     }
 
+    /// <summary>The legend line under a table with intervals, after a blank line; of speedups, with what <see cref="WithinRun.HoldsOne"/> means.</summary>
+    private static string Legend(bool speedups) =>
+        $"\n*{WithinRun.Legend}{(speedups ? $" {WithinRun.HoldsOneLegend}" : string.Empty)}*\n";
+
     private static string Speedup(PaperReport.Speedup s, string separator) =>
-        string.Create(CultureInfo.InvariantCulture, $"{s.Ratio.Median:0.00}×{(s.Significant ? string.Empty : " n.s.")}{(s.Ratio.CiLow is { } lo && s.Ratio.CiHigh is { } hi ? $"{separator}[{lo:0.00}, {hi:0.00}]" : string.Empty)}");
+        string.Create(CultureInfo.InvariantCulture, $"{s.Ratio.Median:0.00}×{(s.ExcludesOne ? string.Empty : $" {WithinRun.HoldsOne}")}{(s.Ratio.CiLow is { } lo && s.Ratio.CiHigh is { } hi ? $"{separator}[{lo:0.00}, {hi:0.00}]" : string.Empty)}");
 
     private static string Capital(string s) => s.Length == 0 ? s : char.ToUpperInvariant(s[0]) + s[1..];
 

@@ -95,7 +95,7 @@ public sealed class HostLoad
         string during = others is { } o ? $"other processes kept {o:0.0#} of the {cores} host cores busy on average during the run" : "the host's CPU use during the run is unknown";
         string before = loadAverageAtStart is { } l ? $"; load average {l:0.0#} when it began" : string.Empty;
         return $"host busy: {during}{before}. Simulated CPUs are host threads, so they were descheduled: "
-            + "throughput is lower and noisier than on a quiet host, and CIs are wider (speedups whose CI includes 1.0 are marked n.s.). "
+            + $"throughput is lower and noisier than on a quiet host, and the within-run intervals are wider (speedups whose interval holds 1.0 are marked {WithinRun.HoldsOne}). "
             + "Counts and the modelled mapping cost are not affected. Rerun on a quiet host for timings.";
     }
 

@@ -6,7 +6,7 @@ namespace Native.Perf.Stats;
 
 /// <summary>
 /// Repeated measurements of one quantity, summarised: the median, a 95% confidence interval of
-/// the median, and the coefficient of variation. The statistics are Perfolizer's (the library
+/// the median over those measurements, and the coefficient of variation. The statistics are Perfolizer's (the library
 /// BenchmarkDotNet uses): the sample median (Hyndman-Fan type 7), and for the interval the
 /// Harrell-Davis estimate of the median with its Maritz-Jarrett standard error and a Student t
 /// quantile with n - 1 degrees of freedom (<see cref="CiMethod"/>), which suits the 3 to 10
@@ -14,12 +14,14 @@ namespace Native.Perf.Stats;
 /// descheduled thread makes a trial slower by a factor), so for positive samples the interval
 /// is computed on their logarithms and transformed back: it stays positive and a ratio's
 /// interval is symmetric in factors. The coefficient of variation is the sample standard
-/// deviation over the mean.
+/// deviation over the mean. The measurements of a run are its rounds, so the interval is a
+/// within-run one: it says how well this run's rounds pin the median down, not where another
+/// run on the same host would land (<see cref="WithinRun"/>).
 /// </summary>
 public sealed record SampleSummary
 {
     /// <summary>How the interval is computed, for output headers and documentation.</summary>
-    public const string CiMethod = "95% CI of the median: Harrell-Davis estimate with Maritz-Jarrett standard error and Student t (n-1 df) on the log of the samples (Perfolizer)";
+    public const string CiMethod = WithinRun.Interval + " of the median: Harrell-Davis estimate with Maritz-Jarrett standard error and Student t (n-1 df) on the log of the rounds' samples (Perfolizer); the host's between-run variation is not in it";
 
     /// <summary>Confidence level of the interval.</summary>
     public const double Level = 0.95;
@@ -42,10 +44,10 @@ public sealed record SampleSummary
     /// <summary>The sample median.</summary>
     public double Median { get; }
 
-    /// <summary>Lower end of the 95% confidence interval of the median; null with fewer than two samples.</summary>
+    /// <summary>Lower end of the (within-run) 95% confidence interval of the median; null with fewer than two samples.</summary>
     public double? CiLow { get; }
 
-    /// <summary>Upper end of the 95% confidence interval of the median; null with fewer than two samples.</summary>
+    /// <summary>Upper end of the (within-run) 95% confidence interval of the median; null with fewer than two samples.</summary>
     public double? CiHigh { get; }
 
     /// <summary>Coefficient of variation: sample standard deviation / mean (0 with fewer than two samples).</summary>
@@ -55,10 +57,11 @@ public sealed record SampleSummary
     public bool CiContains(double value) => CiLow is { } low && CiHigh is { } high && low <= value && value <= high;
 
     /// <summary>
-    /// For a ratio: true when it is significantly different from 1, i.e. the interval exists
-    /// and excludes 1.0. A speedup whose interval includes 1.0 is not a speedup.
+    /// For a ratio: true when the interval exists and excludes 1.0. A speedup whose interval
+    /// holds 1.0 shows no difference; one whose interval excludes it differs within this run,
+    /// which is not yet a difference between runs (<see cref="WithinRun"/>).
     /// </summary>
-    public bool DiffersFromOne => CiLow is not null && !CiContains(1.0);
+    public bool ExcludesOne => CiLow is not null && !CiContains(1.0);
 
     /// <summary>Summarises <paramref name="samples"/> (at least one, all finite).</summary>
     public static SampleSummary Of(IReadOnlyList<double> samples)

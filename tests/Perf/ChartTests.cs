@@ -215,13 +215,18 @@ public sealed partial class ChartTests
             Assert.That(chart.Values.All(v => v.Low is not null && v.High is not null && v.Low <= v.Value && v.Value <= v.High), Is.True, chart.FileName);
             Assert.That(chart.IntervalLegend, Is.EqualTo(ChartText.CiLegend), chart.FileName);
             Assert.That(chart.Title, Does.Contain(ChartText.MedianCi), chart.FileName);
+            Assert.That(chart.Caption, Is.EqualTo(ChartText.IntervalCaption), $"{chart.FileName}: the caption says what the error bars leave out");
         }
 
         foreach (var chart in bars.Where(c => c.FileName.StartsWith("real-vs-simulated-", StringComparison.Ordinal)))
         {
             Assert.That(chart.Reference, Is.EqualTo(1.0), chart.FileName);
             Assert.That(chart.Values.Count(v => v.Low is not null), Is.EqualTo(chart.Values.Count), $"{chart.FileName}: both sides have intervals");
+            Assert.That(chart.IntervalLegend, Is.EqualTo(ChartText.CiLegend), chart.FileName);
+            Assert.That(chart.Caption, Is.EqualTo(ChartText.IntervalCaption), chart.FileName);
         }
+
+        Assert.That(bars.Where(c => c.Values.All(v => v.Low is null)).Select(c => c.Caption), Is.All.Null, "no error bars, no caption about them");
     }
 
     [Test]
@@ -289,7 +294,7 @@ public sealed partial class ChartTests
 
     private static IEnumerable<string> Words(IChart chart) =>
         new[] { chart.Title, chart.XLabel, chart.YLabel }.Concat(chart.Series.Select(s => s.Name))
-            .Concat(chart is BarChart bars ? bars.Groups.Append(bars.IntervalLegend ?? string.Empty) : [])
+            .Concat(chart is BarChart bars ? bars.Groups.Append(bars.IntervalLegend ?? string.Empty).Append(bars.Caption ?? string.Empty) : [])
             .Concat(chart is LineChart lines ? lines.LegendTexts() : []);
 
     [GeneratedRegex(@"\bMB\b")]

@@ -7,7 +7,7 @@ namespace Native.Tests.Perf;
 /// <summary>
 /// The statistics <c>perf paper</c> reports, on data whose answers are worked out by hand here:
 /// the median, the CI (Harrell-Davis median with Maritz-Jarrett standard error and Student t, on
-/// the logarithms of positive samples), the CV, paired ratios and their significance, and the
+/// the logarithms of positive samples), the CV, paired ratios and whether their interval holds 1.0, and the
 /// interleaving of repeated trials.
 /// </summary>
 [TestFixture]
@@ -60,7 +60,7 @@ public sealed class StatisticsTests
         Assert.That(s.Median, Is.EqualTo(42));
         Assert.That(s.CiLow, Is.Null);
         Assert.That(s.CiHigh, Is.Null);
-        Assert.That(s.DiffersFromOne, Is.False, "no interval, no claim");
+        Assert.That(s.ExcludesOne, Is.False, "no interval, no claim");
     }
 
     [Test]
@@ -74,13 +74,13 @@ public sealed class StatisticsTests
         var steady = SampleSummary.OfRatios([200, 400, 600], [100, 200, 300]);
         Assert.That(steady.Samples, Is.EqualTo(new double[] { 2, 2, 2 }));
         Assert.That(steady.Median, Is.EqualTo(2));
-        Assert.That(steady.DiffersFromOne, Is.True);
+        Assert.That(steady.ExcludesOne, Is.True);
 
-        // Ratios 0.9, 1.1, 1.0: the CI includes 1.0, so this is no speedup.
+        // Ratios 0.9, 1.1, 1.0: the CI includes 1.0, so no speedup is shown.
         var noise = SampleSummary.OfRatios([90, 110, 100], [100, 100, 100]);
         Assert.That(noise.Median, Is.EqualTo(1.0).Within(1e-12));
         Assert.That(noise.CiContains(1.0), Is.True);
-        Assert.That(noise.DiffersFromOne, Is.False);
+        Assert.That(noise.ExcludesOne, Is.False);
     }
 
     [Test]
@@ -110,7 +110,7 @@ public sealed class StatisticsTests
     }
 
     [Test]
-    public void TheComparisonMarksASpeedupWhoseCiIncludesOneAsNotSignificant()
+    public void TheComparisonMarksASpeedupWhoseIntervalHoldsOne()
     {
         var rows = new List<PaperRow>
         {
@@ -123,10 +123,10 @@ public sealed class StatisticsTests
         var i386 = byStrategy["sfbuf-i386"];
         var amd64 = byStrategy["sfbuf-amd64"];
         Assert.That(i386.Ratio.Median, Is.EqualTo(2.0).Within(1e-12));
-        Assert.That(i386.Significant, Is.True);
-        Assert.That(PaperReport.SpeedupText(i386), Does.Not.Contain("n.s."));
-        Assert.That(amd64.Significant, Is.False);
-        Assert.That(PaperReport.SpeedupText(amd64), Does.EndWith("n.s."));
+        Assert.That(i386.ExcludesOne, Is.True);
+        Assert.That(PaperReport.SpeedupText(i386), Does.Not.Contain(WithinRun.HoldsOne));
+        Assert.That(amd64.ExcludesOne, Is.False);
+        Assert.That(PaperReport.SpeedupText(amd64), Does.EndWith(WithinRun.HoldsOne));
     }
 
     private static PaperRow Row(string strategy, double[] samples)
