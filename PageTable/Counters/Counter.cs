@@ -114,13 +114,16 @@ public enum Counter
 
     /// <summary>Cross-CPU waits that outlasted their spin and parked the host thread (published idle meanwhile on an oversubscribed machine).</summary>
     CrossCpuParks,
+
+    /// <summary>System calls and traps entered (priced by the profile's kernel entry in virtual time).</summary>
+    KernelEntries,
 }
 
 /// <summary>Schema names of <see cref="Counter"/> values.</summary>
 public static class CounterNames
 {
     /// <summary>Number of counters.</summary>
-    public const int Count = (int)Counter.CrossCpuParks + 1;
+    public const int Count = (int)Counter.KernelEntries + 1;
 
     private static readonly string[] s_names =
     [
@@ -130,6 +133,7 @@ public static class CounterNames
         "stale_accesses", "context_switches", "migrations", "mappings", "mapped_pages", "kmem_pte_writes",
         "mapping_tlb_misses", "ipi_invalidations", "ipi_flushes", "shootdown_target_pages", "shootdown_target_flushes",
         "mapping_flushes", "charged_ns", "latent_stale_accesses", "cross_cpu_parks",
+        "kernel_entries",
     ];
 
     /// <summary>The schema name of <paramref name="counter"/>.</summary>

@@ -23,6 +23,10 @@ internal sealed partial class ControlledScheduler
     private long _nowNs;
     private bool _scheduleRunning;
 
+    // True while the scheduler evaluates blocked threads' conditions on the running host thread: a
+    // condition that passes a scheduling point (a wait loop's own) must not re-enter the scheduler.
+    private bool _evaluating;
+
     /// <summary>A virtual-time scheduler with quantum <paramref name="quantumNs"/>.</summary>
     public ControlledScheduler(long quantumNs)
         : this(new ClockOrder(), int.MaxValue)
@@ -173,49 +177,58 @@ internal sealed partial class ControlledScheduler
         Slot? b1 = null, b2 = null;
         SlotKey k1 = SlotKey.None, k2 = SlotKey.None;
         var kind1 = Wake.Ready;
-        foreach (var s in _blocked)
+        _evaluating = true;
+        try
         {
-            long t;
-            var kind = Wake.Ready;
-            if (s.Ready!())
+            foreach (var s in _blocked)
             {
-                if (s.StampNs < 0)
+                long t;
+                var kind = Wake.Ready;
+                if (s.Ready!())
                 {
-                    s.StampNs = stampAt;
-                }
+                    if (s.StampNs < 0)
+                    {
+                        s.StampNs = stampAt;
+                    }
 
-                t = Math.Max(TimeOf(s), s.StampNs);
-            }
-            else
-            {
-                s.StampNs = -1;
-                long mail = s.Spinner?.PendingMailArrivalNs ?? long.MaxValue;
-                if (mail < s.DeadlineNs)
-                {
-                    t = Math.Max(TimeOf(s), mail);
-                    kind = Wake.Service;
-                }
-                else if (s.DeadlineNs != long.MaxValue)
-                {
-                    t = Math.Max(TimeOf(s), s.DeadlineNs);
-                    kind = Wake.Timeout;
+                    t = Math.Max(TimeOf(s), s.StampNs);
                 }
                 else
                 {
-                    continue;
+                    s.StampNs = -1;
+                    long mail = s.Spinner?.PendingMailArrivalNs ?? long.MaxValue;
+                    if (mail < s.DeadlineNs)
+                    {
+                        t = Math.Max(TimeOf(s), mail);
+                        kind = Wake.Service;
+                    }
+                    else if (s.DeadlineNs != long.MaxValue)
+                    {
+                        t = Math.Max(TimeOf(s), s.DeadlineNs);
+                        kind = Wake.Timeout;
+                    }
+                    else
+                    {
+                        continue;
+                    }
+                }
+
+                var key = KeyOf(s, t);
+                if (key.CompareTo(k1) < 0)
+                {
+                    (b2, k2) = (b1, k1);
+                    (b1, k1, kind1) = (s, key, kind);
+                }
+                else if (key.CompareTo(k2) < 0)
+                {
+                    (b2, k2) = (s, key);
                 }
             }
 
-            var key = KeyOf(s, t);
-            if (key.CompareTo(k1) < 0)
-            {
-                (b2, k2) = (b1, k1);
-                (b1, k1, kind1) = (s, key, kind);
-            }
-            else if (key.CompareTo(k2) < 0)
-            {
-                (b2, k2) = (s, key);
-            }
+        }
+        finally
+        {
+            _evaluating = false;
         }
 
         // The runnable ones: a queue by time, since their times do not move while they wait.

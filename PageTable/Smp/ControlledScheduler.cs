@@ -96,6 +96,11 @@ internal sealed partial class ControlledScheduler
     /// <summary>A scheduling point: another thread may run before the caller continues.</summary>
     public void Yield(KernelThread td, bool spinning = false)
     {
+        if (_evaluating)
+        {
+            return;
+        }
+
         var me = td.Controlled!;
         ThrowIfAborted();
         lock (_lock)

@@ -165,8 +165,12 @@ public sealed unsafe partial class Cpu
         AccessPoint();
     }
 
-    /// <summary>Kernel entry (a system call or trap) on this CPU: priced in virtual time.</summary>
-    public void EnterKernel() => Work(_cost.KernelEntry);
+    /// <summary>Kernel entry (a system call or trap) on this CPU: counted, and priced in virtual time.</summary>
+    public void EnterKernel()
+    {
+        Count(Counter.KernelEntries);
+        Work(_cost.KernelEntry);
+    }
 
     // ---------------------------------------------------------------- memory access
 

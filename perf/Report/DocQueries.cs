@@ -131,6 +131,11 @@ internal static class DocQueries
                 return rows.Sum(r => r.CheckedTrials);
             case "stale":
                 return rows.Sum(r => r["stale_accesses"] + r["latent_stale_accesses"]);
+            case "host_ns_per_step":
+                long steps = rows.Sum(r => r.SchedulingSteps ?? 0);
+                return steps > 0 ? rows.Sum(r => r.HostSeconds) * 1e9 / steps : throw new KeyNotFoundException("no row records scheduling steps (not a virtual-time run)");
+            case "max_cpus":
+                return rows.Max(r => r.Cpus);
             case "round_trip_p10" or "round_trip_p50" or "round_trip_p90":
                 var trips = rows.Select(r => JsonValues.Number(r.Params.GetValueOrDefault("round_trip_ns"))).OfType<double>().Order().ToList();
                 if (trips.Count == 0)

@@ -47,6 +47,7 @@ internal static class DocTables
             ["real-vs-simulated", var measured, var simulated] => RealVsSimulated(results.Rows(measured), results.Rows(simulated)),
             ["excerpt", var file, .. var ranges] when ranges.Length > 0 => Excerpt(results.Root, file, ranges),
             ["trace-summary", var file] => Commands.TraceSummary.FromJson(Path.Combine(results.Root, "docs", "results", file)).ToMarkdown(),
+            ["scale", var file, var experiment] => Scale(results.Rows(file), experiment),
             ["strategies"] => Strategies(),
             ["cost-profiles"] => CostProfilesTable(),
             _ => throw new ArgumentException($"unknown generated block '{args}'"),
@@ -123,6 +124,36 @@ internal static class DocTables
         }
 
         return text.Append(Legend(speedups: false)).ToString();
+    }
+
+    /// <summary><c>perf scale</c>'s rows of one experiment: per strategy and CPU count, throughput, IPIs and modelled cost per unit.</summary>
+    private static string Scale(IReadOnlyList<PaperRow> rows, string experiment)
+    {
+        var of = rows.Where(r => r.Experiment == experiment && r.Point.Length == 0).ToList();
+        if (of.Count == 0)
+        {
+            throw new ArgumentException($"no rows of '{experiment}'");
+        }
+
+        var cpus = of.Select(r => r.Cpus).Distinct().Order().ToList();
+        var first = of[0];
+        string unit = first.Bytes > 0 ? "MiB" : first.Params.GetValueOrDefault("ops_are") as string is { Length: > 0 } ops ? ops.TrimEnd('s') : "op";
+        var text = new StringBuilder();
+        text.AppendLine(CultureInfo.InvariantCulture,
+            $"*`{experiment}`: {(first.Bytes > 0 ? "MiB/s" : $"{unit}s per second")}, then IPIs sent and modelled mapping cost (µs) per {unit}, against the simulated CPU count. "
+            + $"{Capital(TimeMode(of))}, cost profile `{first.CostProfile}`, quantum {first.QuantumNs} ns: one deterministic trial per cell, no interval.*");
+        text.AppendLine();
+        text.AppendLine("| strategy | " + string.Join(" | ", cpus) + " |");
+        text.AppendLine("|---|" + string.Concat(cpus.Select(_ => "---:|")));
+        foreach (var strategy in Ordered(of.Select(r => r.Strategy)))
+        {
+            var cells = cpus.Select(c => of.FirstOrDefault(r => r.Strategy == strategy && r.Cpus == c) is { } r
+                ? $"{PaperReport.Number(r.Throughput)}<br>{PaperReport.Number(r["ipis_sent"] / r.Units)}<br>{PaperReport.Number(r.ModelledNs / 1000)}"
+                : "-");
+            text.AppendLine(CultureInfo.InvariantCulture, $"| `{strategy}` | {string.Join(" | ", cells)} |");
+        }
+
+        return text.ToString();
     }
 
     private static string Speedups(IReadOnlyList<PaperRow> rows)
@@ -317,6 +348,16 @@ internal static class DocTables
         {
             text.AppendLine(CultureInfo.InvariantCulture,
                 $"| `{m.Name}` | {m.LocalInvalidateNs:0.#} ns | {m.FullFlushNs:0.#} ns | {m.TlbMissWalkNs:0.#} ns | {m.PteWriteNs:0.#} ns | {m.IpiSendNs:0.#} ns | {m.IpiDeliveryNs:0.#} ns | {m.IpiHandlerNs:0.#} ns | {Escape(m.Source)} |");
+        }
+
+        // The prices of work the host really does in real time: virtual time charges them instead.
+        text.AppendLine();
+        text.AppendLine("| profile | copy | kernel entry | lock | lock hand-off | wakeup | context switch | spin turn |");
+        text.AppendLine("|---|---:|---:|---:|---:|---:|---:|---:|");
+        foreach (var m in CostModel.Builtin.Values)
+        {
+            text.AppendLine(CultureInfo.InvariantCulture,
+                $"| `{m.Name}` | {m.CopyBytesPerNs:0.#} B/ns | {m.KernelEntryNs:0.#} ns | {m.LockNs:0.#} ns | {m.LockHandoffNs:0.#} ns | {m.WakeupNs:0.#} ns | {m.ContextSwitchNs:0.#} ns | {m.SpinNs:0.#} ns |");
         }
 
         return text.ToString();

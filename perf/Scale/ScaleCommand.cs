@@ -126,12 +126,19 @@ internal static class ScaleCommand
         var timed = new IReadOnlyList<Measurement>[cells.Count];
         var verification = new IReadOnlyList<Measurement>[cells.Count];
         int done = 0;
+        bool verbose = Environment.GetEnvironmentVariable("PERF_SCALE_VERBOSE") == "1";
         Parallel.For(0, cells.Count, new ParallelOptions { MaxDegreeOfParallelism = degree }, i =>
         {
+            var clock = Stopwatch.StartNew();
             verification[i] = verify ? PaperRunner.RunTrial(plan, cells[i], TrialSize.Check, isChecked: true) : [];
+            double checkSeconds = clock.Elapsed.TotalSeconds;
             timed[i] = PaperRunner.RunTrial(plan, cells[i], plan.Size, plan.CheckedTiming);
             int n = Interlocked.Increment(ref done);
-            if (n % 25 == 0 || n == cells.Count)
+            if (verbose)
+            {
+                Console.Error.WriteLine(string.Create(CultureInfo.InvariantCulture, $"  {cells[i]}: check {checkSeconds:0.00} s, timed {clock.Elapsed.TotalSeconds - checkSeconds:0.00} s"));
+            }
+            else if (n % 25 == 0 || n == cells.Count)
             {
                 Console.Error.WriteLine($"  {n}/{cells.Count} cells");
             }

@@ -75,6 +75,7 @@ public static class Exec
     /// <summary>As <see cref="Execve(SimKernel, string, out ExecResult?)"/>; <paramref name="reason"/> says why it failed (FreeBSD's <c>uprintf</c>).</summary>
     public static int Execve(SimKernel kernel, string path, out ExecResult? result, out string? reason)
     {
+        KernelThread.CurrentOrNull?.Cpu?.EnterKernel();
         ArgumentNullException.ThrowIfNull(kernel);
         ArgumentNullException.ThrowIfNull(path);
         result = null;

@@ -111,6 +111,7 @@ public sealed class MemoryDisk
     /// </summary>
     public int Strategy(BioCommand cmd, long offset, long length, ulong kernelBuffer)
     {
+        KernelThread.CurrentOrNull?.Cpu?.EnterKernel();
         if ((cmd != BioCommand.Read && cmd != BioCommand.Write)
             || length <= 0
             || offset < 0

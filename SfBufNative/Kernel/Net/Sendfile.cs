@@ -40,6 +40,7 @@ public static class Sendfile
     /// </returns>
     public static int Send(SimKernel kernel, Vnode file, Socket so, long offset, long length, CancellationToken signal, out long sent)
     {
+        KernelThread.CurrentOrNull?.Cpu?.EnterKernel();
         ArgumentNullException.ThrowIfNull(kernel);
         ArgumentNullException.ThrowIfNull(file);
         ArgumentNullException.ThrowIfNull(so);

@@ -88,6 +88,7 @@ public sealed class Pipe
     /// </summary>
     public int Write(Uio uio, CancellationToken signal = default)
     {
+        KernelThread.CurrentOrNull?.Cpu?.EnterKernel();
         ArgumentNullException.ThrowIfNull(uio);
         long start = uio.Resid;
         _mtx.Lock();
@@ -135,6 +136,7 @@ public sealed class Pipe
     /// </summary>
     public int Read(Uio uio, CancellationToken signal = default)
     {
+        KernelThread.CurrentOrNull?.Cpu?.EnterKernel();
         ArgumentNullException.ThrowIfNull(uio);
         _mtx.Lock();
         try

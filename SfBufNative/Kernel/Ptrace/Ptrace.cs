@@ -59,6 +59,7 @@ public sealed class Ptrace
     /// </summary>
     public int PeekWord(VmSpace target, ulong address, out ulong value)
     {
+        KernelThread.CurrentOrNull?.Cpu?.EnterKernel();
         value = 0;
         ulong slot = TakeSlot();
         try
@@ -87,6 +88,7 @@ public sealed class Ptrace
     /// </summary>
     public int PokeWord(VmSpace target, ulong address, ulong value)
     {
+        KernelThread.CurrentOrNull?.Cpu?.EnterKernel();
         ulong slot = TakeSlot();
         try
         {
@@ -148,6 +150,7 @@ public sealed class Ptrace
 
     private int Io(VmSpace target, ulong address, ulong userBuffer, long length, UioDirection direction, out long transferred)
     {
+        KernelThread.CurrentOrNull?.Cpu?.EnterKernel();
         var uio = new Uio(userBuffer, length, UioSegment.UserSpace, direction, (long)address);
         int error = ProcRwMem.Transfer(_kernel, target, uio);
         transferred = length - uio.Resid;

@@ -83,6 +83,7 @@ public static class VnodePager
     /// </summary>
     public static int Read(SimKernel kernel, Vnode vnode, Uio uio)
     {
+        KernelThread.CurrentOrNull?.Cpu?.EnterKernel();
         ArgumentNullException.ThrowIfNull(kernel);
         ArgumentNullException.ThrowIfNull(vnode);
         ArgumentNullException.ThrowIfNull(uio);
