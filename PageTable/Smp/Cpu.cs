@@ -992,7 +992,14 @@ public sealed unsafe partial class Cpu
         foreach (int t in targets)
         {
             CpuShared* target = _machine.SharedOf(t);
-            SchedulingPoint();
+
+            // Exploration interleaves between posts; virtual time needs no decision per target
+            // (the posts all happen at the initiator's clock), which keeps a broadcast linear in N.
+            if (!_virtual)
+            {
+                SchedulingPoint();
+            }
+
             while (true)
             {
                 ulong s = Volatile.Read(ref target->State);
