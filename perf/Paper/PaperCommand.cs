@@ -376,7 +376,7 @@ internal static class PaperRoundCommand
         var size = new Option<TrialSize>("--size") { Description = "Trial size", DefaultValueFactory = _ => TrialSize.Full };
         var command = new Command("paper-round", "One round of perf paper, as JSON lines (used by perf paper).")
         {
-            options.Cpus, options.Strategies, options.Peers, options.Experiments, options.Cost, options.Model, options.Checked, options.Backend, options.Host, round, size,
+            options.Cpus, options.Strategies, options.Peers, options.Experiments, options.Cost, options.Model, options.Checked, options.Backend, options.Host, options.Load, round, size,
         };
         command.Hidden = true;
         command.SetAction(parse =>

@@ -183,6 +183,8 @@ internal static class PaperRunner
         }
 
         args.AddRange(["--host", (plan.SharedHost ? HostMode.Shared : HostMode.Dedicated).ToString().ToLowerInvariant()]);
+        args.Add("--load");
+        args.AddRange(plan.LoadForms.Select(l => l.ToString().ToLowerInvariant()));
 
         return args;
     }

@@ -8,18 +8,22 @@ namespace Native.Perf.Report;
 /// The value an inline mark quotes: <c>FILE KEY FIELD FORMAT</c>.
 /// <list type="bullet">
 /// <item>FILE: a <c>perf paper --json</c> or <c>perf real --json</c> file under <c>docs/results</c>;
-/// <c>MEASURED~SIMULATED</c> for the comparison <c>perf real --simulated</c> prints.</item>
+/// <c>MEASURED~SIMULATED</c> for the comparison <c>perf real --simulated</c> prints;
+/// <c>REAL+VIRTUAL</c> for the comparison of real and virtual time (<see cref="TimeValidation"/>).</item>
 /// <item>KEY: <c>experiment/strategy/cpus</c> (plus <c>/point</c> for the LRU points) for one row,
 /// or <c>all</c> for a figure of the whole run.</item>
-/// <item>FIELD of a row: <c>throughput</c> (MiB/s or ops/s, the median), <c>ci_low</c>,
+/// <item>FIELD of a row: <c>throughput</c> (MiB/s or ops/s, the median), <c>ns_per_unit</c> and
+/// <c>us_per_unit</c> (its inverse: the time per MiB or operation), <c>ci_low</c>,
 /// <c>ci_high</c>, <c>cv</c> (a fraction), <c>modelled_ns</c> and <c>modelled_us</c> (per MiB or
 /// operation), <c>per_unit:COUNTER</c>, <c>count:COUNTER</c>, <c>speedup</c>, <c>speedup_low</c>,
 /// <c>speedup_high</c> (paired, over <c>original</c>), <c>hit_rate</c> (percent),
-/// <c>param:NAME</c>; of a comparison row: <c>simulated</c>, <c>measured</c>, <c>factor</c>.
+/// <c>param:NAME</c>; of a comparison row: <c>simulated</c>, <c>measured</c>, <c>factor</c>; of a
+/// validation cell: <c>real</c>, <c>virtual</c> (the two speedups), <c>factor</c> (virtual / real).
 /// FIELD of <c>all</c>: <c>rows</c>, <c>checked_trials</c>, <c>stale</c> (stale and latent stale
 /// accesses summed), <c>cv_above:X</c> (rows whose CV exceeds X), <c>round_trip_p10</c>,
 /// <c>round_trip_p50</c>, <c>round_trip_p90</c> (ns, over the rows' trials); of a comparison:
-/// <c>cells</c>, <c>agree</c>.</item>
+/// <c>cells</c>, <c>agree</c>; of a validation: <c>cells</c>, <c>agree</c>, <c>agree_percent</c>,
+/// <c>best</c> (experiments and CPU counts), <c>best_same</c>.</item>
 /// <item>FORMAT: a .NET numeric format (<c>N0</c>, <c>F2</c>, <c>0.##</c>), invariant culture.</item>
 /// </list>
 /// </summary>
@@ -66,8 +70,40 @@ internal static class DocQueries
             };
         }
 
+        if (file.Split('+') is [var realFile, var virtualFile])
+        {
+            return Validation(TimeValidation.Compare(results.Rows(realFile), results.Rows(virtualFile)), key, field);
+        }
+
         var rows = results.Rows(file);
         return key == "all" ? Whole(rows, field) : Row(rows, key, field);
+    }
+
+    private static double Validation(TimeValidation.Comparison comparison, string key, string field)
+    {
+        if (key == "all")
+        {
+            return field switch
+            {
+                "cells" => comparison.Cells.Count,
+                "agree" => comparison.Agreeing,
+                "agree_percent" => 100 * comparison.AgreeingShare,
+                "best" => comparison.Bests.Count,
+                "best_same" => comparison.SameBest,
+                _ => throw new ArgumentException($"unknown field '{field}' of a validation"),
+            };
+        }
+
+        var (experiment, strategy, cpus, point) = ParseKey(key);
+        var cell = comparison.Cells.SingleOrDefault(c => c.Experiment == experiment && c.Strategy == strategy && c.Cpus == cpus && c.Point == point)
+            ?? throw new KeyNotFoundException($"no validation cell {key}");
+        return field switch
+        {
+            "real" => cell.Real.Ratio.Median,
+            "virtual" => cell.Virtual,
+            "factor" => cell.Factor,
+            _ => throw new ArgumentException($"unknown field '{field}' of a validation cell"),
+        };
     }
 
     private static double Row(IReadOnlyList<PaperRow> rows, string key, string field)
@@ -85,6 +121,10 @@ internal static class DocQueries
                 return row.CiHigh ?? throw new KeyNotFoundException($"row {key} has no CI");
             case "cv":
                 return row.Cv;
+            case "ns_per_unit":
+                return 1e9 / row.Throughput;
+            case "us_per_unit":
+                return 1e6 / row.Throughput;
             case "modelled_ns":
                 return row.ModelledNs;
             case "modelled_us":

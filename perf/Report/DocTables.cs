@@ -21,6 +21,7 @@ namespace Native.Perf.Report;
 /// <item><c>per-unit FILE CPUS COUNTER FORMAT</c>, <c>modelled FILE CPUS</c>: one count, or the modelled cost, per unit;</item>
 /// <item><c>lru FILE STRATEGY...</c>: the hit rate at each working-set size;</item>
 /// <item><c>real-vs-simulated MEASURED SIMULATED</c>: <c>perf real</c>'s comparison;</item>
+/// <item><c>validation REAL VIRTUAL</c>: real-time against virtual-time speedups, cell by cell, and the best strategy without a direct map in each (<see cref="TimeValidation"/>);</item>
 /// <item><c>excerpt FILE FROM-TO...</c>: lines of a committed terminal output, clipped to 110 columns, in a code block;</item>
 /// <item><c>trace-summary FILE</c>: the event counts of a committed <c>perf trace-summary --json</c>;</item>
 /// <item><c>strategies</c>, <c>cost-profiles</c>: the registry and the built-in cost profiles.</item>
@@ -45,6 +46,7 @@ internal static class DocTables
             ["modelled", var file, var cpus] => PerUnit(results.Rows(file), Cpus(cpus), r => r.ModelledNs / 1000, "0.0#", "modelled mapping cost, µs per MiB (per operation for exec and ptrace-word)"),
             ["lru", var file, .. var strategies] when strategies.Length > 0 => Lru(results.Rows(file), strategies),
             ["real-vs-simulated", var measured, var simulated] => RealVsSimulated(results.Rows(measured), results.Rows(simulated)),
+            ["validation", var real, var virtualFile] => Validation(real, results.Rows(real), virtualFile, results.Rows(virtualFile)),
             ["excerpt", var file, .. var ranges] when ranges.Length > 0 => Excerpt(results.Root, file, ranges),
             ["trace-summary", var file] => Commands.TraceSummary.FromJson(Path.Combine(results.Root, "docs", "results", file)).ToMarkdown(),
             ["scale", var file, var experiment] => Scale(results.Rows(file), experiment),
@@ -300,6 +302,68 @@ internal static class DocTables
         }
 
         return text.Append(Legend(speedups: true)).ToString();
+    }
+
+    private static string Validation(string realFile, IReadOnlyList<PaperRow> real, string virtualFile, IReadOnlyList<PaperRow> virtualRows)
+    {
+        var comparison = TimeValidation.Compare(real, virtualRows);
+        if (comparison.Cells.Count == 0)
+        {
+            throw new ArgumentException($"{realFile} and {virtualFile} have no experiment, strategy and CPU count in common");
+        }
+
+        var strategies = Ordered(comparison.Cells.Select(c => c.Strategy));
+        string tolerance = TimeValidation.Tolerance.ToString("0.0", CultureInfo.InvariantCulture);
+        var text = new StringBuilder();
+        text.AppendLine(CultureInfo.InvariantCulture,
+            $"*Speedup over `original` in real time (`{realFile}`: the paired speedup, median of the per-round ratios, as the `speedups` table gives it) and in virtual time (`{virtualFile}`: the ratio of the throughputs of its one round); virtual / real, and \"agrees\" when that is within a factor of {tolerance}. {(real[0].CostProfile == virtualRows[0].CostProfile ? $"Cost profile `{real[0].CostProfile}` in both" : $"Cost profiles `{real[0].CostProfile}` (real) and `{virtualRows[0].CostProfile}` (virtual)")}.*");
+        text.AppendLine();
+        text.AppendLine(CultureInfo.InvariantCulture, $"**Validation:** {TimeValidation.Summary(comparison)}");
+        text.AppendLine();
+        text.AppendLine("*Per experiment and CPU count: the cells that agree; virtual / real over its strategies (median [lowest, highest]); the time per unit (MiB, or operation) of `original` and, the median over the other strategies, of the rest, in real / virtual time.*");
+        text.AppendLine();
+        text.AppendLine("| experiment | CPUs | agree | virtual / real | `original` per unit: real / virtual | the others per unit (median): real / virtual |");
+        text.AppendLine("|---|---:|---:|---:|---:|---:|");
+        foreach (var group in comparison.Cells.GroupBy(c => (c.Experiment, c.Point, c.Cpus)))
+        {
+            var factors = group.Select(c => c.Factor).Order().ToList();
+            var realNs = group.Select(c => 1e9 / c.RealRow.Throughput).Order().ToList();
+            var virtualNs = group.Select(c => 1e9 / c.VirtualRow.Throughput).Order().ToList();
+            var realBase = real.First(r => r.Experiment == group.Key.Experiment && r.Point == group.Key.Point && r.Cpus == group.Key.Cpus && r.Strategy == PaperReport.Baseline);
+            var virtualBase = virtualRows.First(r => r.Experiment == group.Key.Experiment && r.Point == group.Key.Point && r.Cpus == group.Key.Cpus && r.Strategy == PaperReport.Baseline);
+            text.AppendLine(CultureInfo.InvariantCulture,
+                $"| `{TimeValidation.Name(group.Key.Experiment, group.Key.Point)}` | {group.Key.Cpus} | {group.Count(c => c.Agrees)} of {group.Count()} | {DocQueries.Percentile(factors, 0.5):0.00} [{factors[0]:0.00}, {factors[^1]:0.00}] | {PaperReport.Nanoseconds(1e9 / realBase.Throughput)} / {PaperReport.Nanoseconds(1e9 / virtualBase.Throughput)} | {PaperReport.Nanoseconds(DocQueries.Percentile(realNs, 0.5))} / {PaperReport.Nanoseconds(DocQueries.Percentile(virtualNs, 0.5))} |");
+        }
+
+        text.AppendLine();
+        text.AppendLine(CultureInfo.InvariantCulture, $"*Every cell: the speedup in real time / in virtual time, then virtual / real; **differs**: not within a factor of {tolerance}.*");
+        text.AppendLine();
+        text.AppendLine("| experiment | CPUs | " + string.Join(" | ", strategies.Select(s => $"`{s}`")) + " |");
+        text.AppendLine("|---|---:|" + string.Concat(strategies.Select(_ => "---:|")));
+        foreach (var group in comparison.Cells.GroupBy(c => (c.Experiment, c.Point, c.Cpus)))
+        {
+            var cells = strategies.Select(s => group.FirstOrDefault(c => c.Strategy == s) is { } c
+                ? string.Create(CultureInfo.InvariantCulture, $"{c.Real.Ratio.Median:0.00}× / {c.Virtual:0.00}×<br>{c.Factor:0.00}{(c.Agrees ? string.Empty : " **differs**")}")
+                : "-");
+            text.AppendLine(CultureInfo.InvariantCulture, $"| `{TimeValidation.Name(group.Key.Experiment, group.Key.Point)}` | {group.Key.Cpus} | {string.Join(" | ", cells)} |");
+        }
+
+        text.AppendLine();
+        text.AppendLine("*The best strategy that needs no direct map (`original` included, at 1.00×) in each mode, with its speedup (in real time with its 95% CI); and each one's speedup in the other mode: the CIs show whether real time tells the two apart.*");
+        text.AppendLine();
+        text.AppendLine("| experiment | CPUs | best in real time | best in virtual time | same | real's best in virtual time | virtual's best in real time |");
+        text.AppendLine("|---|---:|---|---|---|---:|---:|");
+        foreach (var b in comparison.Bests)
+        {
+            var of = comparison.Cells.Where(c => c.Experiment == b.Experiment && c.Point == b.Point && c.Cpus == b.Cpus).ToList();
+            string Names(IReadOnlyList<string> names) => string.Join(" = ", names.Select(n => $"`{n}`"));
+            string InVirtual(string strategy) => strategy == PaperReport.Baseline ? "1.00×" : $"{of.First(c => c.Strategy == strategy).Virtual.ToString("0.00", CultureInfo.InvariantCulture)}×";
+            string InReal(string strategy) => strategy == PaperReport.Baseline ? "1.00×" : Speedup(of.First(c => c.Strategy == strategy).Real, " ");
+            text.AppendLine(CultureInfo.InvariantCulture,
+                $"| `{TimeValidation.Name(b.Experiment, b.Point)}` | {b.Cpus} | {Names(b.RealBest)} {InReal(b.RealBest[0])} | {Names(b.VirtualBest)} {b.VirtualSpeedup:0.00}× | {(b.Same ? "yes" : "**no**")} | {InVirtual(b.RealBest[0])} | {InReal(b.VirtualBest[0])} |");
+        }
+
+        return text.ToString();
     }
 
     private static string Excerpt(string root, string file, string[] ranges)

@@ -262,6 +262,7 @@ public sealed class PaperTests
         var plan = Plan(["pipe", "ptrace-page"], [SfBufMapper.Original, SfBufMapper.I386], [2], rounds: 1) with { SharedHost = true };
         Assert.That(string.Join(' ', PaperRunner.RoundArguments(plan, 0)), Does.Contain("--host shared"));
         Assert.That(string.Join(' ', PaperRunner.RoundArguments(plan with { SharedHost = false }, 0)), Does.Contain("--host dedicated"));
+        Assert.That(string.Join(' ', PaperRunner.RoundArguments(plan with { Loads = [LoadForm.Paper, LoadForm.All] }, 0)), Does.EndWith("--load paper all"));
         var run = PaperRunner.Run(plan, childProcesses: true);
         Assert.That(run.Problems, Is.Empty);
         Assert.That(run.Rows, Has.Count.EqualTo(4));
