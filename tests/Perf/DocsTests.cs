@@ -108,7 +108,8 @@ public sealed partial class DocsTests
     public void EveryCommittedChartIsLinkedFromAPage()
     {
         string pages = string.Concat(DocMarkers.Pages(s_root).Select(File.ReadAllText));
-        var charts = Directory.EnumerateFiles(Path.Combine(s_root, "docs", "results"), "*.png").Select(Path.GetFileName);
+        string results = Path.Combine(s_root, "docs", "results");
+        var charts = Directory.EnumerateFiles(results, "*.png", SearchOption.AllDirectories).Select(c => Path.GetRelativePath(results, c).Replace('\\', '/'));
         Assert.That(charts.Where(c => !pages.Contains($"results/{c})", StringComparison.Ordinal)), Is.Empty);
     }
 
