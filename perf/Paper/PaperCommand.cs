@@ -31,7 +31,7 @@ internal static class PaperCommand
         };
         command.SetAction(parse =>
         {
-            try
+            return PaperCommand.Reporting(() =>
             {
                 bool quick = parse.GetValue(options.Quick);
                 int rounds = parse.GetValue(repeat) ?? (quick ? 3 : 5);
@@ -44,22 +44,7 @@ internal static class PaperCommand
 
                 // Virtual time is deterministic: one round, in this process.
                 return Run(plan, !plan.IsVirtual && !parse.GetValue(inProcess), new Outputs(parse.GetValue(json), parse.GetValue(csv), parse.GetValue(plot), parse.GetValue(markdown)));
-            }
-            catch (ArgumentException ex)
-            {
-                AnsiConsole.MarkupLine($"[red bold]error:[/] {Markup.Escape(ex.Message)}");
-                return 2;
-            }
-            catch (ExperimentFailedException ex)
-            {
-                AnsiConsole.MarkupLine($"[red bold]error:[/] {Markup.Escape(ex.Message)}");
-                if (ex.InnerException is { } inner)
-                {
-                    AnsiConsole.WriteException(inner, ExceptionFormats.ShortenPaths);
-                }
-
-                return 1;
-            }
+            });
         });
         return command;
     }
@@ -196,6 +181,30 @@ internal static class PaperCommand
 
         var runnable = chosen.Where(s => SfBufMapper.Describe(s).RunsOnHost).ToArray();
         return runnable.Length > 0 ? runnable : throw new ArgumentException("none of the chosen strategies runs on the host backend");
+    }
+
+    /// <summary>Runs a command's body, reporting bad options (exit 2) and a failed experiment (exit 1, with its cause).</summary>
+    public static int Reporting(Func<int> body)
+    {
+        try
+        {
+            return body();
+        }
+        catch (ArgumentException ex)
+        {
+            AnsiConsole.MarkupLine($"[red bold]error:[/] {Markup.Escape(ex.Message)}");
+            return 2;
+        }
+        catch (ExperimentFailedException ex)
+        {
+            AnsiConsole.MarkupLine($"[red bold]error:[/] {Markup.Escape(ex.Message)}");
+            if (ex.InnerException is { } inner)
+            {
+                AnsiConsole.WriteException(inner, ExceptionFormats.ShortenPaths);
+            }
+
+            return 1;
+        }
     }
 
     /// <summary>A written file's path relative to the working directory, as the user named it.</summary>

@@ -68,7 +68,7 @@ internal static class RealCommand
         };
         command.SetAction(parse =>
         {
-            try
+            return PaperCommand.Reporting(() =>
             {
                 bool isQuick = parse.GetValue(quick);
                 if (parse.GetValue(rowsFile) is { } saved)
@@ -104,22 +104,7 @@ internal static class RealCommand
                     CheckedTiming: false,
                     MachineBackend.Host);
                 return Run(plan, !parse.GetValue(inProcess), parse.GetValue(simulated), parse.GetValue(json), parse.GetValue(markdown), parse.GetValue(plot));
-            }
-            catch (ArgumentException ex)
-            {
-                AnsiConsole.MarkupLine($"[red bold]error:[/] {Markup.Escape(ex.Message)}");
-                return 2;
-            }
-            catch (ExperimentFailedException ex)
-            {
-                AnsiConsole.MarkupLine($"[red bold]error:[/] {Markup.Escape(ex.Message)}");
-                if (ex.InnerException is { } inner)
-                {
-                    AnsiConsole.WriteException(inner, ExceptionFormats.ShortenPaths);
-                }
-
-                return 1;
-            }
+            });
         });
         return command;
     }

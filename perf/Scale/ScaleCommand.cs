@@ -43,27 +43,12 @@ internal static class ScaleCommand
         };
         command.SetAction(parse =>
         {
-            try
+            return PaperCommand.Reporting(() =>
             {
                 var plan = options.Plan(parse, parse.GetValue(options.Quick) ? TrialSize.Quick : TrialSize.Full, 1, forceVirtual: true);
                 int degree = Math.Max(1, parse.GetValue(parallel));
                 return Run(plan, degree, !parse.GetValue(noCheck), parse.GetValue(json), parse.GetValue(markdown), parse.GetValue(plot));
-            }
-            catch (ArgumentException ex)
-            {
-                AnsiConsole.MarkupLine($"[red bold]error:[/] {Markup.Escape(ex.Message)}");
-                return 2;
-            }
-            catch (ExperimentFailedException ex)
-            {
-                AnsiConsole.MarkupLine($"[red bold]error:[/] {Markup.Escape(ex.Message)}");
-                if (ex.InnerException is { } inner)
-                {
-                    AnsiConsole.WriteException(inner, ExceptionFormats.ShortenPaths);
-                }
-
-                return 1;
-            }
+            });
         });
         return command;
     }
