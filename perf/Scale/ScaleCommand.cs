@@ -36,10 +36,11 @@ internal static class ScaleCommand
             DefaultValueFactory = _ => PaperRunner.HostCores,
         };
         var noCheck = new Option<bool>("--no-check") { Description = "Skip the checked verification trial of each cell" };
+        var verbose = new Option<bool>("--verbose") { Description = "Print each cell's host seconds (the simulator's cost) as it ends" };
         var command = new Command("scale", "Every strategy and experiment at 1 to 256 simulated CPUs in virtual time: deterministic tables, JSON and charts.")
         {
             options.Quick, options.Cpus, options.Strategies, options.Peers, options.Experiments, options.Cost, options.Model, options.Load, options.Quantum,
-            json, markdown, plot, parallel, noCheck,
+            json, markdown, plot, parallel, noCheck, verbose,
         };
         command.SetAction(parse =>
         {
@@ -47,21 +48,21 @@ internal static class ScaleCommand
             {
                 var plan = options.Plan(parse, parse.GetValue(options.Quick) ? TrialSize.Quick : TrialSize.Full, 1, forceVirtual: true);
                 int degree = Math.Max(1, parse.GetValue(parallel));
-                return Run(plan, degree, !parse.GetValue(noCheck), parse.GetValue(json), parse.GetValue(markdown), parse.GetValue(plot));
+                return Run(plan, degree, !parse.GetValue(noCheck), parse.GetValue(json), parse.GetValue(markdown), parse.GetValue(plot), parse.GetValue(verbose));
             });
         });
         return command;
     }
 
     /// <summary>Runs every cell of <paramref name="plan"/> (virtual time) and reports.</summary>
-    public static int Run(PaperPlan plan, int degree, bool verify, FileInfo? json, FileInfo? markdown, DirectoryInfo? plot)
+    public static int Run(PaperPlan plan, int degree, bool verify, FileInfo? json, FileInfo? markdown, DirectoryInfo? plot, bool verbose = false)
     {
         var cells = plan.Cells();
         AnsiConsole.MarkupLine($"[bold]perf scale[/]{(plan.Size == TrialSize.Quick ? " --quick" : string.Empty)}: {plan.Experiments.Length} experiments x {plan.Strategies.Length} strategies x cpus {string.Join(",", plan.CpuCounts)}"
             + $" x load {string.Join(",", plan.LoadForms.Select(LoadName))} = {cells.Count} cells, virtual time (quantum {QuantumNs(plan)} ns, seed-free: every figure is a function of the workload, the strategy and the profile)");
         AnsiConsole.MarkupLine($"cost profile {Markup.Escape(plan.Cost.ToString())}");
         var clock = Stopwatch.StartNew();
-        var result = RunCells(plan, degree, verify);
+        var result = RunCells(plan, degree, verify, verbose);
         var problems = result.Verification.Concat(result.Timed).SelectMany(PaperChecks.Check).ToList();
         var rows = PaperRunner.Aggregate(plan, result.Timed, result.Verification);
         clock.Stop();
@@ -105,13 +106,12 @@ internal static class ScaleCommand
     }
 
     /// <summary>The timed and verification trials of every cell, in plan order whatever order they ran in.</summary>
-    public static (List<Measurement> Timed, List<Measurement> Verification) RunCells(PaperPlan plan, int degree, bool verify)
+    public static (List<Measurement> Timed, List<Measurement> Verification) RunCells(PaperPlan plan, int degree, bool verify, bool verbose = false)
     {
         var cells = plan.Cells();
         var timed = new IReadOnlyList<Measurement>[cells.Count];
         var verification = new IReadOnlyList<Measurement>[cells.Count];
         int done = 0;
-        bool verbose = Environment.GetEnvironmentVariable("PERF_SCALE_VERBOSE") == "1";
         Parallel.For(0, cells.Count, new ParallelOptions { MaxDegreeOfParallelism = degree }, i =>
         {
             var clock = Stopwatch.StartNew();
