@@ -51,9 +51,15 @@ internal sealed record PaperPlan(
     /// </summary>
     public bool Verify => !CheckedTiming && Backend == MachineBackend.Simulated;
 
-    /// <summary>The cells, grouped so that each (experiment, CPU count)'s strategies are adjacent.</summary>
+    /// <summary>
+    /// The cells, grouped so that each (experiment, CPU count)'s strategies are adjacent. Asked for
+    /// its every-CPU form, an experiment without a separate one runs its paper form once, which
+    /// already keeps every CPU it uses busy (md, exec, ptrace, vnode, build) or is a one-thread
+    /// microbenchmark (lru, memcpy).
+    /// </summary>
     public IReadOnlyList<Cell> Cells() =>
-        [.. from e in Experiments from l in LoadForms where l == LoadForm.Paper || Paper.Experiments.Get(e).HasAllCpuForm
+        [.. from e in Experiments
+            from l in LoadForms.Select(l => Paper.Experiments.Get(e).HasAllCpuForm ? l : LoadForm.Paper).Distinct()
             from c in CpuCounts from s in Strategies select new Cell(e, s, c, l)];
 }
 

@@ -271,6 +271,18 @@ public sealed class PaperTests
     }
 
     [Test]
+    public void TheEveryCpuLoadCoversEveryExperimentOnce()
+    {
+        var plan = Plan(["pipe", "md-seq", "lru", "build"], [SfBufMapper.I386], [4], rounds: 1);
+        var all = plan with { Loads = [LoadForm.All] };
+        Assert.That(all.Cells().Select(c => $"{c.Experiment}/{c.Load}"), Is.EqualTo(new[] { "pipe/All", "md-seq/Paper", "lru/Paper", "build/Paper" }),
+            "an experiment without a separate every-CPU form runs its paper form");
+        var both = plan with { Loads = [LoadForm.Paper, LoadForm.All] };
+        Assert.That(both.Cells().Select(c => $"{c.Experiment}/{c.Load}"), Is.EqualTo(new[] { "pipe/Paper", "pipe/All", "md-seq/Paper", "lru/Paper", "build/Paper" }),
+            "and only once when both forms are asked for");
+    }
+
+    [Test]
     public void ARunWhoseCrossCoreRoundTripMovedSaysSo()
     {
         static Measurement Timed(double roundTripNs)

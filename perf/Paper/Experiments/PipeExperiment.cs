@@ -32,7 +32,9 @@ internal sealed class PipeExperiment(bool huge) : Experiment
         var m = t.Machine;
         int pairs = Math.Max(1, t.Cpus / 2);
         long perPair = Math.Max(Chunk, t.Pick(1L << 30, 16L << 20, 2L << 20) / pairs / Chunk * Chunk);
-        long window = huge ? (2L * Nsfbufs(t) * Pte.PageSize + Chunk - 1) / Chunk * Chunk : Chunk;
+        // Huge: the pairs' writer buffers together are twice the pool, so still no page is mapped
+        // when it comes round again, in memory that does not grow with the CPU count.
+        long window = huge ? Math.Max(Chunk, ((2L * Nsfbufs(t) * Pte.PageSize / pairs) + Chunk - 1) / Chunk * Chunk) : Chunk;
         var pipes = new SfBufNative.Kernel.Pipe[pairs];
         var writerSpaces = new VmSpace[pairs];
         var readerSpaces = new VmSpace[pairs];
