@@ -345,7 +345,7 @@ internal sealed partial class ControlledScheduler
 
         public int Index { get; } = index;
 
-        public SemaphoreSlim Turn { get; } = new(0);
+        public Turn Turn { get; } = new();
 
         public Func<bool>? Ready { get; set; }
 
@@ -365,6 +365,42 @@ internal sealed partial class ControlledScheduler
 
         /// <summary>Virtual time: the CPU this blocked thread spins on, taking IPIs meanwhile; null for other waits.</summary>
         public Cpu? Spinner { get; set; }
+    }
+}
+
+/// <summary>
+/// A kernel thread's permission to run: given by the thread that hands over, taken by the one
+/// parked for it. It blocks at once instead of spinning first as <see cref="SemaphoreSlim"/> does:
+/// only one thread runs at a time, so a parked thread's spin could only take a host core from the
+/// thread that was just given its turn.
+/// </summary>
+internal sealed class Turn
+{
+    private readonly object _gate = new();
+    private int _count;
+
+    /// <summary>Gives one turn, waking the thread parked for it.</summary>
+    public void Release()
+    {
+        lock (_gate)
+        {
+            _count++;
+            Monitor.Pulse(_gate);
+        }
+    }
+
+    /// <summary>Parks until a turn is given, and takes it.</summary>
+    public void Wait()
+    {
+        lock (_gate)
+        {
+            while (_count == 0)
+            {
+                Monitor.Wait(_gate);
+            }
+
+            _count--;
+        }
     }
 }
 
