@@ -17,6 +17,9 @@ namespace Native.Perf.Paper;
 /// <item>Local invalidation: <c>mprotect</c> with no other thread, less a null system call.</item>
 /// <item>Page walk: reading one line per page in random page order over 256 MiB (TLB misses)
 /// against the same over 64 pages (TLB hits); an upper bound, since it includes cache misses.</item>
+/// <item>The virtual-time prices (copy bandwidth, kernel entry, lock, lock hand-off, wakeup,
+/// context switch, spin turn): the simulated machine's own work timed in real time, each by the
+/// method <see cref="VirtualPriceProbe"/> gives (kernel entry: the host's null system call).</item>
 /// </list>
 /// </summary>
 internal static class CalibrateCommand
@@ -24,12 +27,13 @@ internal static class CalibrateCommand
     public static Command Create()
     {
         var iterations = new Option<int>("--iterations") { Description = "mprotect pairs per measurement", DefaultValueFactory = _ => 200_000 };
-        var command = new Command("calibrate", "Measure the host's shootdown, invalidation and page-walk costs and write the host cost profile.") { iterations };
+        var command = new Command("calibrate", "Measure the host's shootdown, invalidation and page-walk costs and the virtual-time prices (copy, kernel entry, locks, wakeup, switch, spin) and write the host cost profile.") { iterations };
         command.SetAction(parse => Run(parse.GetRequiredValue(iterations)));
         return command;
     }
 
-    private static unsafe int Run(int iterations)
+    /// <summary>Measures, prints and writes the profile to <see cref="CostProfiles.HostProfilePath"/>; <paramref name="probeScale"/> shortens the virtual-time probe (tests).</summary>
+    internal static unsafe int Run(int iterations, double probeScale = 1)
     {
         if (!HostCpu.IsPinningAvailable)
         {
@@ -43,6 +47,7 @@ internal static class CalibrateCommand
         var remap = RemapProbe.Measure();
         double? roundTripNs = CrossCoreRoundTrip.Measure();
         double walk = OnCore(cores[0], PageWalk);
+        var prices = VirtualPriceProbe.Measure(roundTripNs, probeScale);
 
         double localInvalidate = Math.Max(1, (local / 2) - nullSyscall);
         AnsiConsole.MarkupLine("[bold]Host measurements[/] (ns)");
@@ -61,13 +66,21 @@ internal static class CalibrateCommand
         AnsiConsole.WriteLine($"cross-core round trip            {(roundTripNs is double rt0 ? rt0.ToString("0.0", System.Globalization.CultureInfo.InvariantCulture) : "n/a"),10}");
 
         AnsiConsole.WriteLine($"page walk (upper bound)          {walk,10:0.0}");
+        AnsiConsole.WriteLine();
+        AnsiConsole.MarkupLine("[bold]Virtual-time prices[/] (the simulated machine's own work in real time, unchecked, pinned; median of batches)");
+        foreach (var price in prices.Lines)
+        {
+            AnsiConsole.WriteLine($"{price.Name,-24} {price.Value,10:0.0#} {price.Unit,-5} {price.Method}");
+        }
+
+        AnsiConsole.WriteLine();
 
         // The round trip is split the way the default profile splits it (send, delivery, handler);
         // the host shows only the sum.
         var baseline = CostModel.Default;
         double roundTrip = remap is { } measured ? measured.ShootdownNs : baseline.IpiSendNs + baseline.IpiDeliveryNs + baseline.IpiHandlerNs;
         double split = baseline.IpiSendNs + baseline.IpiDeliveryNs + baseline.IpiHandlerNs;
-        var host = new CostModel(
+        var host = prices.ApplyTo(new CostModel(
             "host",
             Math.Round(localInvalidate, 1),
             Math.Round(4 * localInvalidate, 1),
@@ -80,7 +93,8 @@ internal static class CalibrateCommand
             + $"walk = random-page read over 256 MiB - over 64 pages (upper bound); PTE write from the default profile; "
             + (remap is null
                 ? "no second core or no host backend: IPI costs copied from the default profile"
-                : $"IPI round trip = host-backend remap of a used kernel page with a kernel thread running on another core ({remap.WithPeerNs:0} ns) - with that core idle ({remap.AloneNs:0} ns), split like the default profile"));
+                : $"IPI round trip = host-backend remap of a used kernel page with a kernel thread running on another core ({remap.WithPeerNs:0} ns) - with that core idle ({remap.AloneNs:0} ns), split like the default profile")
+            + $"; virtual time: {prices.Summary}"));
         CostProfiles.SaveHost(host);
         AnsiConsole.WriteLine($"profile        {host}");
         AnsiConsole.WriteLine($"wrote          {CostProfiles.HostProfilePath} (use: perf paper --cost host)");
