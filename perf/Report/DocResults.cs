@@ -33,6 +33,15 @@ internal sealed class DocResults(string root)
         return rows;
     }
 
+    /// <summary>The rows of <c>docs/results/<paramref name="file"/></c> as raw JSON objects, every field as written.</summary>
+    public IReadOnlyList<System.Text.Json.Nodes.JsonObject> RawRows(string file)
+    {
+        Rows(file);
+        var array = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(Path.Combine(Root, "docs", "results", file)))?.AsArray()
+            ?? throw new InvalidDataException($"docs/results/{file} is not a JSON array");
+        return [.. array.Select(n => n as System.Text.Json.Nodes.JsonObject ?? throw new InvalidDataException($"docs/results/{file}: a row is not an object"))];
+    }
+
     /// <summary>The repository root above <paramref name="start"/>: the first directory holding <c>Native.sln</c>.</summary>
     public static string FindRoot(string start)
     {

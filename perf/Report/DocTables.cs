@@ -22,6 +22,7 @@ namespace Native.Perf.Report;
 /// <item><c>lru FILE STRATEGY...</c>: the hit rate at each working-set size;</item>
 /// <item><c>real-vs-simulated MEASURED SIMULATED</c>: <c>perf real</c>'s comparison;</item>
 /// <item><c>validation REAL VIRTUAL</c>: real-time against virtual-time speedups, cell by cell, and the best strategy without a direct map in each (<see cref="TimeValidation"/>);</item>
+/// <item><c>identical FILE FILE</c>: two virtual-time runs of one command, row by row, apart from the host's fields;</item>
 /// <item><c>excerpt FILE FROM-TO...</c>: lines of a committed terminal output, clipped to 110 columns, in a code block;</item>
 /// <item><c>trace-summary FILE</c>: the event counts of a committed <c>perf trace-summary --json</c>;</item>
 /// <item><c>strategies</c>, <c>cost-profiles</c>: the registry and the built-in cost profiles.</item>
@@ -50,6 +51,7 @@ internal static class DocTables
             ["excerpt", var file, .. var ranges] when ranges.Length > 0 => Excerpt(results.Root, file, ranges),
             ["trace-summary", var file] => Commands.TraceSummary.FromJson(Path.Combine(results.Root, "docs", "results", file)).ToMarkdown(),
             ["scale", var file, var experiment] => Scale(results.Rows(file), experiment),
+            ["identical", var first, var second] => Identical(results, first, second),
             ["strategies"] => Strategies(),
             ["cost-profiles"] => CostProfilesTable(),
             _ => throw new ArgumentException($"unknown generated block '{args}'"),
@@ -183,6 +185,44 @@ internal static class DocTables
     /// held it in at least 80 % of the runs, and how far a run's median lies from the others'; and the
     /// host's round trip in each run.
     /// </summary>
+    /// <summary>
+    /// Two virtual-time runs of one command: which rows are identical field by field apart from
+    /// the host's own (<see cref="HostFields"/>), and, where any differ, which fields.
+    /// </summary>
+    private static string Identical(DocResults results, string first, string second)
+    {
+        var a = results.RawRows(first);
+        var b = results.RawRows(second);
+        if (results.Rows(first).Concat(results.Rows(second)).Any(r => r.TimeMode != PaperRow.VirtualTime))
+        {
+            throw new InvalidDataException($"{first} and {second}: identical rows are asked only of virtual-time runs");
+        }
+
+        var differing = new SortedSet<string>(StringComparer.Ordinal);
+        int same = 0;
+        for (int i = 0; i < Math.Min(a.Count, b.Count); i++)
+        {
+            var fields = DifferingFields(a[i], b[i]);
+            differing.UnionWith(fields);
+            same += fields.Count == 0 ? 1 : 0;
+        }
+
+        var rows = results.Rows(first);
+        string verdict = same == a.Count && a.Count == b.Count
+            ? "every row identical"
+            : $"{same} of {Math.Max(a.Count, b.Count)} rows identical; differing: {(differing.Count == 0 ? "the row count" : string.Join(", ", differing.Select(f => $"`{f}`")))}";
+        return $"*`{first}` and `{second}`: {a.Count} and {b.Count} rows ({rows.Select(r => r.Strategy).Distinct().Count()} strategies, {rows.Select(r => r.Experiment).Distinct().Count()} experiments, at {string.Join(", ", rows.Select(r => r.Cpus).Distinct().Order())} CPUs), compared field by field apart from {string.Join(" and ", HostFields.Select(f => $"`{f}`"))}: {verdict}.*\n";
+    }
+
+    /// <summary>The fields of a virtual-time row that describe the host rather than the run: its wall clock, and whether it had fewer cores than CPUs.</summary>
+    internal static readonly string[] HostFields = ["host_seconds", "oversubscribed"];
+
+    private static List<string> DifferingFields(System.Text.Json.Nodes.JsonObject a, System.Text.Json.Nodes.JsonObject b)
+    {
+        var names = a.Select(p => p.Key).Union(b.Select(p => p.Key)).Where(k => !HostFields.Contains(k));
+        return [.. names.Where(k => !System.Text.Json.Nodes.JsonNode.DeepEquals(a[k], b[k]))];
+    }
+
     private static string BetweenRuns(IReadOnlyList<string> files, DocResults results)
     {
         static (string, string, string, int) RowKey(PaperRow r) => (r.Experiment, r.Point, r.Strategy, r.Cpus);

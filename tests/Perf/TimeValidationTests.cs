@@ -138,6 +138,33 @@ public sealed class TimeValidationTests
         }
     }
 
+    [Test]
+    public void TheIdenticalBlockIgnoresOnlyTheHostsFields()
+    {
+        string root = Path.Combine(Path.GetTempPath(), $"identical-{Guid.NewGuid():N}");
+        string results = Path.Combine(root, "docs", "results");
+        Directory.CreateDirectory(results);
+        try
+        {
+            void Write(string file, IEnumerable<PaperRow> rows) => File.WriteAllText(Path.Combine(results, file), JsonSerializer.Serialize(rows.ToArray(), PaperReport.Json));
+            Write("a.json", s_virtual);
+            Write("busy.json", s_virtual.Select(r => r with { HostSeconds = 99, Oversubscribed = true }));
+            Write("other.json", s_virtual.Select((r, i) => i == 2 ? r with { Ops = 2, HostSeconds = 5 } : r));
+            Write("real.json", s_real);
+            var docs = new DocResults(root);
+            Assert.Multiple(() =>
+            {
+                Assert.That(DocTables.Render("identical a.json busy.json", docs), Does.EndWith(": every row identical.*\n"));
+                Assert.That(DocTables.Render("identical a.json other.json", docs), Does.Contain("7 of 8 rows identical; differing: `ops`"));
+                Assert.That(() => DocTables.Render("identical a.json real.json", docs), Throws.InstanceOf<InvalidDataException>());
+            });
+        }
+        finally
+        {
+            Directory.Delete(root, recursive: true);
+        }
+    }
+
     private static PaperRow Real(string experiment, int cpus, string strategy, double throughput)
     {
         // Three rounds around the throughput, in the same proportion for every strategy: each per-round ratio is the same.
