@@ -88,6 +88,9 @@ public sealed unsafe class PhysicalMemory
         if ((flags & AllocFlags.Zero) != 0)
         {
             NativeMemory.Clear(FrameAddress(frame), (nuint)Pte.PageSize);
+
+            // Priced on the CPU that zeroes, as a copy is; in real time the host has just paid it.
+            KernelThread.CurrentOrNull?.Cpu?.Zeroed(Pte.PageSize);
         }
 
         page = new VmPage(frame);

@@ -165,6 +165,19 @@ public sealed unsafe partial class Cpu
         AccessPoint();
     }
 
+    /// <summary>
+    /// Virtual time: the price of zeroing <paramref name="bytes"/> (<c>pmap_zero_page</c>), a store
+    /// stream at the profile's copy bandwidth. No scheduling point: the caller may be inside the
+    /// allocator; the thread yields at its next access.
+    /// </summary>
+    internal void Zeroed(long bytes)
+    {
+        if (_virtual)
+        {
+            ClockNs += (long)Math.Ceiling(bytes * _cost.CopyNsPerByte);
+        }
+    }
+
     /// <summary>Kernel entry (a system call or trap) on this CPU: counted, and priced in virtual time.</summary>
     public void EnterKernel()
     {

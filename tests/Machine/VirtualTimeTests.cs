@@ -60,17 +60,20 @@ public sealed class VirtualTimeTests
     public void AThreadStartsOneContextSwitchAfterTheMachineTimeAndTheMachineTimeIsWhereItEnded()
     {
         using var m = Virtual();
-        long start = -1, end = -1;
+        long start = -1, zeroed = -1, end = -1;
         long t0 = m.VirtualNowNs;
         m.Run(1, () =>
         {
             start = m.CurrentCpu.VirtualTimeNs;
-            m.CurrentCpu.Write(m.Layout.DirectMap(Sim.NewPage(m, 1).PhysicalAddress), new byte[100]);
+            var page = Sim.NewPage(m, 1);
+            zeroed = m.CurrentCpu.VirtualTimeNs;
+            m.CurrentCpu.Write(m.Layout.DirectMap(page.PhysicalAddress), new byte[100]);
             end = m.CurrentCpu.VirtualTimeNs;
         });
 
         Assert.That(start - t0, Is.EqualTo(Ns(P.ContextSwitchNs)));
-        Assert.That(end - start, Is.EqualTo(10));
+        Assert.That(zeroed - start, Is.EqualTo((long)Math.Ceiling(Pte.PageSize / P.CopyBytesPerNs)), "a zeroed page is a page of stores at the copy bandwidth");
+        Assert.That(end - zeroed, Is.EqualTo(10));
         Assert.That(m.VirtualNowNs, Is.EqualTo(end), "the machine's time is where the last thread stopped");
     }
 
