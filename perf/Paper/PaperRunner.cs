@@ -366,7 +366,8 @@ internal static class PaperRunner
                 + $". Their medians are uncertain (see the {WithinRun.Interval}); more rounds (--repeat) or a quieter host narrow it, though no number of rounds in one run covers the host's between-run variation.");
         }
 
-        if (load?.Warning() is { } busy)
+        // Virtual-time figures do not see the host: its load only lengthens the run.
+        if (!plan.IsVirtual && load?.Warning() is { } busy)
         {
             warnings.Add(busy);
         }
