@@ -165,6 +165,7 @@ public sealed record SfBufStrategyInfo(
             ShootdownsOnlyWhenRecycling = true,
             PrivateShootdowns = SfBufShootdowns.WhenRecycling,
             ShootdownCounter = EpochCacheMapper.DetailFallbackShootdowns,
+            RecyclesPerCpu = true,
             CheckInvariants = m => ((EpochCacheMapper)m).TestHookCheckInvariants(),
             Capacity = (m, _) => ((EpochCacheMapper)m).Nsfbufs,
             NotOnHost = "its saving is invalidation deferred to the flush points every CPU passes anyway (context switch, idle, epoch catch-up); user space cannot defer the host kernel's flush of a retired slot, so this would measure a broadcast shootdown per recycled slot, not this mechanism",
@@ -272,6 +273,15 @@ public sealed record SfBufStrategyInfo(
     /// map, maps nothing).
     /// </summary>
     public SfBufUsers CachedUsers { get; init; }
+
+    /// <summary>
+    /// True when the cached slots are recycled CPU by CPU (epoch-cache's partitions, each with its
+    /// own clock hand): a CPU missing alone cycles through the whole pool as LRU would, but while
+    /// many CPUs miss at once the order is LRU only approximately, so a page of a working set
+    /// larger than the pool may still be cached when it comes round. False when one order spans
+    /// the pool (sf_buf's inactive list, kmap's clock hand).
+    /// </summary>
+    public bool RecyclesPerCpu { get; init; }
 
     /// <summary>True when every allocation, private and shared, goes through the cache of mappings (<see cref="CachedUsers"/> is <see cref="SfBufUsers.All"/>).</summary>
     public bool IsMappingCache => CachedUsers == SfBufUsers.All;

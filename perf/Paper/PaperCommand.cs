@@ -279,7 +279,7 @@ internal sealed class PlanOptions
 
     public Option<LoadForm[]> Load { get; } = new("--load")
     {
-        Description = "paper: the experiments as the paper ran them (default); all: the forms in which every CPU works (N/2 pipe pairs; an experiment whose paper form already keeps every CPU busy, or has one thread, runs that); both: paper all",
+        Description = "paper: the experiments as the paper ran them (default); all: the forms in which every CPU works (N/2 pipe pairs, N/2 sendfile connections; an experiment whose paper form already keeps every CPU busy, or has one thread, runs that); both: paper all",
         DefaultValueFactory = _ => [LoadForm.Paper],
         AllowMultipleArgumentsPerToken = true,
     };

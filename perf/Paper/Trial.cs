@@ -25,7 +25,7 @@ internal enum LoadForm
     /// <summary>The paper's form: two parties for pipe and sendfile (the other CPUs idle); one worker per CPU where the paper already had that.</summary>
     Paper,
 
-    /// <summary>Every CPU works: N/2 pipe pairs, N sendfile connections, and so on.</summary>
+    /// <summary>Every CPU works: N/2 pipe pairs, N/2 sendfile connections (sender and NIC on a pair of CPUs), and so on.</summary>
     All,
 }
 

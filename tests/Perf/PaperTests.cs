@@ -273,13 +273,40 @@ public sealed class PaperTests
     [Test]
     public void TheEveryCpuLoadCoversEveryExperimentOnce()
     {
-        var plan = Plan(["pipe", "md-seq", "lru", "build"], [SfBufMapper.I386], [4], rounds: 1);
+        var plan = Plan(["pipe", "sendfile-hot", "md-seq", "lru", "build"], [SfBufMapper.I386], [4], rounds: 1);
         var all = plan with { Loads = [LoadForm.All] };
-        Assert.That(all.Cells().Select(c => $"{c.Experiment}/{c.Load}"), Is.EqualTo(new[] { "pipe/All", "md-seq/Paper", "lru/Paper", "build/Paper" }),
+        Assert.That(all.Cells().Select(c => $"{c.Experiment}/{c.Load}"), Is.EqualTo(new[] { "pipe/All", "sendfile-hot/All", "md-seq/Paper", "lru/Paper", "build/Paper" }),
             "an experiment without a separate every-CPU form runs its paper form");
         var both = plan with { Loads = [LoadForm.Paper, LoadForm.All] };
-        Assert.That(both.Cells().Select(c => $"{c.Experiment}/{c.Load}"), Is.EqualTo(new[] { "pipe/Paper", "pipe/All", "md-seq/Paper", "lru/Paper", "build/Paper" }),
+        Assert.That(both.Cells().Select(c => $"{c.Experiment}/{c.Load}"), Is.EqualTo(new[] { "pipe/Paper", "pipe/All", "sendfile-hot/Paper", "sendfile-hot/All", "md-seq/Paper", "lru/Paper", "build/Paper" }),
             "and only once when both forms are asked for");
+    }
+
+    [TestCase("epoch-cache", "sfbuf-i386")]
+    public void OnEveryCpuOnlyACacheThatRecyclesPerCpuMayHitAColdSendfilePage(string perCpu, string oneOrder)
+    {
+        // 100 pages sent, 2 of them hits.
+        static Measurement Cold(string strategy, string load, long hits, long mappings)
+        {
+            using var t = new Trial(CostModel.Zero, strategy, 1, TrialSize.Check, isChecked: false);
+            t.Begin();
+            t.End();
+            var m = t.Measure("sendfile-cold", 100 * Pte.PageSize, 100, new Dictionary<string, object>());
+            return m with
+            {
+                Load = load,
+                Counters = new Dictionary<string, long>(m.Counters) { ["mappings"] = mappings, ["sfbuf_misses"] = 100 - hits, ["sfbuf_hits"] = hits },
+            };
+        }
+
+        Assert.That(SfBufMapper.Describe(perCpu).RecyclesPerCpu, Is.True);
+        Assert.That(SfBufMapper.Describe(oneOrder).RecyclesPerCpu, Is.False);
+        var cold = Experiments.Get("sendfile-cold");
+        Assert.That(cold.Relations(Cold(perCpu, PaperRow.AllLoad, hits: 2, mappings: 98)), Is.Empty, "many CPUs missing at once: a hit is no violation");
+        Assert.That(cold.Relations(Cold(perCpu, PaperRow.AllLoad, hits: 2, mappings: 99)), Has.One.Contains("99 mappings, 98 misses and 2 hits"), "but a miss is still one mapping");
+        Assert.That(cold.Relations(Cold(perCpu, PaperRow.PaperLoad, hits: 2, mappings: 98)), Has.One.Contains("each should miss"), "one sender: every page misses");
+        Assert.That(cold.Relations(Cold(oneOrder, PaperRow.AllLoad, hits: 2, mappings: 98)), Has.One.Contains("each should miss"), "one order over the pool: every page misses on every CPU too");
+        Assert.That(cold.Relations(Cold(oneOrder, PaperRow.AllLoad, hits: 0, mappings: 100)), Is.Empty);
     }
 
     [Test]

@@ -86,6 +86,29 @@ public sealed class VirtualTimeRunTests
         Assert.That(original.Ops, Is.EqualTo(i386.Ops));
     }
 
+    [TestCase("original", "sfbuf-i386")]
+    public void SendfileOnEveryCpuKeepsItsRelationsAndRepeatsExactly(string broadcaster, string cache)
+    {
+        // Two connections on four CPUs, each with its own file, at the checked size.
+        var plan = new PaperPlan(["sendfile-hot", "sendfile-cold"], s_strategies, [4], CostModel.Default, CostModel.Default, TrialSize.Check, 1,
+            CheckedTiming: false, Time: MachineTime.Virtual, Loads: [LoadForm.All]);
+        var rows = Rows(plan, degree: 2);
+        Assert.That(Deterministic(Rows(plan, degree: 1)), Is.EqualTo(Deterministic(rows)), "the NICs end inside the window, so nothing runs while it is read");
+        Assert.That(rows, Has.Count.EqualTo(2 * s_strategies.Length));
+        Assert.That(rows.All(r => r.Load == PaperRow.AllLoad && JsonValues.Number(r.Params["pairs"]) == 2 && r["stale_accesses"] == 0), Is.True);
+        Assert.That(rows.All(r => r.Bytes % Pte.PageSize == 0), Is.True, "whole pages per connection keep the per-page relations exact");
+
+        // Hot: the two files together fit the pool and stay mapped; cold: each page misses once.
+        var hot = rows.Single(r => r.Experiment == "sendfile-hot" && r.Strategy == cache);
+        Assert.That(hot["mappings"] + hot["shootdowns"], Is.Zero);
+        var cold = rows.Single(r => r.Experiment == "sendfile-cold" && r.Strategy == cache);
+        Assert.That(cold["mappings"], Is.EqualTo(cold.Bytes / Pte.PageSize));
+        Assert.That(cold.Bytes, Is.EqualTo(JsonValues.Number(cold.Params["nsfbufs"]) * Pte.PageSize), "one turn: the first halves, together the pool");
+        var original = rows.Single(r => r.Experiment == "sendfile-cold" && r.Strategy == broadcaster);
+        Assert.That(original["mappings"], Is.EqualTo(original.Bytes / Pte.PageSize));
+        Assert.That(original.Bytes, Is.EqualTo(cold.Bytes));
+    }
+
     [Test]
     public void VirtualTimeRefusesAProfileWithoutPricesAndAHostBackend()
     {
