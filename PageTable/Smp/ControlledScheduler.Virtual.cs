@@ -133,9 +133,10 @@ internal sealed partial class ControlledScheduler
     /// <summary>
     /// The virtual-time choice (under the lock). <paramref name="me"/> is the calling thread (null
     /// from outside); it goes on if it may. With nothing runnable the schedule pauses (null), or
-    /// with <paramref name="reportDeadlock"/> is abandoned as a deadlock.
+    /// with <paramref name="reportDeadlock"/> is abandoned as a deadlock (null: when a thread
+    /// outside waits for one, asked only then, since it looks at every live thread).
     /// </summary>
-    private Slot? Choose(Slot? me, bool reportDeadlock)
+    private Slot? Choose(Slot? me, bool? reportDeadlock)
     {
         _steps++;
         long now = me != null ? TimeOf(me) : _nowNs;
@@ -167,7 +168,7 @@ internal sealed partial class ControlledScheduler
         }
     }
 
-    private Slot? ChooseOnce(Slot? me, long now, long stampAt, bool reportDeadlock, out Cpu? service, out long serviceAt)
+    private Slot? ChooseOnce(Slot? me, long now, long stampAt, bool? reportDeadlock, out Cpu? service, out long serviceAt)
     {
         service = null;
         serviceAt = 0;
@@ -244,7 +245,7 @@ internal sealed partial class ControlledScheduler
 
         if (first == null)
         {
-            if (reportDeadlock)
+            if (reportDeadlock ?? JoinedFromOutside())
             {
                 AbortLocked("deadlock: no kernel thread can run (" + string.Join(", ", _live.Select(s => s.Thread.Name)) + " are blocked)");
             }

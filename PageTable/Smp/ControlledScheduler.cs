@@ -211,7 +211,7 @@ internal sealed partial class ControlledScheduler
             {
                 // Threads asleep with nothing to wake them: the schedule pauses, unless a thread
                 // outside waits for one of them (then nothing can ever end its wait).
-                SwitchTo(Choose(me, reportDeadlock: JoinedFromOutside()));
+                SwitchTo(Choose(me, reportDeadlock: null));
                 return;
             }
 
@@ -263,7 +263,7 @@ internal sealed partial class ControlledScheduler
     {
         if (IsVirtual)
         {
-            return Choose(current, reportDeadlock: JoinedFromOutside());
+            return Choose(current, reportDeadlock: null);
         }
 
         if (++_steps > _maxSteps)

@@ -27,7 +27,9 @@ public sealed class KernelThread
 
     private readonly Action _body;
     private readonly Thread _host;
-    private readonly ManualResetEventSlim _exited = new(false);
+    // No spin before blocking: a join waits for a whole body, and the outside joiner re-waits every
+    // few milliseconds, so spinning would only take a host core from the threads it waits for.
+    private readonly ManualResetEventSlim _exited = new(false, spinCount: 0);
     private volatile bool _hasExited;
 
     internal KernelThread(Machine machine, int id, string name, Action body, int preferredCpu, bool bound, VmSpace? vmspace)
