@@ -537,11 +537,21 @@ public sealed unsafe partial class Cpu
     /// A scheduling point of controlled mode (nothing otherwise): exploration may switch threads
     /// here; virtual time looks here for threads that this one's last action let go on.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     internal void SchedulingPoint()
     {
-        if (_controller != null && KernelThread.CurrentOrNull is { Controlled: not null } td)
+        if (_controller != null)
         {
-            _controller.Yield(td);
+            ControlledSchedulingPoint();
+        }
+    }
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private void ControlledSchedulingPoint()
+    {
+        if (KernelThread.CurrentOrNull is { Controlled: not null } td)
+        {
+            _controller!.Yield(td);
         }
     }
 

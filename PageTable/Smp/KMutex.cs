@@ -191,11 +191,7 @@ public sealed class KMutex
                 td.Machine.Scheduler.Release(td);
                 if (td.Machine.Controller is { } controller)
                 {
-                    controller.WaitUntil(td, () => td.Wakeup.IsSet || td.Machine.IsStopping);
-                    if (controller.IsVirtual)
-                    {
-                        td.ReadyAtNs += td.Machine.Cost.Wakeup.Ns; // a turnstile wakeup, priced as one
-                    }
+                    BlockControlled(controller, td);
                 }
                 else
                 {
@@ -204,6 +200,16 @@ public sealed class KMutex
 
                 td.Machine.Scheduler.Acquire(td);
             }
+        }
+    }
+
+    // Its own method so that the closure is allocated only here, not at every contended acquisition.
+    private static void BlockControlled(ControlledScheduler controller, KernelThread td)
+    {
+        controller.WaitUntil(td, () => td.Wakeup.IsSet || td.Machine.IsStopping);
+        if (controller.IsVirtual)
+        {
+            td.ReadyAtNs += td.Machine.Cost.Wakeup.Ns; // a turnstile wakeup, priced as one
         }
     }
 
