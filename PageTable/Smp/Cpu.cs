@@ -55,6 +55,7 @@ public sealed unsafe partial class Cpu
     // takes the slow check (the yield test) that checked mode takes anyway.
     private readonly bool _virtual;
     private readonly bool _hitSlow;
+    private readonly bool _copySlow;
     private readonly long _crossCpuSpinNs;
 
     /// <summary>Virtual time: this CPU's clock in nanoseconds (written by the thread holding the CPU, or by the scheduler while it is switched out).</summary>
@@ -90,6 +91,7 @@ public sealed unsafe partial class Cpu
         _parkIdle = machine.Oversubscribed;
         _virtual = _controller is { IsVirtual: true };
         _hitSlow = _checked;
+        _copySlow = _checked || _virtual;
         _crossCpuSpinNs = (long)machine.CrossCpuSpin.TotalNanoseconds;
         _shadow = _checked ? [] : null;
     }
@@ -153,6 +155,16 @@ public sealed unsafe partial class Cpu
         }
     }
 
+    /// <summary>Pays the price of taking a lock (<see cref="Work"/> of the profile's lock price): nothing in real time.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal void WorkLock()
+    {
+        if (_virtual)
+        {
+            ClockNs += _cost.Lock.Ns;
+        }
+    }
+
     /// <summary>Virtual time: the price of copying <paramref name="bytes"/> at the profile's copy bandwidth.</summary>
     /// <remarks>
     /// The clock moves before the bytes do, and the thread yields there once past the quantum: a
@@ -190,12 +202,7 @@ public sealed unsafe partial class Cpu
     /// <summary>Reads <paramref name="destination"/>.Length bytes at virtual address <paramref name="va"/>.</summary>
     public void Read(ulong va, Span<byte> destination)
     {
-        CheckCaller();
-        if (_virtual)
-        {
-            Copied(destination.Length);
-        }
-
+        BeginCopy(destination.Length);
         int first = Pte.PageSize - (int)(va & Pte.PageMask);
         if (destination.Length <= first)
         {
@@ -217,12 +224,7 @@ public sealed unsafe partial class Cpu
     /// <summary>Writes <paramref name="source"/> at virtual address <paramref name="va"/>.</summary>
     public void Write(ulong va, ReadOnlySpan<byte> source)
     {
-        CheckCaller();
-        if (_virtual)
-        {
-            Copied(source.Length);
-        }
-
+        BeginCopy(source.Length);
         int first = Pte.PageSize - (int)(va & Pte.PageMask);
         if (source.Length <= first)
         {
@@ -548,11 +550,21 @@ public sealed unsafe partial class Cpu
     /// A scheduling point of controlled mode (nothing otherwise): exploration may switch threads
     /// here; virtual time looks here for threads that this one's last action let go on.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     internal void SchedulingPoint()
     {
-        if (_controller != null && KernelThread.CurrentOrNull is { Controlled: not null } td)
+        if (_controller != null)
         {
-            _controller.Yield(td);
+            ControlledSchedulingPoint();
+        }
+    }
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private void ControlledSchedulingPoint()
+    {
+        if (KernelThread.CurrentOrNull is { Controlled: not null } td)
+        {
+            _controller!.Yield(td);
         }
     }
 
@@ -600,6 +612,38 @@ public sealed unsafe partial class Cpu
         if (_checked)
         {
             CheckOwner();
+        }
+    }
+
+    /// <summary>
+    /// <see cref="CheckCaller"/>, then in virtual time the price of copying <paramref name="bytes"/>:
+    /// the real-time path tests one flag for both checked mode and virtual time.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private void BeginCopy(int bytes)
+    {
+        if (_machine.IsUnusable)
+        {
+            _machine.ThrowIfUnusable();
+        }
+
+        if (_copySlow)
+        {
+            CopySlow(bytes);
+        }
+    }
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private void CopySlow(int bytes)
+    {
+        if (_checked)
+        {
+            CheckOwner();
+        }
+
+        if (_virtual)
+        {
+            Copied(bytes);
         }
     }
 

@@ -31,7 +31,11 @@ public struct CpuSet : IEquatable<CpuSet>
     public static CpuSet Empty => default;
 
     /// <summary>True when no CPU is in the set.</summary>
-    public readonly bool IsEmpty => (_words[0] | _words[1] | _words[2] | _words[3]) == 0;
+    public readonly bool IsEmpty
+    {
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        get => (_words[0] | _words[1] | _words[2] | _words[3]) == 0;
+    }
 
     /// <summary>How many CPUs are in the set.</summary>
     public readonly int Count =>
@@ -132,6 +136,7 @@ public struct CpuSet : IEquatable<CpuSet>
     }
 
     /// <summary>True when every CPU of <paramref name="other"/> is in this set.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public readonly bool ContainsAll(in CpuSet other) =>
         ((other._words[0] & ~_words[0]) | (other._words[1] & ~_words[1])
         | (other._words[2] & ~_words[2]) | (other._words[3] & ~_words[3])) == 0;
@@ -214,9 +219,11 @@ public struct CpuSet : IEquatable<CpuSet>
     // ---------------------------------------------------------------- shared instances
 
     /// <summary>Adds <paramref name="cpu"/> to a shared set with one atomic OR of its word (a full fence).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static void AtomicAdd(ref CpuSet set, int cpu) => Interlocked.Or(ref set._words[cpu >> 6], 1UL << cpu);
 
     /// <summary>Removes <paramref name="cpu"/> from a shared set with one atomic AND of its word (a full fence).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static void AtomicRemove(ref CpuSet set, int cpu) => Interlocked.And(ref set._words[cpu >> 6], ~(1UL << cpu));
 
     /// <summary>Adds every CPU of <paramref name="other"/> to a shared set: one atomic OR per word that has any.</summary>
@@ -236,6 +243,7 @@ public struct CpuSet : IEquatable<CpuSet>
     public static bool VolatileContains(ref CpuSet set, int cpu) => (Volatile.Read(ref set._words[cpu >> 6]) & (1UL << cpu)) != 0;
 
     /// <summary>True when a shared set is empty: an acquire read of each word.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static bool VolatileIsEmpty(ref CpuSet set) =>
         (Volatile.Read(ref set._words[0]) | Volatile.Read(ref set._words[1])
         | Volatile.Read(ref set._words[2]) | Volatile.Read(ref set._words[3])) == 0;

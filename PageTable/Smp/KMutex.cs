@@ -17,10 +17,9 @@ public sealed class KMutex
     private int _owner;
     private int _waiters;
 
-    // CPUs spinning on the mutex (they may park: unlock rings them), and how many, so that an
-    // unlock finds "no spinner" in one word. A spinner adds its bit before it counts itself.
+    // CPUs spinning on the mutex (they may park: unlock rings them). A spinner sets and clears
+    // its own bit with one atomic on its word; unlock reads the words (one line, no atomic).
     private CpuSet _spinners;
-    private int _spinning;
 
     /// <summary>Creates a mutex named <paramref name="name"/>.</summary>
     public KMutex(string name, bool spinOnly = false)
@@ -43,7 +42,7 @@ public sealed class KMutex
     {
         var cpu = td.Cpu ?? throw new InvalidOperationException($"{td} holds no CPU");
         cpu.SchedulingPoint();
-        cpu.Work(td.Machine.Cost.Lock);
+        cpu.WorkLock();
         if (Interlocked.CompareExchange(ref _owner, td.Id, 0) == 0)
         {
             cpu.Count(Counter.LockAcquisitions);
@@ -70,7 +69,7 @@ public sealed class KMutex
     public bool TryLock()
     {
         var td = KernelThread.Current;
-        td.Cpu?.Work(td.Machine.Cost.Lock);
+        td.Cpu?.WorkLock();
         if (Interlocked.CompareExchange(ref _owner, td.Id, 0) != 0)
         {
             return false;
@@ -95,7 +94,7 @@ public sealed class KMutex
         // attempt, so either it sees the mutex free or we see it waiting.
         Interlocked.Exchange(ref _owner, 0);
         td.Cpu?.SchedulingPoint();
-        if (Volatile.Read(ref _spinning) != 0)
+        if (!CpuSet.VolatileIsEmpty(ref _spinners))
         {
             RingSpinners(td, CpuSet.VolatileRead(ref _spinners));
         }
@@ -148,7 +147,6 @@ public sealed class KMutex
             var cpu = td.Cpu!;
             var free = new Free(this);
             CpuSet.AtomicAdd(ref _spinners, cpu.Id);
-            Interlocked.Increment(ref _spinning);
             bool acquired;
             try
             {
@@ -156,7 +154,6 @@ public sealed class KMutex
             }
             finally
             {
-                Interlocked.Decrement(ref _spinning);
                 CpuSet.AtomicRemove(ref _spinners, cpu.Id);
             }
 
@@ -194,11 +191,7 @@ public sealed class KMutex
                 td.Machine.Scheduler.Release(td);
                 if (td.Machine.Controller is { } controller)
                 {
-                    controller.WaitUntil(td, () => td.Wakeup.IsSet || td.Machine.IsStopping);
-                    if (controller.IsVirtual)
-                    {
-                        td.ReadyAtNs += td.Machine.Cost.Wakeup.Ns; // a turnstile wakeup, priced as one
-                    }
+                    BlockControlled(controller, td);
                 }
                 else
                 {
@@ -207,6 +200,16 @@ public sealed class KMutex
 
                 td.Machine.Scheduler.Acquire(td);
             }
+        }
+    }
+
+    // Its own method so that the closure is allocated only here, not at every contended acquisition.
+    private static void BlockControlled(ControlledScheduler controller, KernelThread td)
+    {
+        controller.WaitUntil(td, () => td.Wakeup.IsSet || td.Machine.IsStopping);
+        if (controller.IsVirtual)
+        {
+            td.ReadyAtNs += td.Machine.Cost.Wakeup.Ns; // a turnstile wakeup, priced as one
         }
     }
 
