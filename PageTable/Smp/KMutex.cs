@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using System.Runtime.InteropServices;
 
 namespace Native.PageTable;
 
@@ -14,12 +15,7 @@ public sealed class KMutex
     private readonly Lock _turnstileLock = new();
     private readonly Queue<KernelThread> _blocked = new();
     private readonly bool _spinOnly;
-    private int _owner;
-    private int _waiters;
-
-    // CPUs spinning on the mutex (they may park: unlock rings them). A spinner sets and clears
-    // its own bit with one atomic on its word; unlock reads the words (one line, no atomic).
-    private CpuSet _spinners;
+    private Words _words;
 
     /// <summary>Creates a mutex named <paramref name="name"/>.</summary>
     public KMutex(string name, bool spinOnly = false)
@@ -32,7 +28,7 @@ public sealed class KMutex
     public string Name { get; }
 
     /// <summary>True when the calling kernel thread owns the mutex (<c>mtx_owned</c>).</summary>
-    public bool IsOwned => KernelThread.CurrentOrNull is { } td && Volatile.Read(ref _owner) == td.Id;
+    public bool IsOwned => KernelThread.CurrentOrNull is { } td && Volatile.Read(ref _words.Owner) == td.Id;
 
     /// <summary><c>mtx_lock</c>.</summary>
     public void Lock() => Lock(KernelThread.Current);
@@ -43,13 +39,13 @@ public sealed class KMutex
         var cpu = td.Cpu ?? throw new InvalidOperationException($"{td} holds no CPU");
         cpu.SchedulingPoint();
         cpu.WorkLock();
-        if (Interlocked.CompareExchange(ref _owner, td.Id, 0) == 0)
+        if (Interlocked.CompareExchange(ref _words.Owner, td.Id, 0) == 0)
         {
             cpu.Count(Counter.LockAcquisitions);
             return;
         }
 
-        if (Volatile.Read(ref _owner) == td.Id)
+        if (Volatile.Read(ref _words.Owner) == td.Id)
         {
             throw new LockRecursionException($"{td} already holds {Name}");
         }
@@ -70,7 +66,7 @@ public sealed class KMutex
     {
         var td = KernelThread.Current;
         td.Cpu?.WorkLock();
-        if (Interlocked.CompareExchange(ref _owner, td.Id, 0) != 0)
+        if (Interlocked.CompareExchange(ref _words.Owner, td.Id, 0) != 0)
         {
             return false;
         }
@@ -85,27 +81,27 @@ public sealed class KMutex
     /// <summary><c>mtx_unlock</c> by <paramref name="td"/>, which must be the calling kernel thread.</summary>
     internal void Unlock(KernelThread td)
     {
-        if (Volatile.Read(ref _owner) != td.Id)
+        if (Volatile.Read(ref _words.Owner) != td.Id)
         {
             throw new SynchronizationLockException($"{td} does not own {Name}");
         }
 
-        // Full fence before reading _waiters: a blocker increments _waiters before its last
+        // Full fence before reading Waiters: a blocker increments Waiters before its last
         // attempt, so either it sees the mutex free or we see it waiting.
-        Interlocked.Exchange(ref _owner, 0);
+        Interlocked.Exchange(ref _words.Owner, 0);
         td.Cpu?.SchedulingPoint();
-        if (!CpuSet.VolatileIsEmpty(ref _spinners))
+        if (!CpuSet.VolatileIsEmpty(ref _words.Spinners))
         {
-            RingSpinners(td, CpuSet.VolatileRead(ref _spinners));
+            RingSpinners(td, CpuSet.VolatileRead(ref _words.Spinners));
         }
 
-        if (Volatile.Read(ref _waiters) > 0)
+        if (Volatile.Read(ref _words.Waiters) > 0)
         {
             lock (_turnstileLock)
             {
                 if (_blocked.TryDequeue(out var next))
                 {
-                    Interlocked.Decrement(ref _waiters);
+                    Interlocked.Decrement(ref _words.Waiters);
                     next.Wakeup.Set();
                 }
             }
@@ -146,15 +142,15 @@ public sealed class KMutex
             // rings it at unlock.
             var cpu = td.Cpu!;
             var free = new Free(this);
-            CpuSet.AtomicAdd(ref _spinners, cpu.Id);
+            CpuSet.AtomicAdd(ref _words.Spinners, cpu.Id);
             bool acquired;
             try
             {
-                acquired = cpu.WaitUntil(ref free, park: _spinOnly) && Interlocked.CompareExchange(ref _owner, td.Id, 0) == 0;
+                acquired = cpu.WaitUntil(ref free, park: _spinOnly) && Interlocked.CompareExchange(ref _words.Owner, td.Id, 0) == 0;
             }
             finally
             {
-                CpuSet.AtomicRemove(ref _spinners, cpu.Id);
+                CpuSet.AtomicRemove(ref _words.Spinners, cpu.Id);
             }
 
             if (acquired)
@@ -172,10 +168,10 @@ public sealed class KMutex
             bool blocked;
             lock (_turnstileLock)
             {
-                Interlocked.Increment(ref _waiters);
-                if (Interlocked.CompareExchange(ref _owner, td.Id, 0) == 0)
+                Interlocked.Increment(ref _words.Waiters);
+                if (Interlocked.CompareExchange(ref _words.Owner, td.Id, 0) == 0)
                 {
-                    Interlocked.Decrement(ref _waiters);
+                    Interlocked.Decrement(ref _words.Waiters);
                     return;
                 }
 
@@ -213,10 +209,25 @@ public sealed class KMutex
         }
     }
 
+    /// <summary>
+    /// The words every CPU taking the mutex touches, side by side so that the owner and the first
+    /// word of the spinners share a cache line (as the one-word cpumask did).
+    /// </summary>
+    [StructLayout(LayoutKind.Sequential)]
+    private struct Words
+    {
+        public int Owner;
+        public int Waiters;
+
+        // CPUs spinning on the mutex (they may park: unlock rings them). A spinner sets and
+        // clears its own bit with one atomic on its word; unlock reads the words, no atomic.
+        public CpuSet Spinners;
+    }
+
     /// <summary>The spin condition: the mutex is free. Registers the spinner's CPU so that unlock rings it if it parks.</summary>
     private readonly struct Free(KMutex mutex) : ICrossCpuWait
     {
-        public bool IsMet() => Volatile.Read(ref mutex._owner) == 0;
+        public bool IsMet() => Volatile.Read(ref mutex._words.Owner) == 0;
 
         public void Tick()
         {
