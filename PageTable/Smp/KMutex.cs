@@ -202,7 +202,7 @@ public sealed class KMutex
                 }
                 else
                 {
-                    td.Wakeup.Wait();
+                    td.WaitForWakeup(Timeout.InfiniteTimeSpan, CancellationToken.None);
                 }
 
                 td.Machine.Scheduler.Acquire(td);
