@@ -6,6 +6,12 @@ public sealed partial class Machine
     /// <summary>Kernel threads queued for a CPU right now.</summary>
     internal int TestHookWaitingForCpu => Scheduler.WaitingForCpu;
 
+    /// <summary>
+    /// Called after each step of a real-time sleeper's spin before it blocks (null: nothing), as
+    /// a loaded host core makes that step last: a yield that hands the core to another thread.
+    /// </summary>
+    internal Action? TestHookSleeperSpinStep { get; set; }
+
     /// <summary>Switches a planted bug on (tests prove the oracles and the explorer find it).</summary>
     internal void TestHookPlant(PlantedBug bug) => Interlocked.Or(ref _planted, (int)bug);
 
@@ -38,4 +44,7 @@ internal enum PlantedBug
 
     /// <summary>sfbuf-i386 free never wakes the sleepers.</summary>
     MissingWakeup = 16,
+
+    /// <summary>A real-time sleeper spins its full count before it looks at its timeout (as ManualResetEventSlim's spin does).</summary>
+    SleepSpinIgnoresTimeout = 32,
 }

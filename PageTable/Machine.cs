@@ -502,14 +502,9 @@ public sealed unsafe partial class Machine : IDisposable
         }
         else
         {
-            try
-            {
-                td.Wakeup.Wait(timeout ?? Timeout.InfiniteTimeSpan, cancellation);
-            }
-            catch (OperationCanceledException)
-            {
-                // Decided below, under the lock: a wakeup may have dequeued us first.
-            }
+            // Why it ended (a wakeup, the timeout or a cancellation) is decided below, under the
+            // lock: a wakeup may have dequeued us first.
+            td.WaitForWakeup(timeout ?? Timeout.InfiniteTimeSpan, cancellation);
         }
 
         SleepResult result;

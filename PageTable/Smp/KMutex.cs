@@ -191,7 +191,7 @@ public sealed class KMutex
                 }
                 else
                 {
-                    td.Wakeup.Wait();
+                    td.WaitForWakeup(Timeout.InfiniteTimeSpan, CancellationToken.None);
                 }
 
                 td.Machine.Scheduler.Acquire(td);

@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using System.Runtime.ExceptionServices;
 
 namespace Native.PageTable;
@@ -18,6 +19,9 @@ public sealed class KernelThread
     // A woken sleeper spins this long on its host core before it blocks in the host kernel: an
     // idle CPU polling for work, which keeps host wakeup latency out of cross-CPU handoffs.
     private const int SleepSpins = 2047;
+
+    // How many of those spins this thread takes (WaitForWakeup): one when oversubscribed.
+    private readonly int _sleepSpins;
 
     // How often a thread outside the machine that joins a kernel thread looks for a deadlock.
     private static readonly TimeSpan s_outsideCheckInterval = TimeSpan.FromMilliseconds(25);
@@ -43,8 +47,10 @@ public sealed class KernelThread
         VmSpace = vmspace;
         _host = new Thread(Main) { IsBackground = true, Name = name };
 
-        // Oversubscribed, a woken sleeper's spin would hold the core the waker's CPU needs.
-        Wakeup = new ManualResetEventSlim(false, machine.Oversubscribed ? 1 : SleepSpins);
+        // Oversubscribed, a woken sleeper's spin would hold the core the waker's CPU needs. The
+        // spin is WaitForWakeup's, which keeps to the timeout; the event itself blocks at once.
+        _sleepSpins = machine.Oversubscribed ? 1 : SleepSpins;
+        Wakeup = new ManualResetEventSlim(false, 0);
     }
 
     /// <summary>The running kernel thread; throws when the caller is not one.</summary>
@@ -347,6 +353,57 @@ public sealed class KernelThread
             Machine.ThreadExited(this);
             Machine.Controller?.Exit(this);
             _exited.Set();
+        }
+    }
+
+    /// <summary>
+    /// Real time: waits until <see cref="Wakeup"/> is set, <paramref name="timeout"/> has passed
+    /// or <paramref name="cancellation"/> fires (false for either): spins on the host core first,
+    /// then blocks in the host kernel. The spin keeps to the timeout. ManualResetEventSlim's own
+    /// spin does not: its yields, each of which may hand a busy host core to another thread for a
+    /// whole time slice, ran their full count before the timeout was first looked at, so a
+    /// one-tick <c>tsleep</c> could last seconds on a loaded host, long enough for the deadlock
+    /// report to take a polling machine for a stuck one.
+    /// </summary>
+    internal bool WaitForWakeup(TimeSpan timeout, CancellationToken cancellation)
+    {
+        if (Wakeup.IsSet)
+        {
+            return true;
+        }
+
+        bool timed = timeout != Timeout.InfiniteTimeSpan;
+        bool keepToTimeout = !Machine.Planted(PlantedBug.SleepSpinIgnoresTimeout);
+        long start = Stopwatch.GetTimestamp();
+        var spinner = default(SpinWait);
+        while (spinner.Count < _sleepSpins)
+        {
+            spinner.SpinOnce(sleep1Threshold: -1);
+            Machine.TestHookSleeperSpinStep?.Invoke();
+            if (Wakeup.IsSet)
+            {
+                return true;
+            }
+
+            if (cancellation.IsCancellationRequested || (timed && keepToTimeout && Stopwatch.GetElapsedTime(start) >= timeout))
+            {
+                return false;
+            }
+        }
+
+        var left = timed ? timeout - Stopwatch.GetElapsedTime(start) : Timeout.InfiniteTimeSpan;
+        if (timed && left <= TimeSpan.Zero)
+        {
+            return Wakeup.IsSet;
+        }
+
+        try
+        {
+            return Wakeup.Wait(left, cancellation);
+        }
+        catch (OperationCanceledException)
+        {
+            return false;
         }
     }
 

@@ -162,6 +162,93 @@ public sealed class DeadlockReportTests
         Assert.That(m.Faults, Is.Empty);
     }
 
+    /// <summary>
+    /// lwbuf's wait at exhaustion, on a loaded host: a poller sleeps a tick at a time until an
+    /// object it needs is freed without a wakeup (lwbuf's free puts it back in a magazine), and
+    /// the thread that freed it then sleeps until the poller wakes it. A loaded host core makes
+    /// each step of a sleeper's spin before it blocks last a time slice (here the test hook: a
+    /// millisecond). The tick still ends at its timeout, the poller finds the object, and nothing
+    /// is reported. With the spin blind to the timeout (planted: ManualResetEventSlim's spin,
+    /// which the wait used) the tick lasts the whole spin, seconds, longer than the quiet period,
+    /// and the sleeper was reported as deadlocked although the poller's next look would free it:
+    /// the intermittent report of MultiMappingTests' lwbuf AllocMany pairs on a busy host.
+    /// </summary>
+    [Test]
+    public void APollersTickEndsAtItsTimeoutWhenEachSpinStepTakesATimeSlice([Values] bool planted)
+    {
+        var quiet = TimeSpan.FromMilliseconds(300);
+        var tick = TimeSpan.FromMilliseconds(10);
+        using var m = new SimMachine(Sim.Small() with { DeadlockQuiescence = quiet, Oversubscribed = false });
+        m.TestHookSleeperSpinStep = () => Thread.Sleep(1);
+        if (planted)
+        {
+            m.TestHookPlant(PlantedBug.SleepSpinIgnoresTimeout);
+        }
+
+        var interlock = new KMutex("handoff");
+        var freed = new Flag();
+        var done = new Flag();
+        var longestTick = TimeSpan.Zero;
+        DeadlockException? report = null;
+        var poller = m.StartThread("poller", () =>
+        {
+            var ticks = new object();
+            while (!freed.IsSet)
+            {
+                long start = Stopwatch.GetTimestamp();
+                try
+                {
+                    m.Sleep(ticks, timeout: tick);
+                }
+                catch (DeadlockException) when (planted)
+                {
+                    return; // reported in turn, once the freer it was reported with has gone
+                }
+
+                var took = Stopwatch.GetElapsedTime(start);
+                longestTick = took > longestTick ? took : longestTick;
+            }
+
+            interlock.Lock();
+            done.Set();
+            m.Wakeup(done);
+            interlock.Unlock();
+        }, cpu: 0, bound: true);
+        var freer = m.StartThread("freer", () =>
+        {
+            Sim.SpinOnCpu(m, () => m.SleepingThreads == 1, "the poller sleeps its first tick");
+            interlock.Lock();
+            try
+            {
+                freed.Set(); // no wakeup: the poller's next look finds it
+                while (!done.IsSet)
+                {
+                    m.Sleep(done, interlock);
+                }
+            }
+            catch (DeadlockException ex)
+            {
+                report = ex;
+            }
+            finally
+            {
+                interlock.Unlock();
+            }
+        }, cpu: 1, bound: true);
+        Sim.Join(poller, freer);
+
+        TestContext.Out.WriteLine($"planted {planted}: longest tick {longestTick.TotalMilliseconds:0} ms; {report?.Message ?? "nothing reported"}");
+        if (planted)
+        {
+            Assert.That(report, Is.Not.Null, "the planted spin outlasts the quiet period: the machine is taken for deadlocked");
+            return;
+        }
+
+        Assert.That(report, Is.Null, "a poller that will find what it waits for is not deadlocked");
+        Assert.That(longestTick, Is.LessThan(quiet), "each tick ends at its timeout, not after the whole spin");
+        Assert.That(m.Faults, Is.Empty);
+    }
+
     [Test]
     public void ACancellableSleepIsNeverCountedAsStuck()
     {
