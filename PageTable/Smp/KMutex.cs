@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using System.Numerics;
 using System.Runtime.InteropServices;
 
 namespace Native.PageTable;
@@ -92,7 +93,7 @@ public sealed class KMutex
         td.Cpu?.SchedulingPoint();
         if (!CpuSet.VolatileIsEmpty(ref _words.Spinners))
         {
-            RingSpinners(td, CpuSet.VolatileRead(ref _words.Spinners));
+            RingSpinners(td, ref _words.Spinners);
         }
 
         if (Volatile.Read(ref _words.Waiters) > 0)
@@ -110,12 +111,17 @@ public sealed class KMutex
         }
     }
 
-    private static void RingSpinners(KernelThread td, in CpuSet spinners)
+    // Word by word in place, bit by bit as the one-word mask did: no copy of the set, no
+    // enumerator. A spinner registered meanwhile sees the mutex free before it parks.
+    private static void RingSpinners(KernelThread td, ref CpuSet spinners)
     {
-        var cpus = td.Machine.Cpus;
-        foreach (int cpu in spinners)
+        var machine = td.Machine;
+        for (int w = 0; w < CpuSet.WordCount; w++)
         {
-            cpus[cpu].Ring();
+            for (ulong bits = Volatile.Read(ref CpuSet.WordRef(ref spinners, w)); bits != 0; bits &= bits - 1)
+            {
+                machine.CpuAt((w * 64) + BitOperations.TrailingZeroCount(bits)).Ring();
+            }
         }
     }
 
