@@ -10,9 +10,9 @@ namespace Native.SfBufNative.Strategies.Linux;
 /// region full of held mappings, or every tracking entry in use): the RFC's get "doesn't try very
 /// hard at all to actually succeed", and its caller must have another way.
 /// </summary>
-public sealed class LinuxMermapMapper : LinuxHighmemMapper
+public sealed partial class LinuxMermapMapper : LinuxHighmemMapper
 {
-    private readonly Mermap _mermap;
+    private Mermap _mermap;
 
     internal LinuxMermapMapper(Machine machine, int? lastPkmap, int regionPages = Mermap.DefaultRegionPages)
         : base(machine, lastPkmap)
@@ -28,12 +28,6 @@ public sealed class LinuxMermapMapper : LinuxHighmemMapper
 
     /// <summary>Private mappings one caller can hold from mermap before it falls back to <c>kmap</c>.</summary>
     internal int MermapCapacity => Math.Min(Mermap.MERMAP_ALLOCS, _mermap.UsablePages);
-
-    /// <summary>Tracking entries of <paramref name="cpu"/> in use (tests).</summary>
-    internal int TestHookInUse(int cpu) => _mermap.InUse(cpu);
-
-    /// <summary>The bump pointer of <paramref name="cpu"/>, as a page index in its region (tests).</summary>
-    internal int TestHookNextPage(int cpu) => _mermap.NextPage(cpu);
 
     private protected override long PrivateMaps => _mermap.Maps;
 
