@@ -262,6 +262,47 @@ public sealed class MermapPitfallTests
         Assert.That(m.Counters()[Counter.StaleAccesses], Is.Zero);
     }
 
+    /// <summary>
+    /// The private map path, wraps and their flushes included, allocates no managed memory: the
+    /// per-CPU state is native, the handle a struct.
+    /// </summary>
+    [TestCase(false)]
+    [TestCase(true)]
+    public void GetAndPutAcrossWrapsAllocateNoManagedMemory(bool isChecked)
+    {
+        using var m = new SimMachine(Options(cpus: 2) with { Checked = isChecked });
+        using var mapper = (LinuxMermapMapper)SfBufMapper.Create(SfBufMapper.LinuxMermap, m);
+        mapper.TestHookUseRegion(4);
+        var page = Sim.NewPage(m, 0x99);
+        const int operations = 3000;
+        long allocated = -1;
+        int wrongReads = 0;
+        m.Run(0, () =>
+        {
+            var cpu = m.CurrentCpu;
+            KernelThread.Current.SchedPin();
+            for (int round = 0; round < 2; round++)
+            {
+                long before = GC.GetAllocatedBytesForCurrentThread();
+                for (int i = 0; i < operations; i++)
+                {
+                    var sf = mapper.Alloc(page, SfBufFlags.CpuPrivate);
+                    wrongReads += cpu.ReadUInt64(mapper.Kva(sf)) != 0x99UL ? 1 : 0;
+                    mapper.Free(sf);
+                }
+
+                allocated = GC.GetAllocatedBytesForCurrentThread() - before; // the second round, warm
+            }
+
+            KernelThread.Current.SchedUnpin();
+        });
+
+        Assert.That(wrongReads, Is.Zero);
+        Assert.That(allocated, Is.Zero, "mermap_get and mermap_put allocate nothing managed");
+        Assert.That(mapper.Stats().Details["mermap.wraps"], Is.EqualTo(((2 * operations) - 1) / 3));
+        Assert.That(mapper.Stats().Details["kmap.calls"], Is.Zero);
+    }
+
     private static MachineOptions Options(int cpus) => new()
     {
         Cpus = cpus,
