@@ -47,4 +47,7 @@ internal enum PlantedBug
 
     /// <summary>A real-time sleeper spins its full count before it looks at its timeout (as ManualResetEventSlim's spin does).</summary>
     SleepSpinIgnoresTimeout = 32,
+
+    /// <summary>linux-mermap's wrap skips <c>arch_mermap_flush_tlb</c>: a slot is reused while this CPU may still cache its old translation.</summary>
+    MermapWrapFlushSkipped = 128,
 }

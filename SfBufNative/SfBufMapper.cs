@@ -52,6 +52,9 @@ public abstract class SfBufMapper : IDisposable
     /// <summary>Linux: <c>kmap_local_page</c> for private users, <c>kmap</c> for shared ones.</summary>
     public const string LinuxKmapLocal = "linux-kmap-local";
 
+    /// <summary>Linux (the 2026 <c>__GFP_UNMAPPED</c> RFC): mermap's per-CPU bump allocator for private users, <c>kmap</c> for shared ones.</summary>
+    public const string LinuxMermap = "linux-mermap";
+
     /// <summary>DragonFly's lwbuf; shared users add <c>lwbuf_set_global</c> (DragonFly's sf_buf).</summary>
     public const string DragonFlyLwbuf = "dragonfly-lwbuf";
 

@@ -124,6 +124,18 @@ public sealed record SfBufStrategyInfo(
             PrivateNeverWaits = true,
             NotOnHost = "its saving is the per-CPU slot invalidated with a local invlpg only, remapped at context switches; " + HostFlushesEverywhere,
         },
+        new(SfBufMapper.LinuxMermap, "Linux", "mermap_get / mermap_alloc / mermap_put (mm/mermap.c, the Feb 2026 __GFP_UNMAPPED RFC) with arch_mermap_flush_tlb (arch/x86/include/asm/mermap.h); kmap for shared users and when mermap_get fails",
+            SfBufStrategyGroup.Peer, true, false, false, "mermap_get: per-CPU bump allocator of KVA, migration off, put without a flush, one local flush when the region wraps", "kmap", SfBufPrivateRules.SameThread | SfBufPrivateRules.NoMigration, Strategies.Linux.Mermap.MERMAP_ALLOCS, true,
+            (machine, nsfbufs) => new Strategies.Linux.LinuxMermapMapper(machine, nsfbufs))
+        {
+            CachedUsers = SfBufUsers.Shared,
+            PoolSizeIsParameter = true,
+            ShootdownsOnlyWhenRecycling = true,
+            ShootdownCounter = "pkmap.global_flushes",
+            PrivateMapCounters = ["mermap.maps"],
+            Capacity = (m, isPrivate) => (isPrivate ? ((Strategies.Linux.LinuxMermapMapper)m).MermapCapacity : 0) + ((Strategies.Linux.LinuxHighmemMapper)m).LastPkmap,
+            NotOnHost = "its saving is the per-CPU region put without a flush and flushed on the local CPU only when it wraps; " + HostFlushesEverywhere,
+        },
         new(SfBufMapper.DragonFlyLwbuf, "DragonFly", "lwbuf_alloc / lwbuf_kva / lwbuf_set_global / lwbuf_free (sys/cpu/i386/misc/lwbuf.c); sf_buf_alloc (kern_sfbuf.c)",
             SfBufStrategyGroup.Peer, true, false, true, "lwbuf: PTE + local invlpg, lwbuf_kva on the accessing CPU", "lwbuf + lwbuf_set_global (DragonFly's sf_buf)", SfBufPrivateRules.None, 0, false,
             (machine, _) => new Strategies.DragonFly.LwbufMapper(machine))

@@ -83,6 +83,47 @@ public sealed class ExplorationTests
     }
 
     /// <summary>
+    /// linux-mermap's planted bug: a wrap of a CPU's region skips the local flush, so a slot is
+    /// mapped again while that CPU may still cache its old translation. On the remote scenario with
+    /// a region of one usable page, every second private get wraps; the explorer finds the bug
+    /// within the CI budget (a stale translation, with a seed that replays it), and every schedule
+    /// of the real code passes.
+    /// </summary>
+    [TestCase(false)]
+    [TestCase(true)]
+    public void TheExplorerFindsMermapsSkippedWrapFlushAndTheRealCodePasses(bool planted)
+    {
+        var scenario = Scenarios.SfBufRemote(SfBufMapper.LinuxMermap, 2, ("one-page-region", m => ((Native.SfBufNative.Strategies.Linux.LinuxMermapMapper)m).TestHookUseRegion(2)));
+        long wraps = 0, flushes = 0;
+        scenario = scenario with
+        {
+            Check = run =>
+            {
+                var details = ((SfBufMapper)run.State["mapper"]).Stats().Details;
+                wraps += details["mermap.wraps"];
+                flushes += details["mermap.flushes"];
+            },
+        };
+        if (!planted)
+        {
+            Explorer.AssertAllPass(scenario, Explorer.Schedules());
+            TestContext.Out.WriteLine($"{wraps} wraps, {flushes} flushes");
+            Assert.That(wraps, Is.GreaterThan(0), "the scenario wraps the region");
+            Assert.That(flushes, Is.EqualTo(wraps));
+            return;
+        }
+
+        var found = Explorer.Explore(scenario, Explorer.CiBugBudget, PlantedBug.MermapWrapFlushSkipped);
+
+        Assert.That(found, Is.Not.Null, $"the skipped wrap flush survived {Explorer.CiBugBudget} schedules of {scenario.Name}");
+        TestContext.Out.WriteLine($"MermapWrapFlushSkipped: {found}");
+        Assert.That(found!.What, Does.Match("(?i)stale|expected page"), "found as a stale translation, not as some other failure");
+        string? again = Explorer.RunOne(scenario, found.Seed, PlantedBug.MermapWrapFlushSkipped, out _, out int steps);
+        Assert.That(again, Is.EqualTo(found.What), "the seed replays the failing schedule");
+        Assert.That(steps, Is.EqualTo(found.Steps));
+    }
+
+    /// <summary>
     /// The epoch-cache scenarios reach what they exist to interleave: over their schedules slots
     /// are retired and recycled, misses take slots from magazines and the lock holder takes them
     /// back, the epoch fallback runs, and after every schedule the pool's
