@@ -47,4 +47,7 @@ internal enum PlantedBug
 
     /// <summary>A real-time sleeper spins its full count before it looks at its timeout (as ManualResetEventSlim's spin does).</summary>
     SleepSpinIgnoresTimeout = 32,
+
+    /// <summary>asi-ephmap's <c>ephmap_put</c> clears the PTEs but skips the local invalidation.</summary>
+    EphmapPutSkipsInvalidation = 64,
 }
