@@ -12,7 +12,7 @@ namespace Native.SfBufNative.Strategies.Asi;
 /// enables migration. When <c>ephmap_get</c> returns NULL (another thread of the same address
 /// space holds this CPU's region, or this thread already holds it) the adapter does what ASI's
 /// callers do with NULL, the slow path: it falls back to <c>kmap</c> with the caller's flags
-/// (counted in <c>ephmap.failures</c> and <c>ephmap.fallbacks</c>), so a waiting caller may wait
+/// (counted in <c>ephmap.failures</c>, and in <c>ephmap.fallbacks</c> when kmap gave a mapping), so a waiting caller may wait
 /// for a kmap slot and a <see cref="SfBufFlags.NoWait"/> caller gets <see cref="SfBuf.None"/> only
 /// when kmap has no slot either. ASI maps nothing ephemerally for shared users (a mapping used on
 /// several CPUs needs the shootdown ephmap exists to avoid); they get <c>kmap</c>.
@@ -23,11 +23,11 @@ public sealed class AsiEphmapMapper : LinuxHighmemMapper
     private readonly Ephmap _ephmap;
     private readonly PerCpuCount _fallbacks;
 
-    internal AsiEphmapMapper(Machine machine, int? lastPkmap, int regionPages = Ephmap.DefaultRegionPages)
+    internal AsiEphmapMapper(Machine machine, int? lastPkmap)
         : base(machine, lastPkmap)
     {
         _fallbacks = new PerCpuCount(machine);
-        _ephmap = new Ephmap(machine, regionPages);
+        _ephmap = new Ephmap(machine);
     }
 
     /// <summary>The detail counter of <c>ephmap_get</c> calls that returned NULL.</summary>
@@ -48,12 +48,13 @@ public sealed class AsiEphmapMapper : LinuxHighmemMapper
         if (va == 0)
         {
             td.UnpinSelf(); // migrate_enable: the slow path has no CPU-local mapping to keep
-            _fallbacks.Increment(td.Cpu!);
             return SfBuf.None;
         }
 
         return new SfBuf(va, page, slot, Id, generation);
     }
+
+    private protected override void PrivateFellBack(KernelThread td) => _fallbacks.Increment(td.Cpu!);
 
     private protected override bool UnmapPrivate(KernelThread td, SfBuf sf)
     {
@@ -74,7 +75,8 @@ public sealed class AsiEphmapMapper : LinuxHighmemMapper
         details["ephmap.fallbacks"] = _fallbacks.Value;
         details["ephmap.invlpgs"] = _ephmap.Invlpgs;
         details["ephmap.full_flushes"] = _ephmap.FullFlushes;
-        details["ephmap.setup_failures"] = _ephmap.SetupFailures;
+        details["ephmap.switch_saves"] = _ephmap.SwitchSaves;
+        details["ephmap.switch_restores"] = _ephmap.SwitchRestores;
     }
 
     /// <inheritdoc/>

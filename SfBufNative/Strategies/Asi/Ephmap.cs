@@ -9,61 +9,74 @@ namespace Native.SfBufNative.Strategies.Asi;
 /// <c>ephmap_get</c>, <c>ephmap_put</c>, <c>ephmap_setup</c>).
 /// <para>
 /// Every address space has one region per CPU (<c>EPHMAP_CPU_REGION_SIZE</c>, the largest folio;
-/// here <see cref="RegionPages"/>) and an in-use flag per CPU (<c>mm-&gt;mml_cpu-&gt;in_use</c>).
-/// <c>ephmap_get</c> requires migration off, exchanges the flag and returns NULL when it was
-/// already set: another thread of the same address space holds this CPU's region (a thread of
-/// another address space has its own region). Otherwise it writes the PTEs; no invalidation,
-/// since the last <c>ephmap_put</c> left the region invalid in this CPU's TLB and no other CPU
-/// uses it. <c>ephmap_put</c> clears the PTEs, invalidates on this CPU only (an <c>invlpg</c> per
-/// page below 33 pages, else one full flush, <c>invpcid_flush_all</c>) and clears the flag.
+/// here <see cref="RegionPages"/>) at the same address in every address space, and an in-use flag
+/// per CPU (<c>mm-&gt;mml_cpu-&gt;in_use</c>). <c>ephmap_get</c> requires migration off, exchanges
+/// the flag and returns NULL when it was already set: another thread of the same address space
+/// holds this CPU's region. Otherwise it writes the PTEs, with no invalidation: the last
+/// <c>ephmap_put</c> on this CPU left the region invalid in its TLB, and no other CPU uses it.
+/// <c>ephmap_put</c> clears the PTEs, invalidates on this CPU only (an <c>invlpg</c> per page
+/// below 33 pages, else one full flush, <c>invpcid_flush_all</c>) and clears the flag.
 /// </para>
 /// <para>
-/// Address spaces: ephmap's regions live in each mm's own page tables at the same address. The
-/// simulated machine has one kernel page table, so each address space (a thread's
-/// <see cref="VmSpace"/>; threads without one share the kernel's) gets its own range of
-/// <c>kernel_map</c>, taken at its first <c>ephmap_get</c> (<c>ephmap_setup</c>). ephmap itself
-/// returns NULL for a thread with no mm (a kernel thread); the model gives those threads the
-/// kernel's address space instead, so that the kernel subsystems' threads use it.
+/// Address spaces: a thread's <see cref="VmSpace"/>, and the kernel's for every thread without
+/// one (ephmap itself returns NULL for a thread with no mm, a kernel thread; the model gives those
+/// threads the kernel's address space so that the kernel subsystems' threads use ephmap). The
+/// regions live in each mm's own page tables; the simulated machine has one kernel page table,
+/// so a switch between threads does what the CR3 switch does to these non-global PTEs: a thread
+/// switching out holding a region has its PTEs cleared and invalidated on its CPU, and written
+/// again when it switches back in (counted in <see cref="SwitchSaves"/> and
+/// <see cref="SwitchRestores"/>). Threads of the same address space never hold one CPU's region
+/// together (the flag), so the save and restore only separate address spaces.
 /// </para>
 /// <para>
-/// Per-CPU state (flag, holder, pages, generation) is native, one 64-byte line per CPU, written
-/// only by the thread holding that CPU; a get or put allocates nothing managed.
+/// Per-CPU state (flag, holder, pages, generation) is native, one 64-byte line per CPU per
+/// address space, written only by the thread holding that CPU; a get or put allocates nothing
+/// managed once the thread and its address space have been seen.
 /// </para>
 /// </summary>
-internal sealed unsafe class Ephmap : IDisposable
+internal sealed unsafe class Ephmap : IContextSwitchHook, IDisposable
 {
-    /// <summary>Default region size in pages: both sides of the 33-page flush threshold fit.</summary>
-    public const int DefaultRegionPages = 64;
+    /// <summary>
+    /// Default region size in pages: <c>EPHMAP_CPU_REGION_SIZE</c> is the largest folio, and the
+    /// simulated page cache has order-0 folios only.
+    /// </summary>
+    public const int DefaultRegionPages = 1;
 
     /// <summary>From this many pages <c>ephmap_put</c> flushes the whole TLB instead of one <c>invlpg</c> per page.</summary>
     public const int FullFlushPages = 33;
 
-    private const ulong EphmapProt = Pte.PG_V | Pte.PG_RW | Pte.PG_G;
+    private const ulong EphmapProt = Pte.PG_V | Pte.PG_RW;
 
     private readonly Machine _machine;
+    private readonly KvaRegion _area;
     private readonly int _cpus;
     private readonly Lock _setupLock = new();
     private readonly ConditionalWeakTable<VmSpace, EphmapMm> _byVmSpace = new();
-    private readonly List<EphmapMm> _all = [];
     private readonly EphmapMm _kernelMm;
+    private readonly ThreadLocal<Held> _held;
     private readonly PerCpuCount _gets;
     private readonly PerCpuCount _failures;
     private readonly PerCpuCount _invlpgs;
     private readonly PerCpuCount _fullFlushes;
-    private long _setupFailures;
-    private bool _disposed;
+    private long _saves;
+    private long _restores;
 
-    public Ephmap(Machine machine, int regionPages = DefaultRegionPages)
+    /// <summary>Regions of <paramref name="regionPages"/> pages in <paramref name="area"/> (null: the fixmap, 32 pages per CPU).</summary>
+    public Ephmap(Machine machine, int regionPages = DefaultRegionPages, KvaRegion? area = null)
     {
-        ArgumentOutOfRangeException.ThrowIfLessThan(regionPages, 1);
-        _machine = machine;
+        _area = area ?? machine.Layout.Fixmap;
         _cpus = machine.Options.Cpus;
+        ArgumentOutOfRangeException.ThrowIfLessThan(regionPages, 1);
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(regionPages, _area.Pages / _cpus);
+        _machine = machine;
         RegionPages = regionPages;
+        _held = new(() => new Held(regionPages));
         _gets = new PerCpuCount(machine);
         _failures = new PerCpuCount(machine);
         _invlpgs = new PerCpuCount(machine);
         _fullFlushes = new PerCpuCount(machine);
         _kernelMm = Setup();
+        machine.AddContextSwitchHook(this);
     }
 
     /// <summary><c>EPHMAP_CPU_REGION_SIZE</c> in pages.</summary>
@@ -72,7 +85,7 @@ internal sealed unsafe class Ephmap : IDisposable
     /// <summary>Successful <c>ephmap_get</c> calls.</summary>
     public long Gets => _gets.Value;
 
-    /// <summary><c>ephmap_get</c> calls that returned NULL (region in use, too large, or no region).</summary>
+    /// <summary><c>ephmap_get</c> calls that returned NULL (region in use, or too small).</summary>
     public long Failures => _failures.Value;
 
     /// <summary>Pages invalidated one by one by <c>ephmap_put</c> (below 33 pages).</summary>
@@ -81,37 +94,47 @@ internal sealed unsafe class Ephmap : IDisposable
     /// <summary>Full local flushes by <c>ephmap_put</c> (33 pages or more).</summary>
     public long FullFlushes => _fullFlushes.Value;
 
-    /// <summary>Address spaces whose region could not be set up (<c>kernel_map</c> exhausted): their gets all fail.</summary>
-    public long SetupFailures => Interlocked.Read(ref _setupFailures);
+    /// <summary>PTEs cleared (and invalidated locally) because their holder switched out.</summary>
+    public long SwitchSaves => Interlocked.Read(ref _saves);
 
-    /// <summary>True when <paramref name="va"/> lies in an ephmap region (every region comes from <c>kernel_map</c>).</summary>
-    public bool Owns(ulong va) => _machine.Layout.KernelMap.Contains(va);
+    /// <summary>PTEs written again because their holder switched back in.</summary>
+    public long SwitchRestores => Interlocked.Read(ref _restores);
+
+    /// <summary>True when <paramref name="va"/> lies in the regions' area.</summary>
+    public bool Owns(ulong va) => _area.Contains(va);
+
+    /// <summary>The start of <paramref name="cpu"/>'s region (the same in every address space).</summary>
+    public ulong RegionOf(int cpu) => _area.Start + ((ulong)(cpu * RegionPages) << Pte.PageShift);
 
     /// <summary>True when the calling thread's address space holds the region of <paramref name="cpu"/> (tests).</summary>
-    public bool InUse(KernelThread td, int cpu) => MmOf(td) is { Region: not 0 } mm && mm.Line(cpu)->InUse != 0;
+    public bool InUse(KernelThread td, int cpu) => Volatile.Read(ref MmOf(td).Line(cpu)->InUse) != 0;
 
     /// <summary>
     /// <c>ephmap_get</c>: maps <paramref name="pages"/> contiguously in this CPU's region of the
     /// calling thread's address space. The caller has migration off. Returns 0 (NULL) when the
-    /// region is held by another thread of the same address space, or is too small.
+    /// region is held by another thread of the same address space (or by this one), or is too
+    /// small.
     /// </summary>
     public ulong Get(KernelThread td, ReadOnlySpan<VmPage> pages, out int slot, out int generation)
     {
         var cpu = td.Cpu!;
         slot = cpu.Id;
         generation = 0;
-        if (td.RequiredCpu != cpu.Id)
+        if (td.PinCount == 0 && td.BoundCpu < 0)
         {
             throw new InvalidOperationException($"ephmap_get by {td} with migration enabled (lockdep_assert(is_migration_disabled(current)))");
         }
 
-        var mm = MmOf(td);
-        if (pages.Length == 0 || pages.Length > RegionPages || mm.Region == 0)
+        var held = _held.Value!;
+        if (pages.Length == 0 || pages.Length > RegionPages || held.Cpu >= 0)
         {
+            // Too large, or this thread already holds a region (of another address space, after
+            // a switch of its VmSpace): the flag below would not catch the latter.
             _failures.Increment(cpu);
             return 0;
         }
 
+        var mm = MmOf(td);
         var line = mm.Line(cpu.Id);
         if (Interlocked.Exchange(ref line->InUse, 1) != 0)
         {
@@ -120,21 +143,27 @@ internal sealed unsafe class Ephmap : IDisposable
             return 0;
         }
 
-        ulong addr = mm.Region + ((ulong)(cpu.Id * RegionPages) << Pte.PageShift);
+        ulong addr = RegionOf(cpu.Id);
         for (int i = 0; i < pages.Length; i++)
         {
             ulong va = addr + ((ulong)i << Pte.PageShift);
-            ulong old = _machine.KernelPmap.ExchangePte(va, Pte.Make(pages[i].Frame, EphmapProt));
+            ulong pte = Pte.Make(pages[i].Frame, EphmapProt);
+            ulong old = _machine.KernelPmap.ExchangePte(va, pte);
             if (Pte.IsValid(old))
             {
                 throw new InvalidOperationException($"ephmap_get: page {i} of cpu {cpu.Id}'s region was still mapped ({Pte.Describe(old)}): remapping already mapped page");
             }
+
+            held.PteVal[i] = pte;
         }
 
         _machine.KernelPmap.CountMapping(pages.Length);
         line->Holder = td.Id;
         line->Pages = pages.Length;
         generation = ++line->Generation;
+        held.Pages = pages.Length;
+        held.Mm = mm;
+        held.Cpu = cpu.Id;
         _gets.Increment(cpu);
         return addr;
     }
@@ -147,28 +176,28 @@ internal sealed unsafe class Ephmap : IDisposable
     public void Put(KernelThread td, ulong va, int pages, int generation)
     {
         var cpu = td.Cpu!;
-        var mm = MmOf(td);
-        ulong addr = mm.Region + ((ulong)(cpu.Id * RegionPages) << Pte.PageShift);
-        var line = mm.Region == 0 ? null : mm.Line(cpu.Id);
-        if (line == null || va != addr)
+        var held = _held.Value!;
+        ulong addr = RegionOf(cpu.Id);
+        if (held.Cpu != cpu.Id || va != addr)
         {
             throw new InvalidOperationException(
-                $"ephmap_put of 0x{va:x} by {td} on cpu {cpu.Id}: not this CPU's region of its address space (0x{addr:x}); "
-                + "a region is released by the thread that got it, on the same CPU (migration off)");
+                $"ephmap_put of 0x{va:x} by {td} on cpu {cpu.Id}: it holds no region there (a double put, or another thread's region: "
+                + "a region is released by the thread that got it, on the same CPU, migration off)");
         }
 
+        var line = held.Mm!.Line(cpu.Id);
         if (line->InUse == 0 || line->Holder != td.Id || line->Generation != generation)
         {
-            throw new InvalidOperationException($"ephmap_put of 0x{va:x} by {td} on cpu {cpu.Id}: the region is not held by this get (a double put, a stale handle, or another thread's region)");
+            throw new InvalidOperationException($"ephmap_put of 0x{va:x} by {td} on cpu {cpu.Id}: a stale handle (generation {generation}, the region's is {line->Generation})");
         }
 
-        if (pages != line->Pages)
+        if (pages != held.Pages)
         {
-            throw new InvalidOperationException($"ephmap_put of {pages} pages at 0x{va:x}: the get mapped {line->Pages}");
+            throw new InvalidOperationException($"ephmap_put of {pages} pages at 0x{va:x}: the get mapped {held.Pages}");
         }
 
-        // unmap_page_range_noflush: clear every PTE first, then invalidate, so that no walk
-        // between the two can refill the TLB from a live PTE.
+        // unmap_page_range_noflush: every PTE is cleared before the flush, so that nothing can
+        // refill this CPU's TLB from a live PTE after it.
         for (int i = 0; i < pages; i++)
         {
             _machine.KernelPmap.ExchangePte(va + ((ulong)i << Pte.PageShift), 0);
@@ -191,31 +220,67 @@ internal sealed unsafe class Ephmap : IDisposable
             }
         }
 
+        held.Cpu = -1;
+        held.Mm = null;
+        held.Pages = 0;
         line->Pages = 0;
         line->Holder = 0;
-        Volatile.Write(ref line->InUse, 0);
+        Volatile.Write(ref line->InUse, 0); // this_cpu_write(in_use, false)
+    }
+
+    /// <inheritdoc/>
+    public void SwitchOut(Cpu cpu, KernelThread thread)
+    {
+        // The switching thread is the calling host thread.
+        if (!_held.IsValueCreated || _held.Value!.Cpu < 0)
+        {
+            return;
+        }
+
+        var held = _held.Value;
+        ulong addr = RegionOf(cpu.Id);
+        for (int i = 0; i < held.Pages; i++)
+        {
+            ulong va = addr + ((ulong)i << Pte.PageShift);
+            _machine.KernelPmap.ExchangePte(va, 0);
+            cpu.InvalidateLocal(va >> Pte.PageShift);
+        }
+
+        Interlocked.Add(ref _saves, held.Pages);
+    }
+
+    /// <inheritdoc/>
+    public void SwitchIn(Cpu cpu, KernelThread thread, int migratedFrom)
+    {
+        if (!_held.IsValueCreated || _held.Value!.Cpu < 0)
+        {
+            return;
+        }
+
+        var held = _held.Value;
+        if (migratedFrom >= 0 || held.Cpu != cpu.Id)
+        {
+            throw new InvalidOperationException($"{thread} migrated from cpu {held.Cpu} to cpu {cpu.Id} holding an ephmap region (migration must be disabled)");
+        }
+
+        ulong addr = RegionOf(cpu.Id);
+        for (int i = 0; i < held.Pages; i++)
+        {
+            ulong old = _machine.KernelPmap.ExchangePte(addr + ((ulong)i << Pte.PageShift), held.PteVal[i]);
+            if (Pte.IsValid(old))
+            {
+                throw new InvalidOperationException($"ephmap restore for {thread}: page {i} of cpu {cpu.Id}'s region still maps {Pte.Describe(old)}");
+            }
+        }
+
+        _machine.KernelPmap.CountMapping(held.Pages);
+        Interlocked.Add(ref _restores, held.Pages);
     }
 
     public void Dispose()
     {
-        lock (_setupLock)
-        {
-            if (_disposed)
-            {
-                return;
-            }
-
-            _disposed = true;
-            foreach (var mm in _all)
-            {
-                if (mm.Region != 0 && !_machine.IsDisposed)
-                {
-                    _machine.KernelMap.Free(mm.Region, _cpus * RegionPages);
-                }
-            }
-
-            _all.Clear();
-        }
+        _machine.RemoveContextSwitchHook(this);
+        _held.Dispose();
     }
 
     private EphmapMm MmOf(KernelThread td)
@@ -243,24 +308,8 @@ internal sealed unsafe class Ephmap : IDisposable
         }
     }
 
-    /// <summary><c>ephmap_setup</c>: an address space's regions, one per CPU, and its per-CPU lines.</summary>
-    private EphmapMm Setup()
-    {
-        ulong region = _machine.KernelMap.Alloc(_cpus * RegionPages, wait: false);
-        if (region == 0)
-        {
-            Interlocked.Increment(ref _setupFailures);
-        }
-
-        var lines = (CpuLine*)_machine.Ledger.AllocZeroed((nuint)(sizeof(CpuLine) * _cpus), 64);
-        var mm = new EphmapMm(region, lines);
-        lock (_setupLock)
-        {
-            _all.Add(mm);
-        }
-
-        return mm;
-    }
+    /// <summary><c>ephmap_setup</c>: an address space's per-CPU lines (its regions' page tables need nothing here).</summary>
+    private EphmapMm Setup() => new((CpuLine*)_machine.Ledger.AllocZeroed((nuint)(sizeof(CpuLine) * _cpus), 64));
 
     /// <summary>One CPU's state in one address space (<c>mml_cpu</c>), alone on its cache line.</summary>
     [StructLayout(LayoutKind.Sequential, Size = 64)]
@@ -272,11 +321,18 @@ internal sealed unsafe class Ephmap : IDisposable
         public int Generation;
     }
 
-    /// <summary>An address space's ephmap: its regions and per-CPU lines.</summary>
-    private sealed class EphmapMm(ulong region, CpuLine* lines)
+    /// <summary>An address space's ephmap state: its per-CPU lines.</summary>
+    private sealed class EphmapMm(CpuLine* lines)
     {
-        public ulong Region { get; } = region;
-
         public CpuLine* Line(int cpu) => lines + cpu;
+    }
+
+    /// <summary>What the calling thread holds: the CPU (-1: nothing), its address space and the PTEs to restore.</summary>
+    private sealed class Held(int regionPages)
+    {
+        public int Cpu = -1;
+        public int Pages;
+        public EphmapMm? Mm;
+        public readonly ulong[] PteVal = new ulong[regionPages];
     }
 }
