@@ -103,8 +103,8 @@ internal sealed unsafe class Ephmap : IContextSwitchHook, IDisposable
     /// <summary>True when <paramref name="va"/> lies in the regions' area.</summary>
     public bool Owns(ulong va) => _area.Contains(va);
 
-    /// <summary>The start of <paramref name="cpu"/>'s region (the same in every address space).</summary>
-    public ulong RegionOf(int cpu) => _area.Start + ((ulong)(cpu * RegionPages) << Pte.PageShift);
+    /// <summary>The start of <paramref name="cpu"/>'s region (the same in every address space): the area is split evenly among the CPUs, so in the fixmap it is the CPU's first slot.</summary>
+    public ulong RegionOf(int cpu) => _area.Start + ((ulong)(cpu * (_area.Pages / _cpus)) << Pte.PageShift);
 
     /// <summary>True when the calling thread's address space holds the region of <paramref name="cpu"/> (tests).</summary>
     public bool InUse(KernelThread td, int cpu) => Volatile.Read(ref MmOf(td).Line(cpu)->InUse) != 0;
