@@ -48,6 +48,9 @@ internal enum PlantedBug
     /// <summary>A real-time sleeper spins its full count before it looks at its timeout (as ManualResetEventSlim's spin does).</summary>
     SleepSpinIgnoresTimeout = 32,
 
+    /// <summary>asi-ephmap's <c>ephmap_put</c> clears the PTEs but skips the local invalidation.</summary>
+    EphmapPutSkipsInvalidation = 64,
+
     /// <summary>linux-mermap's wrap skips <c>arch_mermap_flush_tlb</c>: a slot is reused while this CPU may still cache its old translation.</summary>
     MermapWrapFlushSkipped = 128,
 }

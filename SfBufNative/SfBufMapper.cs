@@ -67,6 +67,9 @@ public abstract class SfBufMapper : IDisposable
     /// <summary>Our own: lock-free hits, slots recycled after an epoch instead of a shootdown.</summary>
     public const string EpochCache = "epoch-cache";
 
+    /// <summary>Address Space Isolation's <c>ephmap</c> for private users (one region per CPU per address space, local flush only); kmap for shared ones.</summary>
+    public const string AsiEphmap = "asi-ephmap";
+
     private static int s_nextId;
     private readonly bool _instruments;
     private readonly bool _kvaOnAccessingCpu;

@@ -168,6 +168,21 @@ public sealed record SfBufStrategyInfo(
             Capacity = (m, isPrivate) => (isPrivate ? 1 : 0) + ((Strategies.FreeBsd.QuickMapper)m).SfBufPool.Nsfbufs,
             NotOnHost = "its saving is the per-CPU quick-map page invalidated with a local invlpg only (pmap_quick_enter_page); " + HostFlushesEverywhere,
         },
+        new(SfBufMapper.AsiEphmap, "Linux ASI", "ephmap_get / ephmap_put / ephmap_setup (mm/ephmap.c, Address Space Isolation branch); kmap for shared users",
+            SfBufStrategyGroup.Peer, true, false, false,
+            "ephmap: one region per CPU per address space, migration off, local invlpg (full flush from 33 pages); kmap when the region is in use",
+            "kmap", SfBufPrivateRules.SameThread | SfBufPrivateRules.NoMigration, 1, true,
+            (machine, nsfbufs) => new Strategies.Asi.AsiEphmapMapper(machine, nsfbufs))
+        {
+            CachedUsers = SfBufUsers.Shared,
+            PoolSizeIsParameter = true,
+            ShootdownsOnlyWhenRecycling = true,
+            PrivateShootdowns = SfBufShootdowns.WhenRecycling,
+            ShootdownCounter = "pkmap.global_flushes",
+            PrivateMapCounters = ["ephmap.gets", "ephmap.fallbacks"],
+            Capacity = (m, isPrivate) => (isPrivate ? 1 : 0) + ((Strategies.Linux.LinuxHighmemMapper)m).LastPkmap,
+            NotOnHost = "its saving is the per-CPU region invalidated with a local invlpg only; " + HostFlushesEverywhere,
+        },
         new(SfBufMapper.EpochCache, "this project", "sfbuf-i386's mapping cache with a lock-free page index (Linux's page_address) and epoch-deferred, batched recycling (NetBSD emap's generations, kmap's batched flush): SfBufNative/Strategies/EpochCache/",
             SfBufStrategyGroup.Own, true, true, false, "the shared cache: no hint needed, no IPI", "the same: lock-free hit, no IPI on a miss unless the epoch fallback runs", SfBufPrivateRules.None, 0, true,
             (machine, nsfbufs) => new EpochCacheMapper(machine, nsfbufs))

@@ -124,6 +124,30 @@ public sealed class ExplorationTests
     }
 
     /// <summary>
+    /// asi-ephmap's planted bug: <c>ephmap_put</c> clears the PTEs but skips the local
+    /// invalidation, so the CPU keeps the old translation of its region and the next mapping at
+    /// the same address reads the previous page. The explorer must find it on the remote-caching
+    /// scenario within the CI budget, with a seed that replays it; the real code passes the same
+    /// scenario (<see cref="EveryExploredScheduleOfTheRealCodePasses"/>).
+    /// </summary>
+    [Test]
+    public void TheExplorerFindsEphmapPutSkippingItsLocalInvalidation()
+    {
+        var scenario = Scenarios.SfBufRemote(SfBufMapper.AsiEphmap, 2);
+
+        var found = Explorer.Explore(scenario, Explorer.CiBugBudget, PlantedBug.EphmapPutSkipsInvalidation);
+
+        Assert.That(found, Is.Not.Null, $"an ephmap_put without its invlpg survived {Explorer.CiBugBudget} schedules of {scenario.Name}");
+        TestContext.Out.WriteLine($"EphmapPutSkipsInvalidation: {found}");
+        Assert.That(found!.What, Does.Match("(?i)stale|expected page"), "found as a stale translation, not as some other failure");
+
+        string? again = Explorer.RunOne(scenario, found.Seed, PlantedBug.EphmapPutSkipsInvalidation, out _, out int steps);
+        Assert.That(again, Is.EqualTo(found.What), "the seed replays the failing schedule");
+        Assert.That(steps, Is.EqualTo(found.Steps));
+        Assert.That(Explorer.RunOne(scenario, found.Seed, PlantedBug.None, out _, out _), Is.Null, "the same schedule passes with the real code");
+    }
+
+    /// <summary>
     /// The epoch-cache scenarios reach what they exist to interleave: over their schedules slots
     /// are retired and recycled, misses take slots from magazines and the lock holder takes them
     /// back, the epoch fallback runs, and after every schedule the pool's

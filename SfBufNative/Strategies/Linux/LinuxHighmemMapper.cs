@@ -53,6 +53,11 @@ public abstract class LinuxHighmemMapper : SfBufMapper
         }
 
         Interlocked.Increment(ref _kmapCalls);
+        if ((flags & SfBufFlags.CpuPrivate) != 0)
+        {
+            PrivateFellBack(td);
+        }
+
         return new SfBuf(va, page, slot, Id, generation);
     }
 
@@ -97,6 +102,11 @@ public abstract class LinuxHighmemMapper : SfBufMapper
 
     /// <summary>The per-CPU mechanism for a private user; none to use <c>kmap</c>.</summary>
     private protected virtual SfBuf MapPrivate(KernelThread td, VmPage page) => SfBuf.None;
+
+    /// <summary>A private user got <c>kmap</c> because the per-CPU mechanism had no mapping for it (ephmap's NULL).</summary>
+    private protected virtual void PrivateFellBack(KernelThread td)
+    {
+    }
 
     /// <summary>Releases <paramref name="sf"/> if the per-CPU mechanism made it.</summary>
     private protected virtual bool UnmapPrivate(KernelThread td, SfBuf sf) => false;
