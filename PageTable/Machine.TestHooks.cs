@@ -47,4 +47,7 @@ internal enum PlantedBug
 
     /// <summary>A real-time sleeper spins its full count before it looks at its timeout (as ManualResetEventSlim's spin does).</summary>
     SleepSpinIgnoresTimeout = 32,
+
+    /// <summary>A broadcast shootdown never reaches its highest-numbered target, whose completion is still counted.</summary>
+    BroadcastSkipsOneTarget = 64,
 }
