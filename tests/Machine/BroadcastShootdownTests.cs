@@ -188,6 +188,19 @@ public sealed class BroadcastShootdownTests
     }
 
     [Test]
+    public void RealTimeChargesTheInitiatorTheIssuesAndTheWaitAndNoTarget()
+    {
+        using var m = new SimMachine(Real(3) with { Cost = P });
+        var (d, _, _, _) = RemapAndShoot(m, ShootdownKind.Range, 20);
+
+        Assert.That(d[Counter.BroadcastInvalidations], Is.EqualTo(3));
+        Assert.That(d.OnCpu(0, Counter.ChargedNanoseconds), Is.EqualTo((3 * (long)P.BroadcastIssueNs) + (long)P.BroadcastSyncNs),
+            "busy-waited: the issues, then at least the completion price");
+        Assert.That(d.OnCpu(1, Counter.ChargedNanoseconds) + d.OnCpu(2, Counter.ChargedNanoseconds), Is.Zero, "no handler, no invalidation charged to a target");
+        AssertNoIpis(d);
+    }
+
+    [Test]
     public void AnIdleTargetIsNotWaitedForAndFlushesWhenItNextRunsUnpriced([Values(MachineTime.Real, MachineTime.Virtual)] MachineTime time)
     {
         using var m = new SimMachine(time == MachineTime.Real ? Real(2) : Virtual(2));
