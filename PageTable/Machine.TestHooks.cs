@@ -49,5 +49,5 @@ internal enum PlantedBug
     SleepSpinIgnoresTimeout = 32,
 
     /// <summary>A broadcast shootdown never reaches its highest-numbered target, whose completion is still counted.</summary>
-    BroadcastSkipsOneTarget = 64,
+    BroadcastSkipsOneTarget = 256,
 }
