@@ -53,4 +53,7 @@ internal enum PlantedBug
 
     /// <summary>linux-mermap's wrap skips <c>arch_mermap_flush_tlb</c>: a slot is reused while this CPU may still cache its old translation.</summary>
     MermapWrapFlushSkipped = 128,
+
+    /// <summary>A broadcast shootdown never reaches its highest-numbered target, whose completion is still counted.</summary>
+    BroadcastSkipsOneTarget = 256,
 }

@@ -63,6 +63,16 @@ public sealed unsafe partial class Machine : IDisposable
             throw new ArgumentOutOfRangeException(nameof(options), Options.DeadlockQuiescence, "the deadlock quiescence must be positive");
         }
 
+        if (Options.BroadcastPagesPerInstruction < 1)
+        {
+            throw new ArgumentOutOfRangeException(nameof(options), Options.BroadcastPagesPerInstruction, "a broadcast invalidation covers at least one page");
+        }
+
+        if (Options.Shootdown == ShootdownMechanism.Broadcast && Options.Backend == MachineBackend.Host)
+        {
+            throw new ArgumentException("broadcast shootdowns are modelled on the simulated backend only (the host backend's shootdowns are real IPIs)", nameof(options));
+        }
+
         Controller = Options.Time == MachineTime.Virtual ? CreateVirtualClock(Options) : Options.Controlled;
         _detectDeadlocks = Options.DetectDeadlocks && Controller == null;
         if (Options.Controlled != null && !Options.Checked)

@@ -28,6 +28,24 @@ public enum MachineTime
     Virtual,
 }
 
+/// <summary>How the machine delivers a remote TLB invalidation (a shootdown) to its targets.</summary>
+public enum ShootdownMechanism
+{
+    /// <summary>
+    /// An IPI per running target, serviced by a handler on the target (FreeBSD's
+    /// <c>smp_targeted_tlb_shootdown</c>, Linux's <c>flush_tlb_func</c> via <c>on_each_cpu_cond_mask</c>).
+    /// </summary>
+    Ipi,
+
+    /// <summary>
+    /// Broadcast invalidation hardware: the initiator issues invalidation instructions that reach
+    /// the targets' TLBs without interrupting them, then waits for their completion (AMD
+    /// <c>INVLPGB</c> + <c>TLBSYNC</c>, as Linux's <c>invlpgb_kernel_range_flush</c> issues them;
+    /// Arm64 <c>TLBI ...IS</c> + <c>DSB ISH</c>). No handler runs on a target and none is priced.
+    /// </summary>
+    Broadcast,
+}
+
 /// <summary>The configuration of a simulated machine. The defaults are the embedded default machine.</summary>
 public sealed record MachineOptions
 {
@@ -57,6 +75,17 @@ public sealed record MachineOptions
 
     /// <summary>Pages of permanently mapped kernel memory (default 16384 = 64 MiB).</summary>
     public int KernelMemoryPages { get; init; } = 16384;
+
+    /// <summary>How shootdowns reach their targets (default <see cref="ShootdownMechanism.Ipi"/>).</summary>
+    public ShootdownMechanism Shootdown { get; init; } = ShootdownMechanism.Ipi;
+
+    /// <summary>
+    /// <see cref="ShootdownMechanism.Broadcast"/>: the most pages one invalidation instruction covers
+    /// (default 8). AMD reports its limit per part in CPUID Fn8000_0008 EDX[15:0] (Linux's
+    /// <c>invlpgb_count_max</c>); 8 is an assumed value, not a measured one. 1 models Arm64 without
+    /// the range operations of FEAT_TLBIRANGE (one <c>TLBI VAALE1IS</c> per page).
+    /// </summary>
+    public int BroadcastPagesPerInstruction { get; init; } = 8;
 
     /// <summary>Checked mode: the stale-translation oracle and caller checks on every access (default on).</summary>
     public bool Checked { get; init; } = true;

@@ -11,14 +11,16 @@ namespace Native.PageTable;
 /// permanent and excluded); the initiator's own <c>invlpg</c>s and full flushes (those done for
 /// a shootdown are priced with the shootdown) and the non-global flushes a mechanism does for its
 /// own mappings (emap's consume); per shootdown round the round trip (delivery +
-/// handler entry), per target the send, the handler and the invalidation asked for; and the page
+/// handler entry), per target the send, the handler and the invalidation asked for; per broadcast
+/// round (<see cref="ShootdownMechanism.Broadcast"/>) its instructions and its completion wait
+/// and nothing for the targets; and the page
 /// walks of TLB misses on ephemeral-mapping addresses. Not priced: address-space switches and
 /// user or kmem TLB misses, which are not the mapping machinery's.
 /// </para>
 /// </summary>
 /// <param name="PteNs">PTE stores.</param>
 /// <param name="InvalidationNs">Local invalidations and flushes by the CPU that changed the mapping, and mapping flushes by the CPU that uses it.</param>
-/// <param name="ShootdownNs">Shootdown rounds: sends, round trips, target handlers and target invalidations.</param>
+/// <param name="ShootdownNs">Shootdown rounds: sends, round trips, target handlers and target invalidations; broadcast instructions and completion waits.</param>
 /// <param name="WalkNs">Page walks after misses on ephemeral mappings.</param>
 public sealed record MappingCost(double PteNs, double InvalidationNs, double ShootdownNs, double WalkNs)
 {
@@ -39,7 +41,9 @@ public sealed record MappingCost(double PteNs, double InvalidationNs, double Sho
         ArgumentNullException.ThrowIfNull(profile);
         long ownInvalidations = count(Counter.LocalInvalidations) - count(Counter.IpiInvalidations);
         long ownFlushes = count(Counter.FullFlushes) - count(Counter.IpiFlushes);
-        long rounds = count(Counter.ShootdownRounds);
+        // A broadcast round has exactly one completion wait; the rest were IPI rounds.
+        long broadcastRounds = count(Counter.BroadcastSyncs);
+        long rounds = count(Counter.ShootdownRounds) - broadcastRounds;
         long targets = count(Counter.IpiTargets);
         return new MappingCost(
             PteNs: profile.PteWriteNs * (count(Counter.KernelPteWrites) + count(Counter.KernelPteClears)),
@@ -47,7 +51,9 @@ public sealed record MappingCost(double PteNs, double InvalidationNs, double Sho
             ShootdownNs: ((profile.IpiDeliveryNs + profile.IpiHandlerNs) * rounds)
                 + ((profile.IpiSendNs + profile.IpiHandlerNs) * targets)
                 + (profile.LocalInvalidateNs * count(Counter.ShootdownTargetPages))
-                + (profile.FullFlushNs * count(Counter.ShootdownTargetFlushes)),
+                + (profile.FullFlushNs * count(Counter.ShootdownTargetFlushes))
+                + (profile.BroadcastIssueNs * count(Counter.BroadcastInvalidations))
+                + (profile.BroadcastSyncNs * broadcastRounds),
             WalkNs: profile.TlbMissWalkNs * count(Counter.MappingTlbMisses));
     }
 

@@ -33,7 +33,7 @@ public enum Counter
     /// <summary>IPIs serviced by this CPU.</summary>
     IpisReceived,
 
-    /// <summary>Target CPUs named by shootdowns (running or idle).</summary>
+    /// <summary>Target CPUs named by IPI shootdowns (running or idle).</summary>
     IpiTargets,
 
     /// <summary>Targets that were idle: marked flush-pending instead of interrupted.</summary>
@@ -117,13 +117,25 @@ public enum Counter
 
     /// <summary>System calls and traps entered (priced by the profile's kernel entry in virtual time).</summary>
     KernelEntries,
+
+    /// <summary>Broadcast invalidation instructions issued by this CPU (<c>INVLPGB</c>, <c>TLBI ...IS</c>): one per page, per range chunk, or per full flush.</summary>
+    BroadcastInvalidations,
+
+    /// <summary>Pages those instructions covered (a full flush covers none by name).</summary>
+    BroadcastPages,
+
+    /// <summary>Completion waits issued by this CPU (<c>TLBSYNC</c>, <c>DSB ISH</c>): one per broadcast shootdown.</summary>
+    BroadcastSyncs,
+
+    /// <summary>Target CPUs named by broadcast shootdowns (running or idle); <see cref="IpiTargets"/> counts those of IPI shootdowns.</summary>
+    BroadcastTargets,
 }
 
 /// <summary>Schema names of <see cref="Counter"/> values.</summary>
 public static class CounterNames
 {
     /// <summary>Number of counters.</summary>
-    public const int Count = (int)Counter.KernelEntries + 1;
+    public const int Count = (int)Counter.BroadcastTargets + 1;
 
     private static readonly string[] s_names =
     [
@@ -133,7 +145,7 @@ public static class CounterNames
         "stale_accesses", "context_switches", "migrations", "mappings", "mapped_pages", "kmem_pte_writes",
         "mapping_tlb_misses", "ipi_invalidations", "ipi_flushes", "shootdown_target_pages", "shootdown_target_flushes",
         "mapping_flushes", "charged_ns", "latent_stale_accesses", "cross_cpu_parks",
-        "kernel_entries",
+        "kernel_entries", "broadcast_invalidations", "broadcast_pages", "broadcast_syncs", "broadcast_targets",
     ];
 
     /// <summary>The schema name of <paramref name="counter"/>.</summary>

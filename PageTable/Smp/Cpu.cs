@@ -58,6 +58,10 @@ public sealed unsafe partial class Cpu
     private readonly bool _copySlow;
     private readonly long _crossCpuSpinNs;
 
+    // Shootdowns by broadcast invalidation hardware instead of IPIs (MachineOptions.Shootdown).
+    private readonly bool _broadcast;
+    private readonly int _broadcastChunk;
+
     /// <summary>Virtual time: this CPU's clock in nanoseconds (written by the thread holding the CPU, or by the scheduler while it is switched out).</summary>
     internal long ClockNs;
 
@@ -94,6 +98,8 @@ public sealed unsafe partial class Cpu
         _copySlow = _checked || _virtual;
         _crossCpuSpinNs = (long)machine.CrossCpuSpin.TotalNanoseconds;
         _shadow = _checked ? [] : null;
+        _broadcast = machine.Options.Shootdown == ShootdownMechanism.Broadcast;
+        _broadcastChunk = machine.Options.BroadcastPagesPerInstruction;
     }
 
     /// <summary>The CPU number (cpuid), 0-based.</summary>
@@ -858,6 +864,21 @@ public sealed unsafe partial class Cpu
             // The round this request belongs to: the acknowledgement names it, so an answer that
             // arrives after its round was abandoned cannot count towards a later round.
             uint round = (uint)((ulong)Volatile.Read(ref request->AckWord) >> 32);
+            if (request->Broadcast != 0)
+            {
+                // Broadcast hardware: the invalidation reaches the TLB without an interrupt, so
+                // no handler runs and nothing is charged; the initiator's completion wait ends
+                // when every running target has applied it.
+                ApplyBroadcast((ShootdownKind)request->Kind, request->Va, request->Pages);
+                Acknowledge(from, round);
+                if (!fromScheduler)
+                {
+                    SchedulingPoint();
+                }
+
+                continue;
+            }
+
             Charge(_cost.IpiHandler);
             Count(Counter.IpisReceived);
             bool ackFirst = _machine.Planted(PlantedBug.AckBeforeInvalidate);
@@ -993,6 +1014,13 @@ public sealed unsafe partial class Cpu
         if (_machine.Host != null)
         {
             return HostShootdown(targets, kind, pages);
+        }
+
+        if (_broadcast)
+        {
+            // No smp_ipi_mtx: each CPU's completion wait covers only its own instructions, so
+            // initiators need not take turns (Linux's broadcast paths take no lock either).
+            return BroadcastRound(targets, kind, va, pages);
         }
 
         if (serialize)
@@ -1132,6 +1160,192 @@ public sealed unsafe partial class Cpu
         Count(Counter.AckWaitNanoseconds, ackWait);
         Machine.Trace.ShootdownEnd(Id, count, ackWait);
         return count;
+    }
+
+    /// <summary>
+    /// A shootdown delivered by broadcast invalidation hardware, as Linux's
+    /// <c>invlpgb_kernel_range_flush</c> does it: one instruction per page, per chunk of at most
+    /// <see cref="MachineOptions.BroadcastPagesPerInstruction"/> pages, or one for everything
+    /// (<c>invlpgb_flush_all</c>), then one completion wait (<c>__tlbsync</c>). The targets run no
+    /// handler and pay nothing (see <see cref="CostModel"/>).
+    /// <para>
+    /// Real time and exploration: each running target gets the request through its mailbox, with
+    /// no IPI counted, and applies it at its next poll point, the same points where it notices an
+    /// IPI; the completion wait is the acknowledgement wait. An idle target is marked flush-pending
+    /// as with IPIs. Virtual time: one CPU runs at a time and every other CPU's thread is stopped
+    /// at a scheduling point, so the hardware invalidates the running targets' TLBs at once, on the
+    /// initiator's thread, and the initiator's clock moves by exactly the priced amount.
+    /// </para>
+    /// </summary>
+    private int BroadcastRound(in CpuSet targets, ShootdownKind kind, ulong va, int pages)
+    {
+        int count = targets.Count;
+        int instructions = kind == ShootdownKind.Range ? (pages + _broadcastChunk - 1) / _broadcastChunk : 1;
+        Count(Counter.ShootdownRounds);
+        Count(Counter.BroadcastTargets, count);
+        Count(Counter.BroadcastInvalidations, instructions);
+        Count(Counter.BroadcastPages, kind == ShootdownKind.All ? 0 : kind == ShootdownKind.Range ? pages : 1);
+        Count(Counter.BroadcastSyncs);
+        Machine.Trace.ShootdownBegin(Id, (long)targets.Word(0), (int)kind, (long)va, pages);
+        long start = Stopwatch.GetTimestamp();
+        long startNs = ClockNs;
+
+        // INVLPGB (TLBI ...IS): the instructions are weakly ordered and do not wait.
+        Charge(_cost.BroadcastIssue.Times(instructions));
+
+        // A planted bug: the invalidation never reaches the highest-numbered target.
+        int skipped = _machine.Planted(PlantedBug.BroadcastSkipsOneTarget) ? LastOf(targets) : -1;
+        if (_virtual)
+        {
+            foreach (int t in targets)
+            {
+                if (t != skipped)
+                {
+                    BroadcastInVirtualTime(t);
+                }
+            }
+
+            // TLBSYNC (DSB ISH): the initiator's clock moves by the completion price and no more.
+            Charge(_cost.BroadcastSync);
+            Count(Counter.AckWaitNanoseconds, ClockNs - startNs);
+            Machine.Trace.ShootdownEnd(Id, count, ClockNs - startNs);
+            return count;
+
+            void BroadcastInVirtualTime(int t)
+            {
+                CpuShared* target = _machine.SharedOf(t);
+                var cpu = _machine.CpuAt(t);
+                while (true)
+                {
+                    ulong s = Volatile.Read(ref target->State);
+                    if ((s & Running) == 0)
+                    {
+                        if (Interlocked.CompareExchange(ref target->State, s | FlushPending, s) == s)
+                        {
+                            Count(Counter.IdleTargetsDeferred);
+                            return;
+                        }
+                    }
+                    else
+                    {
+                        cpu.ApplyBroadcast(kind, va, pages);
+                        return;
+                    }
+                }
+            }
+        }
+
+        CpuShared* request = _shared;
+        uint round = ++request->Round;
+        request->Kind = (int)kind;
+        request->Va = va;
+        request->Pages = pages;
+        request->Broadcast = 1;
+        Volatile.Write(ref request->AckWord, (long)(((ulong)round << 32) | (uint)count));
+
+        var posted = default(CpuSet);
+        foreach (int t in targets)
+        {
+            CpuShared* target = _machine.SharedOf(t);
+            SchedulingPoint();
+            if (t == skipped)
+            {
+                Acknowledge(Id, round);
+                continue;
+            }
+
+            while (true)
+            {
+                ulong s = Volatile.Read(ref target->State);
+                if ((s & Running) == 0)
+                {
+                    // Idle: it flushes everything before it runs again, as after a deferred IPI.
+                    if (Interlocked.CompareExchange(ref target->State, s | FlushPending, s) == s)
+                    {
+                        Count(Counter.IdleTargetsDeferred);
+                        Acknowledge(Id, round);
+                        break;
+                    }
+                }
+                else if (Interlocked.CompareExchange(ref target->State, s + 1, s) == s)
+                {
+                    // The mailbox protocol carries the hardware's request: counted, then named.
+                    CpuSet.AtomicAdd(ref target->Pending, Id);
+                    posted.Add(t);
+                    _machine.CpuAt(t).Ring();
+                    break;
+                }
+            }
+        }
+
+        // TLBSYNC: until every running target has applied the request, and no shorter than its price.
+        long syncedAt = Stopwatch.GetTimestamp() + _cost.BroadcastSync.Ticks;
+        if (_cost.BroadcastSync.Ticks > 0)
+        {
+            Count(Counter.ChargedNanoseconds, _cost.BroadcastSync.Ns);
+        }
+
+        var acks = new AcksIn(this, request, start, targets);
+        WaitUntil(ref acks, park: true);
+        var spin = default(SpinWait);
+        while (Stopwatch.GetTimestamp() < syncedAt)
+        {
+            PollPoint();
+            spin.SpinOnce(sleep1Threshold: -1);
+        }
+
+        if (_controller != null)
+        {
+            CheckRoundComplete(posted, kind, va, pages);
+        }
+
+        long wait = (long)Stopwatch.GetElapsedTime(start).TotalNanoseconds;
+        Count(Counter.AckWaitNanoseconds, wait);
+        Machine.Trace.ShootdownEnd(Id, count, wait);
+        return count;
+    }
+
+    private static int LastOf(in CpuSet set)
+    {
+        int last = -1;
+        foreach (int t in set)
+        {
+            last = t;
+        }
+
+        return last;
+    }
+
+    /// <summary>
+    /// What broadcast invalidation hardware does to this CPU's TLB: drops the pages (or every
+    /// entry), with no handler, no charge and no count of local invalidations (the instructions
+    /// are counted by their issuer). Runs on this CPU's thread, or in virtual time on the
+    /// initiator's while this CPU's thread is stopped.
+    /// </summary>
+    internal void ApplyBroadcast(ShootdownKind kind, ulong va, int pages)
+    {
+        switch (kind)
+        {
+            case ShootdownKind.Page:
+                ulong vpn = va >> Pte.PageShift;
+                _tlb.Invalidate(vpn);
+                _shadow?.Remove(vpn);
+                break;
+            case ShootdownKind.Range:
+                ulong first = va >> Pte.PageShift;
+                for (int i = 0; i < pages; i++)
+                {
+                    _tlb.Invalidate(first + (ulong)i);
+                    _shadow?.Remove(first + (ulong)i);
+                }
+
+                break;
+            default:
+                // A flush done for a shootdown, as IPI flushes are counted; the flush hooks hear of it.
+                Count(Counter.IpiFlushes);
+                FlushAll(default);
+                break;
+        }
     }
 
     /// <summary>Controlled mode: a target that acknowledged must no longer cache a stale translation of the pages.</summary>
@@ -1474,4 +1688,8 @@ internal struct CpuShared
     /// <summary>The initiator's round counter (written only by this CPU).</summary>
     [FieldOffset(152)]
     public uint Round;
+
+    /// <summary>1 when the open request is a broadcast invalidation (no handler runs), 0 for an IPI.</summary>
+    [FieldOffset(156)]
+    public int Broadcast;
 }

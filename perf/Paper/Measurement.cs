@@ -37,6 +37,9 @@ internal sealed record Measurement
     public required double Seconds { get; init; }
 
     /// <summary>How <see cref="Seconds"/> was timed: <see cref="PaperRow.RealTime"/> or <see cref="PaperRow.VirtualTime"/>.</summary>
+    [JsonPropertyName("shootdown")]
+    public string Shootdown { get; init; } = PaperRow.IpiShootdown;
+
     [JsonPropertyName("time_mode")]
     public string Time { get; init; } = PaperRow.RealTime;
 

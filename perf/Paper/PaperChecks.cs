@@ -54,6 +54,14 @@ internal static class PaperChecks
             Expect(!info.NeedsDirectMap || m["host_remaps"] == 0, $"the direct map made {m["host_remaps"]} host remaps");
             Expect(!info.NeverUnmaps || m["host_unmaps"] == 0, $"a strategy that never removes a mapping unmapped {m["host_unmaps"]} times");
         }
+        else if (m.Shootdown == PaperRow.BroadcastShootdown)
+        {
+            // Broadcast hardware: no IPI at all, one completion wait per round, every target named.
+            targets = m["broadcast_targets"];
+            Expect(m["ipis_sent"] == 0 && m["ipi_targets"] == 0, $"{m["ipis_sent"]} IPIs sent to {m["ipi_targets"]} targets with broadcast shootdowns");
+            Expect(m["broadcast_syncs"] == rounds, $"{m["broadcast_syncs"]} completion waits for {rounds} broadcast shootdowns");
+            Expect(m["idle_targets_deferred"] <= targets, $"{m["idle_targets_deferred"]} idle targets deferred of {targets} targets");
+        }
         else
         {
             Expect(m["ipis_sent"] + m["idle_targets_deferred"] == targets,

@@ -27,7 +27,7 @@ internal static class PaperCommand
         var command = new Command("paper", "Reproduce the paper's evaluation: every experiment x strategy x CPU count, repeated.")
         {
             options.Quick, options.Cpus, options.Strategies, options.Peers, options.Experiments, options.Cost, options.Model, options.Checked, options.Backend, options.Host,
-            options.Time, options.Quantum, options.Load, repeat, inProcess, json, csv, plot, markdown,
+            options.Time, options.Quantum, options.Load, options.Shootdown, repeat, inProcess, json, csv, plot, markdown,
         };
         command.SetAction(parse =>
         {
@@ -59,6 +59,7 @@ internal static class PaperCommand
         AnsiConsole.WriteLine($"machine: default ({defaults.PhysicalMemoryBytes >> 20} MiB, {defaults.TlbEntries}-entry {defaults.TlbWays}-way TLBs, nsfbufs {defaults.DefaultNsfbufs}), "
             + $"host {PaperRunner.HostCores} cores {(plan.SharedHost && plan.Backend == MachineBackend.Simulated ? "(shared: threads unpinned, parking after 5 us)" : "(threads pinned)")}; timed trials {(plan.CheckedTiming ? "checked (oracle on)" : "unchecked (oracle off; verified by a checked trial per cell at reduced size)")}; "
             + $"rounds {(childProcesses ? "each in a fresh process" : "in this process")}, strategies rotated within a round");
+        AnsiConsole.WriteLine($"shootdowns: {PaperReport.ShootdownText(PaperRow.ShootdownName(plan.Shootdown))}");
         AnsiConsole.WriteLine($"cost profile: {plan.Cost}");
         AnsiConsole.WriteLine($"  source: {plan.Cost.Source}");
         AnsiConsole.WriteLine($"modelled mapping cost priced with: {plan.Model.Name}; statistics: {SampleSummary.CiMethod}");
@@ -277,6 +278,13 @@ internal sealed class PlanOptions
         DefaultValueFactory = _ => (int)MachineOptions.DefaultQuantum.TotalNanoseconds,
     };
 
+    public Option<ShootdownMechanism> Shootdown { get; } = new("--shootdown")
+    {
+        Description = "How the machine delivers shootdowns: ipi (default: an IPI per running target, serviced by a handler) or broadcast "
+            + "(broadcast invalidation hardware, INVLPGB + TLBSYNC or TLBI IS + DSB: no handler, the initiator waits for completion)",
+        DefaultValueFactory = _ => ShootdownMechanism.Ipi,
+    };
+
     public Option<LoadForm[]> Load { get; } = new("--load")
     {
         Description = "paper: the experiments as the paper ran them (default); all: the forms in which every CPU works (N/2 pipe pairs, N/2 sendfile connections; an experiment whose paper form already keeps every CPU busy, or has one thread, runs that); both: paper all",
@@ -317,7 +325,13 @@ internal sealed class PlanOptions
         var host = parse.GetValue(Host);
         bool shared = host == HostMode.Shared
             || (host == HostMode.Auto && HostLoad.SampleOtherCoresBusy(PaperRunner.HostCores, TimeSpan.FromMilliseconds(250)) >= HostLoad.BusyCores);
-        return new PaperPlan(experiments, strategies, cpus, cost, model, size, rounds, parse.GetValue(Checked), backend, shared, Loads: LoadForms(parse));
+        var shootdown = parse.GetValue(Shootdown);
+        if (backend == MachineBackend.Host && shootdown != ShootdownMechanism.Ipi)
+        {
+            throw new ArgumentException("--shootdown broadcast runs on the simulated backend only");
+        }
+
+        return new PaperPlan(experiments, strategies, cpus, cost, model, size, rounds, parse.GetValue(Checked), backend, shared, Loads: LoadForms(parse), Shootdown: shootdown);
     }
 
     private LoadForm[] LoadForms(ParseResult parse) => [.. parse.GetRequiredValue(Load).Distinct().Order()];
@@ -352,7 +366,7 @@ internal sealed class PlanOptions
         }
 
         return new PaperPlan(experiments, strategies, cpus, cost, model, size, 1, parse.GetValue(Checked), MachineBackend.Simulated, false,
-            MachineTime.Virtual, TimeSpan.FromTicks(quantum / 100), LoadForms(parse));
+            MachineTime.Virtual, TimeSpan.FromTicks(quantum / 100), LoadForms(parse), parse.GetValue(Shootdown));
     }
 }
 
@@ -385,7 +399,7 @@ internal static class PaperRoundCommand
         var size = new Option<TrialSize>("--size") { Description = "Trial size", DefaultValueFactory = _ => TrialSize.Full };
         var command = new Command("paper-round", "One round of perf paper, as JSON lines (used by perf paper).")
         {
-            options.Cpus, options.Strategies, options.Peers, options.Experiments, options.Cost, options.Model, options.Checked, options.Backend, options.Host, options.Load, round, size,
+            options.Cpus, options.Strategies, options.Peers, options.Experiments, options.Cost, options.Model, options.Checked, options.Backend, options.Host, options.Load, options.Shootdown, round, size,
         };
         command.Hidden = true;
         command.SetAction(parse =>

@@ -57,7 +57,7 @@ internal static class PaperReport
             var first = group.First();
             bool lru = first.Experiment == "lru";
             var table = new Table().Border(TableBorder.Rounded)
-                .Title($"[bold]{first.Experiment}[/] ({(lru ? "per op" : $"per {first.Unit}")}, cost profile {Markup.Escape(first.CostProfile)})")
+                .Title($"[bold]{first.Experiment}[/] ({(lru ? "per op" : $"per {first.Unit}")}, cost profile {Markup.Escape(first.CostProfile)}, shootdowns by {first.Shootdown})")
                 .AddColumn("strategy").AddColumn(new TableColumn("cpus").RightAligned());
             if (lru)
             {
@@ -185,6 +185,11 @@ internal static class PaperReport
         AnsiConsole.WriteLine($"speedups: per-round ratios of paired trials; {WithinRun.HoldsOneLegend} * = oversubscribed.");
     }
 
+    /// <summary>How a row's shootdown delivery reads in tables and headers.</summary>
+    public static string ShootdownText(string mechanism) => mechanism == PaperRow.BroadcastShootdown
+        ? "broadcast (invalidation instructions and a completion wait, no handler on the targets)"
+        : "ipi (an IPI per running target, serviced by a handler)";
+
     /// <summary>
     /// A Markdown summary: median throughput with its within-run CI, shootdowns/IPIs and the
     /// modelled cost per unit for every experiment, strategy and CPU count, the paired speedups over
@@ -195,6 +200,12 @@ internal static class PaperReport
         var strategies = rows.Select(r => r.Strategy).Distinct().ToList();
         var cpus = rows.Select(r => r.Cpus).Distinct().Order().ToList();
         var text = new StringBuilder();
+        if (rows.Any(r => r.Shootdown != PaperRow.IpiShootdown))
+        {
+            // IPI tables keep the form they always had; any other delivery is named above them.
+            text.AppendLine(CultureInfo.InvariantCulture, $"Shootdowns: {string.Join(", ", rows.Select(r => ShootdownText(r.Shootdown)).Distinct())}.").AppendLine();
+        }
+
         text.Append("| experiment | unit |");
         foreach (var c in cpus)
         {

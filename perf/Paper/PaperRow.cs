@@ -1,4 +1,5 @@
 using System.Text.Json.Serialization;
+using Native.PageTable;
 using Native.Perf.Stats;
 
 namespace Native.Perf.Paper;
@@ -137,6 +138,23 @@ internal sealed record PaperRow
     /// <summary>Virtual time: the scheduler's decisions in the median trial's window; null in real time.</summary>
     [JsonPropertyName("scheduling_steps")]
     public long? SchedulingSteps { get; init; }
+
+    /// <summary>
+    /// How the machine delivered shootdowns: <see cref="IpiShootdown"/> or <see cref="BroadcastShootdown"/>
+    /// (rows saved before the field read back as IPIs).
+    /// </summary>
+    [JsonPropertyName("shootdown")]
+    public string Shootdown { get; init; } = IpiShootdown;
+
+    /// <summary>The <see cref="Shootdown"/> of rows whose shootdowns were IPIs serviced by handlers.</summary>
+    public const string IpiShootdown = "ipi";
+
+    /// <summary>The <see cref="Shootdown"/> of rows whose shootdowns were broadcast invalidations with a completion wait.</summary>
+    public const string BroadcastShootdown = "broadcast";
+
+    /// <summary>The <see cref="Shootdown"/> name of <paramref name="mechanism"/>.</summary>
+    public static string ShootdownName(ShootdownMechanism mechanism) =>
+        mechanism == ShootdownMechanism.Broadcast ? BroadcastShootdown : IpiShootdown;
 
     /// <summary>The <see cref="Backend"/> of rows from the simulated machine.</summary>
     public const string SimulatedBackend = "simulated";

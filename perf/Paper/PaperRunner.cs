@@ -23,6 +23,7 @@ namespace Native.Perf.Paper;
 /// <param name="Time">Real or virtual time (<c>--time</c>).</param>
 /// <param name="Quantum">Virtual time's quantum (<c>--quantum</c>); null for the default.</param>
 /// <param name="Loads">The load forms (<c>--load</c>); null for the paper's.</param>
+/// <param name="Shootdown">How the machine delivers shootdowns (<c>--shootdown</c>).</param>
 internal sealed record PaperPlan(
     string[] Experiments,
     string[] Strategies,
@@ -36,7 +37,8 @@ internal sealed record PaperPlan(
     bool SharedHost = false,
     MachineTime Time = MachineTime.Real,
     TimeSpan? Quantum = null,
-    LoadForm[]? Loads = null)
+    LoadForm[]? Loads = null,
+    ShootdownMechanism Shootdown = ShootdownMechanism.Ipi)
 {
     /// <summary>True in virtual time: one deterministic round, no interval.</summary>
     public bool IsVirtual => Time == MachineTime.Virtual;
@@ -151,7 +153,7 @@ internal static class PaperRunner
     /// <summary>One trial of one cell on a freshly booted machine.</summary>
     public static IReadOnlyList<Measurement> RunTrial(PaperPlan plan, Cell cell, TrialSize size, bool isChecked)
     {
-        var trial = new Trial(plan.Cost, cell.Strategy, cell.Cpus, size, isChecked, plan.Model, plan.Backend, plan.SharedHost, plan.Time, plan.Quantum, cell.Load);
+        var trial = new Trial(plan.Cost, cell.Strategy, cell.Cpus, size, isChecked, plan.Model, plan.Backend, plan.SharedHost, plan.Time, plan.Quantum, cell.Load, plan.Shootdown);
         IReadOnlyList<Measurement> result;
         try
         {
@@ -186,6 +188,11 @@ internal static class PaperRunner
         if (plan.Backend != MachineBackend.Simulated)
         {
             args.AddRange(["--backend", plan.Backend.ToString().ToLowerInvariant()]);
+        }
+
+        if (plan.Shootdown != ShootdownMechanism.Ipi)
+        {
+            args.AddRange(["--shootdown", plan.Shootdown.ToString().ToLowerInvariant()]);
         }
 
         args.AddRange(["--host", (plan.SharedHost ? HostMode.Shared : HostMode.Dedicated).ToString().ToLowerInvariant()]);
@@ -322,6 +329,7 @@ internal static class PaperRunner
                     Cpus = cell.Cpus,
                     CostProfile = median.CostProfile,
                     Backend = median.Backend,
+                    Shootdown = median.Shootdown,
                     Params = median.Params,
                     Seconds = SampleSummary.Of([.. trials.Select(m => m.Seconds)]).Median,
                     Bytes = median.Bytes,

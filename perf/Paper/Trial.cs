@@ -48,7 +48,7 @@ internal sealed class Trial : IDisposable
     private readonly double? _roundTripNs;
 
     public Trial(CostModel cost, string strategy, int cpus, TrialSize size, bool isChecked, CostModel? model = null, MachineBackend backend = MachineBackend.Simulated, bool sharedHost = false,
-        MachineTime time = MachineTime.Real, TimeSpan? quantum = null, LoadForm load = LoadForm.Paper)
+        MachineTime time = MachineTime.Real, TimeSpan? quantum = null, LoadForm load = LoadForm.Paper, ShootdownMechanism shootdown = ShootdownMechanism.Ipi)
     {
         Cost = cost;
         Model = model ?? cost;
@@ -80,6 +80,7 @@ internal sealed class Trial : IDisposable
             Oversubscribed = unpin && !isVirtual ? true : null,
             Time = time,
             Quantum = quantum ?? MachineOptions.DefaultQuantum,
+            Shootdown = shootdown,
         });
         Kernel = new SimKernel(Machine, strategy);
         _host = backend == MachineBackend.Host ? new HostWindow(Machine) : null;
@@ -187,6 +188,15 @@ internal sealed class Trial : IDisposable
             ["charged_ns"] = d[Counter.ChargedNanoseconds],
             ["cross_cpu_parks"] = d[Counter.CrossCpuParks],
         };
+        if (Machine.Options.Shootdown == ShootdownMechanism.Broadcast)
+        {
+            // Only in broadcast rows, so that IPI rows keep the schema they always had.
+            counters["broadcast_invalidations"] = d[Counter.BroadcastInvalidations];
+            counters["broadcast_pages"] = d[Counter.BroadcastPages];
+            counters["broadcast_syncs"] = d[Counter.BroadcastSyncs];
+            counters["broadcast_targets"] = d[Counter.BroadcastTargets];
+        }
+
         _host?.AddCounters(counters);
         if (_roundTripNs != null)
         {
@@ -207,6 +217,7 @@ internal sealed class Trial : IDisposable
             Cpus = Cpus,
             CostProfile = Cost.Name,
             Backend = _host != null ? PaperRow.HostBackend : PaperRow.SimulatedBackend,
+            Shootdown = PaperRow.ShootdownName(Machine.Options.Shootdown),
             Point = point,
             Params = parameters,
             Seconds = IsVirtual ? (_virtualEnd - _virtualBegin) / 1e9 : _clock.Elapsed.TotalSeconds,

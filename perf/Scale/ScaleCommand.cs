@@ -39,7 +39,7 @@ internal static class ScaleCommand
         var verbose = new Option<bool>("--verbose") { Description = "Print each cell's host seconds (the simulator's cost) as it ends" };
         var command = new Command("scale", "Every strategy and experiment at 1 to 256 simulated CPUs in virtual time: deterministic tables, JSON and charts.")
         {
-            options.Quick, options.Cpus, options.Strategies, options.Peers, options.Experiments, options.Cost, options.Model, options.Load, options.Quantum,
+            options.Quick, options.Cpus, options.Strategies, options.Peers, options.Experiments, options.Cost, options.Model, options.Load, options.Quantum, options.Shootdown,
             json, markdown, plot, parallel, noCheck, verbose,
         };
         command.SetAction(parse =>
@@ -60,6 +60,7 @@ internal static class ScaleCommand
         var cells = plan.Cells();
         AnsiConsole.MarkupLine($"[bold]perf scale[/]{(plan.Size == TrialSize.Quick ? " --quick" : string.Empty)}: {plan.Experiments.Length} experiments x {plan.Strategies.Length} strategies x cpus {string.Join(",", plan.CpuCounts)}"
             + $" x load {string.Join(",", plan.LoadForms.Select(LoadName))} = {cells.Count} cells, virtual time (quantum {QuantumNs(plan)} ns, seed-free: every figure is a function of the workload, the strategy and the profile)");
+        AnsiConsole.MarkupLine($"shootdowns: {Markup.Escape(PaperReport.ShootdownText(PaperRow.ShootdownName(plan.Shootdown)))}");
         AnsiConsole.MarkupLine($"cost profile {Markup.Escape(plan.Cost.ToString())}");
         var clock = Stopwatch.StartNew();
         var result = RunCells(plan, degree, verify, verbose);
@@ -147,7 +148,7 @@ internal static class ScaleCommand
             var first = group.First();
             var cpus = group.Select(r => r.Cpus).Distinct().Order().ToList();
             var table = new Table().Border(TableBorder.Rounded)
-                .Title($"[bold]{Markup.Escape(Title(first))}{(first.Point.Length > 0 ? $" [[{Markup.Escape(first.Point)}]]" : string.Empty)}[/]: {(first.Bytes > 0 ? "MiB/s" : "ops/s")} (virtual time); IPIs per {first.Unit}")
+                .Title($"[bold]{Markup.Escape(Title(first))}{(first.Point.Length > 0 ? $" [[{Markup.Escape(first.Point)}]]" : string.Empty)}[/]: {(first.Bytes > 0 ? "MiB/s" : "ops/s")} (virtual time, shootdowns by {first.Shootdown}); IPIs per {first.Unit}")
                 .AddColumn("strategy");
             foreach (int c in cpus)
             {
@@ -169,7 +170,7 @@ internal static class ScaleCommand
     public static string Markdown(IReadOnlyList<PaperRow> rows, PaperPlan plan)
     {
         var text = new StringBuilder();
-        text.AppendLine(CultureInfo.InvariantCulture, $"# perf scale: virtual time, cost profile {plan.Cost.Name}, quantum {QuantumNs(plan)} ns");
+        text.AppendLine(CultureInfo.InvariantCulture, $"# perf scale: virtual time, cost profile {plan.Cost.Name}, quantum {QuantumNs(plan)} ns, shootdowns by {PaperRow.ShootdownName(plan.Shootdown)}");
         text.AppendLine();
         text.AppendLine("Every figure is virtual time: deterministic, one trial per cell, no interval.");
         foreach (var group in Groups(rows))

@@ -62,6 +62,39 @@ public sealed class ExplorationTests
     }
 
     /// <summary>
+    /// The same protocol and sf_buf scenarios on a machine whose shootdowns are broadcast
+    /// invalidations (the request through the mailbox, applied without a handler, the initiator
+    /// waiting for completion): every explored schedule passes, and a broadcast that skips a
+    /// target is found within the CI budget, with a seed that replays it.
+    /// </summary>
+    [TestCase("ipi-crossfire-3cpu")]
+    [TestCase("idle-vs-shootdown")]
+    [TestCase("sfbuf-remote-sfbuf-i386-2cpu")]
+    [TestCase("sfbuf-remote-epoch-cache-2cpu")]
+    public void EveryExploredScheduleWithBroadcastShootdownsPasses(string scenario) =>
+        Explorer.AssertAllPass(Broadcast(s_scenarios[scenario]()), Explorer.Schedules());
+
+    [Test]
+    public void TheExplorerFindsABroadcastThatSkipsATarget()
+    {
+        var scenario = Broadcast(Scenarios.IpiCrossFire(2));
+
+        var found = Explorer.Explore(scenario, Explorer.CiBugBudget, PlantedBug.BroadcastSkipsOneTarget);
+
+        Assert.That(found, Is.Not.Null, $"the skipped target survived {Explorer.CiBugBudget} schedules of {scenario.Name}");
+        TestContext.Out.WriteLine($"BroadcastSkipsOneTarget: {found}");
+        string? again = Explorer.RunOne(scenario, found!.Seed, PlantedBug.BroadcastSkipsOneTarget, out _, out int steps);
+        Assert.That(again, Is.EqualTo(found.What), "the seed replays the failing schedule");
+        Assert.That(steps, Is.EqualTo(found.Steps));
+    }
+
+    private static Scenario Broadcast(Scenario scenario) => scenario with
+    {
+        Name = scenario.Name + "-broadcast",
+        Options = scenario.Options with { Shootdown = ShootdownMechanism.Broadcast },
+    };
+
+    /// <summary>
     /// epoch-cache's planted bug: a retired slot counts as clean one epoch early, so a CPU that
     /// still caches its old translation can be handed the slot's new mapping. The explorer must
     /// find it on the remote-caching scenario within the CI budget, with a seed that replays it.

@@ -207,6 +207,14 @@ public sealed partial class ChartTests
     }
 
     [Test]
+    public void CommittedRowsWithoutAShootdownFieldReadAsIpiRuns()
+    {
+        var rows = PlotCommand.Load(Path.Combine(Results, PaperJson));
+        Assert.That(rows, Is.Not.Empty);
+        Assert.That(rows.Select(r => r.Shootdown), Is.All.EqualTo(PaperRow.IpiShootdown), "rows saved before the field were IPI runs");
+    }
+
+    [Test]
     public void ThroughputBarsCarryTheirIntervalsAndSpeedupsTheOneLine()
     {
         var bars = Committed().OfType<BarChart>().ToList();
