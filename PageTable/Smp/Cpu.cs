@@ -94,6 +94,13 @@ public sealed unsafe partial class Cpu
         _copySlow = _checked || _virtual;
         _crossCpuSpinNs = (long)machine.CrossCpuSpin.TotalNanoseconds;
         _shadow = _checked ? [] : null;
+
+        // Exposure windows need the simulated TLB (the host backend has none to read).
+        if (_checked && machine.Host == null)
+        {
+            _exposureLock = new();
+            _windows = [];
+        }
     }
 
     /// <summary>The CPU number (cpuid), 0-based.</summary>
@@ -474,6 +481,15 @@ public sealed unsafe partial class Cpu
         {
             entry->Pte = walked;
         }
+        else if (_windows != null)
+        {
+            // An eviction drops the victim's translation: its exposure window, if any, ends here.
+            _tlb.Insert(vpn, walked, out ulong evicted);
+            if (evicted != 0)
+            {
+                ExposureDropped(evicted - 1);
+            }
+        }
         else
         {
             _tlb.Insert(vpn, walked);
@@ -690,6 +706,7 @@ public sealed unsafe partial class Cpu
     {
         _tlb.Invalidate(vpn);
         _shadow?.Remove(vpn);
+        ExposureDropped(vpn);
         Count(Counter.LocalInvalidations);
         Charge(_cost.LocalInvalidate);
     }
@@ -707,6 +724,7 @@ public sealed unsafe partial class Cpu
 
         _tlb.FlushNonGlobal();
         ForgetNonGlobalShadow();
+        ExposureFlushed(global: false);
         Count(Counter.NonGlobalFlushes);
         Charge(_cost.FullFlush);
     }
@@ -749,6 +767,7 @@ public sealed unsafe partial class Cpu
 
         _tlb.FlushAll();
         _shadow?.Clear();
+        ExposureFlushed(global: true);
         Count(Counter.FullFlushes);
         Charge(charge);
     }
@@ -766,12 +785,14 @@ public sealed unsafe partial class Cpu
         {
             _tlb.FlushAll();
             _shadow?.Clear();
+            ExposureFlushed(global: true);
             Count(Counter.FullFlushes);
         }
         else
         {
             _tlb.FlushNonGlobal();
             ForgetNonGlobalShadow();
+            ExposureFlushed(global: false);
             Count(Counter.NonGlobalFlushes);
         }
 
