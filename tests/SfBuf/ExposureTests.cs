@@ -193,6 +193,48 @@ public sealed class ExposureTests
         Assert.That(m.LongestExposureNs, Is.EqualTo(window));
     }
 
+    [TestCase(false, TestName = "{m}(invlpg)")]
+    [TestCase(true, TestName = "{m}(evicted)")]
+    public void AWindowClosesWhenTheCpuDropsItsEntry(bool evict)
+    {
+        // 8 entries, 2 ways: 4 sets, so kernel_map pages 4 and 8 fill the set of page 0 and evict it.
+        using var m = new SimMachine(OnePage(cpus: 2) with { TlbEntries = 8, TlbWays = 2 });
+        using var emap = SfBufMapper.Create(SfBufMapper.NetBsdEmap, m);
+        var p1 = Sim.NewPage(m, 0x1111);
+        Native.SfBufNative.SfBuf first = default;
+        m.Run(0, () => first = emap.Alloc(p1, SfBufFlags.ReadOnly));
+        m.Run(1, () => m.CurrentCpu.ReadUInt64(emap.Kva(first)));
+        m.Run(0, () => emap.Free(first));
+        Assert.That(m.Cpus[1].TestHookOpenExposures(), Is.EqualTo(1));
+
+        m.Run(1, () =>
+        {
+            if (!evict)
+            {
+                m.CurrentCpu.InvalidatePage(first.Kva);
+                return;
+            }
+
+            // Two other pages of the same set (the window's one page plus kernel_map's) push it out.
+            ulong set = (first.Kva >> Pte.PageShift) & 3;
+            int filled = 0;
+            for (ulong va = m.Layout.KernelMap.Start; filled < 2; va += Pte.PageSize)
+            {
+                if (((va >> Pte.PageShift) & 3) == set)
+                {
+                    m.KernelPmap.KEnter(va, Sim.NewPage(m, 0x3333));
+                    m.CurrentCpu.ReadUInt64(va);
+                    filled++;
+                }
+            }
+
+            Assert.That(m.CurrentCpu.TestHookTlbHolds(first.Kva), Is.False, "evicted");
+        });
+
+        Assert.That(m.Cpus[1].TestHookOpenExposures(), Is.Zero, "the entry is gone: so is the window");
+        Assert.That(m.Counters()[Counter.Exposures], Is.EqualTo(1));
+    }
+
     [Test]
     public void UncheckedMachinesTrackNothing()
     {
