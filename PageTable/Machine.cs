@@ -36,6 +36,7 @@ public sealed unsafe partial class Machine : IDisposable
     private readonly List<string> _warnings = [];
     private readonly Meter _meter;
     private IContextSwitchHook[] _hookSnapshot = [];
+    private long _longestExposureNs;
     private readonly List<(KernelThread Thread, Exception Fault)> _faults = [];
     private readonly List<string> _stoppedAtDispose = [];
     private ITlbFlushHook[] _flushHooks = [];
@@ -287,6 +288,45 @@ public sealed unsafe partial class Machine : IDisposable
         }
 
         return new CounterSnapshot(values);
+    }
+
+    /// <summary>
+    /// Checked mode in virtual time: the longest exposure window closed so far, in nanoseconds
+    /// (<see cref="Counter.ExposedNanoseconds"/>); 0 in real time and outside checked mode.
+    /// </summary>
+    public long LongestExposureNs => Volatile.Read(ref _longestExposureNs);
+
+    /// <summary>
+    /// Checked mode: closes every exposure window still open, as a trial ends (the CPUs keep their
+    /// entries; the measurement stops). In virtual time each ends at the latest time any CPU has
+    /// reached (<see cref="VirtualNowNs"/>), so a CPU left idle holding an old translation is
+    /// exposed until the trial's end, not until its own clock, which idleness stops. Call it while
+    /// no kernel thread runs, before reading the counters.
+    /// </summary>
+    public void CloseExposures()
+    {
+        ThrowIfDisposed();
+        long endNs = VirtualNowNs;
+        foreach (var cpu in _cpus)
+        {
+            cpu.CloseExposuresAtEnd(endNs);
+        }
+    }
+
+    /// <summary>Keeps the longest exposure window (a maximum, so not a per-CPU counter).</summary>
+    internal void RecordExposure(long ns)
+    {
+        long seen = Volatile.Read(ref _longestExposureNs);
+        while (ns > seen)
+        {
+            long was = Interlocked.CompareExchange(ref _longestExposureNs, ns, seen);
+            if (was == seen)
+            {
+                return;
+            }
+
+            seen = was;
+        }
     }
 
     /// <summary>Creates a process address space with an empty user page table.</summary>
@@ -724,17 +764,45 @@ public sealed unsafe partial class Machine : IDisposable
 
     internal void OnSwitchIn(Cpu cpu, KernelThread td, int migratedFrom)
     {
-        foreach (var hook in _hookSnapshot)
+        if (_hookSnapshot.Length == 0)
         {
-            hook.SwitchIn(cpu, td, migratedFrom);
+            return;
+        }
+
+        // The hooks' PTE stores (kmap_local's restores) are one mapping operation of the thread.
+        KernelPmap.EnterOperation();
+        try
+        {
+            foreach (var hook in _hookSnapshot)
+            {
+                hook.SwitchIn(cpu, td, migratedFrom);
+            }
+        }
+        finally
+        {
+            KernelPmap.LeaveOperation();
         }
     }
 
     internal void OnSwitchOut(Cpu cpu, KernelThread td)
     {
-        foreach (var hook in _hookSnapshot)
+        if (_hookSnapshot.Length == 0)
         {
-            hook.SwitchOut(cpu, td);
+            return;
+        }
+
+        // The hooks' PTE stores (kmap_local's saves) are one mapping operation of the thread.
+        KernelPmap.EnterOperation();
+        try
+        {
+            foreach (var hook in _hookSnapshot)
+            {
+                hook.SwitchOut(cpu, td);
+            }
+        }
+        finally
+        {
+            KernelPmap.LeaveOperation();
         }
     }
 

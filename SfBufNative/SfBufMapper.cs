@@ -174,10 +174,60 @@ public abstract class SfBufMapper : IDisposable
     /// <c>sf_buf_alloc</c>: a kernel virtual address for <paramref name="page"/>. Returns
     /// <see cref="SfBuf.None"/> for NoWait with the pool exhausted, or Catch with the wait cancelled.
     /// </summary>
-    public abstract SfBuf Alloc(VmPage page, SfBufFlags flags = SfBufFlags.Default, CancellationToken cancellation = default);
+    /// <remarks>
+    /// The strategy's <see cref="AllocCore"/> runs as one mapping operation
+    /// (<see cref="KernelPmap.EnterOperation"/>): in checked mode, a translation its PTE stores
+    /// removed that some CPU still caches when it returns is an exposure (<see cref="Counter.Exposures"/>).
+    /// </remarks>
+    public SfBuf Alloc(VmPage page, SfBufFlags flags = SfBufFlags.Default, CancellationToken cancellation = default)
+    {
+        if (!Checked)
+        {
+            return AllocCore(page, flags, cancellation);
+        }
+
+        Machine.KernelPmap.EnterOperation();
+        try
+        {
+            return AllocCore(page, flags, cancellation);
+        }
+        finally
+        {
+            Machine.KernelPmap.LeaveOperation();
+        }
+    }
 
     /// <summary><c>sf_buf_free</c>: drops one reference to the mapping (never the page).</summary>
-    public abstract void Free(SfBuf sf);
+    /// <remarks>The strategy's <see cref="FreeCore"/> runs as one mapping operation, as <see cref="Alloc"/>'s does.</remarks>
+    public void Free(SfBuf sf)
+    {
+        if (!Checked)
+        {
+            FreeCore(sf);
+            return;
+        }
+
+        Machine.KernelPmap.EnterOperation();
+        try
+        {
+            FreeCore(sf);
+        }
+        finally
+        {
+            Machine.KernelPmap.LeaveOperation();
+        }
+    }
+
+    /// <summary>The strategy's <c>sf_buf_alloc</c>, behind <see cref="Alloc"/> (which documents the contract).</summary>
+    /// <param name="page">The page, held (wired) by the caller.</param>
+    /// <param name="flags">The allocation flags.</param>
+    /// <param name="cancellation">Ends a <see cref="SfBufFlags.Catch"/> wait.</param>
+    /// <returns>The handle, or <see cref="SfBuf.None"/> for NoWait with the pool exhausted or a cancelled Catch.</returns>
+    protected abstract SfBuf AllocCore(VmPage page, SfBufFlags flags = SfBufFlags.Default, CancellationToken cancellation = default);
+
+    /// <summary>The strategy's <c>sf_buf_free</c>, behind <see cref="Free"/>.</summary>
+    /// <param name="sf">A live handle of this mapper.</param>
+    protected abstract void FreeCore(SfBuf sf);
 
     /// <summary>
     /// How many mappings one caller can hold at once with <paramref name="flags"/> (only
@@ -231,7 +281,34 @@ public abstract class SfBufMapper : IDisposable
     /// <returns>True with every handle in <paramref name="result"/>; false (NoWait or a cancelled Catch) with none held.</returns>
     /// <exception cref="ArgumentException"><paramref name="result"/> is shorter than <paramref name="pages"/>.</exception>
     /// <exception cref="ArgumentOutOfRangeException">More pages than <see cref="Capacity"/>: the request could never be satisfied.</exception>
-    public virtual bool AllocMany(ReadOnlySpan<VmPage> pages, Span<SfBuf> result, SfBufFlags flags = SfBufFlags.Default, CancellationToken cancellation = default)
+    public bool AllocMany(ReadOnlySpan<VmPage> pages, Span<SfBuf> result, SfBufFlags flags = SfBufFlags.Default, CancellationToken cancellation = default)
+    {
+        if (!Checked)
+        {
+            return AllocManyCore(pages, result, flags, cancellation);
+        }
+
+        Machine.KernelPmap.EnterOperation();
+        try
+        {
+            return AllocManyCore(pages, result, flags, cancellation);
+        }
+        finally
+        {
+            Machine.KernelPmap.LeaveOperation();
+        }
+    }
+
+    /// <summary>
+    /// <see cref="AllocMany"/>'s work: the fallback described there, or a strategy's own
+    /// implementation (which calls <see cref="CheckAllocMany"/> first).
+    /// </summary>
+    /// <param name="pages">The pages, each held (wired) by the caller.</param>
+    /// <param name="result">Receives one handle per page.</param>
+    /// <param name="flags">As for <see cref="Alloc"/>, for every page.</param>
+    /// <param name="cancellation">Ends a <see cref="SfBufFlags.Catch"/> wait.</param>
+    /// <returns>True with every handle in <paramref name="result"/>; false with none held.</returns>
+    protected virtual bool AllocManyCore(ReadOnlySpan<VmPage> pages, Span<SfBuf> result, SfBufFlags flags = SfBufFlags.Default, CancellationToken cancellation = default)
     {
         CheckAllocMany(pages, result, flags);
         bool gated = pages.Length > 1 && MayWait(flags);
@@ -262,7 +339,26 @@ public abstract class SfBufMapper : IDisposable
     /// here; emap's consume, a flush when this CPU is behind). Never a virtual call for the
     /// strategies that need no such step.
     /// </summary>
-    public ulong Kva(SfBuf sf) => _kvaOnAccessingCpu ? KvaOnCpu(sf) : sf.Kva;
+    public ulong Kva(SfBuf sf) => _kvaOnAccessingCpu ? KvaOnAccessingCpu(sf) : sf.Kva;
+
+    /// <summary>The accessing-CPU step as one mapping operation (in checked mode), as <see cref="Alloc"/>'s is.</summary>
+    private ulong KvaOnAccessingCpu(SfBuf sf)
+    {
+        if (!Checked)
+        {
+            return KvaOnCpu(sf);
+        }
+
+        Machine.KernelPmap.EnterOperation();
+        try
+        {
+            return KvaOnCpu(sf);
+        }
+        finally
+        {
+            Machine.KernelPmap.LeaveOperation();
+        }
+    }
 
     /// <summary><c>sf_buf_page</c>.</summary>
     public static VmPage Page(SfBuf sf) => sf.Page;

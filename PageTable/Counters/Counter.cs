@@ -129,13 +129,33 @@ public enum Counter
 
     /// <summary>Target CPUs named by broadcast shootdowns (running or idle); <see cref="IpiTargets"/> counts those of IPI shootdowns.</summary>
     BroadcastTargets,
+
+    /// <summary>
+    /// Checked mode: exposure windows opened, counted on the CPU whose mapping operation opened them.
+    /// When a kernel PTE store removes or replaces the translation VA to P of an ephemeral mapping,
+    /// every CPU (the storing one included) whose TLB still caches VA to P when that operation
+    /// returns to its caller (the outermost strategy call on the thread,
+    /// <see cref="KernelPmap.LeaveOperation"/>) is exposed: one window per such CPU, open until it
+    /// drops the entry (<c>invlpg</c>, a full or non-global flush, an eviction) or the trial ends.
+    /// A CPU found idle with a flush pending is not exposed: it flushes before it runs anything.
+    /// Designs that invalidate everywhere before returning open none.
+    /// </summary>
+    Exposures,
+
+    /// <summary>
+    /// Checked mode in virtual time: the exposure windows' lengths summed, counted on the exposed
+    /// CPU. A window runs from the storing CPU's clock at the operation's return to the exposed
+    /// CPU's clock when it drops the entry (floored at 0), or to the latest CPU clock at the
+    /// trial's end (<see cref="Machine.CloseExposures"/>).
+    /// </summary>
+    ExposedNanoseconds,
 }
 
 /// <summary>Schema names of <see cref="Counter"/> values.</summary>
 public static class CounterNames
 {
     /// <summary>Number of counters.</summary>
-    public const int Count = (int)Counter.BroadcastTargets + 1;
+    public const int Count = (int)Counter.ExposedNanoseconds + 1;
 
     private static readonly string[] s_names =
     [
@@ -145,7 +165,7 @@ public static class CounterNames
         "stale_accesses", "context_switches", "migrations", "mappings", "mapped_pages", "kmem_pte_writes",
         "mapping_tlb_misses", "ipi_invalidations", "ipi_flushes", "shootdown_target_pages", "shootdown_target_flushes",
         "mapping_flushes", "charged_ns", "latent_stale_accesses", "cross_cpu_parks",
-        "kernel_entries", "broadcast_invalidations", "broadcast_pages", "broadcast_syncs", "broadcast_targets",
+        "kernel_entries", "broadcast_invalidations", "broadcast_pages", "broadcast_syncs", "broadcast_targets", "exposures", "exposed_ns",
     ];
 
     /// <summary>The schema name of <paramref name="counter"/>.</summary>

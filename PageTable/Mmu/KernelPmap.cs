@@ -17,6 +17,12 @@ public sealed unsafe partial class KernelPmap
     // Checked mode: per kernel page, 1 + the CPU a live CpuPrivate mapping belongs to (0: none).
     private readonly int* _privateOwner;
 
+    // Checked mode: exposure tracking, and the ephemeral-mapping regions (the sf_buf window, the
+    // fixmap and kernel_map with its submaps, adjacent) whose removed translations it judges.
+    private readonly bool _exposure;
+    private readonly ulong _mappingStart;
+    private readonly ulong _mappingBytes;
+
     internal KernelPmap(Machine machine, NativeLedger ledger, int pages)
     {
         _machine = machine;
@@ -26,6 +32,90 @@ public sealed unsafe partial class KernelPmap
         if (machine.Options.Checked)
         {
             _privateOwner = (int*)ledger.AllocZeroed((nuint)pages * sizeof(int));
+        }
+
+        // Exposure needs the simulated TLBs to read (checked mode on the simulated MMU).
+        _exposure = machine.Options.Checked && machine.Host == null;
+        _mappingStart = machine.Layout.SfBufWindow.Start;
+        _mappingBytes = machine.Layout.KernelMap.End - _mappingStart;
+    }
+
+    /// <summary>
+    /// Enters a mapping operation on the calling kernel thread: a strategy call (<c>sf_buf_alloc</c>,
+    /// <c>sf_buf_free</c>, ...) or a subsystem's own map/unmap sequence. Operations nest; PTE stores
+    /// inside them that remove or replace an ephemeral translation are judged for exposure when the
+    /// outermost one returns (<see cref="LeaveOperation"/>), after the invalidations it made.
+    /// Outside checked mode it does nothing. Pair each call with <see cref="LeaveOperation"/> in a
+    /// <c>finally</c>.
+    /// </summary>
+    public void EnterOperation()
+    {
+        if (_exposure && KernelThread.CurrentOrNull is { } td)
+        {
+            td.MappingDepth++;
+        }
+    }
+
+    /// <summary>
+    /// Leaves a mapping operation (<see cref="EnterOperation"/>). When the outermost one returns,
+    /// every CPU whose TLB still caches a translation that a store of the operation removed (and
+    /// that the PTE no longer gives) opens an exposure window (<see cref="Counter.Exposures"/>).
+    /// </summary>
+    public void LeaveOperation()
+    {
+        if (_exposure && KernelThread.CurrentOrNull is { } td && td.MappingDepth > 0 && --td.MappingDepth == 0
+            && td.RemovedTranslations is { Count: > 0 } removed)
+        {
+            try
+            {
+                // A thread stopped by the machine's disposal holds no CPU and judges nothing.
+                if (td.Cpu is { } cpu && !_machine.IsUnusable)
+                {
+                    foreach (var (vpn, frame) in removed)
+                    {
+                        Judge(cpu, vpn, frame);
+                    }
+                }
+            }
+            finally
+            {
+                removed.Clear();
+            }
+        }
+    }
+
+    /// <summary>Records a store that removed <paramref name="old"/>'s translation of <paramref name="va"/> (checked mode).</summary>
+    private void Removed(Cpu cpu, ulong va, ulong old)
+    {
+        ulong vpn = va >> Pte.PageShift;
+        uint frame = Pte.Frame(old);
+        if (KernelThread.CurrentOrNull is { MappingDepth: > 0 } td)
+        {
+            (td.RemovedTranslations ??= []).Add((vpn, frame));
+        }
+        else
+        {
+            // A store outside any operation is its own operation, returning at once.
+            Judge(cpu, vpn, frame);
+        }
+    }
+
+    /// <summary>Opens an exposure window on every CPU that still caches <paramref name="vpn"/> to <paramref name="frame"/>.</summary>
+    private void Judge(Cpu cpu, ulong vpn, uint frame)
+    {
+        ulong pte = Volatile.Read(ref _ptes[(vpn - (VmLayout.KERNBASE >> Pte.PageShift))]);
+        if (Pte.IsValid(pte) && Pte.Frame(pte) == frame)
+        {
+            return; // mapped again to the same page: nothing old is cached
+        }
+
+        long startNs = cpu.ClockNs;
+        foreach (var target in _machine.Cpus)
+        {
+            if (target.TryOpenExposure(vpn, frame, startNs))
+            {
+                cpu.Count(Counter.Exposures);
+            }
         }
     }
 
@@ -112,6 +202,11 @@ public sealed unsafe partial class KernelPmap
         cpu.Count(_machine.Layout.KernelMemory.Contains(va) ? Counter.KmemPteWrites
             : Pte.IsValid(pte) ? Counter.KernelPteWrites : Counter.KernelPteClears);
         cpu.Charge(_machine.Cost.PteWrite);
+        if (_exposure && Pte.IsValid(old) && (!Pte.IsValid(pte) || ((old ^ pte) & Pte.PG_FRAME) != 0) && va - _mappingStart < _mappingBytes)
+        {
+            Removed(cpu, va, old);
+        }
+
         return old;
     }
 
@@ -136,12 +231,20 @@ public sealed unsafe partial class KernelPmap
     /// </summary>
     public void QEnter(ulong va, ReadOnlySpan<VmPage> pages)
     {
-        for (int i = 0; i < pages.Length; i++)
+        EnterOperation();
+        try
         {
-            KEnter(va + ((ulong)i << Pte.PageShift), pages[i]);
-        }
+            for (int i = 0; i < pages.Length; i++)
+            {
+                KEnter(va + ((ulong)i << Pte.PageShift), pages[i]);
+            }
 
-        InvalidateRange(va, pages.Length);
+            InvalidateRange(va, pages.Length);
+        }
+        finally
+        {
+            LeaveOperation();
+        }
     }
 
     /// <summary><c>pmap_qremove</c>: unmaps <paramref name="count"/> pages, then the same invalidation.</summary>
@@ -150,16 +253,24 @@ public sealed unsafe partial class KernelPmap
         if (_host != null)
         {
             HostQRemove(va, count);
+            InvalidateRange(va, count);
+            return;
         }
-        else
+
+        EnterOperation();
+        try
         {
             for (int i = 0; i < count; i++)
             {
                 KRemove(va + ((ulong)i << Pte.PageShift));
             }
-        }
 
-        InvalidateRange(va, count);
+            InvalidateRange(va, count);
+        }
+        finally
+        {
+            LeaveOperation();
+        }
     }
 
     /// <summary><c>pmap_invalidate_page(kernel_pmap, va)</c>: local <c>invlpg</c> plus a broadcast shootdown.</summary>

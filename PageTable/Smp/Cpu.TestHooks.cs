@@ -12,6 +12,9 @@ public sealed unsafe partial class Cpu
     /// <summary>Empties the shadow without touching the TLB: the machine as it was with only the TLB oracle.</summary>
     internal void TestHookForgetShadow() => _shadow?.Clear();
 
+    /// <summary>Exposure windows open on this CPU (0 outside checked mode).</summary>
+    internal int TestHookOpenExposures() => Volatile.Read(ref _openWindows);
+
     /// <summary>Cost-model nanoseconds shootdowns deferred to this CPU and it has not paid yet.</summary>
     internal long TestHookOwedNanoseconds() => Volatile.Read(ref _shared->DeferredChargeNs);
 }

@@ -100,6 +100,13 @@ public sealed unsafe partial class Cpu
         _shadow = _checked ? [] : null;
         _broadcast = machine.Options.Shootdown == ShootdownMechanism.Broadcast;
         _broadcastChunk = machine.Options.BroadcastPagesPerInstruction;
+
+        // Exposure windows need the simulated TLB (the host backend has none to read).
+        if (_checked && machine.Host == null)
+        {
+            _exposureLock = new();
+            _windows = [];
+        }
     }
 
     /// <summary>The CPU number (cpuid), 0-based.</summary>
@@ -480,6 +487,15 @@ public sealed unsafe partial class Cpu
         {
             entry->Pte = walked;
         }
+        else if (_windows != null)
+        {
+            // An eviction drops the victim's translation: its exposure window, if any, ends here.
+            _tlb.Insert(vpn, walked, out ulong evicted);
+            if (evicted != 0)
+            {
+                ExposureDropped(evicted - 1);
+            }
+        }
         else
         {
             _tlb.Insert(vpn, walked);
@@ -696,6 +712,7 @@ public sealed unsafe partial class Cpu
     {
         _tlb.Invalidate(vpn);
         _shadow?.Remove(vpn);
+        ExposureDropped(vpn);
         Count(Counter.LocalInvalidations);
         Charge(_cost.LocalInvalidate);
     }
@@ -713,6 +730,7 @@ public sealed unsafe partial class Cpu
 
         _tlb.FlushNonGlobal();
         ForgetNonGlobalShadow();
+        ExposureFlushed(global: false);
         Count(Counter.NonGlobalFlushes);
         Charge(_cost.FullFlush);
     }
@@ -755,6 +773,7 @@ public sealed unsafe partial class Cpu
 
         _tlb.FlushAll();
         _shadow?.Clear();
+        ExposureFlushed(global: true);
         Count(Counter.FullFlushes);
         Charge(charge);
     }
@@ -772,12 +791,14 @@ public sealed unsafe partial class Cpu
         {
             _tlb.FlushAll();
             _shadow?.Clear();
+            ExposureFlushed(global: true);
             Count(Counter.FullFlushes);
         }
         else
         {
             _tlb.FlushNonGlobal();
             ForgetNonGlobalShadow();
+            ExposureFlushed(global: false);
             Count(Counter.NonGlobalFlushes);
         }
 

@@ -111,6 +111,15 @@ public sealed class KernelThread
 
     internal int GrantedCpu { get; set; } = -1;
 
+    /// <summary>Checked mode: how deep this thread is in mapping operations (<see cref="KernelPmap.EnterOperation"/>).</summary>
+    internal int MappingDepth { get; set; }
+
+    /// <summary>
+    /// Checked mode: the kernel translations (virtual page, old frame) that PTE stores of the
+    /// thread's current outermost mapping operation removed; judged for exposure when it returns.
+    /// </summary>
+    internal List<(ulong Vpn, uint Frame)>? RemovedTranslations { get; set; }
+
     /// <summary>Virtual time: when the thread became runnable while it holds no CPU (its CPU's clock takes over once it runs).</summary>
     internal long ReadyAtNs { get; set; }
 

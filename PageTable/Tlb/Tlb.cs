@@ -62,7 +62,13 @@ internal sealed unsafe class Tlb
     }
 
     /// <summary>Caches <paramref name="pte"/> for <paramref name="vpn"/>, replacing an entry if the set is full.</summary>
-    public TlbEntry* Insert(ulong vpn, ulong pte)
+    public TlbEntry* Insert(ulong vpn, ulong pte) => Insert(vpn, pte, out _);
+
+    /// <summary>
+    /// <see cref="Insert(ulong, ulong)"/>, telling what it evicted: the victim's tag (its virtual page
+    /// plus one), or 0 when a free way took the entry (checked mode closes the victim's exposure window).
+    /// </summary>
+    public TlbEntry* Insert(ulong vpn, ulong pte, out ulong evictedTag)
     {
         int set = (int)(vpn & _setMask);
         TlbEntry* first = _entries + (set * _ways);
@@ -76,16 +82,41 @@ internal sealed unsafe class Tlb
             }
         }
 
+        evictedTag = 0;
         if (slot == null)
         {
             int v = _victim[set];
             slot = first + v;
             _victim[set] = (byte)((v + 1) % _ways);
+            evictedTag = slot->Tag;
         }
 
         slot->Pte = pte;
         slot->Tag = vpn + 1;
         return slot;
+    }
+
+    /// <summary>
+    /// An observer's read (another CPU's, in checked mode): true when an entry caches
+    /// <paramref name="vpn"/> to <paramref name="frame"/>. Reads only, with volatile loads: the
+    /// owner may be changing the set meanwhile (its protocol with the observer is in Cpu.Exposure.cs).
+    /// </summary>
+    public bool Holds(ulong vpn, uint frame, out bool global)
+    {
+        ulong tag = vpn + 1;
+        TlbEntry* e = _entries + ((int)(vpn & _setMask) * _ways);
+        for (int w = 0; w < _ways; w++, e++)
+        {
+            ulong pte = Volatile.Read(ref e->Pte);
+            if (Volatile.Read(ref e->Tag) == tag && Pte.Frame(pte) == frame)
+            {
+                global = (pte & Pte.PG_G) != 0;
+                return true;
+            }
+        }
+
+        global = false;
+        return false;
     }
 
     /// <summary><c>invlpg</c>: drops the entry for one page, global or not.</summary>

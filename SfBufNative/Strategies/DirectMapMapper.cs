@@ -46,7 +46,7 @@ public sealed unsafe class DirectMapMapper : SfBufMapper
 
     /// <inheritdoc/>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public override SfBuf Alloc(VmPage page, SfBufFlags flags = SfBufFlags.Default, CancellationToken cancellation = default)
+    protected override SfBuf AllocCore(VmPage page, SfBufFlags flags = SfBufFlags.Default, CancellationToken cancellation = default)
     {
         ulong pa = page.PhysicalAddress;
         if (Checked)
@@ -63,7 +63,7 @@ public sealed unsafe class DirectMapMapper : SfBufMapper
 
     /// <inheritdoc/>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public override void Free(SfBuf sf)
+    protected override void FreeCore(SfBuf sf)
     {
         if (Checked)
         {

@@ -93,7 +93,7 @@ public sealed unsafe partial class I386Mapper : SfBufMapper
     public override string Name => I386;
 
     /// <inheritdoc/>
-    public override SfBuf Alloc(VmPage page, SfBufFlags flags = SfBufFlags.Default, CancellationToken cancellation = default)
+    protected override SfBuf AllocCore(VmPage page, SfBufFlags flags = SfBufFlags.Default, CancellationToken cancellation = default)
     {
         Machine.Physical.CheckFrame(page.Frame);
         CheckAlloc(page, flags);
@@ -171,7 +171,7 @@ public sealed unsafe partial class I386Mapper : SfBufMapper
     }
 
     /// <inheritdoc/>
-    public override void Free(SfBuf sf)
+    protected override void FreeCore(SfBuf sf)
     {
         CheckOwner(sf);
         if ((uint)sf.Slot >= (uint)Nsfbufs || sf.Kva != _window.PageAddress(sf.Slot))

@@ -58,7 +58,7 @@ public sealed unsafe class OriginalMapper : SfBufMapper
     public override string Name => Original;
 
     /// <inheritdoc/>
-    public override SfBuf Alloc(VmPage page, SfBufFlags flags = SfBufFlags.Default, CancellationToken cancellation = default)
+    protected override SfBuf AllocCore(VmPage page, SfBufFlags flags = SfBufFlags.Default, CancellationToken cancellation = default)
     {
         Machine.Physical.CheckFrame(page.Frame);
         CheckAlloc(page, flags);
@@ -83,7 +83,7 @@ public sealed unsafe class OriginalMapper : SfBufMapper
     /// buffer's fixed address with <c>pmap_qenter</c> (a broadcast shootdown). The pool, carved
     /// from <c>kernel_map</c> on first use, has <c>nsfbufs</c> buffers. Returns
     /// <see cref="SfBuf.None"/> for NoWait with the pool empty or a cancelled Catch wait. Free
-    /// it with <see cref="Free"/>, which unmaps it with <c>pmap_qremove</c>.
+    /// it with <see cref="SfBufMapper.Free"/>, which unmaps it with <c>pmap_qremove</c>.
     /// </summary>
     public SfBuf SendfileAlloc(VmPage page, SfBufFlags flags = SfBufFlags.Catch, CancellationToken cancellation = default)
     {
@@ -136,7 +136,7 @@ public sealed unsafe class OriginalMapper : SfBufMapper
     }
 
     /// <inheritdoc/>
-    public override void Free(SfBuf sf)
+    protected override void FreeCore(SfBuf sf)
     {
         CheckOwner(sf);
         if (!_arena.Region.Contains(sf.Kva))

@@ -73,6 +73,19 @@ internal static class PaperReport
                 table.AddColumn(new TableColumn(header).RightAligned());
             }
 
+            // Exposure, from the checked trials: windows per unit; in virtual time CPU·µs per unit and the longest.
+            bool exposure = group.Any(r => r.ExposuresPerUnit is not null);
+            bool exposureTimed = group.Any(r => r.ExposedCpuUsPerUnit is not null);
+            if (exposure)
+            {
+                table.AddColumn(new TableColumn("exposed").RightAligned());
+            }
+
+            if (exposureTimed)
+            {
+                table.AddColumn(new TableColumn("exp CPU·µs").RightAligned()).AddColumn(new TableColumn("longest µs").RightAligned());
+            }
+
             foreach (var row in group)
             {
                 var cells = new List<string> { row.Strategy, CpusCell(row) };
@@ -89,6 +102,17 @@ internal static class PaperReport
                 foreach (var (key, _) in s_perUnit)
                 {
                     cells.Add(PerUnit(row, key));
+                }
+
+                if (exposure)
+                {
+                    cells.Add(Optional(row.ExposuresPerUnit));
+                }
+
+                if (exposureTimed)
+                {
+                    cells.Add(Optional(row.ExposedCpuUsPerUnit));
+                    cells.Add(Optional(row.LongestExposureUs));
                 }
 
                 table.AddRow(cells.Select(c => new Text(c)));
@@ -341,6 +365,9 @@ internal static class PaperReport
         double v = row[key] / row.Units;
         return v == 0 ? "0" : v >= 100 ? v.ToString("N0", CultureInfo.InvariantCulture) : v.ToString("0.###", CultureInfo.InvariantCulture);
     }
+
+    /// <summary>A figure the row may lack (exposure without a checked trial): "-" then.</summary>
+    private static string Optional(double? v) => v is { } x ? Fmt(x) : "-";
 
     private static string Fmt(double v) => v == 0 ? "0" : v >= 100 ? v.ToString("N0", CultureInfo.InvariantCulture) : v.ToString("0.##", CultureInfo.InvariantCulture);
 

@@ -101,6 +101,25 @@ internal sealed record PaperRow
     public int CheckedTrials { get; init; }
 
     /// <summary>
+    /// Exposure windows per MiB (or per operation), from the cell's checked trials (their windows
+    /// over their units): how often a removed ephemeral translation stayed cached on some CPU past
+    /// the call that removed it. Null when no checked trial ran (and in rows saved before the field).
+    /// </summary>
+    [JsonPropertyName("exposures_per_unit")]
+    [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)]
+    public double? ExposuresPerUnit { get; init; }
+
+    /// <summary>Virtual time: exposed CPU·µs per MiB (or per operation), from the cell's checked trials; null otherwise.</summary>
+    [JsonPropertyName("exposed_cpu_us_per_unit")]
+    [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)]
+    public double? ExposedCpuUsPerUnit { get; init; }
+
+    /// <summary>Virtual time: the longest exposure window of the cell's checked trials, in µs; null otherwise.</summary>
+    [JsonPropertyName("longest_exposure_us")]
+    [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)]
+    public double? LongestExposureUs { get; init; }
+
+    /// <summary>
     /// How <see cref="Seconds"/> (and so the throughput) was timed: <see cref="RealTime"/>, the
     /// host's wall clock, or <see cref="VirtualTime"/> (rows saved before the field read back as real time).
     /// </summary>

@@ -354,11 +354,25 @@ internal static class PaperRunner
                     SchedulingSteps = median.SchedulingSteps,
                     TimedChecked = plan.CheckedTiming,
                     CheckedTrials = checkedTrials.Count,
+                    ExposuresPerUnit = Exposure(checkedTrials, Trial.ExposuresKey, 1),
+                    ExposedCpuUsPerUnit = Exposure(checkedTrials, Trial.ExposedNsKey, 1e3),
+                    LongestExposureUs = checkedTrials.Any(m => m.Counters.ContainsKey(Trial.LongestExposureNsKey))
+                        ? checkedTrials.Max(m => m[Trial.LongestExposureNsKey]) / 1e3 : null,
                 });
             }
         }
 
         return rows;
+    }
+
+    /// <summary>
+    /// An exposure figure per unit over the checked trials that measured it (their counts over
+    /// their units, divided by <paramref name="scale"/>), or null when none did.
+    /// </summary>
+    private static double? Exposure(List<Measurement> checkedTrials, string key, double scale)
+    {
+        var measured = checkedTrials.Where(m => m.Counters.ContainsKey(key)).ToList();
+        return measured.Count == 0 ? null : measured.Sum(m => m[key]) / scale / measured.Sum(m => m.Units);
     }
 
     /// <summary>What the reader of the figures must know: noisy cells, a busy host, oversubscription, unpinned threads.</summary>

@@ -148,6 +148,12 @@ internal sealed class Trial : IDisposable
         _virtualEnd = Machine.VirtualNowNs;
         _stepsEnd = Machine.VirtualSteps;
         _host?.End();
+        if (IsChecked && _host == null)
+        {
+            // Windows still open are closed at the trial's end and counted (docs/output.md).
+            Machine.CloseExposures();
+        }
+
         _after = Machine.Counters();
         _sfAfter = Kernel.SfBufs.Stats();
     }
@@ -198,6 +204,17 @@ internal sealed class Trial : IDisposable
         }
 
         _host?.AddCounters(counters);
+        if (IsChecked && _host == null)
+        {
+            // Exposure is the oracle's: checked trials only, and its lengths in virtual time only.
+            counters[ExposuresKey] = d[Counter.Exposures];
+            if (IsVirtual)
+            {
+                counters[ExposedNsKey] = d[Counter.ExposedNanoseconds];
+                counters[LongestExposureNsKey] = Machine.LongestExposureNs;
+            }
+        }
+
         if (_roundTripNs != null)
         {
             parameters = new Dictionary<string, object>(parameters, StringComparer.Ordinal) { ["round_trip_ns"] = Math.Round(_roundTripNs ?? -1, 1) };
@@ -235,6 +252,15 @@ internal sealed class Trial : IDisposable
             Warnings = Machine.Warnings,
         };
     }
+
+    /// <summary>Exposure windows opened in a checked trial (<see cref="Counter.Exposures"/>).</summary>
+    public const string ExposuresKey = "exposures";
+
+    /// <summary>Their lengths summed, virtual nanoseconds (<see cref="Counter.ExposedNanoseconds"/>).</summary>
+    public const string ExposedNsKey = "exposed_ns";
+
+    /// <summary>The longest window of the trial's machine, virtual nanoseconds (a level, not a count).</summary>
+    public const string LongestExposureNsKey = "longest_exposure_ns";
 
     /// <summary>Details that are levels (sizes, high-water marks), not counts.</summary>
     public static bool IsLevel(string key) => key.EndsWith(".last_pkmap", StringComparison.Ordinal)

@@ -148,7 +148,8 @@ internal static class ScaleCommand
             var first = group.First();
             var cpus = group.Select(r => r.Cpus).Distinct().Order().ToList();
             var table = new Table().Border(TableBorder.Rounded)
-                .Title($"[bold]{Markup.Escape(Title(first))}{(first.Point.Length > 0 ? $" [[{Markup.Escape(first.Point)}]]" : string.Empty)}[/]: {(first.Bytes > 0 ? "MiB/s" : "ops/s")} (virtual time, shootdowns by {first.Shootdown}); IPIs per {first.Unit}")
+                .Title($"[bold]{Markup.Escape(Title(first))}{(first.Point.Length > 0 ? $" [[{Markup.Escape(first.Point)}]]" : string.Empty)}[/]: {(first.Bytes > 0 ? "MiB/s" : "ops/s")} (virtual time, shootdowns by {first.Shootdown}); IPIs per {first.Unit}"
+                    + (group.Any(r => r.ExposedCpuUsPerUnit is not null) ? $"; exposed CPU·µs per {first.Unit} (checked trial)" : string.Empty))
                 .AddColumn("strategy");
             foreach (int c in cpus)
             {
@@ -158,7 +159,8 @@ internal static class ScaleCommand
             foreach (var strategy in StrategyPalette.Ordered(group.Select(r => r.Strategy)))
             {
                 var cellsOf = cpus.Select(c => group.FirstOrDefault(r => r.Strategy == strategy && r.Cpus == c))
-                    .Select(r => r == null ? "-" : $"{PaperReport.Number(r.Throughput)}\n[grey]{PaperReport.Number(r["ipis_sent"] / r.Units)}[/]");
+                    .Select(r => r == null ? "-" : $"{PaperReport.Number(r.Throughput)}\n[grey]{PaperReport.Number(r["ipis_sent"] / r.Units)}[/]"
+                        + (r.ExposedCpuUsPerUnit is { } us ? $"\n[yellow]{PaperReport.Number(us)}[/]" : string.Empty));
                 table.AddRow([Markup.Escape(strategy), .. cellsOf]);
             }
 
@@ -177,12 +179,21 @@ internal static class ScaleCommand
         {
             var first = group.First();
             var cpus = group.Select(r => r.Cpus).Distinct().Order().ToList();
-            foreach (var (what, value) in new (string, Func<PaperRow, double>)[]
+            var tables = new List<(string, Func<PaperRow, double?>)>
             {
                 (first.Bytes > 0 ? "MiB/s" : "ops/s", r => r.Throughput),
                 ($"IPIs per {first.Unit}", r => r["ipis_sent"] / r.Units),
                 ($"modelled mapping ns per {first.Unit}", r => r.ModelledNs),
-            })
+            };
+            if (group.Any(r => r.ExposuresPerUnit is not null))
+            {
+                // From the checked verification trials (docs/output.md, "Exposure").
+                tables.Add(($"exposures per {first.Unit} (checked trial)", r => r.ExposuresPerUnit));
+                tables.Add(($"exposed CPU·µs per {first.Unit} (checked trial)", r => r.ExposedCpuUsPerUnit));
+                tables.Add(("longest exposure window, µs (checked trial)", r => r.LongestExposureUs));
+            }
+
+            foreach (var (what, value) in tables)
             {
                 text.AppendLine();
                 string point = first.Point.Length > 0 ? $" [{first.Point}]" : string.Empty;
@@ -192,7 +203,7 @@ internal static class ScaleCommand
                 text.AppendLine("|---|" + string.Concat(cpus.Select(_ => "---:|")));
                 foreach (var strategy in StrategyPalette.Ordered(group.Select(r => r.Strategy)))
                 {
-                    var values = cpus.Select(c => group.FirstOrDefault(r => r.Strategy == strategy && r.Cpus == c) is { } r ? PaperReport.Number(value(r)) : "-");
+                    var values = cpus.Select(c => group.FirstOrDefault(r => r.Strategy == strategy && r.Cpus == c) is { } r && value(r) is { } v ? PaperReport.Number(v) : "-");
                     text.AppendLine("| " + strategy + " | " + string.Join(" | ", values) + " |");
                 }
             }

@@ -76,7 +76,7 @@ public sealed class BatchedFlushMapper : SfBufMapper
     public override string Name => StrategyName;
 
     /// <inheritdoc/>
-    public override SfBuf Alloc(VmPage page, SfBufFlags flags = SfBufFlags.Default, CancellationToken cancellation = default)
+    protected override SfBuf AllocCore(VmPage page, SfBufFlags flags = SfBufFlags.Default, CancellationToken cancellation = default)
     {
         CheckPage(page, flags);
         var token = (flags & SfBufFlags.Catch) != 0 ? cancellation : CancellationToken.None;
@@ -126,7 +126,7 @@ public sealed class BatchedFlushMapper : SfBufMapper
     }
 
     /// <inheritdoc/>
-    public override void Free(SfBuf sf)
+    protected override void FreeCore(SfBuf sf)
     {
         CheckOwner(sf);
         int slot = SlotOf(sf);

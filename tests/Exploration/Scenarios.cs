@@ -410,7 +410,7 @@ internal static class Scenarios
 
     /// <summary>
     /// epoch-cache on unbound threads taking pairs all or nothing: every thread but the last maps
-    /// two distinct shared pages with <see cref="EpochCacheMapper.AllocMany"/> (Default, one in
+    /// two distinct shared pages with <see cref="SfBufMapper.AllocMany"/> (Default, one in
     /// four NoWait), yields holding both and frees them in either order; the last maps one page
     /// at a time (Default, holding nothing), so single and paired waiters share the ticket queue.
     /// No thread waits while holding, so every wait must end even with a pool of two.

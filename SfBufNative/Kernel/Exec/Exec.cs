@@ -390,8 +390,19 @@ public static class Exec
                 pmap.KEnter(va, fragment.FilePage);
                 pmap.CountMapping(1);
                 kernel.Cpu.Copy(fragment.UserVa, va + (ulong)fragment.FileInPage, fragment.Length);
-                pmap.KRemove(va);
-                pmap.InvalidatePage(va);
+
+                // vm_map_remove: the unmap and its invalidation are one mapping operation.
+                pmap.EnterOperation();
+                try
+                {
+                    pmap.KRemove(va);
+                    pmap.InvalidatePage(va);
+                }
+                finally
+                {
+                    pmap.LeaveOperation();
+                }
+
                 kernel.ExecMap.Free(va, 1);
                 return;
             }

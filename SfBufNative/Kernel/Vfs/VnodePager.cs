@@ -132,8 +132,19 @@ public static class VnodePager
                 kernel.Machine.KernelPmap.KEnter(va, page);
                 kernel.Machine.KernelPmap.CountMapping(1);
                 Fill(kernel.Cpu, va, data, count);
-                kernel.Machine.KernelPmap.KRemove(va);
-                kernel.Machine.KernelPmap.InvalidatePage(va);
+
+                // vm_pager_unmap_page: the unmap and its invalidation are one mapping operation.
+                kernel.Machine.KernelPmap.EnterOperation();
+                try
+                {
+                    kernel.Machine.KernelPmap.KRemove(va);
+                    kernel.Machine.KernelPmap.InvalidatePage(va);
+                }
+                finally
+                {
+                    kernel.Machine.KernelPmap.LeaveOperation();
+                }
+
                 kernel.PagerMap.Free(va, 1);
             }
             else

@@ -38,7 +38,7 @@ public sealed class LwbufMapper : SfBufMapper
     }
 
     /// <inheritdoc/>
-    public override SfBuf Alloc(VmPage page, SfBufFlags flags = SfBufFlags.Default, CancellationToken cancellation = default)
+    protected override SfBuf AllocCore(VmPage page, SfBufFlags flags = SfBufFlags.Default, CancellationToken cancellation = default)
     {
         Machine.Physical.CheckFrame(page.Frame);
         CheckAlloc(page, flags);
@@ -61,7 +61,7 @@ public sealed class LwbufMapper : SfBufMapper
     }
 
     /// <inheritdoc/>
-    public override void Free(SfBuf sf)
+    protected override void FreeCore(SfBuf sf)
     {
         CheckOwner(sf);
         _lwbuf.Free(KernelThread.Current, sf);

@@ -15,7 +15,7 @@ public sealed unsafe partial class EpochCacheMapper
     /// cannot deadlock holding part of what the other needs.
     /// </summary>
     /// <returns>True with every handle in <paramref name="result"/>; false (NoWait or a cancelled Catch) with none held.</returns>
-    public override bool AllocMany(ReadOnlySpan<VmPage> pages, Span<SfBuf> result, SfBufFlags flags = SfBufFlags.Default, CancellationToken cancellation = default)
+    protected override bool AllocManyCore(ReadOnlySpan<VmPage> pages, Span<SfBuf> result, SfBufFlags flags = SfBufFlags.Default, CancellationToken cancellation = default)
     {
         CheckAllocMany(pages, result, flags); // Capacity is Nsfbufs
         var td = KernelThread.Current;

@@ -40,7 +40,7 @@ namespace Native.SfBufNative;
 /// </para>
 /// <para>
 /// The mechanisms, one file each: the interface and the lock-free hit path (this file); misses,
-/// the lock-free install and <see cref="AllocMany"/> (<c>.Misses.cs</c>); epochs, flush points,
+/// the lock-free install and <see cref="SfBufMapper.AllocMany"/> (<c>.Misses.cs</c>); epochs, flush points,
 /// retire and the fallback shootdown (<c>.Epochs.cs</c>); partitions, magazines and reclaim
 /// (<c>.Partitions.cs</c>); the wait queue (<c>.Waiting.cs</c>); the native layouts
 /// (<c>EpochCacheTypes.cs</c>). Each lock-free path states its memory-ordering argument beside
@@ -218,7 +218,7 @@ public sealed unsafe partial class EpochCacheMapper : SfBufMapper, IContextSwitc
     public override string Name => EpochCache;
 
     /// <inheritdoc/>
-    public override SfBuf Alloc(VmPage page, SfBufFlags flags = SfBufFlags.Default, CancellationToken cancellation = default)
+    protected override SfBuf AllocCore(VmPage page, SfBufFlags flags = SfBufFlags.Default, CancellationToken cancellation = default)
     {
         Machine.Physical.CheckFrame(page.Frame);
         CheckAlloc(page, flags);
@@ -255,7 +255,7 @@ public sealed unsafe partial class EpochCacheMapper : SfBufMapper, IContextSwitc
     }
 
     /// <inheritdoc/>
-    public override void Free(SfBuf sf)
+    protected override void FreeCore(SfBuf sf)
     {
         CheckOwner(sf);
         if ((uint)sf.Slot >= (uint)Nsfbufs || sf.Kva != _window.PageAddress(sf.Slot))

@@ -36,7 +36,7 @@ public sealed class QuickMapper : SfBufMapper
     public I386Mapper SfBufPool => _sfbuf;
 
     /// <inheritdoc/>
-    public override SfBuf Alloc(VmPage page, SfBufFlags flags = SfBufFlags.Default, CancellationToken cancellation = default)
+    protected override SfBuf AllocCore(VmPage page, SfBufFlags flags = SfBufFlags.Default, CancellationToken cancellation = default)
     {
         Machine.Physical.CheckFrame(page.Frame);
         CheckAlloc(page, flags);
@@ -58,7 +58,7 @@ public sealed class QuickMapper : SfBufMapper
     }
 
     /// <inheritdoc/>
-    public override void Free(SfBuf sf)
+    protected override void FreeCore(SfBuf sf)
     {
         if (sf.Mapper == _sfbuf.Id && !sf.IsNone)
         {

@@ -35,7 +35,7 @@ public abstract class LinuxHighmemMapper : SfBufMapper
     }
 
     /// <inheritdoc/>
-    public sealed override SfBuf Alloc(VmPage page, SfBufFlags flags = SfBufFlags.Default, CancellationToken cancellation = default)
+    protected sealed override SfBuf AllocCore(VmPage page, SfBufFlags flags = SfBufFlags.Default, CancellationToken cancellation = default)
     {
         Machine.Physical.CheckFrame(page.Frame);
         CheckAlloc(page, flags);
@@ -62,7 +62,7 @@ public abstract class LinuxHighmemMapper : SfBufMapper
     }
 
     /// <inheritdoc/>
-    public sealed override void Free(SfBuf sf)
+    protected sealed override void FreeCore(SfBuf sf)
     {
         CheckOwner(sf);
         var td = KernelThread.Current;

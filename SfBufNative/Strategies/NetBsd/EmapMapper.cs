@@ -73,7 +73,7 @@ public sealed class EmapMapper : SfBufMapper
     internal uint CpuGeneration(int cpu) => _emap.CpuGeneration(cpu);
 
     /// <inheritdoc/>
-    public override SfBuf Alloc(VmPage page, SfBufFlags flags = SfBufFlags.Default, CancellationToken cancellation = default)
+    protected override SfBuf AllocCore(VmPage page, SfBufFlags flags = SfBufFlags.Default, CancellationToken cancellation = default)
     {
         Machine.Physical.CheckFrame(page.Frame);
         CheckAlloc(page, flags);
@@ -106,7 +106,7 @@ public sealed class EmapMapper : SfBufMapper
     }
 
     /// <inheritdoc/>
-    public override void Free(SfBuf sf)
+    protected override void FreeCore(SfBuf sf)
     {
         CheckOwner(sf);
         bool kenter = _kernelMap.Region.Contains(sf.Kva);
