@@ -110,9 +110,13 @@ public sealed unsafe partial class KernelPmap
         }
 
         long startNs = cpu.ClockNs;
-        foreach (var target in _machine.Cpus)
+
+        // By index: a foreach over the IReadOnlyList boxes an enumerator unless the JIT removes it,
+        // and this runs on every checked put that clears a translation.
+        int cpus = _machine.Cpus.Count;
+        for (int i = 0; i < cpus; i++)
         {
-            if (target.TryOpenExposure(vpn, frame, startNs))
+            if (_machine.CpuAt(i).TryOpenExposure(vpn, frame, startNs))
             {
                 cpu.Count(Counter.Exposures);
             }
