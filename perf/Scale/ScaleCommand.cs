@@ -185,6 +185,13 @@ internal static class ScaleCommand
                 ($"IPIs per {first.Unit}", r => r["ipis_sent"] / r.Units),
                 ($"modelled mapping ns per {first.Unit}", r => r.ModelledNs),
             };
+            if (first.Shootdown == PaperRow.BroadcastShootdown)
+            {
+                // Broadcast rows carry the instruction counts; their IPIs are only the strategies' own.
+                tables.Add(($"broadcast invalidation instructions per {first.Unit}", r => r["broadcast_invalidations"] / r.Units));
+                tables.Add(($"broadcast completion waits per {first.Unit}", r => r["broadcast_syncs"] / r.Units));
+            }
+
             if (group.Any(r => r.ExposuresPerUnit is not null))
             {
                 // From the checked verification trials (docs/output.md, "Exposure").
@@ -206,6 +213,13 @@ internal static class ScaleCommand
                     var values = cpus.Select(c => group.FirstOrDefault(r => r.Strategy == strategy && r.Cpus == c) is { } r && value(r) is { } v ? PaperReport.Number(v) : "-");
                     text.AppendLine("| " + strategy + " | " + string.Join(" | ", values) + " |");
                 }
+            }
+
+            var (tradeOffCpus, points) = ExposureFrontier.PointsOf([.. group]);
+            if (points.Count > 0)
+            {
+                text.AppendLine();
+                text.AppendLine(CultureInfo.InvariantCulture, $"Throughput-versus-exposure frontier of {Title(first)} at {tradeOffCpus} CPUs (no strategy has more throughput with less exposure): {string.Join(", ", ExposureFrontier.Of(points))}.");
             }
         }
 
@@ -230,6 +244,35 @@ internal static class ScaleCommand
             yield return Paper.Charts.AgainstCpus($"{name}-modelled.png",
                 ChartText.Title($"{Title(first)}: modelled mapping cost per {first.Unit}", context),
                 $"ns per {first.Unit}", list, r => r.ModelledNs, log2X: true);
+            if (TradeOff(list) is { } tradeOff)
+            {
+                yield return tradeOff;
+            }
         }
+    }
+    /// <summary>
+    /// Throughput against exposed CPU·µs per unit at <see cref="ExposureFrontier.PreferredCpus"/>
+    /// CPUs (or the largest count), one point per strategy, the frontier joined; null when no
+    /// checked trial measured exposed time.
+    /// </summary>
+    public static ExposureChart? TradeOff(IReadOnlyList<PaperRow> rows)
+    {
+        ArgumentNullException.ThrowIfNull(rows);
+        var (cpus, points) = ExposureFrontier.PointsOf(rows);
+        if (points.Count == 0)
+        {
+            return null;
+        }
+
+        var first = rows[0];
+        var frontier = ExposureFrontier.Of(points);
+        var strategies = StrategyPalette.Ordered(points.Select(p => p.Strategy));
+        var styles = StrategyPalette.For(strategies);
+        var series = strategies.Select(s => ChartSeries.Of(s, styles[s])).ToList();
+        var plotted = points.Select(p => new TradeOffPoint(strategies.IndexOf(p.Strategy), p.Exposure, p.Throughput, frontier.Contains(p.Strategy))).ToList();
+        string name = $"scale-{first.Experiment}{(first.Load == PaperRow.AllLoad ? "-all" : string.Empty)}-exposure.png";
+        string context = $"{cpus} simulated CPUs, virtual time, cost profile {first.CostProfile}, shootdowns by {first.Shootdown}";
+        return new ExposureChart(name, ChartText.Title($"{Title(first)}: throughput against exposure, one point per strategy", context),
+            $"exposed CPU·µs per {first.Unit} (checked trial)", first.Bytes > 0 ? "MiB/s" : "operations/s", series, plotted);
     }
 }
