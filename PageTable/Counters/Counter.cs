@@ -84,7 +84,7 @@ public enum Counter
     /// <summary>Kernel PTE stores in kmem (permanently mapped kernel memory), installs and removals; not ephemeral.</summary>
     KmemPteWrites,
 
-    /// <summary>TLB misses on ephemeral-mapping addresses (the sf_buf window, the fixmap and <c>kernel_map</c> with its submaps).</summary>
+    /// <summary>TLB misses on ephemeral-mapping addresses (the sf_buf window, the fixmap and <c>kernel_map</c> with its submaps; the direct map when it is page-mapped, where XPFO maps pages).</summary>
     MappingTlbMisses,
 
     /// <summary>Single-page invalidations done in IPI handlers (a subset of <see cref="LocalInvalidations"/>).</summary>

@@ -394,7 +394,7 @@ public sealed partial class ExecTests(string strategy, int cpus) : StrategyFixtu
 
     // ------------------------------------------------------------------ running an exec
 
-    private SimMachine NewMachine() => new(new MachineOptions { Cpus = Cpus, PhysicalMemoryBytes = 64UL << 20 });
+    private SimMachine NewMachine() => new(new MachineOptions { Flavor = Info.FlavorOr(MachineFlavor.Amd64), Cpus = Cpus, PhysicalMemoryBytes = 64UL << 20 });
 
     /// <summary>Runs one exec on a thread bound to CPU 0, in a fresh caller process or in none.</summary>
     private static ExecRun ExecIn(SimMachine machine, SimKernel kernel, string path, bool newCaller, IEnumerable<ulong> imagePages)

@@ -269,7 +269,7 @@ public sealed class VnodePagerTests(string strategy, int cpus) : StrategyFixture
         }
     }
 
-    private SimMachine NewMachine() => new(new MachineOptions { Cpus = Cpus, PhysicalMemoryBytes = 64UL << 20 });
+    private SimMachine NewMachine() => new(new MachineOptions { Flavor = Info.FlavorOr(MachineFlavor.Amd64), Cpus = Cpus, PhysicalMemoryBytes = 64UL << 20 });
 
     private static string RequireHostFile(string path)
     {
