@@ -218,6 +218,7 @@ public sealed record SfBufStrategyInfo(
             (machine, _) => new Strategies.Linux.LinuxXpfoMapper(machine, Strategies.Linux.XpfoFlushPolicy.Batched))
         {
             NeedsExclusivePageOwnership = true,
+            BatchesUserAllocations = true,
             ShootdownsOnlyWhenRecycling = true,
             Capacity = (_, _) => int.MaxValue,
             NotOnHost = XpfoNotOnHost,
@@ -323,6 +324,13 @@ public sealed record SfBufStrategyInfo(
     /// and out of (<see cref="Flavor"/>). It maps, unmaps and invalidates, unlike <see cref="NeedsDirectMap"/>.
     /// </summary>
     public bool NeedsExclusivePageOwnership { get; init; }
+
+    /// <summary>
+    /// True when the strategy makes the machine hand out user pages from per-CPU lists refilled in
+    /// batches (XPFO v9's <c>xpfo_pcp_refill</c>): a user allocation then need not take the page at
+    /// the free queue's head.
+    /// </summary>
+    public bool BatchesUserAllocations { get; init; }
 
     /// <summary>
     /// The machine flavor the strategy runs on: amd64 when it needs the direct map, amd64 with

@@ -298,6 +298,12 @@ public sealed partial class ExecTests(string strategy, int cpus) : StrategyFixtu
                 Assert.That(d[Counter.ShootdownRounds], Is.EqualTo((2 * headerMappings) + pagesIn + fragments));
             }
         }
+        else if (Info.PrivateShootdowns == Native.SfBufNative.SfBufShootdowns.PerUserPage)
+        {
+            // XPFO immediate: a round for every user page allocated (the image, the stack, the
+            // page cache) as well as for every user page's last unmap, private ones included.
+            Assert.That(d[Counter.Mappings], Is.LessThanOrEqualTo(headerMappings + pagesIn + fragments));
+        }
         else
         {
             // Shared mappings (the header, each page-in) send at most one round each; the

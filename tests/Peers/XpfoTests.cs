@@ -386,4 +386,119 @@ public sealed class XpfoTests
         Assert.That(breaches, bug == PlantedBug.None ? Is.Empty : Is.Not.Empty);
         Assert.That(m.Counters()[Counter.StaleAccesses], Is.Zero);
     }
+
+    /// <summary>
+    /// The explorer and each deferral's planted bug, as for mermap and ephmap: on a scenario where
+    /// two threads per CPU map, read and unmap two user pages (switching while they hold them) and
+    /// a kernel page one CPU has read is freed and taken for user space by the other, every explored
+    /// schedule of the real code ends with no CPU reaching a page out of the direct map unless it
+    /// owes a flush; with the deferred switch flush skipped, or a CPU left out of a refill batch's
+    /// pending mask, the explorer finds a schedule that ends with one, and its seed replays it.
+    /// </summary>
+    [TestCase(SfBufMapper.LinuxXpfo, 0)]
+    [TestCase(SfBufMapper.LinuxXpfoDeferred, 0)]
+    [TestCase(SfBufMapper.LinuxXpfoBatched, 0)]
+    [TestCase(SfBufMapper.LinuxXpfoDeferred, 512, TestName = "{m}(linux-xpfo-deferred, the switch's flush skipped: the planted bug)")]
+    [TestCase(SfBufMapper.LinuxXpfoBatched, 1024, TestName = "{m}(linux-xpfo-batched, a CPU left out of the batch's pending mask: the planted bug)")]
+    public void TheExplorerFindsEachDeferralsPlantedBugAndTheRealCodePasses(string strategy, int plantedBug)
+    {
+        var bug = (PlantedBug)plantedBug;
+        var scenario = Exploration.XpfoScenario(strategy);
+        if (bug == PlantedBug.None)
+        {
+            Exploration.AssertAllPass(scenario);
+            return;
+        }
+
+        var found = Native.Tests.Exploration.Explorer.Explore(scenario, Native.Tests.Exploration.Explorer.CiBugBudget, bug);
+        Assert.That(found, Is.Not.Null, $"the planted bug survived {Native.Tests.Exploration.Explorer.CiBugBudget} schedules of {scenario.Name}");
+        TestContext.Out.WriteLine(found!.ToString());
+        Assert.That(found.What, Does.Contain("owes no flush"), "found by the ownership check, not by some other failure");
+        string? again = Native.Tests.Exploration.Explorer.RunOne(scenario, found.Seed, bug, out _, out int steps);
+        Assert.That(again, Is.EqualTo(found.What), "the seed replays the failing schedule");
+        Assert.That(steps, Is.EqualTo(found.Steps));
+        Assert.That(Native.Tests.Exploration.Explorer.RunOne(scenario, found.Seed, PlantedBug.None, out _, out _), Is.Null, "the same schedule passes with the real code");
+    }
+
+    /// <summary>The XPFO scenario for the explorer.</summary>
+    private static class Exploration
+    {
+        public static void AssertAllPass(Native.Tests.Exploration.Scenario scenario) =>
+            Native.Tests.Exploration.Explorer.AssertAllPass(scenario, Native.Tests.Exploration.Explorer.Schedules());
+
+        public static Native.Tests.Exploration.Scenario XpfoScenario(string strategy) => new($"xpfo-{strategy}-2cpu", Options(2) with { Checked = true }, run =>
+        {
+            var m = run.M;
+            var mapper = Create(m, strategy);
+            run.State["mapper"] = mapper;
+            var pages = new[] { NewPage(m, 0x61), NewPage(m, 0x62) };
+            var kernelPage = NewPage(m, 0x63, user: false);
+            bool kernelPageRead = false;
+            for (int t = 0; t < 4; t++)
+            {
+                int me = t;
+                int cpu = t % 2;
+                var random = run.RandomFor(me);
+                m.StartThread($"xpfo{me}", () =>
+                {
+                    var td = KernelThread.Current;
+                    if (me == 1)
+                    {
+                        // cpu 1 caches the kernel page's direct-map translation.
+                        var k = mapper.Alloc(kernelPage);
+                        m.CurrentCpu.ReadUInt64(mapper.Kva(k));
+                        mapper.Free(k);
+                        kernelPageRead = true;
+                    }
+
+                    for (int op = 0; op < 3; op++)
+                    {
+                        var page = pages[random.Next(pages.Length)];
+                        var sf = mapper.Alloc(page);
+                        if (random.Next(2) == 0)
+                        {
+                            td.Yield(); // switch while holding it
+                        }
+
+                        if (m.CurrentCpu.ReadUInt64(mapper.Kva(sf)) != 0x61UL + (page == pages[0] ? 0UL : 1UL))
+                        {
+                            run.Fail($"cpu {m.CurrentCpu.Id} read the wrong bytes through {sf}");
+                        }
+
+                        mapper.Free(sf);
+                        td.Yield();
+                    }
+
+                    if (me == 0 && kernelPageRead)
+                    {
+                        // cpu 0 frees the kernel page cpu 1 has read (in the schedules where it has), and takes it for user space.
+                        m.Physical.Unwire(kernelPage);
+                        m.Physical.Free(kernelPage);
+                        var user = m.Physical.Alloc(AllocFlags.Wired | AllocFlags.User);
+                        td.Yield();
+                        m.Physical.Unwire(user);
+                        m.Physical.Free(user);
+                    }
+
+                    td.Yield(); // a last switch on this CPU
+                }, cpu: cpu, bound: true);
+            }
+        })
+        {
+            ExpectedSteps = 200,
+            Check = run =>
+            {
+                var mapper = (LinuxXpfoMapper)run.State["mapper"];
+                foreach (var breach in mapper.CheckExclusive())
+                {
+                    run.Fail(breach);
+                }
+
+                if (run.M.Counters()[Counter.StaleAccesses] != 0)
+                {
+                    run.Fail("a stale access");
+                }
+            },
+        };
+    }
 }

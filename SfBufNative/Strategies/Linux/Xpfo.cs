@@ -351,9 +351,10 @@ internal sealed unsafe class Xpfo : IPageOwnershipPolicy, IContextSwitchHook, ID
     }
 
     /// <summary>
-    /// The promise XPFO exists for, checked with no operation in flight: no CPU that owes no
-    /// pending flush can still reach a user page out of the direct map through its TLB (or the
-    /// latent-staleness shadow of it). Call on a kernel thread of the machine; returns the breaches.
+    /// The promise XPFO exists for, checked with no operation in flight: no CPU that owes no flush
+    /// (no <c>pending_xpfo_flush</c> bit, not an idle CPU a shootdown marked) can still reach a page
+    /// out of the direct map through its TLB (or the latent-staleness shadow of it). Call with
+    /// every CPU idle or from the machine's only running thread; returns the breaches.
     /// </summary>
     public IReadOnlyList<string> CheckExclusive()
     {
@@ -369,7 +370,8 @@ internal sealed unsafe class Xpfo : IPageOwnershipPolicy, IContextSwitchHook, ID
             ulong vpn = (VmLayout.DMAP_BASE + page.PhysicalAddress) >> Pte.PageShift;
             for (int c = 0; c < _cpus; c++)
             {
-                if (!IsPending(c) && _machine.CpuAt(c).HoldsStale(vpn))
+                var cpu = _machine.CpuAt(c);
+                if (!IsPending(c) && !cpu.IsFlushPending && cpu.HoldsStale(vpn))
                 {
                     breaches.Add($"cpu {c} owes no flush but still translates {page}'s direct-map address, out of the direct map");
                 }
