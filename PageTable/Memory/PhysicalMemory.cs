@@ -36,6 +36,7 @@ public sealed unsafe class PhysicalMemory
     private int* _pcpCount;
     private int _pcpBatch;
     private int _pcpTotal;
+    private long _xpfoRestores;
 
     internal PhysicalMemory(Machine machine, NativeLedger ledger, ulong bytes)
     {
@@ -280,7 +281,7 @@ public sealed unsafe class PhysicalMemory
             Interlocked.And(ref d.Reserved, ~XpfoUser);
             if ((Interlocked.And(ref d.Reserved, ~XpfoUnmapped) & XpfoUnmapped) != 0)
             {
-                pmap.SetDirectMapPte(page, present: true);
+                Restore(page);
             }
 
             return;
@@ -296,12 +297,23 @@ public sealed unsafe class PhysicalMemory
 
         if (wasUnmapped)
         {
-            pmap.SetDirectMapPte(page, present: true); // v7's xpfo_free_pages
+            Restore(page); // v7's xpfo_free_pages
         }
 
         pmap.SetDirectMapPte(page, present: false);
         policy?.Removed(KernelThread.CurrentOrNull is { } td && ReferenceEquals(td.Machine, _machine) ? td.Cpu : null, [page]);
     }
+
+    private void Restore(VmPage page)
+    {
+        if (!Pte.IsValid(_machine.KernelPmap.SetDirectMapPte(page, present: true)) && KernelThread.CurrentOrNull?.Cpu != null)
+        {
+            Interlocked.Increment(ref _xpfoRestores);
+        }
+    }
+
+    /// <summary>Exclusive page ownership: direct-map PTEs the allocator put back on a kernel thread, each a recorded mapping.</summary>
+    internal long XpfoRestores => Interlocked.Read(ref _xpfoRestores);
 
     /// <summary>Exclusive page ownership: true when <paramref name="page"/> was last allocated to user space (<c>PageXpfoUser</c>).</summary>
     internal bool XpfoIsUser(VmPage page) => (Volatile.Read(ref _pages[page.Frame].Reserved) & XpfoUser) != 0;

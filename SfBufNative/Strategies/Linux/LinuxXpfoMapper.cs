@@ -72,6 +72,7 @@ public sealed class LinuxXpfoMapper : SfBufMapper
         ["xpfo.unmaps"] = _xpfo.Unmaps,
         ["xpfo.flushes"] = _xpfo.Flushes,
         ["xpfo.alloc_flushes"] = _xpfo.AllocFlushes,
+        ["xpfo.allocator_restores"] = _xpfo.AllocatorRestores,
         ["xpfo.shootdowns"] = _xpfo.Shootdowns,
         ["xpfo.pending_posts"] = _xpfo.PendingPosts,
         ["xpfo.pending_flushes"] = _xpfo.PendingFlushes,

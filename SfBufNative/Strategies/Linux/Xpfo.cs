@@ -141,6 +141,9 @@ internal sealed unsafe class Xpfo : IPageOwnershipPolicy, IContextSwitchHook, ID
     /// <inheritdoc/>
     public bool RestoresAtFree => Policy != XpfoFlushPolicy.Batched;
 
+    /// <summary>Direct-map PTEs the page allocator put back (a kernel allocation of a page out of it; v6/v7's free), each a recorded mapping that is no sf_buf miss.</summary>
+    public long AllocatorRestores => _physical.XpfoRestores;
+
     /// <summary><c>kmap</c> calls.</summary>
     public long Kmaps => _kmaps.Value;
 
