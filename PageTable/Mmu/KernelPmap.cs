@@ -189,8 +189,10 @@ public sealed unsafe partial class KernelPmap
     /// <c>set_kpte</c> of the page allocator's XPFO hooks (<c>xpfo_alloc_pages</c>,
     /// <c>xpfo_free_pages</c>): puts <paramref name="page"/> in the direct map or takes it out,
     /// with no invalidation (the installed <see cref="IPageOwnershipPolicy"/> flushes). On a kernel
-    /// thread it is an ordinary kernel PTE store (counted, priced, judged for exposure); from
-    /// outside the machine (set-up, boot) the word is written alone. Returns the old PTE.
+    /// thread it is a kernel PTE store, priced and judged for exposure, and counted as a store of
+    /// the permanent kernel map (<see cref="Counter.KmemPteWrites"/>), not as an ephemeral mapping:
+    /// the allocator keeps the direct map, the strategy's kmap makes the mappings. From outside the
+    /// machine (set-up, boot) the word is written alone. Returns the old PTE.
     /// </summary>
     internal ulong SetDirectMapPte(VmPage page, bool present)
     {
@@ -198,13 +200,7 @@ public sealed unsafe partial class KernelPmap
         ulong va = VmLayout.DMAP_BASE + page.PhysicalAddress;
         if (KernelThread.CurrentOrNull is { } td && ReferenceEquals(td.Machine, _machine) && td.Cpu != null)
         {
-            ulong old = ExchangePte(va, pte);
-            if (present && !Pte.IsValid(old))
-            {
-                CountMapping(1); // every valid kernel PTE store is a recorded mapping (pte_writes = mapped_pages)
-            }
-
-            return old;
+            return ExchangePte(va, pte, permanentMap: true);
         }
 
         return Interlocked.Exchange(ref *Vtopte(va), pte);
@@ -239,7 +235,9 @@ public sealed unsafe partial class KernelPmap
     /// Replaces a kernel PTE atomically and returns the old one, so a concurrent MMU walk
     /// setting <c>PG_A</c> cannot slip between the read and the write.
     /// </summary>
-    public ulong ExchangePte(ulong va, ulong pte)
+    public ulong ExchangePte(ulong va, ulong pte) => ExchangePte(va, pte, permanentMap: false);
+
+    private ulong ExchangePte(ulong va, ulong pte, bool permanentMap)
     {
         ulong* ptep = Require(va);
         var cpu = _machine.CurrentCpu;
@@ -253,7 +251,7 @@ public sealed unsafe partial class KernelPmap
 
         // kmem is permanently mapped kernel memory, not an ephemeral mapping: counted apart, so
         // that every pte_writes event is one of the pages CountMapping was told about.
-        cpu.Count(_machine.Layout.KernelMemory.Contains(va) ? Counter.KmemPteWrites
+        cpu.Count(permanentMap || _machine.Layout.KernelMemory.Contains(va) ? Counter.KmemPteWrites
             : Pte.IsValid(pte) ? Counter.KernelPteWrites : Counter.KernelPteClears);
         cpu.Charge(_machine.Cost.PteWrite);
         if (_exposure && Pte.IsValid(old) && (!Pte.IsValid(pte) || ((old ^ pte) & Pte.PG_FRAME) != 0)

@@ -90,10 +90,9 @@ internal static class PaperChecks
         }
         else
         {
-            // Mappings no sf_buf miss made: kmap_local's restores at a switch, XPFO's allocator putting pages back into the direct map.
-            long restores = m["kmap_local.restores"] + m["xpfo.allocator_restores"];
+            long restores = m["kmap_local.restores"];
             Expect(m["mappings"] == m["sfbuf_misses"] + restores,
-                $"{m["mappings"]} mappings for {m["sfbuf_misses"]} sf_buf misses{(restores > 0 ? $" and {restores} restores (kmap_local's at a switch, XPFO's allocator's)" : string.Empty)} (one each)");
+                $"{m["mappings"]} mappings for {m["sfbuf_misses"]} sf_buf misses{(restores > 0 ? $" and {restores} kmap_local restores" : string.Empty)} (one each)");
         }
 
         if (m.Cpus == 1)

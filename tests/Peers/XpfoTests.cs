@@ -314,7 +314,8 @@ public sealed class XpfoTests
         var d = m.Counters() - before;
         long flushes = mapper.Stats().Details["xpfo.alloc_flushes"];
         Assert.That(flushes, Is.EqualTo(batched ? 2 : pages), "one flush per page, or per refill");
-        Assert.That(d[Counter.KernelPteClears], Is.EqualTo(batched ? 2 * Xpfo.PcpBatch : pages), "a refill takes its whole batch out");
+        Assert.That(d[Counter.KmemPteWrites], Is.EqualTo(batched ? 2 * Xpfo.PcpBatch : pages), "the allocator keeps the permanent map: a refill takes its whole batch out");
+        Assert.That(d[Counter.KernelPteClears] + d[Counter.KernelPteWrites], Is.Zero, "no ephemeral mapping");
         Assert.That(d[Counter.ShootdownRounds], Is.EqualTo(mapper.Policy == XpfoFlushPolicy.Immediate ? pages : 0));
         Assert.That(d[Counter.FullFlushes], Is.EqualTo(batched ? 2 : 0), "xpfo_flush_tlb_all per refill");
 

@@ -141,7 +141,7 @@ internal sealed unsafe class Xpfo : IPageOwnershipPolicy, IContextSwitchHook, ID
     /// <inheritdoc/>
     public bool RestoresAtFree => Policy != XpfoFlushPolicy.Batched;
 
-    /// <summary>Direct-map PTEs the page allocator put back (a kernel allocation of a page out of it; v6/v7's free), each a recorded mapping that is no sf_buf miss.</summary>
+    /// <summary>Direct-map PTEs the page allocator put back (a kernel allocation of a page out of it; v6/v7's free), counted with kmem's stores, not as mappings.</summary>
     public long AllocatorRestores => _physical.XpfoRestores;
 
     /// <summary><c>kmap</c> calls.</summary>
