@@ -301,7 +301,7 @@ public sealed unsafe class PhysicalMemory
         }
 
         pmap.SetDirectMapPte(page, present: false);
-        policy?.Removed(KernelThread.CurrentOrNull is { } td && ReferenceEquals(td.Machine, _machine) ? td.Cpu : null, [page]);
+        policy?.Removed(KernelThread.CurrentOrNull is { } td && ReferenceEquals(td.Machine, _machine) ? td.Cpu : null, new ReadOnlySpan<VmPage>(in page));
     }
 
     private void Restore(VmPage page)

@@ -502,4 +502,37 @@ public sealed class XpfoTests
             },
         };
     }
+
+    /// <summary>kmap and kunmap of a user page (restore, removal, flush) and a user allocation allocate nothing managed once warm.</summary>
+    [TestCase(SfBufMapper.LinuxXpfo)]
+    [TestCase(SfBufMapper.LinuxXpfoDeferred)]
+    [TestCase(SfBufMapper.LinuxXpfoBatched)]
+    public void TheMappingPathsAllocateNothingManaged(string strategy)
+    {
+        using var m = new SimMachine(Options(2) with { Checked = false });
+        var page = NewPage(m, 0x5a);
+        using var mapper = Create(m, strategy);
+        long allocated = -1;
+        m.Run(0, () =>
+        {
+            for (int round = 0; round < 2; round++)
+            {
+                long before = GC.GetAllocatedBytesForCurrentThread();
+                for (int i = 0; i < 200; i++)
+                {
+                    var sf = mapper.Alloc(page);
+                    m.CurrentCpu.ReadUInt64(mapper.Kva(sf));
+                    mapper.Free(sf);
+                    var user = m.Physical.Alloc(AllocFlags.Wired | AllocFlags.User);
+                    m.Physical.Unwire(user);
+                    m.Physical.Free(user);
+                }
+
+                allocated = GC.GetAllocatedBytesForCurrentThread() - before;
+            }
+        });
+        Assert.That(allocated, Is.Zero);
+        Assert.That(mapper.Stats().Details["xpfo.unmaps"], Is.EqualTo(400));
+    }
 }
+
