@@ -56,4 +56,10 @@ internal enum PlantedBug
 
     /// <summary>A broadcast shootdown never reaches its highest-numbered target, whose completion is still counted.</summary>
     BroadcastSkipsOneTarget = 256,
+
+    /// <summary>linux-xpfo-deferred's context switch clears its <c>pending_xpfo_flush</c> bit without the full flush it owes.</summary>
+    XpfoSwitchFlushSkipped = 512,
+
+    /// <summary>linux-xpfo-batched's flush of a refill batch leaves out the highest-numbered other CPU from the pending mask.</summary>
+    XpfoBatchSkipsOneCpu = 1024,
 }

@@ -93,8 +93,9 @@ public sealed unsafe partial class Machine : IDisposable
                 Options.EffectiveSfBufWindowPages,
                 Options.KernelMapPages,
                 Options.KernelMemoryPages,
-                Options.Flavor == MachineFlavor.Amd64 ? Physical.Bytes : 0,
-                Options.Cpus);
+                Options.Flavor != MachineFlavor.I386 ? Physical.Bytes : 0,
+                Options.Cpus,
+                pagedDirectMap: Options.ExclusivePageOwnership);
             Host?.ReserveKernel(Layout);
             KernelPmap = new KernelPmap(this, _ledger, Layout.KernelPages);
             _counters = new CpuCounters(_ledger, Options.Cpus);
@@ -677,7 +678,12 @@ public sealed unsafe partial class Machine : IDisposable
         return string.Join(Environment.NewLine,
             $"backend         {(Host != null ? "host MMU (memfd physical memory, mmap(MAP_FIXED) remaps, the host kernel's shootdowns)" : "simulated")}",
             $"cpus            {Options.Cpus} ({pin})",
-            $"flavor          {Options.Flavor}{(Options.Flavor == MachineFlavor.Amd64 ? $" (direct map at 0x{VmLayout.DMAP_BASE:x}, {Layout.DirectMapBytes >> 20} MiB)" : " (no direct map)")}",
+            $"flavor          {Options.Flavor}{Options.Flavor switch
+            {
+                MachineFlavor.Amd64 => $" (direct map at 0x{VmLayout.DMAP_BASE:x}, {Layout.DirectMapBytes >> 20} MiB)",
+                MachineFlavor.Amd64Xpfo => $" (direct map of 4 KiB pages at 0x{VmLayout.DMAP_BASE:x}, {Layout.DirectMapBytes >> 20} MiB, user pages removed while user space owns them)",
+                _ => " (no direct map)",
+            }}",
             $"physical memory {Physical.Bytes >> 20} MiB, {Physical.FrameCount} frames of {Pte.PageSize} B",
             $"tlb             {Options.TlbEntries} entries, {Options.TlbWays}-way, per cpu",
             $"maxusers        {Options.MaxUsers} (nsfbufs default {Options.DefaultNsfbufs})",
@@ -752,7 +758,7 @@ public sealed unsafe partial class Machine : IDisposable
     /// <summary>The PTE word the MMU walks for <paramref name="va"/> on <paramref name="cpu"/>, or null.</summary>
     internal ulong* PteAddress(Cpu cpu, ulong va)
     {
-        if (va >= VmLayout.KERNBASE)
+        if (va >= VmLayout.DMAP_BASE)
         {
             return KernelPmap.Vtopte(va);
         }

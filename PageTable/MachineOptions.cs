@@ -8,6 +8,19 @@ public enum MachineFlavor
 
     /// <summary>i386: no direct map; every kernel access to an arbitrary page needs an ephemeral mapping.</summary>
     I386,
+
+    /// <summary>
+    /// amd64 with exclusive page frame ownership (XPFO, Linux RFC 2016-2019): the direct map is
+    /// made of 4 KiB kernel PTEs, translated through the TLB like any page-mapped kernel address
+    /// (no permanent fast path), and a page given to user space or the page cache
+    /// (<see cref="AllocFlags.User"/>) is removed from it while user space owns it
+    /// (<c>xpfo_alloc_pages</c>), restored when freed (<c>xpfo_free_pages</c>) or, around kernel
+    /// accesses, by the strategy (<c>xpfo_kmap</c> / <c>xpfo_kunmap</c>). Kernel-owned frames stay
+    /// mapped. What flushes a removed translation is the installed policy's
+    /// (<see cref="IPageOwnershipPolicy"/>); without one nothing is flushed, which is sound only
+    /// while nothing reaches user pages through the direct map (every strategy but the XPFO ones).
+    /// </summary>
+    Amd64Xpfo,
 }
 
 /// <summary>How a machine keeps time.</summary>
@@ -58,8 +71,14 @@ public sealed record MachineOptions
     /// <summary>Physical memory in bytes (default 512 MiB; touched lazily).</summary>
     public ulong PhysicalMemoryBytes { get; init; } = 512UL << 20;
 
-    /// <summary>amd64 (with a direct map) or i386 (without).</summary>
+    /// <summary>amd64 (with a direct map), i386 (without), or amd64 with exclusive page frame ownership (a page-mapped direct map without user pages).</summary>
     public MachineFlavor Flavor { get; init; } = MachineFlavor.Amd64;
+
+    /// <summary>
+    /// True on <see cref="MachineFlavor.Amd64Xpfo"/>: the direct map is page-mapped, translated
+    /// through the TLB, and holds no page while user space owns it.
+    /// </summary>
+    public bool ExclusivePageOwnership => Flavor == MachineFlavor.Amd64Xpfo;
 
     /// <summary>TLB entries per CPU (default 64).</summary>
     public int TlbEntries { get; init; } = 64;

@@ -70,6 +70,15 @@ public abstract class SfBufMapper : IDisposable
     /// <summary>Address Space Isolation's <c>ephmap</c> for private users (one region per CPU per address space, local flush only); kmap for shared ones.</summary>
     public const string AsiEphmap = "asi-ephmap";
 
+    /// <summary>Linux XPFO (RFC v6): user pages out of the direct map, kmap restores them, kunmap removes them with a shootdown.</summary>
+    public const string LinuxXpfo = "linux-xpfo";
+
+    /// <summary>Linux XPFO v7: kunmap invalidates locally and leaves every other CPU a full flush at its next context switch.</summary>
+    public const string LinuxXpfoDeferred = "linux-xpfo-deferred";
+
+    /// <summary>Linux XPFO v9: v7, with user pages taken out of the direct map in batches when a CPU's free list is refilled.</summary>
+    public const string LinuxXpfoBatched = "linux-xpfo-batched";
+
     private static int s_nextId;
     private readonly bool _instruments;
     private readonly bool _kvaOnAccessingCpu;

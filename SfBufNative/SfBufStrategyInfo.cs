@@ -52,6 +52,11 @@ public sealed record SfBufStrategyInfo(
     Func<Machine, int?, SfBufMapper> Create)
 {
     // What the host backend turns every peer with per-CPU slots into (see HostBackend).
+    // Why the XPFO peers do not run on the host backend.
+    private const string XpfoNotOnHost =
+        "its mechanism is the kernel's own direct map: the host backend's direct map is one user-space mmap whose pages cannot leave it while user space owns them, "
+        + "and removing one page would be a munmap flushed on every CPU by the host kernel, whatever the policy";
+
     private const string HostFlushesEverywhere =
         "user space cannot leave another CPU's translation in place: every mmap(MAP_FIXED) is flushed by the host kernel on every CPU that ran the process, "
         + "so this would run correctly but measure a remap with a broadcast shootdown per use, not this mechanism";
@@ -183,6 +188,41 @@ public sealed record SfBufStrategyInfo(
             Capacity = (m, isPrivate) => (isPrivate ? 1 : 0) + ((Strategies.Linux.LinuxHighmemMapper)m).LastPkmap,
             NotOnHost = "its saving is the per-CPU region invalidated with a local invlpg only; " + HostFlushesEverywhere,
         },
+        new(SfBufMapper.LinuxXpfo, "Linux XPFO", "xpfo_kmap / xpfo_kunmap / xpfo_alloc_pages / xpfo_free_pages (mm/xpfo.c, RFC v6) with xpfo_flush_kernel_tlb = flush_tlb_kernel_range (arch/x86/mm/xpfo.c), behind 64-bit kmap",
+            SfBufStrategyGroup.Peer, false, true, false,
+            "kmap: the direct-map address, the PTE restored for a user page; kunmap to mapcount 0: PTE cleared, shootdown to every CPU",
+            "the same", SfBufPrivateRules.None, 0, true,
+            (machine, _) => new Strategies.Linux.LinuxXpfoMapper(machine, Strategies.Linux.XpfoFlushPolicy.Immediate))
+        {
+            NeedsExclusivePageOwnership = true,
+            PrivateShootdowns = SfBufShootdowns.PerUserPage,
+            ShootdownCounter = "xpfo.shootdowns",
+            Capacity = (_, _) => int.MaxValue,
+            NotOnHost = XpfoNotOnHost,
+        },
+        new(SfBufMapper.LinuxXpfoDeferred, "Linux XPFO", "v7: xpfo_kunmap with xpfo_flush_tlb_kernel_range, pending_xpfo_flush flushed in switch_mm_irqs_off (arch/x86/mm/tlb.c)",
+            SfBufStrategyGroup.Peer, false, true, false,
+            "kmap as linux-xpfo; kunmap to mapcount 0: PTE cleared, local invlpg, a full flush owed by every other CPU at its next context switch",
+            "the same", SfBufPrivateRules.None, 0, true,
+            (machine, _) => new Strategies.Linux.LinuxXpfoMapper(machine, Strategies.Linux.XpfoFlushPolicy.Deferred))
+        {
+            NeedsExclusivePageOwnership = true,
+            ShootdownsOnlyWhenRecycling = true,
+            Capacity = (_, _) => int.MaxValue,
+            NotOnHost = XpfoNotOnHost,
+        },
+        new(SfBufMapper.LinuxXpfoBatched, "Linux XPFO", "v9: v7 plus xpfo_pcp_refill in __rmqueue_pcplist (mm/page_alloc.c): user pages leave the direct map a per-CPU batch at a time, one xpfo_flush_tlb_all per batch; freed user pages stay out",
+            SfBufStrategyGroup.Peer, false, true, false,
+            "as linux-xpfo-deferred",
+            "the same", SfBufPrivateRules.None, 0, true,
+            (machine, _) => new Strategies.Linux.LinuxXpfoMapper(machine, Strategies.Linux.XpfoFlushPolicy.Batched))
+        {
+            NeedsExclusivePageOwnership = true,
+            BatchesUserAllocations = true,
+            ShootdownsOnlyWhenRecycling = true,
+            Capacity = (_, _) => int.MaxValue,
+            NotOnHost = XpfoNotOnHost,
+        },
         new(SfBufMapper.EpochCache, "this project", "sfbuf-i386's mapping cache with a lock-free page index (Linux's page_address) and epoch-deferred, batched recycling (NetBSD emap's generations, kmap's batched flush): SfBufNative/Strategies/EpochCache/",
             SfBufStrategyGroup.Own, true, true, false, "the shared cache: no hint needed, no IPI", "the same: lock-free hit, no IPI on a miss unless the epoch fallback runs", SfBufPrivateRules.None, 0, true,
             (machine, nsfbufs) => new EpochCacheMapper(machine, nsfbufs))
@@ -278,8 +318,33 @@ public sealed record SfBufStrategyInfo(
     /// </summary>
     public bool NeedsDirectMap { get; init; }
 
-    /// <summary>The machine flavor the strategy runs on: amd64 when it needs the direct map, i386 otherwise.</summary>
-    public MachineFlavor Flavor => NeedsDirectMap ? MachineFlavor.Amd64 : MachineFlavor.I386;
+    /// <summary>
+    /// True when the strategy is XPFO's: it runs only on a machine with exclusive page ownership
+    /// (<see cref="MachineFlavor.Amd64Xpfo"/>), whose page-mapped direct map it maps user pages into
+    /// and out of (<see cref="Flavor"/>). It maps, unmaps and invalidates, unlike <see cref="NeedsDirectMap"/>.
+    /// </summary>
+    public bool NeedsExclusivePageOwnership { get; init; }
+
+    /// <summary>
+    /// True when the strategy makes the machine hand out user pages from per-CPU lists refilled in
+    /// batches (XPFO v9's <c>xpfo_pcp_refill</c>): a user allocation then need not take the page at
+    /// the free queue's head.
+    /// </summary>
+    public bool BatchesUserAllocations { get; init; }
+
+    /// <summary>
+    /// The machine flavor the strategy runs on: amd64 when it needs the direct map, amd64 with
+    /// exclusive page ownership for XPFO, i386 otherwise.
+    /// </summary>
+    public MachineFlavor Flavor => NeedsExclusivePageOwnership ? MachineFlavor.Amd64Xpfo : NeedsDirectMap ? MachineFlavor.Amd64 : MachineFlavor.I386;
+
+    /// <summary>
+    /// The flavor to boot for this strategy where the caller would otherwise boot
+    /// <paramref name="preferred"/>: the strategy's own when it needs one (the direct map, exclusive
+    /// page ownership), else <paramref name="preferred"/> (every other strategy runs on any flavor).
+    /// </summary>
+    public MachineFlavor FlavorOr(MachineFlavor preferred) =>
+        NeedsExclusivePageOwnership ? MachineFlavor.Amd64Xpfo : NeedsDirectMap ? MachineFlavor.Amd64 : preferred;
 
     /// <summary>
     /// True when nothing is kept between uses: every allocation maps fresh <c>kernel_map</c> KVA
@@ -462,6 +527,13 @@ public enum SfBufShootdowns
 
     /// <summary>Two broadcast rounds per mapping on SMP: at <c>pmap_qenter</c> and at <c>pmap_qremove</c>.</summary>
     PerUse,
+
+    /// <summary>
+    /// On SMP, one broadcast round per user (or page-cache) page whose last mapping goes
+    /// (XPFO's <c>xpfo_kunmap</c> to mapcount 0) and per page allocated to user space; none for
+    /// kernel pages. Counted in <see cref="SfBufStrategyInfo.ShootdownCounter"/>.
+    /// </summary>
+    PerUserPage,
 }
 
 /// <summary>Where a strategy comes from.</summary>

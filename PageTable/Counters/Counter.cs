@@ -81,10 +81,14 @@ public enum Counter
     /// <summary>Pages those mappings covered: every kernel PTE write should be one of them.</summary>
     MappedPages,
 
-    /// <summary>Kernel PTE stores in kmem (permanently mapped kernel memory), installs and removals; not ephemeral.</summary>
+    /// <summary>
+    /// Kernel PTE stores in kmem (permanently mapped kernel memory), installs and removals, and
+    /// under exclusive page ownership the page allocator's direct-map stores (<c>xpfo_alloc_pages</c>,
+    /// <c>xpfo_free_pages</c>); not ephemeral.
+    /// </summary>
     KmemPteWrites,
 
-    /// <summary>TLB misses on ephemeral-mapping addresses (the sf_buf window, the fixmap and <c>kernel_map</c> with its submaps).</summary>
+    /// <summary>TLB misses on ephemeral-mapping addresses (the sf_buf window, the fixmap and <c>kernel_map</c> with its submaps; the direct map when it is page-mapped, where XPFO maps pages).</summary>
     MappingTlbMisses,
 
     /// <summary>Single-page invalidations done in IPI handlers (a subset of <see cref="LocalInvalidations"/>).</summary>

@@ -15,12 +15,28 @@ public sealed unsafe class PhysicalMemory
 {
     private const uint NoFrame = uint.MaxValue;
 
+    // Exclusive page ownership, in the descriptor's Reserved word: Linux's PG_xpfo_user and PG_xpfo_unmapped.
+    private const uint XpfoUser = 1, XpfoUnmapped = 2;
+
     private readonly byte* _frames;
     private readonly VmPageDescriptor* _pages;
     private readonly Lock _freeLock = new();
     private readonly Machine _machine;
+    private readonly NativeLedger _ledger;
+    private readonly bool _xpfo;
     private uint _freeHead;
     private int _freeCount;
+
+    // Exclusive page ownership: the installed policy, and its per-CPU lists of free pages already
+    // taken out of the direct map (Linux's per-CPU pageset for MOVABLE pages, refilled in batches),
+    // CPU c's at _pcp[c * _pcpBatch], _pcpCount[c] of them; each list is touched only by the thread
+    // holding its CPU.
+    private IPageOwnershipPolicy? _policy;
+    private uint* _pcp;
+    private int* _pcpCount;
+    private int _pcpBatch;
+    private int _pcpTotal;
+    private long _xpfoRestores;
 
     internal PhysicalMemory(Machine machine, NativeLedger ledger, ulong bytes)
     {
@@ -30,6 +46,8 @@ public sealed unsafe class PhysicalMemory
         }
 
         _machine = machine;
+        _ledger = ledger;
+        _xpfo = machine.Options.ExclusivePageOwnership;
         FrameCount = checked((uint)(bytes / (ulong)Pte.PageSize));
         // On the host backend the frames are the memfd's pages, as its direct map shows them.
         _frames = machine.Host is { } host ? host.DirectMap : (byte*)ledger.Alloc((nuint)bytes, (nuint)Pte.PageSize);
@@ -53,8 +71,8 @@ public sealed unsafe class PhysicalMemory
     /// <summary>Bytes of physical memory.</summary>
     public ulong Bytes => (ulong)FrameCount * Pte.PageSize;
 
-    /// <summary>Pages on the free queue.</summary>
-    public int FreePages => Volatile.Read(ref _freeCount);
+    /// <summary>Free pages: the free queue, and under exclusive page ownership the per-CPU lists of a batching policy.</summary>
+    public int FreePages => Volatile.Read(ref _freeCount) + Volatile.Read(ref _pcpTotal);
 
     /// <summary>Allocates a page from the free queue; throws <see cref="InvalidOperationException"/> when none is left.</summary>
     public VmPage Alloc(AllocFlags flags = AllocFlags.None) =>
@@ -64,25 +82,37 @@ public sealed unsafe class PhysicalMemory
     public bool TryAlloc(out VmPage page, AllocFlags flags = AllocFlags.None)
     {
         _machine.ThrowIfDisposed();
+        bool user = _xpfo && (flags & AllocFlags.User) != 0;
+        var cpu = user && _pcpBatch != 0 && KernelThread.CurrentOrNull is { } td && ReferenceEquals(td.Machine, _machine) ? td.Cpu : null;
         uint frame;
-        lock (_freeLock)
+        if (cpu != null)
         {
-            frame = _freeHead;
-            if (frame == NoFrame)
+            frame = TakeFromPcp(cpu, flags);
+        }
+        else
+        {
+            lock (_freeLock)
             {
-                page = default;
-                return false;
+                frame = _freeHead;
+                if (frame != NoFrame)
+                {
+                    _freeHead = _pages[frame].NextFree;
+                    _freeCount--;
+                    Initialize(ref _pages[frame], flags);
+                }
             }
+        }
 
-            _freeHead = _pages[frame].NextFree;
-            _freeCount--;
-            ref var d = ref _pages[frame];
-            d.NextFree = NoFrame;
-            d.Flags = 0;
-            d.WireCount = (flags & AllocFlags.Wired) != 0 ? 1 : 0;
-            d.HoldCount = 0;
-            d.Object = 0;
-            d.Offset = 0;
+        if (frame == NoFrame)
+        {
+            page = default;
+            return false;
+        }
+
+        page = new VmPage(frame);
+        if (_xpfo && cpu == null)
+        {
+            XpfoAllocPages(page, user);
         }
 
         if ((flags & AllocFlags.Zero) != 0)
@@ -93,9 +123,209 @@ public sealed unsafe class PhysicalMemory
             KernelThread.CurrentOrNull?.Cpu?.Zeroed(Pte.PageSize);
         }
 
-        page = new VmPage(frame);
         return true;
     }
+
+    private static void Initialize(ref VmPageDescriptor d, AllocFlags flags)
+    {
+        d.NextFree = NoFrame;
+        d.Flags = 0;
+        d.WireCount = (flags & AllocFlags.Wired) != 0 ? 1 : 0;
+        d.HoldCount = 0;
+        d.Object = 0;
+        d.Offset = 0;
+    }
+
+    /// <summary>
+    /// Installs the policy that flushes what the allocator takes out of the direct map on a
+    /// <see cref="MachineFlavor.Amd64Xpfo"/> machine (an XPFO strategy; null removes it). One policy
+    /// at a time: a later one replaces the earlier. A batching policy
+    /// (<see cref="IPageOwnershipPolicy.RefillBatch"/>) gets per-CPU lists of free user pages.
+    /// </summary>
+    public void InstallOwnershipPolicy(IPageOwnershipPolicy? policy)
+    {
+        _machine.ThrowIfDisposed();
+        if (!_xpfo)
+        {
+            throw new InvalidOperationException("an ownership policy needs a machine with exclusive page ownership (MachineFlavor.Amd64Xpfo)");
+        }
+
+        int batch = policy?.RefillBatch ?? 0;
+        ArgumentOutOfRangeException.ThrowIfNegative(batch);
+        lock (_freeLock)
+        {
+            DrainPcp();
+            _policy = policy;
+            if (batch != 0 && (_pcp == null || batch > _pcpBatch))
+            {
+                int cpus = _machine.Options.Cpus;
+                _pcp = (uint*)_ledger.Alloc((nuint)(cpus * batch) * sizeof(uint));
+                _pcpCount = (int*)_ledger.AllocZeroed((nuint)cpus * sizeof(int));
+            }
+
+            _pcpBatch = batch;
+        }
+    }
+
+    /// <summary>Removes <paramref name="policy"/> if it is the installed one (a strategy's disposal).</summary>
+    public void UninstallOwnershipPolicy(IPageOwnershipPolicy policy)
+    {
+        if (_xpfo && !_machine.IsUnusable && ReferenceEquals(Volatile.Read(ref _policy), policy))
+        {
+            InstallOwnershipPolicy(null);
+        }
+    }
+
+    // Under _freeLock: every per-CPU list back to the free queue (their pages stay out of the direct map).
+    private void DrainPcp()
+    {
+        if (_pcpBatch == 0)
+        {
+            return;
+        }
+
+        for (int c = 0; c < _machine.Options.Cpus; c++)
+        {
+            for (int i = 0; i < _pcpCount[c]; i++)
+            {
+                uint frame = _pcp[(c * _pcpBatch) + i];
+                _pages[frame].NextFree = _freeHead;
+                _freeHead = frame;
+                _freeCount++;
+            }
+
+            _pcpCount[c] = 0;
+        }
+
+        Volatile.Write(ref _pcpTotal, 0);
+    }
+
+    /// <summary>
+    /// <c>__rmqueue_pcplist</c> with v9's <c>xpfo_pcp_refill</c>: a user page from this CPU's list;
+    /// an empty list is refilled with a batch from the free queue, every page of it taken out of
+    /// the direct map at once and one flush asked of the policy for all.
+    /// </summary>
+    private uint TakeFromPcp(Cpu cpu, AllocFlags flags)
+    {
+        int c = cpu.Id;
+        uint* list = _pcp + (c * _pcpBatch);
+        if (_pcpCount[c] == 0)
+        {
+            int taken = 0;
+            lock (_freeLock)
+            {
+                while (taken < _pcpBatch && _freeHead != NoFrame)
+                {
+                    uint f = _freeHead;
+                    _freeHead = _pages[f].NextFree;
+                    _freeCount--;
+                    list[taken++] = f;
+                }
+
+                _pcpCount[c] = taken;
+                Interlocked.Add(ref _pcpTotal, taken);
+            }
+
+            if (taken == 0)
+            {
+                return NoFrame;
+            }
+
+            Span<VmPage> removed = _pcpBatch <= 64 ? stackalloc VmPage[_pcpBatch] : new VmPage[_pcpBatch];
+            int n = 0;
+            for (int i = 0; i < taken; i++)
+            {
+                ref var d = ref _pages[list[i]];
+                Interlocked.Or(ref d.Reserved, XpfoUser);
+                if ((Interlocked.Or(ref d.Reserved, XpfoUnmapped) & XpfoUnmapped) == 0)
+                {
+                    removed[n++] = new VmPage(list[i]);
+                }
+            }
+
+            // The PTE stores, then one flush for the batch (xpfo_flush_tlb_all).
+            for (int i = 0; i < n; i++)
+            {
+                _machine.KernelPmap.SetDirectMapPte(removed[i], present: false);
+            }
+
+            if (n != 0)
+            {
+                _policy?.Removed(cpu, removed[..n]);
+            }
+        }
+
+        uint frame = list[--_pcpCount[c]];
+        Interlocked.Decrement(ref _pcpTotal);
+        lock (_freeLock)
+        {
+            Initialize(ref _pages[frame], flags);
+        }
+
+        return frame;
+    }
+
+    /// <summary>
+    /// <c>xpfo_alloc_pages</c>: a page for user space (or the page cache) leaves the direct map, and
+    /// the policy flushes its translation; a kernel page is put back if it was out. A freed user page
+    /// stays out of the direct map until a kernel allocation takes it (v9's <c>xpfo_free_pages</c>);
+    /// a policy that restores at free (v7) pays here, when the page goes to user space again, the
+    /// restore its free would have made before the removal and flush it makes now.
+    /// </summary>
+    private void XpfoAllocPages(VmPage page, bool user)
+    {
+        ref var d = ref _pages[page.Frame];
+        var pmap = _machine.KernelPmap;
+        if (!user)
+        {
+            Interlocked.And(ref d.Reserved, ~XpfoUser);
+            if ((Interlocked.And(ref d.Reserved, ~XpfoUnmapped) & XpfoUnmapped) != 0)
+            {
+                Restore(page);
+            }
+
+            return;
+        }
+
+        Interlocked.Or(ref d.Reserved, XpfoUser);
+        var policy = Volatile.Read(ref _policy);
+        bool wasUnmapped = (Interlocked.Or(ref d.Reserved, XpfoUnmapped) & XpfoUnmapped) != 0;
+        if (wasUnmapped && policy is not { RestoresAtFree: true })
+        {
+            return; // still out of the direct map since a user owned it last
+        }
+
+        if (wasUnmapped)
+        {
+            Restore(page); // v7's xpfo_free_pages
+        }
+
+        pmap.SetDirectMapPte(page, present: false);
+        policy?.Removed(KernelThread.CurrentOrNull is { } td && ReferenceEquals(td.Machine, _machine) ? td.Cpu : null, new ReadOnlySpan<VmPage>(in page));
+    }
+
+    private void Restore(VmPage page)
+    {
+        if (!Pte.IsValid(_machine.KernelPmap.SetDirectMapPte(page, present: true)) && KernelThread.CurrentOrNull?.Cpu != null)
+        {
+            Interlocked.Increment(ref _xpfoRestores);
+        }
+    }
+
+    /// <summary>Exclusive page ownership: direct-map PTEs the allocator put back on a kernel thread, each a recorded mapping.</summary>
+    internal long XpfoRestores => Interlocked.Read(ref _xpfoRestores);
+
+    /// <summary>Exclusive page ownership: true when <paramref name="page"/> was last allocated to user space (<c>PageXpfoUser</c>).</summary>
+    internal bool XpfoIsUser(VmPage page) => (Volatile.Read(ref _pages[page.Frame].Reserved) & XpfoUser) != 0;
+
+    /// <summary>Exclusive page ownership: true when <paramref name="page"/> is out of the direct map (<c>PageXpfoUnmapped</c>).</summary>
+    internal bool XpfoIsUnmapped(VmPage page) => (Volatile.Read(ref _pages[page.Frame].Reserved) & XpfoUnmapped) != 0;
+
+    /// <summary><c>TestClearPageXpfoUnmapped</c>.</summary>
+    internal bool XpfoTestClearUnmapped(VmPage page) => (Interlocked.And(ref _pages[page.Frame].Reserved, ~XpfoUnmapped) & XpfoUnmapped) != 0;
+
+    /// <summary><c>SetPageXpfoUnmapped</c>.</summary>
+    internal void XpfoSetUnmapped(VmPage page) => Interlocked.Or(ref _pages[page.Frame].Reserved, XpfoUnmapped);
 
     /// <summary>
     /// Returns a page to the free queue. Freeing a free page, or a wired one, throws: it would let
@@ -305,4 +535,11 @@ public enum AllocFlags
 
     /// <summary>Return it wired once.</summary>
     Wired = 2,
+
+    /// <summary>
+    /// For user space or the page cache (Linux's <c>GFP_HIGHUSER</c>): on a machine with exclusive
+    /// page ownership (<see cref="MachineFlavor.Amd64Xpfo"/>) the page leaves the direct map while
+    /// user space owns it. Elsewhere it changes nothing.
+    /// </summary>
+    User = 4,
 }

@@ -14,6 +14,11 @@ public sealed unsafe partial class KernelPmap
     private readonly ulong* _ptes;
     private readonly int _pages;
 
+    // The direct map's 4 KiB PTEs on a machine with exclusive page ownership (null otherwise:
+    // amd64's 1 GiB pages are translated by the CPU's permanent fast path, i386 has none).
+    private readonly ulong* _dmapPtes;
+    private readonly ulong _dmapPages;
+
     // Checked mode: per kernel page, 1 + the CPU a live CpuPrivate mapping belongs to (0: none).
     private readonly int* _privateOwner;
 
@@ -38,6 +43,17 @@ public sealed unsafe partial class KernelPmap
         _exposure = machine.Options.Checked && machine.Host == null;
         _mappingStart = machine.Layout.SfBufWindow.Start;
         _mappingBytes = machine.Layout.KernelMap.End - _mappingStart;
+
+        if (machine.Layout.DirectMapIsPaged)
+        {
+            // Boot: every frame is in the direct map; xpfo_alloc_pages removes user pages from it.
+            _dmapPages = (ulong)machine.Layout.DirectMapPages;
+            _dmapPtes = (ulong*)ledger.Alloc((nuint)_dmapPages * sizeof(ulong));
+            for (ulong i = 0; i < _dmapPages; i++)
+            {
+                _dmapPtes[i] = Pte.Make((uint)i, KernelFlags);
+            }
+        }
     }
 
     /// <summary>
@@ -103,7 +119,7 @@ public sealed unsafe partial class KernelPmap
     /// <summary>Opens an exposure window on every CPU that still caches <paramref name="vpn"/> to <paramref name="frame"/>.</summary>
     private void Judge(Cpu cpu, ulong vpn, uint frame)
     {
-        ulong pte = Volatile.Read(ref _ptes[(vpn - (VmLayout.KERNBASE >> Pte.PageShift))]);
+        ulong pte = Volatile.Read(ref *Vtopte(vpn << Pte.PageShift));
         if (Pte.IsValid(pte) && Pte.Frame(pte) == frame)
         {
             return; // mapped again to the same page: nothing old is cached
@@ -131,7 +147,7 @@ public sealed unsafe partial class KernelPmap
     /// </summary>
     internal void TagPrivate(ulong va, int cpu)
     {
-        if (_privateOwner != null && Vtopte(va) != null)
+        if (_privateOwner != null && (va - VmLayout.KERNBASE) >> Pte.PageShift < (ulong)_pages)
         {
             _privateOwner[(va - VmLayout.KERNBASE) >> Pte.PageShift] = cpu + 1;
         }
@@ -140,7 +156,7 @@ public sealed unsafe partial class KernelPmap
     /// <summary>Checked mode: the mapping at <paramref name="va"/> is no longer (only) CPU-private.</summary>
     internal void UntagPrivate(ulong va)
     {
-        if (_privateOwner != null && Vtopte(va) != null)
+        if (_privateOwner != null && (va - VmLayout.KERNBASE) >> Pte.PageShift < (ulong)_pages)
         {
             _privateOwner[(va - VmLayout.KERNBASE) >> Pte.PageShift] = 0;
         }
@@ -153,11 +169,41 @@ public sealed unsafe partial class KernelPmap
         return _privateOwner != null && index < (ulong)_pages ? _privateOwner[index] - 1 : -1;
     }
 
-    /// <summary><c>vtopte</c>: the PTE word of a kernel address, or null outside the kernel regions.</summary>
+    /// <summary>
+    /// <c>vtopte</c>: the PTE word of a kernel address, or null outside the kernel regions. The
+    /// direct map has PTEs only when it is page-mapped (<see cref="VmLayout.DirectMapIsPaged"/>).
+    /// </summary>
     internal ulong* Vtopte(ulong va)
     {
         ulong index = (va - VmLayout.KERNBASE) >> Pte.PageShift;
-        return index < (ulong)_pages ? _ptes + index : null;
+        if (index < (ulong)_pages)
+        {
+            return _ptes + index;
+        }
+
+        ulong dmapIndex = (va - VmLayout.DMAP_BASE) >> Pte.PageShift;
+        return dmapIndex < _dmapPages ? _dmapPtes + dmapIndex : null;
+    }
+
+    /// <summary>
+    /// <c>set_kpte</c> of the page allocator's XPFO hooks (<c>xpfo_alloc_pages</c>,
+    /// <c>xpfo_free_pages</c>): puts <paramref name="page"/> in the direct map or takes it out,
+    /// with no invalidation (the installed <see cref="IPageOwnershipPolicy"/> flushes). On a kernel
+    /// thread it is a kernel PTE store, priced and judged for exposure, and counted as a store of
+    /// the permanent kernel map (<see cref="Counter.KmemPteWrites"/>), not as an ephemeral mapping:
+    /// the allocator keeps the direct map, the strategy's kmap makes the mappings. From outside the
+    /// machine (set-up, boot) the word is written alone. Returns the old PTE.
+    /// </summary>
+    internal ulong SetDirectMapPte(VmPage page, bool present)
+    {
+        ulong pte = present ? Pte.Make(page.Frame, KernelFlags) : 0;
+        ulong va = VmLayout.DMAP_BASE + page.PhysicalAddress;
+        if (KernelThread.CurrentOrNull is { } td && ReferenceEquals(td.Machine, _machine) && td.Cpu != null)
+        {
+            return ExchangePte(va, pte, permanentMap: true);
+        }
+
+        return Interlocked.Exchange(ref *Vtopte(va), pte);
     }
 
     /// <summary>The current PTE of a kernel page (0 when unmapped, guard pages included).</summary>
@@ -189,7 +235,9 @@ public sealed unsafe partial class KernelPmap
     /// Replaces a kernel PTE atomically and returns the old one, so a concurrent MMU walk
     /// setting <c>PG_A</c> cannot slip between the read and the write.
     /// </summary>
-    public ulong ExchangePte(ulong va, ulong pte)
+    public ulong ExchangePte(ulong va, ulong pte) => ExchangePte(va, pte, permanentMap: false);
+
+    private ulong ExchangePte(ulong va, ulong pte, bool permanentMap)
     {
         ulong* ptep = Require(va);
         var cpu = _machine.CurrentCpu;
@@ -203,10 +251,11 @@ public sealed unsafe partial class KernelPmap
 
         // kmem is permanently mapped kernel memory, not an ephemeral mapping: counted apart, so
         // that every pte_writes event is one of the pages CountMapping was told about.
-        cpu.Count(_machine.Layout.KernelMemory.Contains(va) ? Counter.KmemPteWrites
+        cpu.Count(permanentMap || _machine.Layout.KernelMemory.Contains(va) ? Counter.KmemPteWrites
             : Pte.IsValid(pte) ? Counter.KernelPteWrites : Counter.KernelPteClears);
         cpu.Charge(_machine.Cost.PteWrite);
-        if (_exposure && Pte.IsValid(old) && (!Pte.IsValid(pte) || ((old ^ pte) & Pte.PG_FRAME) != 0) && va - _mappingStart < _mappingBytes)
+        if (_exposure && Pte.IsValid(old) && (!Pte.IsValid(pte) || ((old ^ pte) & Pte.PG_FRAME) != 0)
+            && (va - _mappingStart < _mappingBytes || (va - VmLayout.DMAP_BASE) >> Pte.PageShift < _dmapPages))
         {
             Removed(cpu, va, old);
         }

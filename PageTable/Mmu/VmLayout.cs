@@ -44,8 +44,9 @@ public sealed class VmLayout
     /// <summary>Pages of the fixmap region per CPU: room for Linux's 20 <c>kmap_atomic</c> or 16 <c>kmap_local</c> slots, or FreeBSD's one quick-map page.</summary>
     public const int FixmapPagesPerCpu = 32;
 
-    internal VmLayout(int sfBufPages, int kernelMapPages, int kernelMemoryPages, ulong directMapBytes, int cpus = 1)
+    internal VmLayout(int sfBufPages, int kernelMapPages, int kernelMemoryPages, ulong directMapBytes, int cpus = 1, bool pagedDirectMap = false)
     {
+        DirectMapIsPaged = pagedDirectMap && directMapBytes != 0;
         ulong next = KERNBASE;
         // The ephemeral-mapping regions (sf_buf window, fixmap, kernel_map) first and adjacent,
         // so that one range check tells a TLB miss on an ephemeral mapping from any other.
@@ -83,8 +84,22 @@ public sealed class VmLayout
     /// <summary>Bytes covered by the direct map; 0 on the i386 flavour, which has none.</summary>
     public ulong DirectMapBytes { get; }
 
-    /// <summary>True when <paramref name="va"/> lies in one of the page-mapped kernel regions (guard pages excluded).</summary>
-    public bool IsKernelRegion(ulong va) => SfBufWindow.Contains(va) || KernelMap.Contains(va) || KernelMemory.Contains(va) || Fixmap.Contains(va);
+    /// <summary>
+    /// True when the direct map is made of 4 KiB PTEs in the kernel page table
+    /// (<see cref="MachineFlavor.Amd64Xpfo"/>): its addresses are then a page-mapped kernel region,
+    /// walked and cached in the TLB. False for amd64's permanent 1 GiB pages and for i386.
+    /// </summary>
+    public bool DirectMapIsPaged { get; }
+
+    /// <summary>Pages of the direct map when it is page-mapped (<see cref="DirectMapIsPaged"/>), else 0.</summary>
+    public int DirectMapPages => DirectMapIsPaged ? checked((int)(DirectMapBytes >> Pte.PageShift)) : 0;
+
+    /// <summary>True when <paramref name="va"/> lies in the direct map.</summary>
+    public bool IsDirectMap(ulong va) => va - DMAP_BASE < DirectMapBytes;
+
+    /// <summary>True when <paramref name="va"/> lies in one of the page-mapped kernel regions (guard pages excluded; the direct map when it is page-mapped).</summary>
+    public bool IsKernelRegion(ulong va) => SfBufWindow.Contains(va) || KernelMap.Contains(va) || KernelMemory.Contains(va) || Fixmap.Contains(va)
+        || (DirectMapIsPaged && IsDirectMap(va));
 
     /// <summary>True when <paramref name="va"/> is a user address.</summary>
     public static bool IsUser(ulong va) => va >= UserMin && va < UserMax;

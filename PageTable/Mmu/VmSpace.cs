@@ -93,7 +93,7 @@ public sealed class VmSpace
             _sharedPages.Remove(va);
         }
 
-        var copy = _machine.Physical.Alloc(AllocFlags.Wired);
+        var copy = _machine.Physical.Alloc(AllocFlags.Wired | AllocFlags.User);
         Buffer.MemoryCopy(_machine.Physical.FrameAddress(shared.Frame), _machine.Physical.FrameAddress(copy.Frame), Pte.PageSize, Pte.PageSize);
         lock (_ownedFrames)
         {
@@ -126,7 +126,7 @@ public sealed class VmSpace
                 throw new InvalidOperationException($"0x{at:x} is already mapped in pid {Pid}");
             }
 
-            var page = _machine.Physical.Alloc(AllocFlags.Zero | AllocFlags.Wired);
+            var page = _machine.Physical.Alloc(AllocFlags.Zero | AllocFlags.Wired | AllocFlags.User);
             Pmap.Enter(at, page, writable);
             lock (_ownedFrames)
             {

@@ -21,6 +21,9 @@ public sealed unsafe partial class Cpu
     private readonly Dictionary<ulong, ExposureWindow>? _windows;
     private int _openWindows;
 
+    /// <summary>True when a shootdown found this CPU idle and it owes a full flush before it next runs a thread.</summary>
+    internal bool IsFlushPending => (Volatile.Read(ref _shared->State) & FlushPending) != 0;
+
     /// <summary>True when this CPU tracks exposure windows (checked mode on the simulated MMU).</summary>
     internal bool TracksExposure => _windows != null;
 

@@ -42,6 +42,7 @@ public sealed unsafe partial class Cpu
     private readonly CpuShared* _shared;
     private readonly byte* _frames;
     private readonly ulong _dmapBytes;
+    private readonly ulong _pagedDmapBytes;
     private readonly bool _checked;
     private readonly CostTicks _cost;
     private readonly long _watchdogTicks;
@@ -81,7 +82,10 @@ public sealed unsafe partial class Cpu
         _counters = counters.BlockOf(id);
         _shared = shared;
         _frames = frames;
-        _dmapBytes = machine.Layout.DirectMapBytes;
+        // A page-mapped direct map (exclusive page ownership) is walked and cached like any
+        // kernel page: no permanent fast path, so its removed translations can go stale.
+        _dmapBytes = machine.Layout.DirectMapIsPaged ? 0 : machine.Layout.DirectMapBytes;
+        _pagedDmapBytes = machine.Layout.DirectMapIsPaged ? machine.Layout.DirectMapBytes : 0;
         _checked = machine.Options.Checked;
         _cost = machine.Cost;
         _watchdogTicks = (long)(machine.Options.ShootdownWatchdog.TotalSeconds * Stopwatch.Frequency);
@@ -477,7 +481,7 @@ public sealed unsafe partial class Cpu
         }
 
         Count(Counter.TlbMisses);
-        if (va - _mappingStart < _mappingBytes)
+        if (va - _mappingStart < _mappingBytes || va - VmLayout.DMAP_BASE < _pagedDmapBytes)
         {
             Count(Counter.MappingTlbMisses);
         }

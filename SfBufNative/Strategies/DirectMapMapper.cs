@@ -24,9 +24,9 @@ public sealed unsafe class DirectMapMapper : SfBufMapper
         _dmapBytes = machine.Layout.DirectMapBytes;
         try
         {
-            if (_dmapBytes == 0)
+            if (_dmapBytes == 0 || machine.Options.ExclusivePageOwnership)
             {
-                throw new InvalidOperationException("sfbuf-amd64 needs a direct map: boot the machine with MachineFlavor.Amd64");
+                throw new InvalidOperationException("sfbuf-amd64 needs the whole direct map: boot the machine with MachineFlavor.Amd64");
             }
 
             if (Checked)

@@ -73,6 +73,9 @@ internal sealed class Trial : IDisposable
         Machine = new Machine(new MachineOptions
         {
             Cpus = cpus,
+
+            // XPFO's strategies need their own amd64; every other runs on the default one.
+            Flavor = SfBufMapper.Describe(strategy).FlavorOr(MachineFlavor.Amd64),
             Cost = cost,
             Checked = isChecked,
             Backend = backend,

@@ -344,8 +344,9 @@ public sealed class MultiMappingTests(string strategy)
         : Info.PrivateNeverWaits ? Info.PerCpuPrivateSlots
         : Info.PerCpuPrivateSlots + Pool;
 
-    private static Native.PageTable.Machine Boot(int cpus, int pool, int? kernelMapPages = null) => new(new MachineOptions
+    private Native.PageTable.Machine Boot(int cpus, int pool, int? kernelMapPages = null) => new(new MachineOptions
     {
+        Flavor = Info.FlavorOr(MachineFlavor.Amd64),
         Cpus = cpus,
         PhysicalMemoryBytes = 32UL << 20,
         SfBufWindowPages = pool,

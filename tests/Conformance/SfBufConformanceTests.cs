@@ -38,6 +38,7 @@ public sealed class SfBufConformanceTests(string strategy, int cpus) : StrategyF
     {
         _machine = new Native.PageTable.Machine(new MachineOptions
         {
+            Flavor = SfBufMapper.Describe(Strategy).FlavorOr(MachineFlavor.Amd64),
             Cpus = Cpus,
             PhysicalMemoryBytes = 32UL << 20,
             SfBufWindowPages = PoolPages,

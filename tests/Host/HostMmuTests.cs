@@ -249,7 +249,7 @@ public sealed unsafe class HostMmuTests
         Assert.That(m.HostCounts().Remaps, Is.Zero, "a refused strategy changed no mapping");
 
         // The same strategy runs on the simulated backend: the refusal is the host's, not the strategy's.
-        using var simulated = new SimMachine(new MachineOptions { Cpus = 2, PhysicalMemoryBytes = 16UL << 20 });
+        using var simulated = new SimMachine(new MachineOptions { Cpus = 2, PhysicalMemoryBytes = 16UL << 20, Flavor = SfBufMapper.Describe(strategy).FlavorOr(MachineFlavor.Amd64) });
         using var mapper = SfBufMapper.Create(strategy, simulated);
         Assert.That(mapper.Name, Is.EqualTo(strategy));
     }

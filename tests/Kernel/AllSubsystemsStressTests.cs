@@ -180,7 +180,7 @@ public sealed class AllSubsystemsStressTests
             {
                 pagerKva = kernel.PagerMap.Alloc(SimKernel.PagerMapPages, wait: false);
             }
-            else if (!kernel.HasDirectMap)
+            else if (SfBufMapper.Describe(_strategy).HasPool)
             {
                 while (kernel.SfBufs.Alloc(machine.Physical.Alloc(AllocFlags.Wired), SfBufFlags.NoWait) is { IsNone: false } sf)
                 {

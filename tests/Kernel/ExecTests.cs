@@ -298,6 +298,12 @@ public sealed partial class ExecTests(string strategy, int cpus) : StrategyFixtu
                 Assert.That(d[Counter.ShootdownRounds], Is.EqualTo((2 * headerMappings) + pagesIn + fragments));
             }
         }
+        else if (Info.PrivateShootdowns == Native.SfBufNative.SfBufShootdowns.PerUserPage)
+        {
+            // XPFO immediate: a round for every user page allocated (the image, the stack, the
+            // page cache) as well as for every user page's last unmap, private ones included.
+            Assert.That(d[Counter.Mappings], Is.LessThanOrEqualTo(headerMappings + pagesIn + fragments));
+        }
         else
         {
             // Shared mappings (the header, each page-in) send at most one round each; the
@@ -394,7 +400,7 @@ public sealed partial class ExecTests(string strategy, int cpus) : StrategyFixtu
 
     // ------------------------------------------------------------------ running an exec
 
-    private SimMachine NewMachine() => new(new MachineOptions { Cpus = Cpus, PhysicalMemoryBytes = 64UL << 20 });
+    private SimMachine NewMachine() => new(new MachineOptions { Flavor = Info.FlavorOr(MachineFlavor.Amd64), Cpus = Cpus, PhysicalMemoryBytes = 64UL << 20 });
 
     /// <summary>Runs one exec on a thread bound to CPU 0, in a fresh caller process or in none.</summary>
     private static ExecRun ExecIn(SimMachine machine, SimKernel kernel, string path, bool newCaller, IEnumerable<ulong> imagePages)

@@ -340,7 +340,7 @@ public sealed class MemoryDiskTests(string strategy, int cpus) : StrategyFixture
     }
 
     private Native.PageTable.Machine NewMachine() =>
-        new(new MachineOptions { Cpus = Cpus, PhysicalMemoryBytes = 64UL << 20 });
+        new(new MachineOptions { Flavor = Info.FlavorOr(MachineFlavor.Amd64), Cpus = Cpus, PhysicalMemoryBytes = 64UL << 20 });
 
     /// <summary>A disk and a write and a read buffer of one sequential request each (on a kernel thread).</summary>
     private static (MemoryDisk Disk, ulong Write, ulong Read) NewDisk(Native.PageTable.Machine machine, SimKernel kernel, long diskBytes) =>

@@ -15,7 +15,7 @@ public sealed class PipeTests(string strategy, int cpus) : StrategyFixture(strat
     [Test]
     public void WritingWithoutAReaderFailsWithEpipe()
     {
-        using var machine = new Native.PageTable.Machine(new MachineOptions { Cpus = Cpus, PhysicalMemoryBytes = 32UL << 20 });
+        using var machine = new Native.PageTable.Machine(new MachineOptions { Flavor = Info.FlavorOr(MachineFlavor.Amd64), Cpus = Cpus, PhysicalMemoryBytes = 32UL << 20 });
         using var kernel = new SimKernel(machine, Strategy);
         var space = Space(machine);
         int small = -1;
@@ -39,7 +39,7 @@ public sealed class PipeTests(string strategy, int cpus) : StrategyFixture(strat
     [Test]
     public void AReaderSeesEndOfFileAfterTheWriterClosesAndTheDataIsDrained()
     {
-        using var machine = new Native.PageTable.Machine(new MachineOptions { Cpus = Cpus, PhysicalMemoryBytes = 32UL << 20 });
+        using var machine = new Native.PageTable.Machine(new MachineOptions { Flavor = Info.FlavorOr(MachineFlavor.Amd64), Cpus = Cpus, PhysicalMemoryBytes = 32UL << 20 });
         using var kernel = new SimKernel(machine, Strategy);
         var space = Space(machine);
         var moved = new List<long>();
@@ -64,7 +64,7 @@ public sealed class PipeTests(string strategy, int cpus) : StrategyFixture(strat
     [Test]
     public void AnInterruptedDirectWriteClonesTheRestIntoThePipeBufferAndNothingIsLost()
     {
-        using var machine = new Native.PageTable.Machine(new MachineOptions { Cpus = Cpus, PhysicalMemoryBytes = 32UL << 20 });
+        using var machine = new Native.PageTable.Machine(new MachineOptions { Flavor = Info.FlavorOr(MachineFlavor.Amd64), Cpus = Cpus, PhysicalMemoryBytes = 32UL << 20 });
         using var kernel = new SimKernel(machine, Strategy);
         var writerSpace = Space(machine);
         var readerSpace = Space(machine);
@@ -120,7 +120,7 @@ public sealed class PipeTests(string strategy, int cpus) : StrategyFixture(strat
     [Test]
     public void BytesCrossThePipeIntactMixingBufferedAndDirectWrites()
     {
-        using var machine = new Native.PageTable.Machine(new MachineOptions { Cpus = Cpus, PhysicalMemoryBytes = 64UL << 20 });
+        using var machine = new Native.PageTable.Machine(new MachineOptions { Flavor = Info.FlavorOr(MachineFlavor.Amd64), Cpus = Cpus, PhysicalMemoryBytes = 64UL << 20 });
         using var kernel = new SimKernel(machine, Strategy);
         const long total = 64L << 20;
         int[] sizes = [100, 4096, 8192, 65536, 70000, 12000, 1];

@@ -285,7 +285,7 @@ public sealed class PtraceTests(string strategy, int cpus) : StrategyFixture(str
         public Rig(int cpus, string strategy)
         {
             _cpus = cpus;
-            Machine = new Native.PageTable.Machine(new MachineOptions { Cpus = cpus, PhysicalMemoryBytes = 64UL << 20 });
+            Machine = new Native.PageTable.Machine(new MachineOptions { Flavor = Native.SfBufNative.SfBufMapper.Describe(strategy).FlavorOr(MachineFlavor.Amd64), Cpus = cpus, PhysicalMemoryBytes = 64UL << 20 });
             Kernel = new SimKernel(Machine, strategy);
             Reference = new byte[TargetBytes];
             new Random(10).NextBytes(Reference);

@@ -151,7 +151,7 @@ public sealed class UioMoveTests(string strategy, int cpus) : StrategyFixture(st
 
         public Rig(int cpus, string strategy)
         {
-            Machine = new SimMachine(new MachineOptions { Cpus = cpus, PhysicalMemoryBytes = 32UL << 20 });
+            Machine = new SimMachine(new MachineOptions { Flavor = Native.SfBufNative.SfBufMapper.Describe(strategy).FlavorOr(MachineFlavor.Amd64), Cpus = cpus, PhysicalMemoryBytes = 32UL << 20 });
             Kernel = new SimKernel(Machine, strategy);
             new Random(12).NextBytes(_original);
             Pages = Enumerable.Range(0, PhysPages).Select(_ => Machine.Physical.Alloc(AllocFlags.Zero | AllocFlags.Wired)).ToArray();

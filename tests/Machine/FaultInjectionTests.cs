@@ -143,7 +143,7 @@ public sealed class FaultInjectionTests
     [TestCaseSource(typeof(AllStrategies), nameof(AllStrategies.Names))]
     public void CancellationEndsEveryInterruptibleWaitWithItsDocumentedResult(string strategy)
     {
-        using var m = new SimMachine(new MachineOptions { Cpus = 2, PhysicalMemoryBytes = 32UL << 20, KernelMapPages = 64 });
+        using var m = new SimMachine(new MachineOptions { Cpus = 2, PhysicalMemoryBytes = 32UL << 20, KernelMapPages = 64, Flavor = SfBufMapper.Describe(strategy).FlavorOr(MachineFlavor.Amd64) });
         using var kernel = new SimKernel(m, strategy, nsfbufs: 2);
         var space = m.CreateVmSpace();
         const ulong buffer = 0x1000_0000;

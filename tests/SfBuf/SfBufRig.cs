@@ -29,10 +29,14 @@ internal static class SfBufRig
     /// <summary>The value every word of a stamped page holds: a tag and the frame number.</summary>
     public static ulong Stamp(VmPage page) => 0x5f5f_0000_0000_0000UL | page.Frame;
 
-    /// <summary>A zeroed wired page whose every 64-bit word is <see cref="Stamp"/> (written physically).</summary>
+    /// <summary>
+    /// A zeroed wired page whose every 64-bit word is <see cref="Stamp"/> (written physically). On a
+    /// machine with exclusive page ownership it is a user page, out of the direct map, so that the
+    /// generic drivers exercise XPFO's restore and removal.
+    /// </summary>
     public static VmPage NewPage(SimMachine m)
     {
-        var page = m.Physical.Alloc(AllocFlags.Zero | AllocFlags.Wired);
+        var page = m.Physical.Alloc(AllocFlags.Zero | AllocFlags.Wired | AllocFlags.User);
         MemoryMarshal.Cast<byte, ulong>(m.Physical.PhysicalBytes(page)).Fill(Stamp(page));
         return page;
     }

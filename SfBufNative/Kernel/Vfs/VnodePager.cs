@@ -37,7 +37,7 @@ public static class VnodePager
                 return Errno.OK;
             }
 
-            page = physical.Alloc(AllocFlags.Wired);
+            page = physical.Alloc(AllocFlags.Wired | AllocFlags.User);
             PageIn(kernel, vnode, index, page);
             physical.SetOwner(page, vnode.ObjectId, (ulong)index << Pte.PageShift);
             vnode.Insert(index, page);
