@@ -90,7 +90,7 @@ public sealed unsafe partial class Machine : IDisposable
             CrossCpuSpin = Options.CrossCpuSpin ?? (Oversubscribed ? TimeSpan.FromMicroseconds(5) : TimeSpan.FromMicroseconds(50));
             Physical = new PhysicalMemory(this, _ledger, Options.PhysicalMemoryBytes);
             Layout = new VmLayout(
-                Options.EffectiveSfBufWindowPages,
+                Options.SfBufWindowKvaPages,
                 Options.KernelMapPages,
                 Options.KernelMemoryPages,
                 Options.Flavor == MachineFlavor.Amd64 ? Physical.Bytes : 0,

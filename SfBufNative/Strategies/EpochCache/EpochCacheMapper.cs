@@ -125,6 +125,9 @@ public sealed unsafe partial class EpochCacheMapper : SfBufMapper, IContextSwitc
         : base(machine)
     {
         _window = machine.Layout.SfBufWindow;
+        // The whole window by default: FreeBSD's nsfbufs up to MachineOptions.SfBufWindowCpus CPUs,
+        // an eighth of it per CPU above, so that a partition never shrinks below what one CPU
+        // keeps cached plus a retire batch as CPUs are added (docs/epoch-cache.md, "Scaling").
         Nsfbufs = nsfbufs ?? _window.Pages;
         if (Nsfbufs < 1 || Nsfbufs > _window.Pages)
         {
