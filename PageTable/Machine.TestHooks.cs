@@ -56,4 +56,7 @@ internal enum PlantedBug
 
     /// <summary>A broadcast shootdown never reaches its highest-numbered target, whose completion is still counted.</summary>
     BroadcastSkipsOneTarget = 256,
+
+    /// <summary>epoch-cache's alarm skips the early flush: a retired translation outlives the exposure bound in a CPU that reaches no flush point.</summary>
+    EpochBoundSkipsEarlyFlush = 2048,
 }

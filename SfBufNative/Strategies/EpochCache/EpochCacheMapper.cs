@@ -197,6 +197,7 @@ public sealed unsafe partial class EpochCacheMapper : SfBufMapper, IContextSwitc
 
         machine.AddContextSwitchHook(this);
         machine.AddPollHook(this);
+        InitBound();
     }
 
     /// <summary><c>nsfbufs</c>: the pool size.</summary>
@@ -328,6 +329,7 @@ public sealed unsafe partial class EpochCacheMapper : SfBufMapper, IContextSwitc
                 [DetailLockedMisses] = lockedMisses,
                 [DetailSteals] = Volatile.Read(ref _steals),
                 [DetailEpochRetries] = Volatile.Read(ref _epochRetries),
+                [DetailEarlyFlushes] = Volatile.Read(ref _earlyFlushes),
             },
         };
     }
@@ -354,6 +356,7 @@ public sealed unsafe partial class EpochCacheMapper : SfBufMapper, IContextSwitc
         {
             Machine.RemoveContextSwitchHook(this);
             Machine.RemovePollHook(this);
+            Machine.RemoveAlarmHook(this);
         }
 
         base.Dispose(disposing);
