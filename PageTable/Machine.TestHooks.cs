@@ -62,4 +62,7 @@ internal enum PlantedBug
 
     /// <summary>linux-xpfo-batched's flush of a refill batch leaves out the highest-numbered other CPU from the pending mask.</summary>
     XpfoBatchSkipsOneCpu = 1024,
+
+    /// <summary>epoch-cache's alarm skips the early flush: a retired translation outlives the exposure bound in a CPU that reaches no flush point.</summary>
+    EpochBoundSkipsEarlyFlush = 2048,
 }

@@ -41,6 +41,8 @@ public sealed unsafe partial class Machine : IDisposable
     private readonly List<string> _stoppedAtDispose = [];
     private ITlbFlushHook[] _flushHooks = [];
     private IPollHook[] _pollHooks = [];
+    private IAlarmHook[] _alarmHooks = [];
+    private long _alarmAtNs = long.MaxValue;
     private int _nextThreadId;
     private int _nextPid;
     private volatile bool _disposed;
@@ -90,7 +92,7 @@ public sealed unsafe partial class Machine : IDisposable
             CrossCpuSpin = Options.CrossCpuSpin ?? (Oversubscribed ? TimeSpan.FromMicroseconds(5) : TimeSpan.FromMicroseconds(50));
             Physical = new PhysicalMemory(this, _ledger, Options.PhysicalMemoryBytes);
             Layout = new VmLayout(
-                Options.EffectiveSfBufWindowPages,
+                Options.SfBufWindowKvaPages,
                 Options.KernelMapPages,
                 Options.KernelMemoryPages,
                 Options.Flavor != MachineFlavor.I386 ? Physical.Bytes : 0,
@@ -444,6 +446,91 @@ public sealed unsafe partial class Machine : IDisposable
         lock (_hooks)
         {
             _pollHooks = [.. _pollHooks, hook];
+        }
+    }
+
+    /// <summary>
+    /// Registers a hook told when the machine's alarm (<see cref="RequestAlarm"/>) goes off: a
+    /// one-shot timer interrupt in virtual time, taken by the first running CPU whose clock passes
+    /// it at a memory access of kernel code (a copy, a read or a write), on that CPU's own thread.
+    /// </summary>
+    public void AddAlarmHook(IAlarmHook hook)
+    {
+        ArgumentNullException.ThrowIfNull(hook);
+        lock (_hooks)
+        {
+            _alarmHooks = [.. _alarmHooks, hook];
+        }
+    }
+
+    /// <summary>Removes a hook added with <see cref="AddAlarmHook"/>; true if it was registered.</summary>
+    public bool RemoveAlarmHook(IAlarmHook hook)
+    {
+        ArgumentNullException.ThrowIfNull(hook);
+        lock (_hooks)
+        {
+            int before = _alarmHooks.Length;
+            _alarmHooks = [.. _alarmHooks.Where(h => !ReferenceEquals(h, hook))];
+            return _alarmHooks.Length != before;
+        }
+    }
+
+    /// <summary>
+    /// Virtual time: sets the alarm to go off at <paramref name="atNs"/> if it is not set earlier
+    /// (one alarm for all hooks; each hook asks again for its next time when told). A real CPU
+    /// has a timer (the local APIC's) for this; the simulated one in real time has none, so
+    /// outside virtual time this does nothing.
+    /// </summary>
+    public void RequestAlarm(long atNs)
+    {
+        if (Controller is not { IsVirtual: true })
+        {
+            return;
+        }
+
+        long seen = Volatile.Read(ref _alarmAtNs);
+        while (atNs < seen)
+        {
+            long was = Interlocked.CompareExchange(ref _alarmAtNs, atNs, seen);
+            if (was == seen)
+            {
+                return;
+            }
+
+            seen = was;
+        }
+    }
+
+    /// <summary>When the alarm goes off (<see cref="long.MaxValue"/>: not set).</summary>
+    internal long AlarmAtNs => Volatile.Read(ref _alarmAtNs);
+
+    /// <summary>
+    /// <paramref name="cpu"/>'s clock has passed the alarm at a memory access of its thread: takes
+    /// the alarm (clears it) and tells the hooks. Not nested: a hook's own accesses (or waits) do
+    /// not take it again, as a timer interrupt does not interrupt its own handler.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    internal void RingAlarm(Cpu cpu)
+    {
+        long at = Volatile.Read(ref _alarmAtNs);
+        if (at > cpu.ClockNs || KernelThread.CurrentOrNull is not { } td || !ReferenceEquals(td.Cpu, cpu) || td.InAlarm
+            || Interlocked.CompareExchange(ref _alarmAtNs, long.MaxValue, at) != at)
+        {
+            return;
+        }
+
+        td.InAlarm = true;
+        try
+        {
+            var hooks = Volatile.Read(ref _alarmHooks);
+            for (int i = 0; i < hooks.Length; i++)
+            {
+                hooks[i].Alarm(cpu);
+            }
+        }
+        finally
+        {
+            td.InAlarm = false;
         }
     }
 
@@ -1107,6 +1194,13 @@ public interface IPollHook
 {
     /// <summary><paramref name="cpu"/>'s thread polls.</summary>
     void Polled(Cpu cpu);
+}
+
+/// <summary>Told when the machine's alarm goes off (<see cref="Machine.RequestAlarm"/>), on the thread of the CPU that takes it.</summary>
+public interface IAlarmHook
+{
+    /// <summary>The alarm went off on <paramref name="cpu"/> (its own thread, in kernel code between two memory accesses).</summary>
+    void Alarm(Cpu cpu);
 }
 
 /// <summary>Called on the switching thread at every context switch; keep it short.</summary>

@@ -200,6 +200,24 @@ public sealed record MachineOptions
     /// <summary>FreeBSD's default <c>nsfbufs = 512 + 16 * maxusers</c>.</summary>
     public int DefaultNsfbufs => 512 + (16 * MaxUsers);
 
-    /// <summary>The sf_buf window size in effect.</summary>
+    /// <summary>The sf_buf window size in effect: the pool of every strategy that reproduces a kernel's (<c>nsfbufs</c>).</summary>
     public int EffectiveSfBufWindowPages => SfBufWindowPages ?? DefaultNsfbufs;
+
+    /// <summary>
+    /// CPUs whose share of <see cref="EffectiveSfBufWindowPages"/> is what the window reserves per
+    /// CPU above that count (<see cref="SfBufWindowKvaPages"/>).
+    /// </summary>
+    public const int SfBufWindowCpus = 8;
+
+    /// <summary>
+    /// KVA reserved for the sf_buf window: <see cref="EffectiveSfBufWindowPages"/>, and above
+    /// <see cref="SfBufWindowCpus"/> CPUs an eighth of it per CPU. FreeBSD's <c>nsfbufs</c> is sized
+    /// by memory for an i386 kernel, whose KVA was scarce, and not by the CPU count; a 64-bit kernel
+    /// has KVA to spare, so a design with per-CPU partitions (<c>epoch-cache</c>) may keep each
+    /// CPU's share from shrinking as CPUs are added, as the fixmap's per-CPU slots (mermap,
+    /// kmap_local, quick_enter) and ASI's per-CPU regions do. The strategies that reproduce a
+    /// kernel's pool (<c>sfbuf-i386</c>, <c>linux-kmap</c>, <c>netbsd-emap</c>) use its first
+    /// <see cref="EffectiveSfBufWindowPages"/> pages only, as those kernels size them.
+    /// </summary>
+    public int SfBufWindowKvaPages => Math.Max(EffectiveSfBufWindowPages, Cpus * Math.Max(1, EffectiveSfBufWindowPages / SfBufWindowCpus));
 }

@@ -81,6 +81,20 @@ public sealed unsafe partial class Cpu
     }
 
     /// <summary>
+    /// A shootdown marked this idle CPU flush-pending at the initiator's <paramref name="atNs"/>:
+    /// it flushes everything before it runs a thread again, so, as a window is never opened on a
+    /// CPU so marked, the windows it has open end here rather than at its wake-up (called by the
+    /// initiator, after its compare-and-swap set the mark; the windows are under the lock).
+    /// </summary>
+    internal void ExposureDeferred(long atNs)
+    {
+        if (_windows != null && Volatile.Read(ref _openWindows) != 0)
+        {
+            CloseExposures(0, all: true, globalToo: true, atNs);
+        }
+    }
+
+    /// <summary>
     /// Closes every open window at <paramref name="endNs"/> (the trial's end): the entries stay
     /// cached, but the measurement is over. Called with no thread running on the machine.
     /// </summary>

@@ -134,6 +134,9 @@ public sealed unsafe partial class Cpu
     /// <summary>True while no thread holds the CPU.</summary>
     public bool IsIdle => (Volatile.Read(ref _shared->State) & Running) == 0;
 
+    /// <summary>True when this CPU is idle and marked to flush its whole TLB before it runs a thread (a shootdown found it idle).</summary>
+    internal bool IsIdleFlushPending => (Volatile.Read(ref _shared->State) & (Running | FlushPending)) == FlushPending;
+
     internal Tlb Tlb => _tlb;
 
     internal CpuShared* Shared => _shared;
@@ -191,6 +194,14 @@ public sealed unsafe partial class Cpu
     private void Copied(long bytes)
     {
         ClockNs += (long)Math.Ceiling(bytes * _cost.CopyNsPerByte);
+
+        // The machine's alarm is taken here, at kernel code's own accesses, and not at Poll: a
+        // machine wait loop (a shootdown's acknowledgements) polls, and a hook may shoot down.
+        if (ClockNs >= _machine.AlarmAtNs)
+        {
+            _machine.RingAlarm(this);
+        }
+
         AccessPoint();
     }
 
@@ -1118,6 +1129,7 @@ public sealed unsafe partial class Cpu
                     // Idle: never wait for it; it flushes everything before it runs again.
                     if (Interlocked.CompareExchange(ref target->State, s | FlushPending, s) == s)
                     {
+                        _machine.CpuAt(t).ExposureDeferred(ClockNs);
                         // Should the target wake between the CAS and the adds, it pays this at
                         // its next deferred flush instead: charged late, never lost or doubled.
                         Interlocked.Add(ref target->DeferredChargeTicks, targetCharge.Ticks);
@@ -1247,6 +1259,7 @@ public sealed unsafe partial class Cpu
                     {
                         if (Interlocked.CompareExchange(ref target->State, s | FlushPending, s) == s)
                         {
+                            cpu.ExposureDeferred(ClockNs);
                             Count(Counter.IdleTargetsDeferred);
                             return;
                         }
@@ -1287,6 +1300,7 @@ public sealed unsafe partial class Cpu
                     // Idle: it flushes everything before it runs again, as after a deferred IPI.
                     if (Interlocked.CompareExchange(ref target->State, s | FlushPending, s) == s)
                     {
+                        _machine.CpuAt(t).ExposureDeferred(ClockNs);
                         Count(Counter.IdleTargetsDeferred);
                         Acknowledge(Id, round);
                         break;

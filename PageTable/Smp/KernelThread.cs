@@ -114,6 +114,9 @@ public sealed class KernelThread
     /// <summary>Checked mode: how deep this thread is in mapping operations (<see cref="KernelPmap.EnterOperation"/>).</summary>
     internal int MappingDepth { get; set; }
 
+    /// <summary>True while this thread runs the machine's alarm hooks (<see cref="Machine.RingAlarm"/>), which do not nest.</summary>
+    internal bool InAlarm { get; set; }
+
     /// <summary>
     /// Checked mode: the kernel translations (virtual page, old frame) that PTE stores of the
     /// thread's current outermost mapping operation removed; judged for exposure when it returns.

@@ -49,7 +49,7 @@ public sealed unsafe partial class I386Mapper : SfBufMapper
     {
         _window = machine.Layout.SfBufWindow;
         _allCpus = machine.AllCpusMask;
-        Nsfbufs = nsfbufs ?? _window.Pages;
+        Nsfbufs = nsfbufs ?? machine.Options.EffectiveSfBufWindowPages; // FreeBSD's nsfbufs, not the window's per-CPU KVA
         if (Nsfbufs < 1 || Nsfbufs > _window.Pages)
         {
             Dispose();

@@ -227,14 +227,18 @@ public sealed unsafe partial class EpochCacheMapper
         }
     }
 
-    /// <summary>The fallback: one full-flush shootdown to every running CPU that has not observed <paramref name="need"/>.</summary>
-    private void ForceEpoch(Cpu self, long need)
+    /// <summary>
+    /// The fallback: one full-flush shootdown to every running CPU that has not observed
+    /// <paramref name="need"/>, and with <paramref name="includeIdle"/> (the exposure bound's early
+    /// flush) to the idle ones too, which the shootdown marks flush-pending without an IPI.
+    /// </summary>
+    private void ForceEpoch(Cpu self, long need, bool includeIdle = false)
     {
         var laggards = default(CpuSet);
         var cpus = Machine.Cpus;
         for (int i = 0; i < _cpuCount; i++)
         {
-            if (i != self.Id && Volatile.Read(ref _perCpu[i].ObservedEpoch) < need && !cpus[i].IsIdle)
+            if (i != self.Id && Volatile.Read(ref _perCpu[i].ObservedEpoch) < need && (includeIdle || !cpus[i].IsIdle))
             {
                 laggards.Add(i);
             }
@@ -359,6 +363,7 @@ public sealed unsafe partial class EpochCacheMapper
             Volatile.Write(ref batch->Epoch, epoch);
             cpu.SchedulingPoint(); // flush points racing the publication of the batch
             Interlocked.Exchange(ref _shared->GlobalEpoch, epoch);
+            StampRetire(cpu, epoch);
 
             // The slots reach the queue only with their epoch published, so that whoever waits
             // for one of them waits for an epoch a fallback shootdown can force.

@@ -125,6 +125,9 @@ public sealed unsafe partial class EpochCacheMapper : SfBufMapper, IContextSwitc
         : base(machine)
     {
         _window = machine.Layout.SfBufWindow;
+        // The whole window by default: FreeBSD's nsfbufs up to MachineOptions.SfBufWindowCpus CPUs,
+        // an eighth of it per CPU above, so that a partition never shrinks below what one CPU
+        // keeps cached plus a retire batch as CPUs are added (docs/epoch-cache.md, "Scaling").
         Nsfbufs = nsfbufs ?? _window.Pages;
         if (Nsfbufs < 1 || Nsfbufs > _window.Pages)
         {
@@ -194,6 +197,7 @@ public sealed unsafe partial class EpochCacheMapper : SfBufMapper, IContextSwitc
 
         machine.AddContextSwitchHook(this);
         machine.AddPollHook(this);
+        InitBound();
     }
 
     /// <summary><c>nsfbufs</c>: the pool size.</summary>
@@ -325,6 +329,7 @@ public sealed unsafe partial class EpochCacheMapper : SfBufMapper, IContextSwitc
                 [DetailLockedMisses] = lockedMisses,
                 [DetailSteals] = Volatile.Read(ref _steals),
                 [DetailEpochRetries] = Volatile.Read(ref _epochRetries),
+                [DetailEarlyFlushes] = Volatile.Read(ref _earlyFlushes),
             },
         };
     }
@@ -351,6 +356,7 @@ public sealed unsafe partial class EpochCacheMapper : SfBufMapper, IContextSwitc
         {
             Machine.RemoveContextSwitchHook(this);
             Machine.RemovePollHook(this);
+            Machine.RemoveAlarmHook(this);
         }
 
         base.Dispose(disposing);

@@ -69,7 +69,7 @@ internal sealed unsafe class PkmapPool
     {
         _machine = machine;
         var window = machine.Layout.SfBufWindow;
-        int fits = (int)BitOperations.RoundUpToPowerOf2((uint)window.Pages + 1) >> 1; // largest power of two <= window
+        int fits = (int)BitOperations.RoundUpToPowerOf2((uint)machine.Options.EffectiveSfBufWindowPages + 1) >> 1; // largest power of two <= nsfbufs (not the window's per-CPU KVA)
         LastPkmap = lastPkmap ?? Math.Min(DefaultLastPkmap, fits);
         if (LastPkmap < 1 || LastPkmap > window.Pages || !BitOperations.IsPow2(LastPkmap))
         {

@@ -64,7 +64,7 @@ internal sealed unsafe class Emap : IContextSwitchHook, ITlbFlushHook, IDisposab
     {
         _machine = machine;
         var window = machine.Layout.SfBufWindow;
-        int pages = windowPages ?? window.Pages;
+        int pages = windowPages ?? machine.Options.EffectiveSfBufWindowPages; // nsfbufs, not the window's per-CPU KVA
         if (pages < 1 || pages > window.Pages)
         {
             throw new ArgumentOutOfRangeException(nameof(windowPages), pages, $"the emap window must be 1 to the sf_buf window's {window.Pages} pages");
