@@ -20,7 +20,7 @@ internal sealed class ExposureChart : IChart
         Points = points;
         Scale = AxisScale.For(points.Select(p => p.Y));
         XScale = AxisScale.For(points.Select(p => p.X));
-        XLabel = AxisLabel.With(xLabel, XScale);
+        XLabel = AxisLabel.With(xLabel, XScale).Replace("0 at the bottom", "0 at the left", StringComparison.Ordinal);
         YLabel = AxisLabel.With(yLabel, Scale);
     }
 

@@ -142,6 +142,25 @@ internal static class DocQueries
                 };
         }
 
+        if (field.StartsWith("over:", StringComparison.Ordinal))
+        {
+            // Time per unit over a reference strategy's in the same cell: its throughput over this row's.
+            string reference = field["over:".Length..];
+            var of = rows.SingleOrDefault(r => r.Experiment == experiment && r.Strategy == reference && r.Cpus == cpus && r.Point == point)
+                ?? throw new KeyNotFoundException($"no row {experiment}/{reference}/{cpus} to compare {key} with");
+            return of.Throughput / row.Throughput;
+        }
+
+        if (field is "exposures_per_unit" or "exposed_us" or "longest_exposure_us")
+        {
+            return (field switch
+            {
+                "exposures_per_unit" => row.ExposuresPerUnit,
+                "exposed_us" => row.ExposedCpuUsPerUnit,
+                _ => row.LongestExposureUs,
+            }) ?? throw new KeyNotFoundException($"row {key} has no {field} (no checked trial measured it)");
+        }
+
         if (field.StartsWith("per_unit:", StringComparison.Ordinal))
         {
             return Counter(row, field["per_unit:".Length..], key) / row.Units;

@@ -52,6 +52,8 @@ internal static class DocTables
             ["trace-summary", var file] => Commands.TraceSummary.FromJson(Path.Combine(results.Root, "docs", "results", file)).ToMarkdown(),
             ["scale", var file, var experiment] => Scale(results.Rows(file), experiment),
             ["identical", var first, var second] => Identical(results, first, second),
+            ["trade-off", var file, var experiment, var cpus] => TradeOff(results.Rows(file), experiment, Cpus(cpus)),
+            ["over-reference", var file, var experiment, var reference, .. var strategies] when strategies.Length > 0 => OverReference(results.Rows(file), experiment, reference, strategies),
             ["strategies"] => Strategies(),
             ["cost-profiles"] => CostProfilesTable(),
             _ => throw new ArgumentException($"unknown generated block '{args}'"),
@@ -154,6 +156,69 @@ internal static class DocTables
             var cells = cpus.Select(c => of.FirstOrDefault(r => r.Strategy == strategy && r.Cpus == c) is { } r
                 ? $"{PaperReport.Number(r.Throughput)}<br>{PaperReport.Number(r["ipis_sent"] / r.Units)}<br>{PaperReport.Number(r.ModelledNs / 1000)}"
                 : "-");
+            text.AppendLine(CultureInfo.InvariantCulture, $"| `{strategy}` | {string.Join(" | ", cells)} |");
+        }
+
+        return text.ToString();
+    }
+
+    /// <summary>
+    /// One experiment at one CPU count, every strategy: throughput, IPIs, and the exposure its
+    /// checked trial measured, with the throughput-versus-exposure frontier marked.
+    /// </summary>
+    private static string TradeOff(IReadOnlyList<PaperRow> rows, string experiment, int cpus)
+    {
+        var at = rows.Where(r => r.Experiment == experiment && r.Cpus == cpus && r.Point.Length == 0).ToList();
+        if (at.Count == 0)
+        {
+            throw new ArgumentException($"no rows of '{experiment}' at {cpus} CPUs");
+        }
+
+        var first = at[0];
+        var frontier = Native.Perf.Scale.ExposureFrontier.Of([.. at.Where(r => r.ExposedCpuUsPerUnit is not null)
+            .Select(r => new Native.Perf.Scale.ExposureFrontier.Point(r.Strategy, r.ExposedCpuUsPerUnit!.Value, r.Throughput))]);
+        bool broadcast = first.Shootdown == PaperRow.BroadcastShootdown;
+        var text = new StringBuilder();
+        text.AppendLine(CultureInfo.InvariantCulture,
+            $"*`{experiment}` at {cpus} CPUs, shootdowns by {first.Shootdown}: throughput, IPIs{(broadcast ? " and broadcast invalidation instructions" : string.Empty)} per {first.Unit}, "
+            + $"then the checked trial's exposure: windows, exposed CPU·µs per {first.Unit} and the longest window (µs); ✓ marks the throughput-versus-exposure frontier. "
+            + $"{Capital(TimeMode(at))}, cost profile `{first.CostProfile}`.*");
+        text.AppendLine();
+        text.AppendLine($"| strategy | {(first.Bytes > 0 ? "MiB/s" : "ops/s")} | IPIs |{(broadcast ? " broadcasts |" : string.Empty)} windows | CPU·µs | longest µs | frontier |");
+        text.AppendLine($"|---|---:|---:|{(broadcast ? "---:|" : string.Empty)}---:|---:|---:|:---:|");
+        foreach (var strategy in Ordered(at.Select(r => r.Strategy)))
+        {
+            var r = at.First(x => x.Strategy == strategy);
+            string Optional(double? v) => v is { } x ? PaperReport.Number(x) : "-";
+            text.AppendLine(CultureInfo.InvariantCulture,
+                $"| `{strategy}` | {PaperReport.Number(r.Throughput)} | {PaperReport.Number(r["ipis_sent"] / r.Units)} |{(broadcast ? $" {PaperReport.Number(r["broadcast_invalidations"] / r.Units)} |" : string.Empty)}"
+                + $" {Optional(r.ExposuresPerUnit)} | {Optional(r.ExposedCpuUsPerUnit)} | {Optional(r.LongestExposureUs)} | {(frontier.Contains(strategy) ? "✓" : string.Empty)} |");
+        }
+
+        return text.ToString();
+    }
+
+    /// <summary>Each strategy's time per unit over a reference strategy's (its throughput over theirs), against the CPU count.</summary>
+    private static string OverReference(IReadOnlyList<PaperRow> rows, string experiment, string reference, string[] strategies)
+    {
+        var of = rows.Where(r => r.Experiment == experiment && r.Point.Length == 0).ToList();
+        var cpus = of.Where(r => r.Strategy == reference).Select(r => r.Cpus).Distinct().Order().ToList();
+        if (cpus.Count == 0)
+        {
+            throw new ArgumentException($"no rows of '{reference}' in '{experiment}'");
+        }
+
+        var text = new StringBuilder();
+        text.AppendLine(CultureInfo.InvariantCulture,
+            $"*`{experiment}`: time per {of[0].Unit} over `{reference}`'s (its throughput over the strategy's), against the simulated CPU count. {Capital(TimeMode(of))}, cost profile `{of[0].CostProfile}`, shootdowns by {of[0].Shootdown}.*");
+        text.AppendLine();
+        text.AppendLine("| strategy | " + string.Join(" | ", cpus) + " |");
+        text.AppendLine("|---|" + string.Concat(cpus.Select(_ => "---:|")));
+        foreach (string strategy in strategies)
+        {
+            var cells = cpus.Select(c => of.FirstOrDefault(r => r.Strategy == strategy && r.Cpus == c) is { } r
+                && of.First(x => x.Strategy == reference && x.Cpus == c) is { } baseline
+                ? (baseline.Throughput / r.Throughput).ToString("0.00", CultureInfo.InvariantCulture) + "×" : "-");
             text.AppendLine(CultureInfo.InvariantCulture, $"| `{strategy}` | {string.Join(" | ", cells)} |");
         }
 

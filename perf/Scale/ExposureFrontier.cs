@@ -39,15 +39,25 @@ internal static class ExposureFrontier
         return list.Contains(PreferredCpus) ? PreferredCpus : list.Max();
     }
 
-    /// <summary>The strategies no other point dominates, in order of increasing exposure.</summary>
+    /// <summary>
+    /// The strategies no other point dominates, in order of increasing exposure. A strategy that
+    /// needs the direct map (<see cref="SfBufNative.SfBufStrategyInfo.NeedsDirectMap"/>) is the
+    /// reference, not a candidate: it keeps every page mapped all the time, which is what a kernel
+    /// without a direct map exists to avoid and what a stale-translation count cannot see.
+    /// </summary>
     public static List<string> Of(IReadOnlyList<Point> points)
     {
         ArgumentNullException.ThrowIfNull(points);
-        return [.. points
-            .Where(p => !points.Any(q => Dominates(q, p)))
+        var candidates = points.Where(p => !IsReference(p.Strategy)).ToList();
+        return [.. candidates
+            .Where(p => !candidates.Any(q => Dominates(q, p)))
             .OrderBy(p => p.Exposure).ThenByDescending(p => p.Throughput)
             .Select(p => p.Strategy)];
     }
+
+    /// <summary>True for a strategy that needs the direct map (unknown names are candidates).</summary>
+    public static bool IsReference(string strategy) =>
+        SfBufNative.SfBufStrategyInfo.All.FirstOrDefault(i => i.Name == strategy) is { NeedsDirectMap: true };
 
     private static bool Dominates(Point q, Point p) =>
         q.Throughput >= p.Throughput && q.Exposure <= p.Exposure && (q.Throughput > p.Throughput || q.Exposure < p.Exposure);

@@ -24,6 +24,14 @@ public sealed class ExposureFrontierTests
     }
 
     [Test]
+    public void TheDirectMapIsTheReferenceNotACandidate()
+    {
+        ExposureFrontier.Point[] points = [new("sfbuf-amd64", 0, 1_000), new("epoch-cache", 0, 900), new("linux-mermap", 5, 800)];
+        Assert.That(ExposureFrontier.IsReference("sfbuf-amd64"), Is.True);
+        Assert.That(ExposureFrontier.Of(points), Is.EqualTo(new[] { "epoch-cache" }), "it would dominate everything while keeping every page mapped");
+    }
+
+    [Test]
     public void TheTradeOffIsShownAt64CpusWhenTheRowsReachItElseAtTheirLargestCount()
     {
         Assert.That(ExposureFrontier.CpusFor([1, 16, 64, 256]), Is.EqualTo(64));
