@@ -40,6 +40,14 @@ public sealed class XpfoTests
 
     private static ulong Dmap(VmPage page) => VmLayout.DMAP_BASE + page.PhysicalAddress;
 
+    /// <summary>One kmap, a read of the page's marker through it, and the kunmap, on CPU 0.</summary>
+    private static void MapReadUnmapOnCpu0(SimMachine m, LinuxXpfoMapper mapper, VmPage page, ulong marker) => m.Run(0, () =>
+    {
+        var sf = mapper.Alloc(page);
+        Assert.That(m.CurrentCpu.ReadUInt64(mapper.Kva(sf)), Is.EqualTo(marker));
+        mapper.Free(sf);
+    });
+
     private static LinuxXpfoMapper Create(SimMachine m, string strategy) => (LinuxXpfoMapper)SfBufMapper.Create(strategy, m);
 
     [Test]
@@ -152,12 +160,7 @@ public sealed class XpfoTests
         var page = NewPage(m, 0x4321);
         using var mapper = Create(m, strategy);
         var before = m.Counters();
-        m.Run(0, () =>
-        {
-            var sf = mapper.Alloc(page);
-            Assert.That(m.CurrentCpu.ReadUInt64(mapper.Kva(sf)), Is.EqualTo(0x4321UL));
-            mapper.Free(sf);
-        });
+        MapReadUnmapOnCpu0(m, mapper, page, 0x4321UL);
         var d = m.Counters() - before;
         var details = mapper.Stats().Details;
 
@@ -226,12 +229,7 @@ public sealed class XpfoTests
         var page = NewPage(m, 0x99, user: false);
         using var mapper = Create(m, strategy);
         var before = m.Counters();
-        m.Run(0, () =>
-        {
-            var sf = mapper.Alloc(page);
-            Assert.That(m.CurrentCpu.ReadUInt64(mapper.Kva(sf)), Is.EqualTo(0x99UL));
-            mapper.Free(sf);
-        });
+        MapReadUnmapOnCpu0(m, mapper, page, 0x99UL);
         var d = m.Counters() - before;
         var details = mapper.Stats().Details;
         Assert.That(details["xpfo.kmaps"], Is.EqualTo(1));
